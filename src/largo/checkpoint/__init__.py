@@ -1,0 +1,1 @@
+"""Checkpoints: atomic step folders (safetensors + JSON), sharded DCP, export and import."""

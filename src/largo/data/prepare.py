@@ -1,0 +1,203 @@
+"""`largo prepare`: train a byte-level BPE tokenizer and encode a corpus into memmap token shards.
+
+Output folder:
+  tokenizer.json        Hugging Face `tokenizers` file
+  train_000.bin ...     raw uint16 (or uint32) tokens, documents separated by <|endoftext|>
+  val_000.bin ...       the held-out split (chosen by a hash of each document's id)
+  manifest.json         settings, tokenizer hash, dtype, per-shard token counts and sha256
+Both passes stream: the source is read twice, never held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from largo.config import DataConfig
+from largo.data.sources import SourceStats, iter_documents
+from largo.errors import DataError
+from largo.fileio import sha256_file, write_json_atomic
+
+EOT = "<|endoftext|>"
+MANIFEST = "manifest.json"
+FORMAT = "largo-tokens-v1"
+_SETTINGS = ("source", "text_column", "vocab_size", "val_fraction", "max_bytes", "tokenizer_train_bytes", "shard_tokens")
+_ENCODE_BATCH_BYTES = 4 << 20  # texts handed to the Rust encoder at once (it parallelises inside)
+
+
+def prepare_settings(cfg: DataConfig) -> dict[str, Any]:
+    """The data settings that determine the prepared output (a change means re-preparing)."""
+    return {k: v for k, v in asdict(cfg).items() if k in _SETTINGS}
+
+
+def is_validation(doc_id: str, val_fraction: float) -> bool:
+    """Deterministic split: a document is held out when its id hashes below val_fraction."""
+    return zlib.crc32(doc_id.encode()) / 2**32 < val_fraction
+
+
+def train_tokenizer(texts: Iterator[str], vocab_size: int) -> Tokenizer:
+    """Byte-level BPE (GPT-2 style) with <|endoftext|> as its one special token."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+class ShardWriter:
+    """Appends token arrays to numbered shard files, rolling over every `shard_tokens` tokens."""
+
+    def __init__(self, out_dir: Path, split: str, dtype: np.dtype, shard_tokens: int, vocab_size: int):
+        self.out_dir, self.split, self.dtype, self.shard_tokens = out_dir, split, dtype, shard_tokens
+        self.shards: list[dict[str, Any]] = []
+        self.counts = np.zeros(vocab_size, dtype=np.int64)  # unigram statistics for the baseline
+        self._file = None
+        self._hash = hashlib.sha256()
+        self._n = 0
+
+    def _open(self) -> None:
+        name = f"{self.split}_{len(self.shards):03d}.bin"
+        self._file = open(self.out_dir / name, "wb")
+        self.shards.append({"file": name, "tokens": 0, "sha256": ""})
+        self._hash, self._n = hashlib.sha256(), 0
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self.shards[-1].update(tokens=self._n, sha256=self._hash.hexdigest())
+            self._file = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        self.counts += np.bincount(tokens, minlength=len(self.counts))
+        tokens = tokens.astype(self.dtype)
+        while len(tokens):
+            if self._file is None or self._n >= self.shard_tokens:
+                self._close()
+                self._open()
+            take = tokens[: self.shard_tokens - self._n]
+            data = take.tobytes()
+            self._file.write(data)
+            self._hash.update(data)
+            self._n += len(take)
+            tokens = tokens[len(take):]
+
+    def finish(self) -> dict[str, Any]:
+        self._close()
+        return {"tokens": int(sum(s["tokens"] for s in self.shards)), "shards": self.shards}
+
+
+def _batched(docs: Iterator[tuple[str, str]]) -> Iterator[list[tuple[str, str]]]:
+    batch, size = [], 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc[1])
+        if size >= _ENCODE_BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def unigram_loss(train_counts: np.ndarray, val_counts: np.ndarray) -> float:
+    """Cross-entropy (nats/token) of the validation tokens under add-one-smoothed train frequencies."""
+    p = (train_counts + 1) / (train_counts.sum() + len(train_counts))
+    return float(-(val_counts * np.log(p)).sum() / max(1, val_counts.sum()))
+
+
+def prepare(cfg: DataConfig, *, force: bool = False, log=print) -> dict[str, Any]:
+    """Prepare cfg.source into cfg.dir unless an up-to-date manifest is already there."""
+    out = Path(cfg.dir)
+    try:
+        existing = read_manifest(out) if (out / MANIFEST).exists() else None
+    except DataError:
+        existing = None  # a damaged manifest is rebuilt, not trusted
+    if existing and not force and existing["settings"] == prepare_settings(cfg):
+        return existing
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"data.dir {out}: cannot create ({e.strerror})") from None
+    (out / MANIFEST).unlink(missing_ok=True)  # shards are about to change: never leave a stale manifest
+    for old in [*out.glob("train_*.bin"), *out.glob("val_*.bin")]:
+        old.unlink()
+
+    log(f"prepare: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source!r}")
+    sample = SourceStats()
+    texts = (t for _, t in iter_documents(cfg.source, cfg.text_column, sample, cfg.tokenizer_train_bytes))
+    tok = train_tokenizer(texts, cfg.vocab_size)
+    if sample.documents == 0:
+        raise DataError(f"data.source {cfg.source!r} holds no text")
+    tok.save(str(out / "tokenizer.json"))
+    vocab = tok.get_vocab_size()
+    eot = tok.token_to_id(EOT)
+    dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
+
+    log(f"prepare: encoding into {dtype.name} shards in {out}")
+    stats = SourceStats()
+    writers = {s: ShardWriter(out, s, dtype, cfg.shard_tokens, vocab) for s in ("train", "val")}
+    for batch in _batched(iter_documents(cfg.source, cfg.text_column, stats, cfg.max_bytes)):
+        for (doc_id, _), enc in zip(batch, tok.encode_batch([t for _, t in batch])):
+            split = "val" if is_validation(doc_id, cfg.val_fraction) else "train"
+            writers[split].write(np.asarray(enc.ids + [eot], dtype=np.int64))
+    splits = {s: w.finish() for s, w in writers.items()}
+    for s, info in splits.items():
+        if info["tokens"] < 2:
+            raise DataError(f"data.source {cfg.source!r}: the {s} split is empty; add documents or raise data.val_fraction")
+
+    manifest = {
+        "format": FORMAT,
+        "settings": prepare_settings(cfg),
+        "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(out / "tokenizer.json"), "vocab_size": vocab, "eot_id": eot},
+        "dtype": dtype.name,
+        "splits": splits,
+        "source": {"documents": stats.documents, "bytes": stats.bytes, "files": len(stats.files), "replaced_invalid_utf8": stats.replaced_chars},
+        "unigram_val_loss": unigram_loss(writers["train"].counts, writers["val"].counts),
+    }
+    write_json_atomic(out / MANIFEST, manifest)  # appears last, only once every shard is complete
+    log(
+        f"prepare: {stats.documents} documents, {stats.bytes / 1e6:.1f} MB -> "
+        f"{splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens "
+        f"(unigram loss {manifest['unigram_val_loss']:.3f}, ppl {math.exp(manifest['unigram_val_loss']):.1f})"
+    )
+    return manifest
+
+
+def read_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """Load and sanity-check a prepared folder's manifest."""
+    path = Path(data_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run `largo prepare` first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{path}: not valid JSON; delete the folder and run `largo prepare` again") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: not a largo token manifest (format {FORMAT!r} expected)")
+    return manifest
+
+
+def load_tokenizer(data_dir: str | Path, manifest: dict[str, Any] | None = None) -> Tokenizer:
+    """The prepared tokenizer, checked against the manifest's hash."""
+    manifest = manifest or read_manifest(data_dir)
+    path = Path(data_dir) / "tokenizer.json"
+    if not path.is_file() or sha256_file(path) != manifest["tokenizer"]["sha256"]:
+        raise DataError(f"{path}: missing or does not match manifest.json's tokenizer hash; run `largo prepare` again")
+    return Tokenizer.from_file(str(path))

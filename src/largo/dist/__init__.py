@@ -1,0 +1,1 @@
+"""Distributed execution on torch.distributed: the process environment and parallelisation steps."""

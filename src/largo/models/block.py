@@ -1,0 +1,48 @@
+"""THE transformer block, shared by every model: pre-norm attention then pre-norm SwiGLU."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from largo.models.layers import Attention, RMSNorm, SwiGLU
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """What one block needs to know; causal for decoders, bidirectional for encoders."""
+
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    hidden: int
+    norm_eps: float
+    causal: bool
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x)). Modality lives in stems and heads, never here."""
+
+    def __init__(self, cfg: BlockConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, causal=cfg.causal)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, cfg.hidden)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+    def init_weights(self, std: float, n_layers: int) -> None:
+        """Normal(0, std) inputs; output projections scaled by 1/sqrt(2 * n_layers) (GPT-2 style)."""
+        out_std = std / math.sqrt(2 * n_layers)
+        for lin in (self.attn.wq, self.attn.wk, self.attn.wv, self.mlp.gate, self.mlp.up):
+            nn.init.normal_(lin.weight, mean=0.0, std=std)
+        for lin in (self.attn.wo, self.mlp.down):
+            nn.init.normal_(lin.weight, mean=0.0, std=out_std)
+        self.attn_norm.reset_parameters()
+        self.mlp_norm.reset_parameters()

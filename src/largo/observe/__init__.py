@@ -1,0 +1,1 @@
+"""Observability: progress bars, JSONL metrics, throughput and MFU."""

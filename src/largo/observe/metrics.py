@@ -1,0 +1,47 @@
+"""Metrics as JSON lines in the run directory: one object per logged step, append-only."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Appends {"step": ..., ...} lines to metrics.jsonl; on resume drops lines past the resumed step."""
+
+    def __init__(self, path: Path, *, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            self.truncate_after(resume_step)
+        self._f = open(path, "a")
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only records with step <= `step` (work after the checkpoint is redone, not duplicated)."""
+        kept = [line for line in self.path.read_text().splitlines() if _step(line) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", float("inf"))
+    except json.JSONDecodeError:
+        return float("inf")  # a line torn by a kill is dropped
+
+
+def read_metrics(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """All records of a metrics.jsonl, optionally only those with "kind" == kind."""
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]

@@ -1,0 +1,1 @@
+"""Training: the explicit loop, optimizers and schedules, evaluation."""
