@@ -3,7 +3,7 @@
 Output folder:
   tokenizer.json        Hugging Face `tokenizers` file
   train_000.bin ...     raw uint16 (or uint32) tokens, documents separated by <|endoftext|>
-  val_000.bin ...       the held-out split (chosen by a hash of each document's id)
+  val_000.bin ...       the held-out split (every 1/val_fraction-th document)
   manifest.json         settings, tokenizer hash, dtype, per-shard token counts and sha256
 Both passes stream: the source is read twice, never held in memory.
 """
@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -40,9 +39,13 @@ def prepare_settings(cfg: DataConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(cfg).items() if k in _SETTINGS}
 
 
-def is_validation(doc_id: str, val_fraction: float) -> bool:
-    """Deterministic split: a document is held out when its id hashes below val_fraction."""
-    return zlib.crc32(doc_id.encode()) / 2**32 < val_fraction
+def is_validation(index: int, val_fraction: float) -> bool:
+    """Systematic split: document i is held out when (i + 1) * f crosses an integer.
+
+    Exactly a val_fraction share, spread evenly over the corpus, the same on every machine
+    (sources are read in sorted order), and never empty once 1 / val_fraction documents exist.
+    """
+    return math.floor((index + 1) * val_fraction) > math.floor(index * val_fraction)
 
 
 def train_tokenizer(texts: Iterator[str], vocab_size: int) -> Tokenizer:
@@ -153,10 +156,12 @@ def prepare(cfg: DataConfig, *, force: bool = False, log=print) -> dict[str, Any
     log(f"prepare: encoding into {dtype.name} shards in {out}")
     stats = SourceStats()
     writers = {s: ShardWriter(out, s, dtype, cfg.shard_tokens, vocab) for s in ("train", "val")}
+    index = 0
     for batch in _batched(iter_documents(cfg.source, cfg.text_column, stats, cfg.max_bytes)):
-        for (doc_id, _), enc in zip(batch, tok.encode_batch([t for _, t in batch])):
-            split = "val" if is_validation(doc_id, cfg.val_fraction) else "train"
+        for enc in tok.encode_batch([t for _, t in batch]):
+            split = "val" if is_validation(index, cfg.val_fraction) else "train"
             writers[split].write(np.asarray(enc.ids + [eot], dtype=np.int64))
+            index += 1
     splits = {s: w.finish() for s, w in writers.items()}
     for s, info in splits.items():
         if info["tokens"] < 2:

@@ -18,7 +18,7 @@ from pathlib import Path
 from largo.errors import DataError
 
 TABULAR = (".jsonl", ".csv", ".parquet")
-PIECE_BYTES = 1 << 20  # large text files are read, split and tokenized in pieces of this size
+PIECE_BYTES = 256 << 10  # large text files are read, split and tokenized in pieces of this size
 _SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,8 +55,18 @@ def _global_batch_targets(batches: list[tuple[torch.Tensor, torch.Tensor]], env:
     return count.clamp_min(1.0)
 
 
-def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run cfg to cfg.train.steps (resuming if asked) and return the final summary."""
+def train(
+    cfg: RunConfig,
+    *,
+    resume: str | None = None,
+    overwrite: bool = False,
+    stop_at: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run cfg to cfg.train.steps (resuming if asked) and return the final summary.
+
+    stop_at ends the run early after that step, with a checkpoint, as a preemption would.
+    """
     env = init_env(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -105,7 +116,9 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
             metrics.write({"kind": "eval", "step": step, **result})
         return result
 
-    bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", disable=not env.is_main, dynamic_ncols=True)
+    # A live bar on a terminal; in logs (CI, nohup, SLURM) one plain line per log step instead.
+    live = env.is_main and sys.stderr.isatty()
+    bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", disable=not live, dynamic_ncols=True)
     t_start = time.perf_counter()
     train_s, window_s, window_steps, loss_value = 0.0, 0.0, 0, float("nan")
     for step in range(start_step, cfg.train.steps):
@@ -147,10 +160,21 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
             if metrics:
                 metrics.write(record)
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", mfu=f"{100 * record['mfu']:.1f}%")
+            if not live:
+                eta_s = (cfg.train.steps - done) * dt
+                say(f"step {done}/{cfg.train.steps} | loss {loss_value:.4f} | {record['tokens_per_s']:,.0f} tok/s | "
+                    f"MFU {100 * record['mfu']:.1f}% | ETA {eta_s:.0f}s")
         if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.steps:
-            bar.write(f"step {done}: {format_result(run_eval(done))}") if env.is_main else run_eval(done)
+            result = run_eval(done)
+            bar.write(f"step {done}: {format_result(result)}") if live else say(f"step {done}: {format_result(result)}")
         if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < cfg.train.steps:
             save(done)
+        if stop_at is not None and done >= stop_at and done < cfg.train.steps:
+            if cfg.checkpoint.every == 0 or done % cfg.checkpoint.every:
+                save(done)
+            bar.close()
+            say(f"stopped at step {done}; continue with --resume auto")
+            return {"steps": done, "stopped": True, "run_dir": str(run_dir)}
     bar.close()
 
     elapsed = time.perf_counter() - t_start

@@ -1,0 +1,20 @@
+# Two entry points for a fresh machine: `make demo` (train the default model) and `make test`.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+
+.PHONY: install demo test bench
+
+# CPU torch 2.13.0 first: an unpinned torch would pull a multi-GB CUDA build.
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[data,test]"
+
+demo: install
+	largo train configs/text_tiny.toml --overwrite
+	largo generate runs/text_tiny --prompt "def " --max-new-tokens 120
+
+test: install
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) benchmarks/run.py

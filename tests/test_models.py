@@ -1,0 +1,54 @@
+"""The GPT model: exact parameter counts, causality, grouped-query attention, meta-device build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from largo.config import load_config
+from largo.models import ARCHITECTURES, ModelConfig, build_model, count_params
+
+
+@pytest.mark.parametrize("tie", [True, False])
+@pytest.mark.parametrize("kv", [0, 1, 2])
+def test_param_count_matches_module(tie: bool, kv: int) -> None:
+    cfg = ModelConfig(vocab_size=300, dim=64, n_layers=2, n_heads=4, n_kv_heads=kv, tie_embeddings=tie)
+    assert count_params(build_model(cfg)) == cfg.num_params()
+
+
+def test_presets_param_count_on_meta() -> None:
+    for path in sorted(Path("configs").glob("*.toml")):
+        cfg = load_config(path).model
+        if cfg.vocab_size == 0:
+            cfg.vocab_size = 4096
+        with torch.device("meta"):
+            model = ARCHITECTURES[cfg.arch](cfg)
+        assert count_params(model) == cfg.num_params(), path
+
+
+def test_causal_future_does_not_leak() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, max_seq_len=16))
+    x = torch.randint(0, 50, (1, 16))
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 50
+    assert torch.allclose(model(x)[0, :10], model(y)[0, :10], atol=1e-6)
+    assert not torch.allclose(model(x)[0, 10:], model(y)[0, 10:])
+
+
+def test_same_seed_same_init() -> None:
+    cfg = ModelConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2)
+    torch.manual_seed(3)
+    a = build_model(cfg).state_dict()
+    torch.manual_seed(3)
+    b = build_model(cfg).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_flops_per_token_formula() -> None:
+    cfg = ModelConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, mlp_hidden=64, max_seq_len=8)
+    block = 4 * 32 * 32 + 3 * 32 * 64 + 2 * 32
+    assert cfg.block_params() == block
+    assert cfg.flops_per_token() == 6 * (2 * block + 100 * 32) + 12 * 2 * 32 * 8
