@@ -25,11 +25,18 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from largo.dist.launch import relaunch_with_torchrun
 
-        return relaunch_with_torchrun(args.nproc, sys.argv[1:])
+        return relaunch_with_torchrun(args.nproc, sys.argv[1:], max_restarts=args.max_restarts)
+    from torch.distributed.elastic.multiprocessing.errors import record
+
     from largo.config import load_config
+    from largo.dist.env import restart_count
     from largo.train.loop import train
 
-    train(load_config(args.config, overrides), resume=args.resume, overwrite=args.overwrite)
+    resume = args.resume
+    if resume is None and restart_count() > 0:  # torchrun --max-restarts started us again: continue the run
+        resume = "auto"
+    # record: under torchrun, a failing rank's error goes into torchrun's summary next to its rank
+    record(train)(load_config(args.config, overrides), resume=resume, overwrite=args.overwrite)
     return 0
 
 
@@ -70,6 +77,18 @@ def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Write a checkpoint's weights in another format; safetensors gathers a sharded (FSDP) checkpoint into one file."""
+    from pathlib import Path
+
+    from largo.checkpoint.restore import resolve_checkpoint
+    from largo.checkpoint.sharded import consolidate
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    print(f"{ckpt} -> {consolidate(ckpt, Path(args.out))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags; --section.key overrides pass through untouched."""
     parser = argparse.ArgumentParser(prog="largo", description="Train, scale and evaluate large models on PyTorch.")
@@ -86,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="'auto' (newest complete checkpoint of the run) or a checkpoint folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the run directory")
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (starts torchrun)")
+    p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: torchrun restarts after a failure, resuming")
     p.set_defaults(fn=cmd_train)
 
     for name, fn, text in (("eval", cmd_eval, "evaluate a checkpoint"), ("generate", cmd_generate, "sample text")):
@@ -101,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.8)
             p.add_argument("--top-k", type=int, default=50)
             p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("export", help="write a checkpoint's weights in another format")
+    p.add_argument("checkpoint", help="run directory or checkpoint folder")
+    p.add_argument("--format", default="safetensors", choices=["safetensors"], help="safetensors: one consolidated file")
+    p.add_argument("out", help="output file, e.g. model.safetensors")
+    p.set_defaults(fn=cmd_export)
     return parser
 
 
@@ -123,6 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("largo: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a dead or hung peer surfaces as a failed collective: say so in one line, with our rank
+        from largo.dist.env import collective_failure
+
+        message = collective_failure(e)
+        if message is None or args.debug:
+            raise
+        rank = os.environ.get("RANK")
+        print(f"largo: error{f' (rank {rank})' if rank else ''}: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -33,5 +33,10 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
         raise CheckpointError(f"{ckpt}: holds a user's own nn.Module; load it with largo.Trainer(model, resume={str(ckpt)!r})")
     cfg = build_config(state["config"])
     model = build_model(cfg.model, device)
-    load_model_weights(model, ckpt)
+    if state.get("sharded"):  # an FSDP run's DCP shards, gathered into this one plain model
+        from largo.checkpoint.sharded import load_model_sharded
+
+        load_model_sharded(ckpt, model)
+    else:
+        load_model_weights(model, ckpt)
     return model.eval(), cfg, ckpt

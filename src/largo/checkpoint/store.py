@@ -9,7 +9,8 @@ Layout of a run directory:
   checkpoints/latest                          name of the newest complete checkpoint
 A checkpoint is written into a hidden temporary folder, fsync'ed, then renamed into place; the
 `latest` pointer moves after that and old checkpoints are pruned last. A kill at any instant
-leaves the previous checkpoint whole.
+leaves the previous checkpoint whole. Sharded (FSDP) checkpoints use the same folders and
+state.json, with DCP files instead of model/optim.safetensors (see sharded.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import json
 import os
 import random
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -108,34 +109,52 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep_last: int,
     extra_files: dict[str, Path] | None = None,
+    is_main: bool = True,
 ) -> Path:
-    """Write checkpoint `step` atomically under root, move `latest` to it, prune beyond keep_last."""
-    root.mkdir(parents=True, exist_ok=True)
+    """Write checkpoint `step` atomically under root, move `latest` to it, prune beyond keep_last.
+
+    In a job of several ranks holding the same (replicated) state, only rank 0 writes (is_main);
+    the others wait for it, so no rank runs ahead of a checkpoint still being written.
+    """
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    if is_main:
+        tmp = begin_checkpoint(root, step, os.getpid())
+        try:
+            optim_meta, optim_tensors = optimizer_split(optimizers)
+            _save_tensors(tmp / "model.safetensors", model_state)
+            _save_tensors(tmp / "optim.safetensors", optim_tensors)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        commit_checkpoint(tmp, root, step, state={"optimizers": optim_meta, "schedulers": [s.state_dict() for s in schedulers],
+                                                   **trainer_state}, keep_last=keep_last, extra_files=extra_files)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return final
+
+
+def begin_checkpoint(root: Path, step: int, owner_pid: int) -> Path:
+    """A fresh hidden temporary folder for checkpoint `step`, named after the process that will commit it."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp-{checkpoint_name(step)}-{owner_pid}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    return tmp
+
+
+def commit_checkpoint(tmp: Path, root: Path, step: int, *, state: dict[str, Any], keep_last: int,
+                      extra_files: dict[str, Path] | None = None) -> Path:
+    """Add RNG, extra files and state.json (sha256 of every file, written last) to tmp; rename it into place."""
+    final = root / checkpoint_name(step)
     try:
-        optim_meta, optim_tensors = optimizer_split(optimizers)
         rng_json, rng_tensors = rng_state()
-        _save_tensors(tmp / "model.safetensors", model_state)
-        _save_tensors(tmp / "optim.safetensors", optim_tensors)
         _save_tensors(tmp / "rng.safetensors", rng_tensors)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
         _pause_for_tests("save")
-        files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
-        state = {
-            "format": FORMAT,
-            "step": step,
-            "optimizers": optim_meta,
-            "schedulers": [s.state_dict() for s in schedulers],
-            "rng": rng_json,
-            "files": files,
-            **trainer_state,
-        }
-        write_json_atomic(tmp / STATE, state)  # last file: a folder without it is never a checkpoint
-        fsync_dir(tmp)
+        files = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        write_json_atomic(tmp / STATE, {"format": FORMAT, "step": step, "rng": rng_json, "files": files, **state})
+        fsync_dir(tmp)  # state.json is the last file: a folder without it is never a checkpoint
         if final.exists():  # re-saving the same step (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -215,7 +234,7 @@ def read_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{state_file}: format {state.get('format')!r}, expected {FORMAT!r}")
     for name, digest in state["files"].items():
         f = path / name
-        if "/" in name or name.startswith(".") or not f.is_file():
+        if name.startswith("/") or ".." in PurePosixPath(name).parts or not f.is_file():
             raise CheckpointError(f"{path}: file {name!r} listed in {STATE} is missing or outside the checkpoint")
         if sha256_file(f) != digest:
             raise CheckpointError(f"{f}: sha256 does not match {STATE}; the file is truncated or corrupt")
@@ -252,10 +271,11 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any]
+    path: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
+    *, state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Restore model, optimizers, schedulers and RNG from `path`; return its state.json."""
-    state = read_state(path)
+    """Restore model, optimizers, schedulers and RNG from `path`; return its state.json (pass it if already read)."""
+    state = state if state is not None else read_state(path)
     load_model_weights(model, path)
     for opt, sd in zip(optimizers, optimizer_join(state["optimizers"], load_tensors(path / "optim.safetensors")), strict=True):
         opt.load_state_dict(sd)

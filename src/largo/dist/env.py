@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,7 @@ class DistEnv:
     local_rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    local_world: int = 1  # processes on this node (they share its memory)
 
     @property
     def is_main(self) -> bool:
@@ -30,14 +32,36 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_env(requested_device: str = "auto") -> DistEnv:
-    """Read torchrun's variables; start the process group (NCCL on CUDA, gloo on CPU) if world > 1."""
+def init_env(requested_device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
+    """Read torchrun's variables; start the process group (NCCL on CUDA, gloo on CPU) if world > 1.
+
+    timeout_s bounds every collective: a rank that dies or hangs fails its peers after that long.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     device = pick_device(requested_device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistEnv(rank, local_rank, world, device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), device_id=device if backend == "nccl" else None)
+    return DistEnv(rank, local_rank, world, device, local_world)
+
+
+def restart_count() -> int:
+    """How often torchrun (--max-restarts) has restarted this job's workers; 0 on a first start."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def collective_failure(error: BaseException) -> str | None:
+    """A one-line explanation if `error` is a failed or timed-out collective, else None."""
+    text = str(error).strip()
+    is_dist = isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and any(
+        word in text for word in ("gloo", "NCCL", "Connection closed by peer", "Timed out", "timed out")))
+    if not is_dist:
+        return None
+    first = text.splitlines()[0] if text else type(error).__name__
+    return (f"a collective failed: {first[:300]} -- a peer rank died, hung longer than parallel.timeout_s, "
+            "or lost its connection; torchrun's summary names the first rank that failed")
