@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print("largo: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a dead or hung peer surfaces as a failed collective: say so in one line, with our rank
-        from largo.dist.env import collective_failure
+        from largo.dist.health import collective_failure
 
         message = collective_failure(e)
         if message is None or args.debug:

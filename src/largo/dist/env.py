@@ -47,21 +47,15 @@ def init_env(requested_device: str = "auto", timeout_s: float = 600.0) -> DistEn
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), device_id=device if backend == "nccl" else None)
-    return DistEnv(rank, local_rank, world, device, local_world)
+    env = DistEnv(rank, local_rank, world, device, local_world)
+    if world > 1:
+        from largo.dist.health import start_heartbeat
+
+        start_heartbeat(env)  # lets a failed collective name the rank that died or hung
+    return env
 
 
 def restart_count() -> int:
     """How often torchrun (--max-restarts) has restarted this job's workers; 0 on a first start."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
-
-def collective_failure(error: BaseException) -> str | None:
-    """A one-line explanation if `error` is a failed or timed-out collective, else None."""
-    text = str(error).strip()
-    is_dist = isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and any(
-        word in text for word in ("gloo", "NCCL", "Connection closed by peer", "Timed out", "timed out")))
-    if not is_dist:
-        return None
-    first = text.splitlines()[0] if text else type(error).__name__
-    return (f"a collective failed: {first[:300]} -- a peer rank died, hung longer than parallel.timeout_s, "
-            "or lost its connection; torchrun's summary names the first rank that failed")
