@@ -2,10 +2,11 @@
 
 Each torchrun start costs seconds, so the launches are few and shared through module fixtures:
   reference   1 process, in this test process              (steps 1-6, checkpoints at 3 and 6)
-  ddp         `largo train --nproc 2` (relaunches torchrun)
-  fsdp        two torchrun "nodes" of 1 process each, c10d rendezvous on 127.0.0.1
+  ddp         `largo train --nproc 2` (relaunches torchrun), activation checkpointing on every block
+  fsdp        two torchrun "nodes" of 1 process each, c10d rendezvous on 127.0.0.1, AC on every 2nd block
   1 -> 2      torchrun, FSDP, resumed from the reference's step-3 checkpoint
-  kill        torchrun, DDP, one rank SIGKILLed mid-run
+  kill        torchrun --max-restarts 1, DDP: rank 1 SIGKILLed (restart, resume), then again (the job ends)
+  hang        torchrun, DDP: rank 1 SIGSTOPped (the collective timeout names it)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from largo.train.loop import train
 from tests.conftest import tiny_config
 
 SRC = str(Path(largo.__file__).resolve().parents[1])
+# micro_batch 2 of global 8: 4 micro-steps on 1 rank, 2 per rank on 2 ranks (gradient sync on the last one only)
+SECTIONS = dict(train={"threads": 1, "micro_batch": 2}, eval={"max_batches": 3})
 LAUNCH_TIMEOUT_S = 240  # generous: the machine is shared; a hang fails the test instead of blocking CI
 
 
@@ -73,10 +76,10 @@ def _check(proc: subprocess.CompletedProcess | subprocess.Popen, out: str) -> No
 def setup(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> dict:
     """The shared config file (1 thread per process) and the 1-process reference run."""
     root = tmp_path_factory.mktemp("dist")
-    cfg = tiny_config(root, tiny_data, train={"threads": 1}, eval={"max_batches": 3})
+    cfg = tiny_config(root, tiny_data, **SECTIONS)
     config = root / "config.json"
     config.write_text(json.dumps(cfg.to_dict()))
-    ref = tiny_config(root, tiny_data, run={"name": "reference"}, train={"threads": 1}, eval={"max_batches": 3})
+    ref = tiny_config(root, tiny_data, run={"name": "reference"}, **SECTIONS)
     summary = train(ref, log=lambda _m: None)
     torch.set_num_threads(2)  # train() set 1 for this process; give the rest of the session its threads back
     return {"root": root, "config": config, "runs": root / "runs", "reference": ref.run_dir, "val_loss": summary["val_loss"]}
@@ -93,7 +96,7 @@ def fsdp_two_nodes(setup: dict) -> Path:
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", f"--node-rank={rank}",
          "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", f"--rdzv-id={run_id}",
-         *_largo(setup, "fsdp", "--parallel.strategy", "fsdp")],
+         *_largo(setup, "fsdp", "--parallel.strategy", "fsdp", "--parallel.ac", "every_k", "--parallel.ac_every", "2")],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
     for node in nodes:
         out, _ = node.communicate(timeout=LAUNCH_TIMEOUT_S)
@@ -102,10 +105,10 @@ def fsdp_two_nodes(setup: dict) -> Path:
 
 
 def test_ddp_on_two_processes_matches_one(setup: dict) -> None:
-    proc = subprocess.run([sys.executable, *_largo(setup, "ddp", "--nproc", "2", "--parallel.strategy", "ddp")],
+    proc = subprocess.run([sys.executable, *_largo(setup, "ddp", "--nproc", "2", "--parallel.strategy", "ddp", "--parallel.ac", "full")],
                           env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     _check(proc, proc.stdout + proc.stderr)
-    assert "parallel: ddp" in proc.stdout and "world 2" in proc.stdout
+    assert "parallel: ddp" in proc.stdout and "2 micro-steps" in proc.stdout and "world 2" in proc.stdout
     assert proc.stdout.count("step 6/6") == 1  # only rank 0 prints progress
     _assert_same_run(setup["runs"] / "ddp", setup["reference"])
     final = read_metrics(setup["runs"] / "ddp" / "metrics.jsonl", "summary")[0]
@@ -128,7 +131,7 @@ def test_fsdp_on_two_nodes_matches_one_and_halves_the_state(setup: dict, fsdp_tw
 def test_sharded_checkpoint_resumes_on_one_process(setup: dict, fsdp_two_nodes: Path, tiny_data: Path) -> None:
     run = setup["runs"] / "two_to_one"
     shutil.copytree(fsdp_two_nodes, run)
-    cfg = tiny_config(setup["root"], tiny_data, run={"name": "two_to_one"}, train={"threads": 1}, eval={"max_batches": 3})
+    cfg = tiny_config(setup["root"], tiny_data, run={"name": "two_to_one"}, **SECTIONS)
     train(cfg, resume=str(run / "checkpoints" / "step_0000003"), log=lambda _m: None)
     torch.set_num_threads(2)
     _assert_same_run(run, setup["reference"])  # steps 1-3 from the 2-rank run, 4-6 resumed on 1 rank
@@ -158,23 +161,58 @@ def _rank_pid(marker: str, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
-def test_killed_rank_ends_the_job_naming_it(setup: dict) -> None:
-    marker, timeout_s = uuid.uuid4().hex, 20
-    job = subprocess.Popen([sys.executable, *_largo(setup, "killed", "--nproc", "2", "--parallel.strategy", "ddp",
-                                                    "--train.steps", "100000", "--checkpoint.every", "0",
-                                                    "--parallel.timeout_s", str(timeout_s))],
-                           env=_env(LARGO_TEST_JOB=marker), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    metrics = setup["runs"] / "killed" / "metrics.jsonl"
+def _wait_for(condition, job: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    while not read_metrics(metrics, "train") and job.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)  # training is under way once a step is logged
-    pid = _rank_pid(marker, 1)
-    assert pid is not None and job.poll() is None
-    os.kill(pid, signal.SIGKILL)
+    while not condition() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert condition(), log.read_text()[-3000:]
+
+
+def _long_job(setup: dict, name: str, log: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """A 2-rank DDP job that trains until stopped, once it has logged a step: (job, its marker)."""
+    marker = uuid.uuid4().hex
+    job = subprocess.Popen([sys.executable, *_largo(setup, name, "--nproc", "2", "--parallel.strategy", "ddp",
+                                                    "--train.steps", "100000", *args)],
+                           env=_env(LARGO_TEST_JOB=marker), stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+    _wait_for(lambda: read_metrics(setup["runs"] / name / "metrics.jsonl", "train"), job, log)  # training is under way
+    return job, marker
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+
+
+@needs_proc
+def test_killed_rank_restarts_from_checkpoint_then_ends_the_job_naming_it(setup: dict) -> None:
+    timeout_s, log = 20, setup["root"] / "killed.log"
+    job, marker = _long_job(setup, "killed", log, "--max-restarts", "1", "--checkpoint.every", "2",
+                            "--parallel.timeout_s", str(timeout_s))
+    _wait_for(lambda: (setup["runs"] / "killed" / "checkpoints" / "latest").is_file(), job, log)
+    first = _rank_pid(marker, 1)
+    os.kill(first, signal.SIGKILL)  # torchrun restarts both ranks, which resume from the newest checkpoint
+    _wait_for(lambda: "resumed from" in log.read_text() and _rank_pid(marker, 1) not in (None, first), job, log)
+    os.kill(_rank_pid(marker, 1), signal.SIGKILL)  # no restarts left: the job must end
     killed_at = time.monotonic()
-    out, _ = job.communicate(timeout=timeout_s + 30)
-    assert job.returncode != 0
-    assert time.monotonic() - killed_at < timeout_s
-    root_cause = out[out.index("Root Cause"):]
+    job.wait(timeout=timeout_s + 30)
+    assert job.returncode != 0 and time.monotonic() - killed_at < timeout_s
+    out = log.read_text()
+    root_cause = out[out.rindex("Root Cause"):]  # torchrun's summary
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", root_cause) and "SIGKILL" in root_cause, out[-3000:]
+
+
+@needs_proc
+def test_hung_rank_times_out_naming_it(setup: dict) -> None:
+    timeout_s, log = 4, setup["root"] / "hung.log"
+    job, marker = _long_job(setup, "hung", log, "--checkpoint.every", "0", "--parallel.timeout_s", str(timeout_s))
+    pid = _rank_pid(marker, 1)
+    os.kill(pid, signal.SIGSTOP)  # frozen: alive to the OS, silent to its peers
+    stopped_at, line = time.monotonic(), None
+    try:
+        while line is None and job.poll() is None and time.monotonic() - stopped_at < timeout_s + 20:
+            time.sleep(0.2)
+            line = next((x for x in log.read_text().splitlines() if x.startswith("largo: error (rank 0)")), None)
+        assert line is not None and "rank 1 stopped responding" in line, log.read_text()[-3000:]
+        assert time.monotonic() - stopped_at < timeout_s + 10  # the timeout, then ~3 s to read the heartbeats
+    finally:
+        os.kill(pid, signal.SIGCONT)  # let torchrun's SIGTERM end it at once
+        job.wait(timeout=60)
+    assert job.returncode != 0

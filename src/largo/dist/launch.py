@@ -36,4 +36,14 @@ def relaunch_with_torchrun(nproc: int, argv: list[str], *, max_restarts: int = 0
     cmd = torchrun_command(nproc, argv, max_restarts=max_restarts)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(cmd[0], cmd)
+    os.execve(cmd[0], cmd, restart_safe_env(os.environ))
+
+
+def restart_safe_env(env: dict[str, str] | os._Environ) -> dict[str, str]:
+    """env with torchrun's rendezvous store kept apart from the workers' store.
+
+    When torchrun shares its store with the workers, a restarted attempt can read the previous
+    attempt's gloo/NCCL addresses and fail to connect (pytorch/pytorch#135712); with a store of
+    their own per attempt, `--max-restarts` restarts come up cleanly.
+    """
+    return {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **env}
