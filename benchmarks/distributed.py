@@ -4,8 +4,9 @@
     python benchmarks/distributed.py --gpu           # 1 CUDA GPU, configs/gpt2_124m.toml: tokens/s and MFU
 
 Each run is a real `largo train` (under torchrun for 2 processes); figures come from its metrics.jsonl:
-steady-state tokens/s averages the step times after the first log window (warmup, compilation), and
-peak memory is each rank's own (resident set on CPU, max allocated on CUDA), reported for the largest rank.
+steady-state tokens/s uses the median step time of the log windows after the first (warmup,
+compilation; the median resists other jobs' bursts on a shared machine), and peak memory is each
+rank's own (resident set on CPU, max allocated on CUDA), reported for the largest rank.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,9 +36,9 @@ def run(config: Path, name: str, extra: list[str], out_dir: Path, overrides: lis
     records = [json.loads(line) for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"][1:]  # drop the first window: warmup, compilation
     memory = [r for r in records if r["kind"] == "memory"][-1]
-    step_s = sum(r["step_time_ms"] for r in train) / len(train) / 1000
+    step_s = statistics.median(r["step_time_ms"] for r in train) / 1000
     tokens_per_step = train[0]["tokens_per_s"] * train[0]["step_time_ms"] / 1000
-    return {"tokens_per_s": tokens_per_step / step_s, "mfu": sum(r["mfu"] for r in train) / len(train),
+    return {"tokens_per_s": tokens_per_step / step_s, "mfu": statistics.median(r["mfu"] for r in train),
             "peak_mib": max(memory["rank_peak_bytes"]) / 2**20, "state_mib": max(
                 p + o for p, o in zip(memory["rank_param_bytes"], memory["rank_optim_bytes"], strict=True)) / 2**20,
             "world": len(memory["rank_peak_bytes"]), "loss": [r for r in records if r["kind"] == "summary"][0]["train_loss"]}
@@ -60,7 +62,8 @@ def main() -> None:
         results = [(label, run(config, label.split()[0].lower() + str(i), extra, Path(tmp), overrides))
                    for i, (label, extra) in enumerate(runs)]
     base = results[0][1]["tokens_per_s"]
-    print(f"\n{config.name}, same global batch for every run, {os.cpu_count()} CPU cores on this machine")
+    load = os.getloadavg()[0]
+    print(f"\n{config.name}, same global batch for every run | {os.cpu_count()} CPU cores, load average {load:.1f} at the end")
     print(f"| run | ranks | tokens/s | vs 1 process | MFU | params+optimizer per rank | peak memory per rank | final loss |")
     print("|---|---|---|---|---|---|---|---|")
     for label, r in results:
