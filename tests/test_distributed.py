@@ -25,8 +25,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import largo
+from largo.cli import main
 from largo.checkpoint.restore import restore
 from largo.observe.metrics import read_metrics
 from largo.train.loop import train
@@ -126,6 +128,15 @@ def test_fsdp_on_two_nodes_matches_one_and_halves_the_state(setup: dict, fsdp_tw
         for rank_bytes in sharded[key]:
             assert rank_bytes == pytest.approx(whole[key][0] / 2, rel=0.02), key
     assert (fsdp_two_nodes / "checkpoints" / "step_0000003" / "dcp" / ".metadata").is_file()
+
+
+def test_export_gathers_a_sharded_checkpoint_into_one_safetensors(setup: dict, fsdp_two_nodes: Path) -> None:
+    out = setup["root"] / "fsdp.safetensors"
+    assert main(["export", str(fsdp_two_nodes), "--format", "safetensors", str(out)]) == 0
+    exported, reference = load_file(str(out)), _weights(setup["reference"])
+    assert exported.keys() == reference.keys()
+    for k in reference:
+        torch.testing.assert_close(exported[k], reference[k], rtol=1e-4, atol=1e-6)
 
 
 def test_sharded_checkpoint_resumes_on_one_process(setup: dict, fsdp_two_nodes: Path, tiny_data: Path) -> None:

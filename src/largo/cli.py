@@ -26,6 +26,7 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         from largo.dist.launch import relaunch_with_torchrun
 
         return relaunch_with_torchrun(args.nproc, sys.argv[1:], max_restarts=args.max_restarts)
+    import torch.distributed
     from torch.distributed.elastic.multiprocessing.errors import record
 
     from largo.config import load_config
@@ -37,6 +38,8 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         resume = "auto"
     # record: under torchrun, a failing rank's error goes into torchrun's summary next to its rank
     record(train)(load_config(args.config, overrides), resume=resume, overwrite=args.overwrite)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # a clean exit (NCCL warns and may hang at exit otherwise)
     return 0
 
 

@@ -8,7 +8,9 @@ works across nodes without clocks having to agree.
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -28,7 +30,10 @@ class Heartbeat:
         self.store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                                    timeout=timedelta(seconds=5))
         self.prefix = f"largo/heartbeat/{restart_count()}/"  # a torchrun restart must not read the last attempt's beats
-        threading.Thread(target=self._run, name="largo-heartbeat", daemon=True).start()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="largo-heartbeat", daemon=True)
+        self._thread.start()
+        atexit.register(self.stop)  # never left inside a store call while the interpreter shuts down
 
     def _run(self) -> None:
         beats = 0
@@ -38,7 +43,13 @@ class Heartbeat:
                 self.store.set(f"{self.prefix}{self.rank}", str(beats))
             except Exception:  # the store went away: the job is ending
                 return
-            time.sleep(self.interval_s)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def stop(self) -> None:
+        """End the beats (at exit)."""
+        self._stop.set()
+        self._thread.join(timeout=2 * self.interval_s)
 
     def _read(self) -> dict[int, str]:
         keys = {r: f"{self.prefix}{r}" for r in range(self.world)}
@@ -56,7 +67,10 @@ def start_heartbeat(env: DistEnv) -> None:
     """Start this rank's heartbeat (once per process; only in a job of several ranks launched by torchrun)."""
     global _beat
     if _beat is None and env.world > 1 and "MASTER_ADDR" in os.environ:
-        _beat = Heartbeat(env)
+        try:
+            _beat = Heartbeat(env)
+        except Exception as e:  # a diagnostic aid only: never fail training for it
+            print(f"largo: warning (rank {env.rank}): no heartbeat, a hung rank will not be named ({e})", file=sys.stderr)
 
 
 def collective_failure(error: BaseException) -> str | None:
