@@ -20,9 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
-CPU_RUNS = [("1 process", []), ("DDP x2", ["--nproc", "2", "--parallel.strategy", "ddp"]),
-            ("FSDP x2", ["--nproc", "2", "--parallel.strategy", "fsdp"])]
+CPU_RUNS = [("1 process", []), ("1 process, 1 thread", ["--train.threads", "1"]),
+            ("DDP x2", ["--nproc", "2", "--parallel.strategy", "ddp"]), ("FSDP x2", ["--nproc", "2", "--parallel.strategy", "fsdp"])]
 
 
 def run(config: Path, name: str, extra: list[str], out_dir: Path, overrides: list[str]) -> dict:
@@ -57,14 +59,21 @@ def main() -> None:
         config, runs = REPO / "configs" / "text_tiny.toml", CPU_RUNS
         overrides = ["--train.steps", str(args.steps or 30), "--train.log_every", "5", "--optim.warmup_steps", "5",
                      "--data.dir", "data/bench-stdlib", "--data.max_bytes", "3000000", "--train.device", "cpu"]
+        # One yardstick for MFU: this machine's bf16 GEMM peak on all cores, each of N ranks owning 1/N of it.
+        sys.path.insert(0, str(REPO / "src"))
+        from largo.observe.throughput import peak_flops
+
+        machine_tflops = peak_flops(torch.device("cpu"), "bf16") / 1e12
+        runs = [(label, [*extra, "--train.peak_tflops", str(machine_tflops / (2 if "--nproc" in extra else 1))])
+                for label, extra in runs]
     overrides += ["--eval.every", "0", "--eval.max_batches", "1", "--checkpoint.every", "0"]
     with tempfile.TemporaryDirectory(prefix="largo-bench-") as tmp:
-        results = [(label, run(config, label.split()[0].lower() + str(i), extra, Path(tmp), overrides))
+        results = [(label, run(config, f"run{i}", extra, Path(tmp), overrides))
                    for i, (label, extra) in enumerate(runs)]
     base = results[0][1]["tokens_per_s"]
     load = os.getloadavg()[0]
     print(f"\n{config.name}, same global batch for every run | {os.cpu_count()} CPU cores, load average {load:.1f} at the end")
-    print(f"| run | ranks | tokens/s | vs 1 process | MFU | params+optimizer per rank | peak memory per rank | final loss |")
+    print("| run | ranks | tokens/s | vs 1 process | MFU | params+optimizer per rank | peak memory per rank | final loss |")
     print("|---|---|---|---|---|---|---|---|")
     for label, r in results:
         print(f"| {label} | {r['world']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / base:.2f}x | {100 * r['mfu']:.1f}% | "
