@@ -222,7 +222,7 @@ def test_hung_rank_times_out_naming_it(setup: dict) -> None:
             time.sleep(0.2)
             line = next((x for x in log.read_text().splitlines() if x.startswith("largo: error (rank 0)")), None)
         assert line is not None and "rank 1 stopped responding" in line, log.read_text()[-3000:]
-        assert time.monotonic() - stopped_at < timeout_s + 10  # the timeout, then ~3 s to read the heartbeats
+        assert time.monotonic() - stopped_at < timeout_s + 15  # the timeout, then ~3 s to read the heartbeats
     finally:
         os.kill(pid, signal.SIGCONT)  # let torchrun's SIGTERM end it at once
         job.wait(timeout=60)
