@@ -27,6 +27,7 @@ from largo.dist.parallelize import grad_sync, parallelize, unwrap
 from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
 from largo.observe.metrics import MetricsLog
+from largo.observe.plots import plot_run
 from largo.observe.throughput import peak_flops
 from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
 from largo.train.optim import build_optimizers, build_schedulers
@@ -160,6 +161,8 @@ def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, 
         if final:
             metrics.write({"kind": "eval", "step": cfg.train.steps, **final})
         metrics.write({"kind": "summary", **summary})
+        metrics.flush()
+        plot_run(run_dir)
     if final:
         say(format_result(final))
     val = f"val loss {final['loss']:.4f} | " if final else ""
@@ -199,8 +202,8 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     t = cfg.train
-    if t.global_batch % (t.micro_batch * env.world) and t.global_batch % env.world:
-        raise ConfigError(f"train.global_batch ({t.global_batch}) must divide by the world size ({env.world})")
+    if t.global_batch % env.world:
+        raise ConfigError(f"train.global_batch ({t.global_batch}) must divide by the number of processes ({env.world})")
     seed_everything(cfg.run.seed)
     say = log if env.is_main else (lambda _msg: None)
 
@@ -238,7 +241,7 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
         peak_flops=peak_flops(env.device, t.precision, t.peak_tflops) * env.world,
     )
     say(f"model: {sum(p.numel() for p in model.parameters()):,} params | {parts.tokens_per_step:,} tokens/step | "
-        f"{max(1, t.global_batch // (t.micro_batch * env.world))} micro-steps | {t.precision} | device {env.device} | world {env.world}")
+        f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
     progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
     summary = finish(parts, cfg, run_dir, progress, metrics=metrics, say=say)
     if metrics:
