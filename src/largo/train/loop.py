@@ -102,6 +102,7 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
                 loss.backward()  # 5) backward: gradients accumulate across micro-steps
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        lr = parts.optimizers[0].param_groups[0]["lr"]  # the rate this step used (schedulers move it next)
         for opt in parts.optimizers:  # 6) optimizer step
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -116,7 +117,7 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
             loss_value = loss_sum.item()  # host sync, only at log steps
             dt, window_s, window_steps = window_s / window_steps, 0.0, 0
             record = {
-                "kind": "train", "step": done, "loss": loss_value, "lr": parts.schedulers[0].get_last_lr()[0],
+                "kind": "train", "step": done, "loss": loss_value, "lr": lr,
                 "grad_norm": float(grad_norm), "tokens_per_s": parts.tokens_per_step / dt, "step_time_ms": 1000 * dt,
                 "mfu": parts.flops_per_step / dt / parts.peak_flops, "elapsed_s": train_s,
             }
