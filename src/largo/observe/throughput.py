@@ -10,8 +10,6 @@ from pathlib import Path
 import torch
 
 _CACHE = Path(os.environ.get("LARGO_CACHE", Path.home() / ".cache" / "largo")) / "peak_flops.json"
-# Published dense peaks (FLOP/s) per GPU; CPUs are measured.
-KNOWN_PEAKS = {"A100": {"bf16": 312e12, "fp32": 19.5e12}, "H100": {"bf16": 989e12, "fp32": 67e12}, "H200": {"bf16": 989e12, "fp32": 67e12}}
 
 
 def _device_key(device: torch.device, precision: str) -> str:
@@ -41,10 +39,11 @@ def peak_flops(device: torch.device, precision: str, configured_tflops: float = 
     if configured_tflops > 0:
         return configured_tflops * 1e12
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peaks in KNOWN_PEAKS.items():
-            if key in name:
-                return peaks[precision]
+        from largo.plan.devices import spec_for_cuda_name  # the one table of published GPU peaks
+
+        spec = spec_for_cuda_name(torch.cuda.get_device_name(device))
+        if spec is not None:
+            return spec.peak_bf16 if precision == "bf16" else spec.peak_fp32
     key = _device_key(device, precision)
     try:
         cache = json.loads(_CACHE.read_text())
@@ -60,3 +59,31 @@ def peak_flops(device: torch.device, precision: str, configured_tflops: float = 
         except OSError:
             pass  # an unwritable cache only costs a re-measurement next time
     return float(cache[key])
+
+
+_MFU_HISTORY = _CACHE.with_name("mfu_history.json")
+_MFU_KEEP = 20  # most recent runs kept per device type and precision
+
+
+def record_mfu(device_type: str, precision: str, mfu: float) -> None:
+    """Append a finished run's measured MFU to the history `largo plan` defaults to."""
+    key = f"{device_type}|{precision}"
+    try:
+        history = json.loads(_MFU_HISTORY.read_text())
+    except (OSError, json.JSONDecodeError):
+        history = {}
+    history[key] = (history.get(key, []) + [mfu])[-_MFU_KEEP:]
+    try:
+        _MFU_HISTORY.parent.mkdir(parents=True, exist_ok=True)
+        _MFU_HISTORY.write_text(json.dumps(history, indent=1))
+    except OSError:
+        pass  # history is a convenience; the plan falls back to its stated assumption
+
+
+def measured_mfu(device_type: str, precision: str) -> float | None:
+    """The MFU of the most recent finished run on this device type and precision, if any."""
+    try:
+        runs = json.loads(_MFU_HISTORY.read_text()).get(f"{device_type}|{precision}", [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return float(runs[-1]) if runs else None

@@ -20,8 +20,10 @@ from largo.data import Dataset, rank_samples
 from largo.dist.env import DistEnv, init_env
 from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
+from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
 from largo.observe.throughput import peak_flops
+from largo.plan.check import check_run, format_rows
 from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
 from largo.train.optim import build_optimizers, build_schedulers
 from largo.train.run_dir import open_run_dir
@@ -81,6 +83,7 @@ def train(
     dataset: Dataset = task.dataset
 
     # 2) model initialisation: built on meta, materialised on the device, initialised from the seed
+    memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
     model: nn.Module = build_model(cfg.model, env.device)
     optimizers = build_optimizers(model, cfg.optim)
     schedulers = build_schedulers(optimizers, cfg.optim, cfg.train.steps)
@@ -119,6 +122,7 @@ def train(
     # A live bar on a terminal; in logs (CI, nohup, SLURM) one plain line per log step instead.
     live = env.is_main and sys.stderr.isatty()
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", disable=not live, dynamic_ncols=True)
+    memory.start()
     t_start = time.perf_counter()
     train_s, window_s, window_steps, loss_value = 0.0, 0.0, 0, float("nan")
     for step in range(start_step, cfg.train.steps):
@@ -173,9 +177,11 @@ def train(
             if cfg.checkpoint.every == 0 or done % cfg.checkpoint.every:
                 save(done)
             bar.close()
+            memory.stop()
             say(f"stopped at step {done}; continue with --resume auto")
             return {"steps": done, "stopped": True, "run_dir": str(run_dir)}
     bar.close()
+    peak_bytes = memory.stop()  # before the final evaluation and checkpoint write
 
     elapsed = time.perf_counter() - t_start
     steps_run = cfg.train.steps - start_step
@@ -187,6 +193,11 @@ def train(
         "train_s": train_s, "tokens_per_s": steps_run * tokens_per_step / max(train_s, 1e-9),
         "mfu": steps_run * flops_per_step / max(train_s, 1e-9) / peak, "run_dir": str(run_dir),
     }
+    if env.is_main:  # plan vs measured: what `largo plan` predicts for this run next to what it did
+        summary["plan_vs_measured"] = check_run(
+            cfg, run_dir, model=model, world=env.world, device=env.device, peak_flops_per_device=peak / env.world,
+            seq_len=seq_len, peak_bytes=peak_bytes, memory_method=memory.method, step_s=train_s / max(steps_run, 1),
+            mfu=summary["mfu"], steps_run=steps_run)
     if metrics:
         metrics.write({"kind": "summary", "step": cfg.train.steps, **summary})
         metrics.close()
@@ -195,4 +206,5 @@ def train(
         f"done: {steps_run} steps in {elapsed:.1f}s | train loss {loss_value:.4f} | val loss {final['loss']:.4f} "
         f"ppl {final['perplexity']:.2f} | {summary['tokens_per_s']:,.0f} tok/s | MFU {100 * summary['mfu']:.2f}% | {run_dir}"
     )
+    say(f"plan vs measured ({memory.method}):\n{format_rows(summary.get('plan_vs_measured', []))}")
     return summary
