@@ -204,6 +204,17 @@ def test_7b_on_64_h100_matches_published_figures(capsys: pytest.CaptureFixture[s
     assert t["device_hours"] == pytest.approx(t["wall_s"] * 64 / 3600)
 
 
+def test_time_calibrated_on_a_run_reproduces_it() -> None:
+    flops, attention, speed, peak, step_s = 1e12, 2e11, 0.25, 1e12, 3.0
+    dense = est.dense_mfu(flops / (peak * step_s), flops, attention, speed)  # what one measured run calibrates
+    assert dense == pytest.approx((flops + attention * 3) / (peak * step_s))  # attention FLOPs cost 4x here
+    kw = dict(steps=10, peak_flops=peak, mfu=dense, attention_flops_per_step=attention, attention_speed=speed)
+    t = est.timing(flops, devices=1, checkpointing=False, **kw)
+    assert t["step_s"] == pytest.approx(step_s) and t["mfu_model"] == pytest.approx(flops / (peak * step_s))
+    assert t["wall_s"] == pytest.approx(30.0) and t["device_hours"] == pytest.approx(30 / 3600)
+    assert est.timing(flops, devices=2, checkpointing=True, **kw)["step_s"] == pytest.approx(step_s / 2 * 4 / 3)  # + a forward
+
+
 def test_nothing_fits_says_so() -> None:
     w = _tiny_workload()
     import dataclasses

@@ -120,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="TOML config (or use --model)")
     p.add_argument("--model", help="named size: 124m, 350m, 1b, 7b, 13b, 70b (Llama-style shapes)")
     p.add_argument("--devices", type=int, default=1, help="data-parallel devices")
-    p.add_argument("--device-type", default="cpu", help="cpu (measured), a100-40g, a100-80g, h100, h100-pcie, h200, l40s, mi300x")
+    from largo.plan.devices import device_names
+
+    p.add_argument("--device-type", default="cpu", help=f"{', '.join(device_names())} (cpu: this machine, measured)")
     p.add_argument("--tokens", type=float, help="training tokens, e.g. 1.4e11 (default: the config's steps, or Chinchilla's 20/param)")
     p.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: the last measured run on this device type, else an assumption)")
     p.add_argument("--layout", choices=["fp32", "autocast", "mixed"], help="bytes per parameter layout (default: from train.precision)")

@@ -31,8 +31,18 @@ def _run_strategy(cfg: Any, world: int) -> tuple[str, bool]:
     return strategy, checkpointing
 
 
+def _step_flops(cfg: Any, seq_len: int, device: torch.device) -> tuple[float, float, float]:
+    """(FLOPs, attention FLOPs) of one optimizer step, and attention's speed relative to GEMMs on this device."""
+    from largo.observe.throughput import attention_speed
+
+    tokens = seq_len * cfg.train.global_batch
+    attention = 12 * cfg.model.n_layers * cfg.model.dim * seq_len * tokens
+    speed = 1.0 if cfg.train.peak_tflops else attention_speed(device, cfg.train.precision)  # a configured peak: unknown device
+    return float(cfg.model.flops_per_token(seq_len) * tokens), float(attention), speed
+
+
 def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device, peak_flops_per_device: float, seq_len: int) -> dict[str, Any]:
-    """What `largo plan` predicts for this run: params, peak bytes per device, step time and the MFU it assumed."""
+    """What `largo plan` predicts for this run: params, peak bytes per device, step time and MFU."""
     from largo.plan.planner import default_mfu
 
     strategy, checkpointing = _run_strategy(cfg, world)
@@ -42,9 +52,10 @@ def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device
     mem = est.memory(cfg.model, seq_len=seq_len, micro_batch=cfg.train.micro_batch, accum_steps=accum, layout=layout,
                      optimizer=cfg.optim.name, strategy=strategy, shards=world, checkpointing=checkpointing, counts=counts)
     mfu, mfu_source = default_mfu(device_type(device), cfg.train.precision, None)
-    flops_per_step = cfg.model.flops_per_token(seq_len) * seq_len * cfg.train.global_batch
-    t = est.timing(flops_per_step, steps=1, devices=world, peak_flops=peak_flops_per_device, mfu=mfu, checkpointing=checkpointing)
-    return {"params": counts.total, "peak_bytes": mem.peak, "step_s": t["step_s"], "mfu": mfu,
+    flops, attention, speed = _step_flops(cfg, seq_len, device)
+    t = est.timing(flops, steps=1, devices=world, peak_flops=peak_flops_per_device, mfu=mfu, checkpointing=checkpointing,
+                   attention_flops_per_step=attention, attention_speed=speed)
+    return {"params": counts.total, "peak_bytes": mem.peak, "step_s": t["step_s"], "mfu": t["mfu_model"],
             "context": {"strategy": strategy, "layout": layout.name, "peak_phase": mem.peak_phase, "mfu_source": mfu_source}}
 
 
@@ -63,7 +74,8 @@ def check_run(cfg: Any, run_dir: Path, *, model: nn.Module, world: int, device: 
     write_comparison(run_dir, rows, context)
     # Short runs say little about throughput; an MFU against a configured peak is not comparable with the table's.
     if steps_run >= 5 and not cfg.train.peak_tflops:
-        record_mfu(device_type(device), cfg.train.precision, mfu)
+        flops, attention, speed = _step_flops(cfg, seq_len, device)
+        record_mfu(device_type(device), cfg.train.precision, est.dense_mfu(mfu, flops, attention, speed))
     return rows
 
 

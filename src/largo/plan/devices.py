@@ -21,6 +21,8 @@ class DeviceSpec:
     peak_fp32: float  # fp32 FLOP/s (no TF32)
     match: tuple[str, ...]  # substrings of torch.cuda.get_device_name() that identify it
     note: str = ""
+    attention_speed_bf16: float = 1.0  # attention FLOP/s over GEMM FLOP/s (measured on CPU; 1 on GPUs)
+    attention_speed_fp32: float = 1.0
 
 
 # Vendor datasheet dense peaks; memory as nvidia-smi / rocm-smi reports it (MiB).
@@ -64,15 +66,15 @@ def get_device(name: str, *, cpu_peak_bf16: float | None = None, cpu_peak_fp32: 
     """The spec for --device-type; 'cpu' is this machine, its peaks measured (or given) per precision."""
     key = name.lower()
     if key == CPU:
-        if cpu_peak_bf16 is None or cpu_peak_fp32 is None:
-            import torch
+        import torch
 
-            from largo.observe.throughput import peak_flops
+        from largo.observe.throughput import attention_speed, peak_flops
 
-            cpu = torch.device("cpu")
-            cpu_peak_bf16 = peak_flops(cpu, "bf16") if cpu_peak_bf16 is None else cpu_peak_bf16
-            cpu_peak_fp32 = peak_flops(cpu, "fp32") if cpu_peak_fp32 is None else cpu_peak_fp32
-        return DeviceSpec(CPU, _host_memory_bytes(), cpu_peak_bf16, cpu_peak_fp32, (), "this machine; peaks from a cached GEMM")
+        cpu = torch.device("cpu")
+        cpu_peak_bf16 = peak_flops(cpu, "bf16") if cpu_peak_bf16 is None else cpu_peak_bf16
+        cpu_peak_fp32 = peak_flops(cpu, "fp32") if cpu_peak_fp32 is None else cpu_peak_fp32
+        return DeviceSpec(CPU, _host_memory_bytes(), cpu_peak_bf16, cpu_peak_fp32, (), "this machine; peaks from a cached GEMM",
+                          attention_speed(cpu, "bf16"), attention_speed(cpu, "fp32"))
     if key not in DEVICES:
         raise ConfigError(f"--device-type {name!r} is unknown; valid: {', '.join(device_names())}")
     return DEVICES[key]

@@ -267,12 +267,29 @@ def largest_fitting(
     return best
 
 
-def timing(flops_per_step: float, *, steps: int, devices: int, peak_flops: float, mfu: float, checkpointing: bool) -> dict[str, float]:
-    """Step and wall time at a model-FLOPs utilisation; recompute adds one forward (2N of 6N per token)."""
+def weighted_flops(flops: float, attention_flops: float, attention_speed: float) -> float:
+    """FLOPs with attention's counted 1/attention_speed times (its kernels run slower than GEMMs on CPU)."""
+    return flops + attention_flops * (1.0 / attention_speed - 1.0)
+
+
+def dense_mfu(mfu: float, flops: float, attention_flops: float, attention_speed: float) -> float:
+    """A measured MFU turned into the utilisation of dense FLOPs that timing() takes (equal when speed is 1)."""
+    return mfu * weighted_flops(flops, attention_flops, attention_speed) / flops
+
+
+def timing(flops_per_step: float, *, steps: int, devices: int, peak_flops: float, mfu: float, checkpointing: bool,
+           attention_flops_per_step: float = 0.0, attention_speed: float = 1.0) -> dict[str, float]:
+    """Step and wall time: FLOPs / (devices * peak * MFU); recompute adds one forward (+1/3 of 6N).
+
+    `mfu` is the dense-FLOP utilisation; attention FLOPs cost 1/attention_speed each (1 on GPUs), so
+    the model FLOPs utilisation this predicts (`mfu_model`) drops as the attention share grows.
+    """
     recompute = 4 / 3 if checkpointing else 1.0
-    step_s = flops_per_step * recompute / (devices * peak_flops * mfu)
+    weighted = weighted_flops(flops_per_step, attention_flops_per_step, attention_speed)
+    step_s = weighted * recompute / (devices * peak_flops * mfu)
     wall_s = step_s * steps
-    return {"step_s": step_s, "wall_s": wall_s, "wall_days": wall_s / 86400, "device_hours": wall_s * devices / 3600}
+    return {"step_s": step_s, "wall_s": wall_s, "wall_days": wall_s / 86400, "device_hours": wall_s * devices / 3600,
+            "mfu_model": flops_per_step / (devices * peak_flops * step_s)}
 
 
 def _si(x: float) -> str:

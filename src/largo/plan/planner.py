@@ -49,6 +49,10 @@ class Workload:
     def peak_flops(self) -> float:
         return self.device.peak_fp32 if self.precision == "fp32" else self.device.peak_bf16
 
+    @property
+    def attention_speed(self) -> float:
+        return self.device.attention_speed_fp32 if self.precision == "fp32" else self.device.attention_speed_bf16
+
 
 def default_mfu(device_type: str, precision: str, given: float | None) -> tuple[float, str]:
     """--mfu, else the last measured run on this device type, else a stated assumption."""
@@ -199,7 +203,8 @@ def build_plan(w: Workload) -> dict[str, Any]:
     time = None
     if rec["fits"]:
         time = est.timing(fl["per_token"] * tokens_per_step, steps=steps, devices=w.devices, peak_flops=w.peak_flops,
-                          mfu=w.mfu, checkpointing=rec["checkpointing"])
+                          mfu=w.mfu, checkpointing=rec["checkpointing"], attention_speed=w.attention_speed,
+                          attention_flops_per_step=fl["attention_per_token"] * tokens_per_step)
     lay = w.layout
     return {
         "workload": w.name,
@@ -217,6 +222,6 @@ def build_plan(w: Workload) -> dict[str, Any]:
                    "optimizer": w.optimizer},
         "memory": options,
         "recommendation": rec,
-        "time": None if time is None else {**time, "mfu": w.mfu, "mfu_source": w.mfu_source},
+        "time": None if time is None else {**time, "mfu": w.mfu, "mfu_source": w.mfu_source, "attention_speed": w.attention_speed},
         "configured": configured,
     }

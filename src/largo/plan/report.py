@@ -90,6 +90,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     if t:
         lines.append(f"time           step {duration_str(t['step_s'])}, total {duration_str(t['wall_s'])}, {t['device_hours']:.4g} device-hours "
                      f"at {_si(dev['peak_flops'], 'FLOP/s')} peak and MFU {100 * t['mfu']:.3g}% ({t['mfu_source']})")
+        if t["attention_speed"] != 1.0:
+            lines.append(f"               attention FLOPs run at {t['attention_speed']:.2f}x the GEMM rate here (measured), "
+                         f"so the expected MFU is {100 * t['mfu_model']:.3g}%")
     lines.append("recommendation")
     if rec["fits"]:
         lines.append(f"  strategy {rec['strategy']}: {rec['reasons']['strategy']}")
