@@ -124,13 +124,14 @@ class MemoryEstimate:
     accum_steps: int
     checkpointing: bool
     params: int
-    grads: int
+    grads: int  # all gradients (they exist from the first backward of a step until its optimizer step)
+    grads_at_peak: int  # 0 when the peak comes before any gradient of the step exists (no accumulation)
     optimizer: int
-    activations: int  # saved for backward by one micro-batch (at the peak layer count)
-    temporaries: int  # logits, loss gradients, one block's backward, gathers/buckets, workspace
-    peak: int
+    activations: int  # saved for backward by one micro-batch, at the peak
+    temporaries: int  # logits, loss gradients, one block's backward, FSDP gathers / DDP buckets, workspace
+    peak: int  # params + grads_at_peak + optimizer + activations + temporaries (+ the rotary table)
     peak_phase: str
-    phases: dict[str, int]
+    phases: dict[str, int]  # the peak of each phase of a step
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -192,12 +193,11 @@ def memory(
     casts_block = 2 * counts.block_matmul if layout.autocast else 0  # bf16 weight copies kept by autograd
     casts_head = 2 * cfg.vocab_size * cfg.dim if layout.autocast else 0
     residual = T * cfg.dim * (2 if layout.name == "mixed" else 4)  # what a checkpointed block keeps
-    if checkpointing:  # one block's activations exist again while it is recomputed in backward
-        saved = cfg.n_layers * residual + layer + casts_block + head + casts_head
-        forward_end = cfg.n_layers * (residual + casts_block) + head + casts_head  # autocast caches every cast
-    else:
-        saved = cfg.n_layers * (layer + casts_block) + head + casts_head
-        forward_end = saved
+    kept = residual if checkpointing else layer + casts_block  # per block, between forward and its backward
+    recomputed = layer + casts_block if checkpointing else 0  # the block being recomputed in backward
+    saved = cfg.n_layers * kept + head + casts_head
+    # autocast caches every weight cast until the forward ends, even those recompute does not keep
+    forward_end = saved + (cfg.n_layers * casts_block if checkpointing else 0)
     logits = T * cfg.vocab_size * layout.compute_bytes  # kept alive by the loop's `logits` variable
     loss_grads = 2 * T * cfg.vocab_size * 4  # d(log_softmax) out and in, fp32
     block_bwd = _block_backward_bytes(cfg, T, layout)
@@ -213,19 +213,22 @@ def memory(
     # grads exist during backward only from the 2nd micro-batch on (set_to_none after each step)
     grads_in_bwd = grads if accum_steps > 1 else 0
     head_grad = math.ceil(layout.grad_bytes * cfg.vocab_size * cfg.dim / shard)
-    phases = {
-        "forward end": static + grads_in_bwd + forward_end + 2 * logits,  # the previous logits are still referenced
-        "loss backward": static + grads_in_bwd + saved + logits + loss_grads,
-        "block backward": static + max(grads_in_bwd, head_grad) + saved - head + logits + block_bwd,
-        "optimizer step": static + grads + _optimizer_step_bytes(counts, optimizer, layout, shard),
+    block_grad = math.ceil(layout.grad_bytes * counts.per_block / shard)
+    # backward of the k-th block from the top: k blocks' grads exist, L - k blocks' activations remain;
+    # both are linear in k, so the high point is the top (k = 0) or the bottom (k = L - 1) block
+    in_block = max(((max(grads_in_bwd, head_grad + k * block_grad), (cfg.n_layers - k) * kept + recomputed)
+                    for k in (0, cfg.n_layers - 1)), key=sum)
+    phases = {  # (grads, activations, temporaries) alive at each phase's high point
+        "forward end": (grads_in_bwd, forward_end, 2 * logits),  # the previous step's logits are still referenced
+        "loss backward": (grads_in_bwd, saved, logits + loss_grads),
+        "block backward": (*in_block, logits + block_bwd),
+        "optimizer step": (grads, 0, _optimizer_step_bytes(counts, optimizer, layout, shard)),
     }
-    phase = max(phases, key=lambda k: phases[k])
-    temporaries = phases[phase] - static - (grads_in_bwd if phase != "optimizer step" else grads)
-    activations = 0 if phase == "optimizer step" else (forward_end if phase == "forward end" else saved)
-    temporaries -= activations
-    phases = {k: v + extra for k, v in phases.items()}
-    return MemoryEstimate(strategy, shard, micro_batch, accum_steps, checkpointing, params, grads, optim,
-                          activations, temporaries + extra, phases[phase], phase, phases)
+    totals = {k: static + sum(v) + extra for k, v in phases.items()}
+    phase = max(totals, key=lambda k: totals[k])
+    g, act, temp = phases[phase]
+    return MemoryEstimate(strategy, shard, micro_batch, accum_steps, checkpointing, params, grads, g, optim,
+                          act, temp + extra, totals[phase], phase, totals)
 
 
 def _block_backward_bytes(cfg: ModelConfig, tokens: int, layout: Layout) -> int:

@@ -42,8 +42,8 @@ def _memory_table(plan: dict[str, Any]) -> list[str]:
     """One column per strategy/recompute option, one row per component."""
     opts = plan["memory"]
     names = list(opts)
-    rows = [("params", "params"), ("grads", "grads"), ("optimizer", "optimizer"), ("activations", "activations"),
-            ("temporaries", "temporaries"), ("peak", "peak")]
+    rows = [("params", "params"), ("grads", "grads"), ("  at the peak", "grads_at_peak"), ("optimizer", "optimizer"),
+            ("activations", "activations"), ("temporaries", "temporaries"), ("peak", "peak")]
     width = max(16, *(len(n) + 2 for n in names))
     head = f"  {'':<13}" + "".join(f"{_label(n, opts[n]):>{width}}" for n in names)
     lines = [head]
