@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import threading
 import time
 
@@ -82,6 +83,7 @@ class PeakMemory:
             except OSError:
                 return
         self.method += f", sampled every {1000 * interval_s:.0f} ms for {DENSE_S:.0f} s, then every {1000 * SPARSE_INTERVAL_S:.0f} ms"
+        gc.collect()  # garbage freed later would otherwise hide part of the run's growth
         self._baseline = self._read()
 
     def start(self) -> PeakMemory:

@@ -41,7 +41,8 @@ def _step_flops(cfg: Any, seq_len: int, device: torch.device) -> tuple[float, fl
     return float(cfg.model.flops_per_token(seq_len) * tokens), float(attention), speed
 
 
-def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device, peak_flops_per_device: float, seq_len: int) -> dict[str, Any]:
+def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device, peak_flops_per_device: float,
+                 seq_len: int) -> dict[str, Any]:
     """What `largo plan` predicts for this run: params, peak bytes per device, step time and MFU."""
     from largo.plan.planner import default_mfu
 

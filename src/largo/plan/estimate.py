@@ -36,7 +36,8 @@ class Layout:
 LAYOUTS: dict[str, Layout] = {
     "fp32": Layout("fp32", 4, 4, 0, 4, False, "fp32 weights, grads and math"),
     "autocast": Layout("autocast", 4, 4, 0, 2, True, "largo's bf16: fp32 weights/grads/states, bf16 matmuls via autocast"),
-    "mixed": Layout("mixed", 2, 2, 4, 2, False, "bf16 weights/grads + fp32 master copy in the optimizer (Megatron/DeepSpeed, FSDP2 param_dtype=bf16)"),
+    "mixed": Layout("mixed", 2, 2, 4, 2, False,
+                    "bf16 weights/grads + fp32 master copy in the optimizer (Megatron/DeepSpeed, FSDP2 param_dtype=bf16)"),
 }
 
 # Saved activation bytes per token per block, as (per d, per kv width, per MLP hidden): from the
@@ -100,11 +101,13 @@ def data_budget(n_params: int, tokens: int, dataset_tokens: int | None, flops_to
     ratio = tokens / optimal
     n_opt = math.sqrt(flops_total / (6 * CHINCHILLA_TOKENS_PER_PARAM))  # C = 6 N D with D = 20 N
     if ratio < 0.5:
-        advice = f"Under-trained for its size: this compute is best spent on a ~{_si(n_opt)}-parameter model, or train {optimal / tokens:.1f}x longer."
+        advice = (f"Under-trained for its size: this compute is best spent on a ~{_si(n_opt)}-parameter model, "
+                  f"or train {optimal / tokens:.1f}x longer.")
     elif ratio <= 2.0:
         advice = "Close to compute-optimal (Chinchilla)."
     else:
-        advice = f"Past compute-optimal ({ratio:.1f}x): fine for a model meant for cheap inference (as Llama), or grow it to ~{_si(n_opt)} parameters."
+        advice = (f"Past compute-optimal ({ratio:.1f}x): fine for a model meant for cheap inference (as Llama), "
+                  f"or grow it to ~{_si(n_opt)} parameters.")
     out: dict[str, object] = {"tokens": tokens, "chinchilla_tokens": optimal, "ratio_to_chinchilla": ratio,
                               "compute_optimal_params": n_opt, "advice": advice, "dataset_tokens": dataset_tokens}
     out["epochs"] = tokens / dataset_tokens if dataset_tokens else None

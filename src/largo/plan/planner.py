@@ -12,7 +12,7 @@ from largo.errors import ConfigError
 from largo.models.config import ModelConfig
 from largo.plan import estimate as est
 from largo.plan.devices import CPU, DeviceSpec
-from largo.plan.estimate import Layout, MemoryEstimate, ParamCount
+from largo.plan.estimate import Layout, ParamCount
 from largo.plan.sizes import model_size
 
 ASSUMED_MFU = {CPU: 0.10, "gpu": 0.40}  # without history: CPU GEMMs of small models; GPU between torchtitan and llm-foundry
@@ -59,7 +59,7 @@ def default_mfu(device_type: str, precision: str, given: float | None) -> tuple[
     if given is not None:
         if not 0 < given <= 1:
             raise ConfigError(f"--mfu ({given}) must be in (0, 1]")
-        return given, "given (--mfu)"
+        return given, "given with --mfu"
     from largo.observe.throughput import measured_mfu
 
     measured = measured_mfu(device_type, precision)
@@ -158,7 +158,8 @@ def recommend(w: Workload, options: dict[str, dict[str, Any]]) -> dict[str, Any]
     if s == "none":
         reasons["strategy"] = "one device: no data parallelism"
     elif s == "ddp":
-        reasons["strategy"] = f"a full replica fits ({_gib(o['peak'])} of {_gib(usable)}); DDP communicates least (one gradient all-reduce per step)"
+        reasons["strategy"] = (f"a full replica fits ({_gib(o['peak'])} of {_gib(usable)}); "
+                               "DDP communicates least (one gradient all-reduce per step)")
     else:
         reasons["strategy"] = (f"a full replica does not fit ({_gib(replica['peak'])} > {_gib(usable)} usable); FSDP keeps 1/{w.devices} "
                                f"of weights, grads and optimizer states ({_gib(o['params'] + o['grads'] + o['optimizer'])} per device)")
@@ -208,7 +209,8 @@ def build_plan(w: Workload) -> dict[str, Any]:
     lay = w.layout
     return {
         "workload": w.name,
-        "model": {k: getattr(w.model, k) for k in ("arch", "dim", "n_layers", "n_heads", "kv_heads", "hidden", "vocab_size", "max_seq_len", "tie_embeddings")},
+        "model": {k: getattr(w.model, k) for k in ("arch", "dim", "n_layers", "n_heads", "kv_heads", "hidden", "vocab_size",
+                                                    "max_seq_len", "tie_embeddings")},
         "params": {"total": counts.total, "embedding": counts.embedding, "non_embedding": counts.total - counts.embedding,
                    "per_block": counts.per_block, "counted_on": "meta device"},
         "flops": fl,

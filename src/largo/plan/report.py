@@ -23,8 +23,8 @@ def _si(x: float, unit: str = "") -> str:
 
 
 def bytes_str(x: float) -> str:
-    """Bytes in GiB, MiB or KiB, three significant digits."""
-    for div, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+    """Bytes in TiB, GiB, MiB or KiB, three significant digits."""
+    for div, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if abs(x) >= div:
             return f"{x / div:.3g} {unit}"
     return f"{x:.0f} B"
@@ -68,10 +68,13 @@ def format_plan(plan: dict[str, Any]) -> str:
     bpp = lay["bytes_per_param"]
     lines = [
         f"largo plan: {plan['workload']} on {dev['count']} x {dev['type']} ({dev['precision']}, layout {lay['name']}, {lay['optimizer']})",
-        f"model          d={m['dim']} layers={m['n_layers']} heads={m['n_heads']}/{m['kv_heads']}kv mlp={m['hidden']} vocab={m['vocab_size']} seq={m['max_seq_len']}",
+        f"model          d={m['dim']} layers={m['n_layers']} heads={m['n_heads']}/{m['kv_heads']}kv mlp={m['hidden']} "
+        f"vocab={m['vocab_size']} seq={m['max_seq_len']}",
         f"parameters     {p['total']:,} (embedding {p['embedding']:,}; {p['per_block']:,} per block) counted on the meta device",
-        f"FLOPs/token    {_si(f['per_token'])} (forward {_si(f['forward_per_token'])}, backward {_si(f['backward_per_token'])}; attention {_si(f['attention_per_token'])})",
-        f"training       {_si(d['tokens'])} tokens ({b['steps']:,} steps of {b['tokens_per_step']:,}) = {f['total']:.3g} FLOPs = {f['pf_days']:.3g} PF-days",
+        f"FLOPs/token    {_si(f['per_token'])} (forward {_si(f['forward_per_token'])}, backward {_si(f['backward_per_token'])}; "
+        f"attention {_si(f['attention_per_token'])})",
+        f"training       {_si(d['tokens'])} tokens ({b['steps']:,} steps of {b['tokens_per_step']:,}) = {f['total']:.3g} FLOPs "
+        f"= {f['pf_days']:.3g} PF-days",
         f"data           {d['ratio_to_chinchilla']:.3g}x Chinchilla ({_si(d['chinchilla_tokens'])} = 20/param). {d['advice']}",
     ]
     if d["dataset_tokens"]:
@@ -88,8 +91,8 @@ def format_plan(plan: dict[str, Any]) -> str:
                      f"{'fits' if c['fits'] else 'does NOT fit'}")
     rec, t = plan["recommendation"], plan["time"]
     if t:
-        lines.append(f"time           step {duration_str(t['step_s'])}, total {duration_str(t['wall_s'])}, {t['device_hours']:.4g} device-hours "
-                     f"at {_si(dev['peak_flops'], 'FLOP/s')} peak and MFU {100 * t['mfu']:.3g}% ({t['mfu_source']})")
+        lines.append(f"time           step {duration_str(t['step_s'])}, total {duration_str(t['wall_s'])}, "
+                     f"{t['device_hours']:.4g} device-hours at {_si(dev['peak_flops'], 'FLOP/s')} peak and MFU {100 * t['mfu']:.3g}% ({t['mfu_source']})")
         if t["attention_speed"] != 1.0:
             lines.append(f"               attention FLOPs run at {t['attention_speed']:.2f}x the GEMM rate here (measured), "
                          f"so the expected MFU is {100 * t['mfu_model']:.3g}%")

@@ -18,7 +18,8 @@ class ModelSize:
 
 
 def _m(dim: int, layers: int, heads: int, hidden: int, vocab: int, seq: int, *, kv: int = 0, tied: bool = False) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab, dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv, mlp_hidden=hidden, max_seq_len=seq, tie_embeddings=tied)
+    return ModelConfig(vocab_size=vocab, dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv, mlp_hidden=hidden,
+                       max_seq_len=seq, tie_embeddings=tied)
 
 
 # One table; shapes as published (hidden = SwiGLU width), batches as in the papers (tokens = batch * seq).
