@@ -26,9 +26,11 @@ from largo.dist.env import DistEnv, init_env
 from largo.dist.parallelize import grad_sync, parallelize, unwrap
 from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
+from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
 from largo.observe.plots import plot_run
 from largo.observe.throughput import peak_flops
+from largo.plan.check import check_run, format_rows
 from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
 from largo.train.optim import build_optimizers, build_schedulers
 from largo.train.run_dir import open_run_dir
@@ -210,6 +212,7 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
 
     task = build_task(cfg, env, log=say)  # 1) data preprocessing: prepared once, cached on disk
     cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
+    memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
     model = build_model(cfg.model, env.device)  # 2) model init: meta build, materialise, init from the seed
     optimizers = build_optimizers(model, cfg.optim)
     schedulers = build_schedulers(optimizers, cfg.optim, t.steps)
@@ -243,8 +246,17 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     )
     say(f"model: {sum(p.numel() for p in model.parameters()):,} params | {parts.tokens_per_step:,} tokens/step | "
         f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
+    memory.start()
     progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
+    peak_bytes = memory.stop()  # before the final evaluation and checkpoint write
     summary = finish(parts, cfg, run_dir, progress, metrics=metrics, say=say)
+    if env.is_main and not summary["stopped"]:  # plan vs measured: what `largo plan` predicts next to what this run did
+        summary["plan_vs_measured"] = check_run(
+            cfg, run_dir, model=model, world=env.world, device=env.device, peak_flops_per_device=parts.peak_flops / env.world,
+            seq_len=task.tokens_per_sample, peak_bytes=peak_bytes, memory_method=memory.method,
+            step_s=progress["train_s"] / max(progress["steps_run"], 1), mfu=progress["mfu"], steps_run=progress["steps_run"])
+        metrics.write({"kind": "plan_vs_measured", "step": cfg.train.steps, "rows": summary["plan_vs_measured"]})
+        say(f"plan vs measured ({memory.method}):\n{format_rows(summary['plan_vs_measured'])}")
     if metrics:
         metrics.close()
     return summary
