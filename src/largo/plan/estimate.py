@@ -201,7 +201,7 @@ def memory(
     saved = cfg.n_layers * kept + head + casts_head
     # autocast caches every weight cast until the forward ends, even those recompute does not keep
     forward_end = saved + (cfg.n_layers * casts_block if checkpointing else 0)
-    logits = T * cfg.vocab_size * layout.compute_bytes  # kept alive by the loop's `logits` variable
+    logits = T * cfg.vocab_size * layout.compute_bytes  # freed by the loop once the loss is built
     loss_grads = 2 * T * cfg.vocab_size * 4  # d(log_softmax) out and in, fp32
     block_bwd = _block_backward_bytes(cfg, T, layout)
 
@@ -222,9 +222,9 @@ def memory(
     in_block = max(((max(grads_in_bwd, head_grad + k * block_grad), (cfg.n_layers - k) * kept + recomputed)
                     for k in (0, cfg.n_layers - 1)), key=sum)
     phases = {  # (grads, activations, temporaries) alive at each phase's high point
-        "forward end": (grads_in_bwd, forward_end, 2 * logits),  # the previous step's logits are still referenced
-        "loss backward": (grads_in_bwd, saved, logits + loss_grads),
-        "block backward": (*in_block, logits + block_bwd),
+        "forward end": (grads_in_bwd, forward_end, logits),
+        "loss backward": (grads_in_bwd, saved, loss_grads),
+        "block backward": (*in_block, block_bwd),
         "optimizer step": (grads, 0, _optimizer_step_bytes(counts, optimizer, layout, shard)),
     }
     totals = {k: static + sum(v) + extra for k, v in phases.items()}

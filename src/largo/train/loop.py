@@ -101,6 +101,7 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
                 with autocast(env.device, cfg.train.precision):
                     outputs = call_model(model, x)  # 3) forward
                 loss = parts.loss(outputs, y, norm)  # 4) loss, normalised over the global batch
+                del outputs  # the logits die now, not when the next micro-step's forward reassigns them
                 loss.backward()  # 5) backward: gradients accumulate across micro-steps
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
