@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from largo.checkpoint.restore import load_init_weights
 from largo.checkpoint.store import latest_checkpoint, load_checkpoint, save_checkpoint
 from largo.config import RunConfig
 from largo.data import Dataset, rank_samples
@@ -82,6 +83,8 @@ def train(
 
     # 2) model initialisation: built on meta, materialised on the device, initialised from the seed
     model: nn.Module = build_model(cfg.model, env.device)
+    if cfg.model.init_from:  # fine-tuning: start from these weights; optimizer, schedule and step start fresh
+        say(f"initialised from {load_init_weights(model, cfg.model)}")
     optimizers = build_optimizers(model, cfg.optim)
     schedulers = build_schedulers(optimizers, cfg.optim, cfg.train.steps)
 
