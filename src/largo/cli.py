@@ -70,6 +70,28 @@ def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Summarise a run from its metrics.jsonl and draw its curves to curves.png."""
+    from pathlib import Path
+
+    from largo.errors import RunDirError
+    from largo.observe.metrics import read_metrics
+    from largo.observe.plots import plot_run
+
+    run_dir = Path(args.run)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise RunDirError(f"{run_dir}: no metrics.jsonl; give a run directory such as runs/text_tiny")
+    train, evals = read_metrics(run_dir / "metrics.jsonl", "train"), read_metrics(run_dir / "metrics.jsonl", "eval")
+    if train:
+        last = train[-1]
+        print(f"{run_dir}: step {last['step']} | train loss {last['loss']:.4f} | {last['tokens_per_s']:,.0f} tok/s | MFU {100 * last['mfu']:.1f}%")
+    for r in evals:
+        print(f"  eval @ step {r['step']}: loss {r['loss']:.4f} | accuracy {100 * r.get('accuracy', float('nan')):.2f}%")
+    png = plot_run(run_dir)
+    print(f"curves: {png}" if png else "curves: not drawn (install matplotlib)")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Write a checkpoint as a Hugging Face Llama folder, an ONNX file or plain safetensors, then check it."""
     from largo.checkpoint import interop
@@ -128,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.8)
             p.add_argument("--top-k", type=int, default=50)
             p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("report", help="summarise a run and plot its curves")
+    p.add_argument("run", help="run directory")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 

@@ -31,6 +31,8 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     """(model with trained weights in eval mode, the run's config, the checkpoint folder)."""
     ckpt = resolve_checkpoint(path)
     state = read_state(ckpt)
+    if state.get("user_model"):
+        raise CheckpointError(f"{ckpt}: holds a user's own nn.Module; load it with largo.Trainer(model, resume={str(ckpt)!r})")
     cfg = build_config(state["config"])
     model = build_model(cfg.model, device)
     load_model_weights(model, ckpt)

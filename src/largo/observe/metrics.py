@@ -28,6 +28,9 @@ class MetricsLog:
         self._f.write(json.dumps(record) + "\n")
         self._f.flush()
 
+    def flush(self) -> None:
+        self._f.flush()
+
     def close(self) -> None:
         self._f.close()
 

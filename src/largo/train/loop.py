@@ -1,4 +1,8 @@
-"""The training loop: data -> model init -> forward -> loss -> backward -> optimizer step, in one function."""
+"""The training loop: data -> model init -> forward -> loss -> backward -> optimizer step, in one function.
+
+`train(cfg)` builds everything from a config (the CLI path); `largo.Trainer` builds the same parts
+from a user's own module and loaders. Both run the one loop in `run_steps`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +22,38 @@ from tqdm import tqdm
 from largo.checkpoint.restore import load_init_weights
 from largo.checkpoint.store import latest_checkpoint, load_checkpoint, save_checkpoint
 from largo.config import RunConfig
-from largo.data import Dataset, rank_samples
+from largo.data import Batch, rank_samples
 from largo.dist.env import DistEnv, init_env
+from largo.dist.parallelize import grad_sync, parallelize, unwrap
 from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
 from largo.observe.metrics import MetricsLog
+from largo.observe.plots import plot_run
 from largo.observe.throughput import peak_flops
 from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
 from largo.train.optim import build_optimizers, build_schedulers
 from largo.train.run_dir import open_run_dir
-from largo.train.tasks import Task, build_task
+from largo.train.tasks import build_task
+
+LossFn = Callable[[Any, Any, float], torch.Tensor]  # (outputs, targets, normaliser) -> loss to backward
+
+
+@dataclass
+class LoopParts:
+    """Everything the loop touches; built from a config (train) or from user objects (Trainer)."""
+
+    model: nn.Module  # what runs forward/backward (may be DDP- or compile-wrapped)
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[Any]
+    micro_batches: Callable[[int], list[Batch]]  # this rank's micro-batches for a step
+    normaliser: Callable[[list[Batch]], float]  # divides each micro-batch loss (global targets, or micro-steps)
+    loss: LossFn
+    evaluate: Callable[[], dict[str, float]] | None  # held-out metrics (loss, accuracy, ...); None = no held-out data
+    save: Callable[[int], None]  # checkpoint at a step
+    tokens_per_step: int  # tokens (or samples, see throughput_unit) per optimizer step
+    flops_per_step: float  # for MFU; 0 = unknown
+    peak_flops: float  # device peak over all ranks
+    throughput_unit: str = "tok"  # what tokens_per_step counts: "tok" or "samples"
 
 
 def seed_everything(seed: int) -> None:
@@ -36,7 +63,118 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _resume_point(run_dir: Path, resume: str | None) -> Path | None:
+def to_device(obj: Any, device: torch.device) -> Any:
+    """Move tensors, and tensors inside dicts/lists/tuples, to device."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """model(**inputs) for dict inputs, model(inputs) otherwise."""
+    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
+
+
+def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int, stop_at: int | None,
+              metrics: MetricsLog | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """The loop itself, from start_step to cfg.train.steps (or stop_at); returns throughput figures."""
+    live = env.is_main and sys.stderr.isatty()  # a bar on a terminal; plain lines in logs (CI, nohup, SLURM)
+    bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", disable=not live, dynamic_ncols=True)
+    model, total = parts.model, cfg.train.steps
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    train_s, window_s, window_steps, loss_value = 0.0, 0.0, 0, float("nan")
+    done = start_step
+    for step in range(start_step, total):
+        t_step = time.perf_counter()
+        # 1) data: a pure function of the step, so a resumed run reads exactly the same batches
+        batches = parts.micro_batches(step)
+        norm = parts.normaliser(batches)
+        loss_sum = torch.zeros((), device=env.device)
+        for i, (x, y) in enumerate(batches):
+            x, y = to_device(x, env.device), to_device(y, env.device)
+            with grad_sync(model, enabled=i == len(batches) - 1):  # all-reduce on the last micro-step only
+                with autocast(env.device, cfg.train.precision):
+                    outputs = call_model(model, x)  # 3) forward
+                loss = parts.loss(outputs, y, norm)  # 4) loss, normalised over the global batch
+                loss.backward()  # 5) backward: gradients accumulate across micro-steps
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        lr = parts.optimizers[0].param_groups[0]["lr"]  # the rate this step used (schedulers move it next)
+        for opt in parts.optimizers:  # 6) optimizer step
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        for sched in parts.schedulers:
+            sched.step()
+        done = step + 1
+        bar.update(1)
+        dt_step = time.perf_counter() - t_step  # excludes eval and checkpoint time, for honest tokens/s
+        train_s, window_s, window_steps = train_s + dt_step, window_s + dt_step, window_steps + 1
+
+        if done % cfg.train.log_every == 0 or done == total:
+            loss_value = loss_sum.item()  # host sync, only at log steps
+            dt, window_s, window_steps = window_s / window_steps, 0.0, 0
+            record = {
+                "kind": "train", "step": done, "loss": loss_value, "lr": lr,
+                "grad_norm": float(grad_norm), "tokens_per_s": parts.tokens_per_step / dt, "step_time_ms": 1000 * dt,
+                "mfu": parts.flops_per_step / dt / parts.peak_flops, "elapsed_s": train_s,
+            }
+            if metrics:
+                metrics.write(record)
+            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", mfu=f"{100 * record['mfu']:.1f}%")
+            if not live:
+                mfu = f" | MFU {100 * record['mfu']:.1f}%" if parts.flops_per_step else ""
+                say(f"step {done}/{total} | loss {loss_value:.4f} | {record['tokens_per_s']:,.0f} {parts.throughput_unit}/s"
+                    f"{mfu} | ETA {(total - done) * dt:.0f}s")
+        if parts.evaluate and cfg.eval.every and done % cfg.eval.every == 0 and done < total:
+            result = parts.evaluate()
+            if metrics:
+                metrics.write({"kind": "eval", "step": done, **result})
+            (bar.write if live else say)(f"step {done}: {format_result(result)}")
+        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < total:
+            parts.save(done)
+        if stop_at is not None and stop_at <= done < total:
+            if not cfg.checkpoint.every or done % cfg.checkpoint.every:
+                parts.save(done)
+            break
+    bar.close()
+    steps_run = done - start_step
+    return {
+        "step": done, "steps_run": steps_run, "train_s": train_s, "train_loss": loss_value,
+        "tokens_per_s": steps_run * parts.tokens_per_step / max(train_s, 1e-9),
+        "mfu": steps_run * parts.flops_per_step / max(train_s, 1e-9) / parts.peak_flops,
+    }
+
+
+def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, Any], *,
+           metrics: MetricsLog | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """After the last step: final evaluation, final checkpoint, summary line and record."""
+    if progress["step"] < cfg.train.steps:
+        say(f"stopped at step {progress['step']}; continue with --resume auto")
+        return {**progress, "stopped": True, "run_dir": str(run_dir)}
+    final = parts.evaluate() if parts.evaluate else {}
+    parts.save(cfg.train.steps)
+    summary = {**progress, "stopped": False, "val_loss": final.get("loss"), "val_perplexity": final.get("perplexity"),
+               "val_accuracy": final.get("accuracy"), "run_dir": str(run_dir)}
+    if metrics:
+        if final:
+            metrics.write({"kind": "eval", "step": cfg.train.steps, **final})
+        metrics.write({"kind": "summary", **summary})
+        metrics.flush()
+        plot_run(run_dir)
+    if final:
+        say(format_result(final))
+    val = f"val loss {final['loss']:.4f} | " if final else ""
+    mfu = f" | MFU {100 * progress['mfu']:.2f}%" if parts.flops_per_step else ""
+    say(f"done: {progress['steps_run']} steps in {progress['train_s']:.1f}s | train loss {progress['train_loss']:.4f} | "
+        f"{val}{progress['tokens_per_s']:,.0f} {parts.throughput_unit}/s{mfu} | {run_dir}")
+    return summary
+
+
+def resume_point(run_dir: Path, resume: str | None) -> Path | None:
     """The checkpoint to resume from: None, 'auto' (newest complete, if any) or an explicit folder."""
     if resume is None:
         return None
@@ -48,154 +186,68 @@ def _resume_point(run_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-def _global_batch_targets(batches: list[tuple[torch.Tensor, torch.Tensor]], env: DistEnv) -> torch.Tensor:
-    """Number of non-ignored targets in the whole global batch (all micro-steps, all ranks)."""
+def global_target_count(batches: list[Batch], env: DistEnv) -> float:
+    """Non-ignored targets in the whole global batch (all micro-steps, all ranks): the loss divisor."""
     count = torch.tensor(float(sum(int((y != IGNORE).sum()) for _, y in batches)), device=env.device)
     if env.world > 1:
         torch.distributed.all_reduce(count)
-    return count.clamp_min(1.0)
+    return max(1.0, count.item())
 
 
-def train(
-    cfg: RunConfig,
-    *,
-    resume: str | None = None,
-    overwrite: bool = False,
-    stop_at: int | None = None,
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Run cfg to cfg.train.steps (resuming if asked) and return the final summary.
+def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False, stop_at: int | None = None,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train cfg to cfg.train.steps (resuming if asked) and return the summary.
 
     stop_at ends the run early after that step, with a checkpoint, as a preemption would.
     """
     env = init_env(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if cfg.train.global_batch % (cfg.train.micro_batch * env.world) and cfg.train.global_batch % env.world:
-        raise ConfigError(f"train.global_batch ({cfg.train.global_batch}) must divide by the world size ({env.world})")
+    t = cfg.train
+    if t.global_batch % env.world:
+        raise ConfigError(f"train.global_batch ({t.global_batch}) must divide by the number of processes ({env.world})")
     seed_everything(cfg.run.seed)
     say = log if env.is_main else (lambda _msg: None)
 
-    # 1) data preprocessing: prepared once, cached on disk, addressed by step afterwards
-    task: Task = build_task(cfg, env, log=say)
+    task = build_task(cfg, env, log=say)  # 1) data preprocessing: prepared once, cached on disk
     cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
-    dataset: Dataset = task.dataset
-
-    # 2) model initialisation: built on meta, materialised on the device, initialised from the seed
-    model: nn.Module = build_model(cfg.model, env.device)
+    model = build_model(cfg.model, env.device)  # 2) model init: meta build, materialise, init from the seed
     if cfg.model.init_from:  # fine-tuning: start from these weights; optimizer, schedule and step start fresh
         say(f"initialised from {load_init_weights(model, cfg.model)}")
     optimizers = build_optimizers(model, cfg.optim)
-    schedulers = build_schedulers(optimizers, cfg.optim, cfg.train.steps)
+    schedulers = build_schedulers(optimizers, cfg.optim, t.steps)
 
     run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)
-    ckpt_root = run_dir / "checkpoints"
     start_step = 0
-    ckpt = _resume_point(run_dir, resume)
+    ckpt = resume_point(run_dir, resume)
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizers, schedulers)
-        start_step = int(state["step"])
+        start_step = int(load_checkpoint(ckpt, model, optimizers, schedulers)["step"])
         say(f"resumed from {ckpt} at step {start_step}")
-    forward = torch.compile(model) if cfg.train.compile else model
+    trained = parallelize(torch.compile(model) if t.compile else model, env)
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if env.is_main else None
 
-    seq_len = task.tokens_per_sample
-    tokens_per_step = cfg.train.global_batch * seq_len
-    flops_per_step = task.flops_per_sample * cfg.train.global_batch
-    peak = peak_flops(env.device, cfg.train.precision, cfg.train.peak_tflops) * env.world
-    say(
-        f"model: {sum(p.numel() for p in model.parameters()):,} params | {tokens_per_step:,} tokens/step | "
-        f"{cfg.train.global_batch // (cfg.train.micro_batch * env.world) or 1} micro-steps | {cfg.train.precision} | device {env.device}"
-    )
-
     def save(step: int) -> None:
-        trainer_state = {"data": {"samples_seen": step * cfg.train.global_batch}, "config": cfg.to_dict()}
-        save_checkpoint(ckpt_root, step, model_state=model.state_dict(), optimizers=optimizers, schedulers=schedulers,
-                        trainer_state=trainer_state, keep_last=cfg.checkpoint.keep_last, extra_files=task.files)
+        trainer_state = {"data": {"samples_seen": step * t.global_batch}, "config": cfg.to_dict()}
+        save_checkpoint(run_dir / "checkpoints", step, model_state=unwrap(model).state_dict(), optimizers=optimizers,
+                        schedulers=schedulers, trainer_state=trainer_state, keep_last=cfg.checkpoint.keep_last,
+                        extra_files=task.files)
 
-    def run_eval(step: int) -> dict[str, float]:
-        result = evaluate(forward, dataset.eval_batches(cfg.train.micro_batch, cfg.eval.max_batches), device=env.device, precision=cfg.train.precision)
-        if metrics:
-            metrics.write({"kind": "eval", "step": step, **result})
-        return result
-
-    # A live bar on a terminal; in logs (CI, nohup, SLURM) one plain line per log step instead.
-    live = env.is_main and sys.stderr.isatty()
-    bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", disable=not live, dynamic_ncols=True)
-    t_start = time.perf_counter()
-    train_s, window_s, window_steps, loss_value = 0.0, 0.0, 0, float("nan")
-    for step in range(start_step, cfg.train.steps):
-        t_step = time.perf_counter()
-        samples = rank_samples(step, global_batch=cfg.train.global_batch, micro_batch=cfg.train.micro_batch, rank=env.rank, world=env.world)
-        batches = [dataset.train_rows(s) for s in samples]
-        n_targets = _global_batch_targets(batches, env)
-        loss_sum = torch.zeros((), device=env.device)
-        for x, y in batches:
-            x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-            with autocast(env.device, cfg.train.precision):
-                logits = forward(x)  # 3) forward
-            # 4) loss: summed over this micro-batch, divided by the *global* target count, so the
-            #    accumulated gradient equals one big batch whatever the micro-batch split
-            loss = summed_loss(logits, y) / n_targets
-            loss.backward()  # 5) backward: gradients accumulate across micro-steps
-            loss_sum += loss.detach()
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        for opt in optimizers:  # 6) optimizer step
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        for sched in schedulers:
-            sched.step()
-        done = step + 1
-        bar.update(1)
-        dt_step = time.perf_counter() - t_step  # excludes eval and checkpoint time, for honest tokens/s
-        train_s, window_s, window_steps = train_s + dt_step, window_s + dt_step, window_steps + 1
-
-        if done % cfg.train.log_every == 0 or done == cfg.train.steps:
-            loss_value = loss_sum.item()  # host sync, only at log steps
-            dt = window_s / window_steps
-            window_s, window_steps = 0.0, 0
-            record = {
-                "kind": "train", "step": done, "loss": loss_value, "lr": schedulers[0].get_last_lr()[0],
-                "grad_norm": float(grad_norm), "tokens_per_s": tokens_per_step / dt, "step_time_ms": 1000 * dt,
-                "mfu": flops_per_step / dt / peak, "elapsed_s": time.perf_counter() - t_start,
-            }
-            if metrics:
-                metrics.write(record)
-            bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", mfu=f"{100 * record['mfu']:.1f}%")
-            if not live:
-                eta_s = (cfg.train.steps - done) * dt
-                say(f"step {done}/{cfg.train.steps} | loss {loss_value:.4f} | {record['tokens_per_s']:,.0f} tok/s | "
-                    f"MFU {100 * record['mfu']:.1f}% | ETA {eta_s:.0f}s")
-        if cfg.eval.every and done % cfg.eval.every == 0 and done < cfg.train.steps:
-            result = run_eval(done)
-            bar.write(f"step {done}: {format_result(result)}") if live else say(f"step {done}: {format_result(result)}")
-        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < cfg.train.steps:
-            save(done)
-        if stop_at is not None and done >= stop_at and done < cfg.train.steps:
-            if cfg.checkpoint.every == 0 or done % cfg.checkpoint.every:
-                save(done)
-            bar.close()
-            say(f"stopped at step {done}; continue with --resume auto")
-            return {"steps": done, "stopped": True, "run_dir": str(run_dir)}
-    bar.close()
-
-    elapsed = time.perf_counter() - t_start
-    steps_run = cfg.train.steps - start_step
-    final = run_eval(cfg.train.steps)
-    save(cfg.train.steps)
-    summary = {
-        "steps": cfg.train.steps, "steps_run": steps_run, "elapsed_s": elapsed, "train_loss": loss_value,
-        "val_loss": final["loss"], "val_perplexity": final["perplexity"], "val_accuracy": final["accuracy"],
-        "train_s": train_s, "tokens_per_s": steps_run * tokens_per_step / max(train_s, 1e-9),
-        "mfu": steps_run * flops_per_step / max(train_s, 1e-9) / peak, "run_dir": str(run_dir),
-    }
-    if metrics:
-        metrics.write({"kind": "summary", "step": cfg.train.steps, **summary})
-        metrics.close()
-    say(format_result(final))
-    say(
-        f"done: {steps_run} steps in {elapsed:.1f}s | train loss {loss_value:.4f} | val loss {final['loss']:.4f} "
-        f"ppl {final['perplexity']:.2f} | {summary['tokens_per_s']:,.0f} tok/s | MFU {100 * summary['mfu']:.2f}% | {run_dir}"
+    parts = LoopParts(
+        model=trained, optimizers=optimizers, schedulers=schedulers,
+        micro_batches=lambda step: [task.dataset.train_rows(s) for s in
+                                    rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=env.rank, world=env.world)],
+        normaliser=lambda batches: global_target_count(batches, env),
+        loss=lambda logits, y, norm: summed_loss(logits, y) / norm,
+        evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device, precision=t.precision),
+        save=save,
+        tokens_per_step=t.global_batch * task.tokens_per_sample,
+        flops_per_step=t.global_batch * task.flops_per_sample,
+        peak_flops=peak_flops(env.device, t.precision, t.peak_tflops) * env.world,
     )
+    say(f"model: {sum(p.numel() for p in model.parameters()):,} params | {parts.tokens_per_step:,} tokens/step | "
+        f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
+    progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
+    summary = finish(parts, cfg, run_dir, progress, metrics=metrics, say=say)
+    if metrics:
+        metrics.close()
     return summary

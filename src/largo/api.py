@@ -1,0 +1,224 @@
+"""`largo.Trainer`: train a user's own nn.Module on the user's own data with largo's one loop.
+
+    trainer = largo.Trainer(model, loss=nn.CrossEntropyLoss(), optimizer=lambda p: optim.Adam(p, lr=1e-3), epochs=10)
+    trainer.fit(train_loader, val_loader)
+    print(trainer.evaluate(test_loader))   # {"loss": ..., "accuracy": ...}
+
+Data may be any re-iterable of (inputs, targets) pairs or of dicts (targets under "labels",
+"targets", "label" or "y"; the other keys become keyword arguments of the model), or NumPy
+arrays / pandas objects given as an (inputs, targets) tuple.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from largo.checkpoint.store import load_checkpoint, save_checkpoint
+from largo.config import build_config
+from largo.data import Batch
+from largo.dist.env import init_env
+from largo.dist.parallelize import parallelize, unwrap
+from largo.errors import ConfigError, DataError
+from largo.observe.metrics import MetricsLog
+from largo.observe.throughput import peak_flops
+from largo.train.evaluate import autocast
+from largo.train.loop import LoopParts, call_model, finish, resume_point, run_steps, seed_everything, to_device
+from largo.train.optim import build_optimizers, build_schedulers
+from largo.train.run_dir import open_run_dir
+
+TARGET_KEYS = ("labels", "targets", "label", "y")
+_END = object()  # sentinel for an exhausted iterator
+
+
+def _split_batch(batch: Any) -> Batch:
+    """(inputs, targets) from a pair or from a dict holding one of TARGET_KEYS."""
+    if isinstance(batch, dict):
+        key = next((k for k in TARGET_KEYS if k in batch), None)
+        if key is None:
+            raise DataError(f"a dict batch needs its targets under one of {', '.join(TARGET_KEYS)}; got keys {sorted(batch)}")
+        return {k: v for k, v in batch.items() if k != key}, batch[key]
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise DataError(f"a batch must be an (inputs, targets) pair or a dict; got {type(batch).__name__}")
+
+
+def _as_tensor(name: str, values: Any) -> torch.Tensor:
+    """A NumPy array / pandas object as a tensor: floats -> float32, integers -> int64."""
+    if hasattr(values, "to_numpy"):  # pandas DataFrame / Series
+        values = values.to_numpy()
+    array = np.asarray(values)
+    if array.dtype.kind == "f":
+        return torch.from_numpy(array.astype(np.float32))
+    if array.dtype.kind in "iub":
+        return torch.from_numpy(array.astype(np.int64))
+    raise DataError(f"{name} has dtype {array.dtype}; expected numbers (float or integer), e.g. encode text or categories first")
+
+
+def as_loader(data: Any, *, batch_size: int, shuffle: bool) -> Iterable[Any]:
+    """Iterables pass through; an (array, array) tuple of NumPy/pandas data becomes a DataLoader."""
+    if isinstance(data, tuple) and len(data) == 2 and all(hasattr(v, "shape") for v in data) and not isinstance(data[0], torch.Tensor):
+        x, y = _as_tensor("inputs", data[0]), _as_tensor("targets", data[1])
+        if len(x) != len(y):
+            raise DataError(f"inputs have {len(x)} rows but targets have {len(y)}; they must match")
+        return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(v, torch.Tensor) for v in data):
+        if len(data[0]) != len(data[1]):
+            raise DataError(f"inputs have {len(data[0])} rows but targets have {len(data[1])}; they must match")
+        return DataLoader(TensorDataset(*data), batch_size=batch_size, shuffle=shuffle)
+    if not hasattr(data, "__iter__"):
+        raise DataError(f"training data must be iterable (a DataLoader, a list of batches) or an (inputs, targets) tuple; got {type(data).__name__}")
+    return data
+
+
+class BatchStream:
+    """Batches of a re-iterable loader addressed by position, replayable after a resume.
+
+    Each epoch's iterator is created under a fixed seed (seed + epoch), so a shuffling DataLoader
+    yields the same order again when a resumed run rebuilds it, without touching the global RNG.
+    """
+
+    def __init__(self, loader: Iterable[Any], seed: int):
+        self.loader, self.seed = loader, seed
+        self.epoch, self.offset, self._it, self._pending = -1, 0, None, []
+
+    def _start(self, epoch: int) -> None:
+        # A DataLoader draws its shuffle seed lazily, on the first next(): take that batch here too.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + epoch)
+            self._it = iter(self.loader)
+            self._pending = [batch for batch in (next(self._it, _END),) if batch is not _END]
+        self.epoch, self.offset = epoch, 0
+
+    def _next(self) -> Any:
+        return self._pending.pop() if self._pending else next(self._it)
+
+    def at(self, position: int, per_epoch: int | None) -> Any:
+        """The batch at a global position (epoch-major); positions are normally asked in order."""
+        epoch, offset = divmod(position, per_epoch) if per_epoch else (0, position)
+        if epoch != self.epoch or offset < self.offset:
+            self._start(epoch)
+        while self.offset < offset:  # skip ahead (only after a resume)
+            self._next()
+            self.offset += 1
+        try:
+            batch = self._next()
+        except StopIteration:
+            raise DataError(f"the training data ran out at batch {offset} of epoch {epoch}; pass steps= or fix len()") from None
+        self.offset += 1
+        return batch
+
+
+class Trainer:
+    """Fit a user's nn.Module with largo's loop: checkpoints/resume, accumulation, precision, DDP, metrics."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        loss: Callable[[Any, Any], torch.Tensor] | None = None,
+        optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+        epochs: int = 1,
+        steps: int | None = None,
+        lr: float = 1e-3,
+        grad_accum: int = 1,
+        batch_size: int = 32,
+        precision: str = "fp32",
+        device: str = "auto",
+        grad_clip: float = 0.0,
+        run_dir: str | Path = "runs/trainer",
+        resume: str | None = None,
+        overwrite: bool = True,
+        eval_every: int = 0,
+        checkpoint_every: int = 0,
+        log_every: int = 50,
+        seed: int = 0,
+        log: Callable[[str], None] = print,
+    ):
+        run_dir = Path(run_dir)
+        self.cfg = build_config({
+            "run": {"name": run_dir.name, "out_dir": str(run_dir.parent), "seed": seed},
+            "optim": {"lr": lr, "schedule": "constant", "warmup_steps": 0, "grad_clip": grad_clip},
+            "train": {"precision": precision, "device": device, "log_every": log_every, "global_batch": grad_accum, "micro_batch": 1},
+            "eval": {"every": eval_every}, "checkpoint": {"every": checkpoint_every},
+        })
+        if epochs < 1 or (steps is not None and steps < 1):
+            raise ConfigError(f"epochs ({epochs}) and steps ({steps}) must be >= 1")
+        self.env = init_env(device)
+        seed_everything(seed)
+        self.model = model.to(self.env.device)
+        self.loss_fn = loss or nn.CrossEntropyLoss()
+        self.make_optimizer = optimizer
+        self.epochs, self.steps, self.grad_accum, self.batch_size = epochs, steps, grad_accum, batch_size
+        self.resume, self.overwrite, self.log = resume, overwrite, (log if self.env.is_main else (lambda _m: None))
+
+    def _steps(self, per_epoch: int | None) -> int:
+        if self.steps is not None:
+            return self.steps
+        if per_epoch is None:
+            raise ConfigError("the training data has no len(); pass steps= to Trainer")
+        return max(1, math.ceil(self.epochs * per_epoch / self.grad_accum))
+
+    def fit(self, train_data: Any, val_data: Any = None) -> dict[str, Any]:
+        """Train for the configured epochs/steps; evaluate on val_data every eval_every steps and at the end."""
+        loader = as_loader(train_data, batch_size=self.batch_size, shuffle=True)
+        per_epoch = len(loader) if hasattr(loader, "__len__") else None
+        cfg, env, accum = self.cfg, self.env, self.grad_accum
+        cfg.train.steps = self._steps(per_epoch)
+        optimizers = [self.make_optimizer(self.model.parameters())] if self.make_optimizer else build_optimizers(self.model, cfg.optim)
+        schedulers = build_schedulers(optimizers, cfg.optim, cfg.train.steps)
+        run_dir = open_run_dir(cfg, resume=self.resume is not None, overwrite=self.overwrite, is_main=env.is_main)
+        start = 0
+        ckpt = resume_point(run_dir, self.resume)
+        if ckpt is not None:
+            start = int(load_checkpoint(ckpt, self.model, optimizers, schedulers)["step"])
+            self.log(f"resumed from {ckpt} at step {start}")
+        stream = BatchStream(loader, cfg.run.seed)
+        metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start) if env.is_main else None
+
+        def save(step: int) -> None:
+            state = {"data": {"batches_seen": step * accum}, "config": cfg.to_dict(), "user_model": True}
+            save_checkpoint(run_dir / "checkpoints", step, model_state=unwrap(self.model).state_dict(), optimizers=optimizers,
+                            schedulers=schedulers, trainer_state=state, keep_last=cfg.checkpoint.keep_last)
+
+        parts = LoopParts(
+            model=parallelize(self.model, env), optimizers=optimizers, schedulers=schedulers,
+            micro_batches=lambda step: [_split_batch(stream.at(step * accum + i, per_epoch)) for i in range(accum)],
+            normaliser=lambda batches: float(len(batches)),  # the user's loss is a mean: average the micro-steps
+            loss=lambda out, y, norm: self.loss_fn(out, y) / norm,
+            evaluate=(lambda: self.evaluate(val_data)) if val_data is not None else None,
+            save=save, tokens_per_step=self.batch_size * accum * env.world, flops_per_step=0.0,
+            peak_flops=peak_flops(env.device, cfg.train.precision, cfg.train.peak_tflops) * env.world,
+            throughput_unit="samples",
+        )
+        progress = run_steps(parts, cfg, env, start_step=start, stop_at=None, metrics=metrics, say=self.log)
+        summary = finish(parts, cfg, run_dir, progress, metrics=metrics, say=self.log)
+        if metrics:
+            metrics.close()
+        return summary
+
+    @torch.no_grad()
+    def evaluate(self, data: Any) -> dict[str, float]:
+        """Mean loss (weighted by batch size) and, for class logits, accuracy over `data`."""
+        loader = as_loader(data, batch_size=self.batch_size, shuffle=False)
+        was_training = self.model.training
+        self.model.eval()
+        loss_sum, correct, count = 0.0, 0, 0
+        for batch in loader:
+            x, y = (to_device(v, self.env.device) for v in _split_batch(batch))
+            with autocast(self.env.device, self.cfg.train.precision):
+                out = call_model(self.model, x)
+            n = len(y)
+            loss_sum += float(self.loss_fn(out.float(), y)) * n
+            count += n
+            if isinstance(out, torch.Tensor) and out.dim() == 2 and y.dim() == 1 and not y.is_floating_point():
+                correct += int((out.argmax(-1) == y).sum())
+        self.model.train(was_training)
+        return {"loss": loss_sum / max(1, count), "accuracy": correct / max(1, count)}
