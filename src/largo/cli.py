@@ -120,6 +120,22 @@ def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Write a checkpoint as a Hugging Face Llama folder, an ONNX file or plain safetensors, then check it."""
+    from largo.checkpoint import interop
+
+    interop.export(args.checkpoint, args.out, fmt=args.format, log=print)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Turn a Hugging Face Llama folder or a Llama GGUF file into a largo run directory to fine-tune from."""
+    from largo.checkpoint import interop
+
+    interop.import_model(args.source, args.out, log=print)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags; --section.key overrides pass through untouched."""
     parser = argparse.ArgumentParser(prog="largo", description="Train, scale and evaluate large models on PyTorch.")
@@ -152,6 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch", type=int, default=0, help="fix the micro-batch (default: the largest that fits)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (sorted keys)")
     p.set_defaults(fn=cmd_plan)
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face folder, ONNX or safetensors")
+    p.add_argument("checkpoint", help="run directory or checkpoint folder")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--format", required=True, choices=["hf", "onnx", "safetensors"])
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("import", help="turn a Hugging Face Llama folder or a GGUF file into a largo checkpoint")
+    p.add_argument("source", help="local Hugging Face Llama folder, or a .gguf file")
+    p.add_argument("--out", required=True, help="run directory to create (checkpoint at step 0)")
+    p.set_defaults(fn=cmd_import)
 
     for name, fn, text in (("eval", cmd_eval, "evaluate a checkpoint"), ("generate", cmd_generate, "sample text")):
         p = sub.add_parser(name, help=text)

@@ -37,6 +37,7 @@ class DataConfig:
     text_column: str = "text"  # column holding the text in .jsonl/.csv/.parquet sources
     dir: str = "data/stdlib"  # prepared data folder (tokenizer, shards, manifest)
     vocab_size: int = 4096  # BPE vocabulary size, special tokens included
+    tokenizer: str = ""  # encode with this existing tokenizer.json (e.g. an imported model's); "" = train a BPE
     val_fraction: float = 0.02  # share of the corpus held out for validation
     max_bytes: int = 0  # stop reading the source after this many bytes; 0 = all
     tokenizer_train_bytes: int = 200_000_000  # bytes of text the BPE tokenizer learns from

@@ -1,7 +1,8 @@
-"""Rebuild a trained model from a run directory or a checkpoint folder (for eval, generate, export)."""
+"""Rebuild a trained model from a run directory or a checkpoint folder (for eval, generate, export, fine-tuning)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -11,6 +12,7 @@ from largo.checkpoint.store import STATE, latest_checkpoint, load_model_weights,
 from largo.config import RunConfig, build_config
 from largo.errors import CheckpointError
 from largo.models import build_model
+from largo.models.config import ModelConfig
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -35,3 +37,19 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     model = build_model(cfg.model, device)
     load_model_weights(model, ckpt)
     return model.eval(), cfg, ckpt
+
+
+# Fields that change what the weights compute without changing their shapes: they must match.
+_INIT_MUST_MATCH = ("arch", "n_heads", "kv_heads", "rope_theta", "norm_eps", "tie_embeddings")
+
+
+def load_init_weights(model: nn.Module, cfg: ModelConfig) -> Path:
+    """Copy cfg.init_from's weights into `model` (fine-tuning), refusing a model that computes differently."""
+    ckpt = resolve_checkpoint(cfg.init_from)
+    theirs = build_config(read_state(ckpt)["config"]).model
+    for key in _INIT_MUST_MATCH:
+        a, b = getattr(theirs, key), getattr(cfg, key)
+        if a != b and not (isinstance(a, float) and math.isclose(a, b, rel_tol=1e-6)):  # 1e-6: float32-stored values
+            raise CheckpointError(f"model.init_from {ckpt}: its model.{key} is {getattr(theirs, key)!r}, this run's is {getattr(cfg, key)!r}; set them equal")
+    load_model_weights(model, ckpt)
+    return ckpt

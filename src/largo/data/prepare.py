@@ -1,4 +1,4 @@
-"""`largo prepare`: train a byte-level BPE tokenizer and encode a corpus into memmap token shards.
+"""`largo prepare`: train a byte-level BPE tokenizer (or take data.tokenizer) and encode a corpus into memmap token shards.
 
 Output folder:
   tokenizer.json        Hugging Face `tokenizers` file
@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +37,29 @@ _ENCODE_BATCH_BYTES = 4 << 20  # texts handed to the Rust encoder at once (it pa
 
 def prepare_settings(cfg: DataConfig) -> dict[str, Any]:
     """The data settings that determine the prepared output (a change means re-preparing)."""
-    return {k: v for k, v in asdict(cfg).items() if k in _SETTINGS}
+    settings = {k: v for k, v in asdict(cfg).items() if k in _SETTINGS}
+    if cfg.tokenizer:  # a given tokenizer is identified by its content, not its path
+        settings["tokenizer_sha256"] = sha256_file(existing_tokenizer_path(cfg.tokenizer))
+    return settings
+
+
+def existing_tokenizer_path(path: str) -> Path:
+    """data.tokenizer as a file, or a one-line error."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data.tokenizer {path}: no such file; give a tokenizer.json (e.g. from an imported checkpoint folder)")
+    return p
+
+
+def load_existing_tokenizer(path: str) -> Tokenizer:
+    """A tokenizer.json to encode with instead of training one; it must know <|endoftext|>."""
+    try:
+        tok = Tokenizer.from_file(str(existing_tokenizer_path(path)))
+    except Exception as e:  # the Rust parser raises its own exception type
+        raise DataError(f"data.tokenizer {path}: not a Hugging Face tokenizer.json ({e})") from None
+    if tok.token_to_id(EOT) is None:
+        raise DataError(f"data.tokenizer {path}: has no {EOT} token, which largo uses to separate documents")
+    return tok
 
 
 def is_validation(index: int, val_fraction: float) -> bool:
@@ -142,13 +165,19 @@ def prepare(cfg: DataConfig, *, force: bool = False, log=print) -> dict[str, Any
     for old in [*out.glob("train_*.bin"), *out.glob("val_*.bin")]:
         old.unlink()
 
-    log(f"prepare: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source!r}")
-    sample = SourceStats()
-    texts = (t for _, t in iter_documents(cfg.source, cfg.text_column, sample, cfg.tokenizer_train_bytes))
-    tok = train_tokenizer(texts, cfg.vocab_size)
-    if sample.documents == 0:
-        raise DataError(f"data.source {cfg.source!r} holds no text")
-    tok.save(str(out / "tokenizer.json"))
+    if cfg.tokenizer:
+        log(f"prepare: encoding {cfg.source!r} with the tokenizer {cfg.tokenizer}")
+        tok = load_existing_tokenizer(cfg.tokenizer)
+        if Path(cfg.tokenizer).resolve() != (out / "tokenizer.json").resolve():
+            shutil.copyfile(cfg.tokenizer, out / "tokenizer.json")  # byte for byte: it travels on into checkpoints
+    else:
+        log(f"prepare: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source!r}")
+        sample = SourceStats()
+        texts = (t for _, t in iter_documents(cfg.source, cfg.text_column, sample, cfg.tokenizer_train_bytes))
+        tok = train_tokenizer(texts, cfg.vocab_size)
+        if sample.documents == 0:
+            raise DataError(f"data.source {cfg.source!r} holds no text")
+        tok.save(str(out / "tokenizer.json"))
     vocab = tok.get_vocab_size()
     eot = tok.token_to_id(EOT)
     dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from largo.checkpoint.restore import load_init_weights
 from largo.checkpoint.store import latest_checkpoint, load_checkpoint, save_checkpoint
 from largo.config import RunConfig
 from largo.data import Batch, rank_samples
@@ -215,6 +216,8 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
     memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
     model = build_model(cfg.model, env.device)  # 2) model init: meta build, materialise, init from the seed
+    if cfg.model.init_from:  # fine-tuning: start from these weights; optimizer, schedule and step start fresh
+        say(f"initialised from {load_init_weights(model, cfg.model)}")
     optimizers = build_optimizers(model, cfg.optim)
     schedulers = build_schedulers(optimizers, cfg.optim, t.steps)
 
