@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from largo.data import Batch
-from largo.data.prepare import read_manifest
+from largo.data.prepare import checked_tokenizer_file, read_manifest
 from largo.data.tokens import LMBatches, TokenShards
 
 
@@ -15,6 +15,7 @@ class TextLMData:
 
     def __init__(self, data_dir: str | Path, seq_len: int, seed: int):
         self.manifest = read_manifest(data_dir)
+        checked_tokenizer_file(data_dir, self.manifest)  # it is copied into every checkpoint: it must match the ids
         self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
         self.train = LMBatches(TokenShards(data_dir, "train", self.manifest), seq_len, seed)
         self.val = LMBatches(TokenShards(data_dir, "val", self.manifest), seq_len, seed)
