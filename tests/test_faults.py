@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -34,12 +35,12 @@ from largo.train.loop import LoopParts, run_steps, train
 from tests.conftest import tiny_config
 
 SRC = Path(largo.__file__).resolve().parents[1]
-STEPS, EVERY, KEEP = 40, 5, 2
+STEPS, EVERY, KEEP = 60, 5, 2
 quiet = dict(log=lambda _m: None)
 
 
 def kill_config(tmp_path: Path, data: Path, name: str) -> RunConfig:
-    """The run every kill test repeats: 40 steps, a checkpoint every 5, two kept, one thread."""
+    """The run every kill test repeats: 60 steps, a checkpoint every 5, two kept, one thread."""
     return tiny_config(tmp_path / name, data, train={"steps": STEPS, "threads": 1}, checkpoint={"every": EVERY, "keep_last": KEEP})
 
 
@@ -83,7 +84,7 @@ def write_config(cfg: RunConfig, path: Path) -> Path:
 
 def start(config: Path, log: Path, **env: str) -> subprocess.Popen:
     """`largo train config --resume auto` in a fresh process (stdout/stderr to a file, never a full pipe)."""
-    full = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **env}
+    full = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1", **env}
     with open(log, "ab") as f:
         return subprocess.Popen([sys.executable, "-m", "largo", "train", str(config), "--resume", "auto"],
                                 stdout=f, stderr=subprocess.STDOUT, env=full)
@@ -100,9 +101,10 @@ def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 120.
         time.sleep(0.01)
 
 
-def trained_past(run_dir: Path, step: int) -> bool:
-    path = run_dir / "metrics.jsonl"
-    return path.exists() and any(s > step for s, _ in losses(run_dir))
+def last_logged_step(log: Path, offset: int) -> int:
+    """The last training step the process writing `log` from byte `offset` on has logged (0 if none yet)."""
+    steps = re.findall(rb"^step (\d+)/\d+ \| loss", log.read_bytes()[offset:], re.M)
+    return int(steps[-1]) if steps else 0
 
 
 def sigkill(proc: subprocess.Popen) -> None:
@@ -152,7 +154,7 @@ def test_sigkill_at_every_instant_then_resume_is_bitwise_exact(tmp_path: Path, t
     config, run_dir, root, log = write_config(cfg, tmp_path / "cfg.json"), cfg.run_dir, cfg.run_dir / "checkpoints", tmp_path / "log.txt"
     marker = tmp_path / "paused"
     rng = random.Random(int(os.environ.get("LARGO_TEST_SEED", "0")))
-    kills, lost = 0, 0
+    kills, lost, landed = 0, 0, []
 
     # Killed while paused at known instants of a save: mid-file, after the rename, after the pointer moved.
     for point, step in (("save", 10), ("pointer", 15), ("prune", 25)):
@@ -172,21 +174,22 @@ def test_sigkill_at_every_instant_then_resume_is_bitwise_exact(tmp_path: Path, t
         if point == "prune":  # 15, 20 and 25 all complete; nothing pruned before the kill
             assert [p.name for p in complete_checkpoints(root)] == ["step_0000015", "step_0000020", "step_0000025"]
 
-    # Killed at random moments while training.
+    # Killed at random moments while training: after a random step, plus a random part of a step (saves included).
     for _ in range(3):
-        before = newest_step(run_dir)
+        before, offset = newest_step(run_dir), log.stat().st_size
+        target = rng.randint(before + 1, before + 12)
         proc = start(config, log)
-        wait_for(lambda: trained_past(run_dir, before), proc, "training to start")
-        time.sleep(rng.uniform(0.0, 0.4))
-        if proc.poll() is None:
-            sigkill(proc)
-            kills += 1
+        wait_for(lambda: last_logged_step(log, offset) >= target, proc, f"step {target}")
+        time.sleep(rng.uniform(0.0, 0.05))
+        sigkill(proc)
+        kills += 1
+        landed.append(f"after step {last_logged_step(log, offset)} (resumed at {before})")
         lost += lost_after_kill(run_dir, before)
 
     proc = start(config, log)
     assert proc.wait(300) == 0, log.read_text()[-2000:]
     assert_same_as(reference, run_dir)
-    assert [p.name for p in complete_checkpoints(root)] == ["step_0000035", "step_0000040"]
+    assert [p.name for p in complete_checkpoints(root)] == ["step_0000055", "step_0000060"]
     assert not list(root.glob(".tmp-*")), "stale temporary folders are pruned"
 
     # A finished run resumed re-saves its last step: killed between the two renames, a whole copy survives.
@@ -196,12 +199,12 @@ def test_sigkill_at_every_instant_then_resume_is_bitwise_exact(tmp_path: Path, t
     kills += 1
     lost += lost_after_kill(run_dir, STEPS)
     stranded = latest_checkpoint(root)
-    assert stranded is not None and stranded.name.startswith(".old-step_0000040")
+    assert stranded is not None and stranded.name.startswith(".old-step_0000060")
     assert all(torch.equal(a, b) for a, b in zip(weights(stranded).values(), reference["weights"].values()))
     train(cfg, resume="auto", **quiet)
-    assert [p.name for p in complete_checkpoints(root)] == ["step_0000035", "step_0000040"] and not list(root.glob(".old-*"))
+    assert [p.name for p in complete_checkpoints(root)] == ["step_0000055", "step_0000060"] and not list(root.glob(".old-*"))
     assert_same_as(reference, run_dir)
-    print(f"RELIABILITY kills survived: {kills}, checkpoints lost: {lost}")
+    print(f"RELIABILITY kills survived: {kills}, checkpoints lost: {lost}; random kills landed {', '.join(landed)}")
     assert lost == 0
 
 
@@ -209,7 +212,7 @@ def test_sigterm_checkpoints_and_exits_75_then_resumes_exactly(tmp_path: Path, t
     cfg = kill_config(tmp_path, tiny_data, "term")
     log = tmp_path / "log.txt"
     proc = start(write_config(cfg, tmp_path / "cfg.json"), log)
-    wait_for(lambda: trained_past(cfg.run_dir, 3), proc, "training to start")
+    wait_for(lambda: last_logged_step(log, 0) >= 3, proc, "step 3")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(120) == PREEMPTED_EXIT, log.read_text()[-2000:]
     text = log.read_text()

@@ -22,7 +22,7 @@ import json
 import os
 import random
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -288,16 +288,19 @@ def read_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{state_file}: 'files' must map file names to sha256 strings and 'step' must be an integer")
     for name, digest in files.items():
         f = path / name
-        if not _plain_name(name) or not f.is_file() or f.resolve().parent != path.resolve():  # no '..', no links out
+        if not _inside(path, name) or not f.is_file():
             raise CheckpointError(f"{path}: file {name!r} listed in {STATE} is missing or outside the checkpoint")
         if sha256_file(f) != digest:
             raise CheckpointError(f"{f}: sha256 does not match {STATE}; the file is truncated or corrupt")
     return state
 
 
-def _plain_name(name: str) -> bool:
-    """A file directly inside the checkpoint folder: no separators, no '..', not hidden."""
-    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".") and "\0" not in name
+def _inside(folder: Path, name: str) -> bool:
+    """Whether `name` is a relative path to somewhere within folder: no '..', not absolute, no link leading out."""
+    parts = PurePosixPath(name).parts
+    if not parts or name.startswith("/") or ".." in parts or "\\" in name or "\0" in name:
+        return False
+    return folder.resolve() in (folder / name).resolve().parents
 
 
 PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a pickle protocol >= 2 opcode; torch.save's zip archive
