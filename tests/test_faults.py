@@ -156,8 +156,8 @@ def test_sigkill_at_every_instant_then_resume_is_bitwise_exact(tmp_path: Path, t
     rng = random.Random(int(os.environ.get("LARGO_TEST_SEED", "0")))
     kills, lost, landed = 0, 0, []
 
-    # Killed while paused at known instants of a save: mid-file, after the rename, after the pointer moved.
-    for point, step in (("save", 10), ("pointer", 15), ("prune", 25)):
+    # Killed while paused at known instants of a save: mid-file, complete but not renamed, renamed, pointer moved.
+    for point, step in (("save", 10), ("rename", 15), ("pointer", 25), ("prune", 35)):
         before = newest_step(run_dir)
         proc = start(config, log, LARGO_PAUSE_IN=point, LARGO_PAUSE_STEP=str(step), LARGO_PAUSE_MARKER=str(marker))
         wait_for(marker.exists, proc, f"the pause in {point} at step {step}")
@@ -169,15 +169,19 @@ def test_sigkill_at_every_instant_then_resume_is_bitwise_exact(tmp_path: Path, t
         lost += lost_after_kill(run_dir, before)
         if point == "save":  # the half-written step 10 is not a checkpoint; step 5 is the newest
             assert newest_step(run_dir) == 5 and list(root.glob(".tmp-step_0000010-*"))
-        if point == "pointer":  # step 15 is complete though `latest` still names step 10: resume takes 15
-            assert json.loads((root / "latest").read_text()) == "step_0000010" and newest_step(run_dir) == 15
-        if point == "prune":  # 15, 20 and 25 all complete; nothing pruned before the kill
-            assert [p.name for p in complete_checkpoints(root)] == ["step_0000015", "step_0000020", "step_0000025"]
+        if point == "rename":  # step 15 is whole in its temporary folder: resume takes it from there
+            assert latest_checkpoint(root).name.startswith(".tmp-step_0000015-") and newest_step(run_dir) == 15
+        if point == "pointer":  # step 25 is in place though `latest` still names step 20: resume takes 25
+            assert json.loads((root / "latest").read_text()) == "step_0000020" and newest_step(run_dir) == 25
+        if point == "prune":  # 25, 30 and 35 all complete; nothing pruned before the kill
+            assert [p.name for p in complete_checkpoints(root)] == ["step_0000025", "step_0000030", "step_0000035"]
 
     # Killed at random moments while training: after a random step, plus a random part of a step (saves included).
     for _ in range(3):
         before, offset = newest_step(run_dir), log.stat().st_size
-        target = rng.randint(before + 1, before + 12)
+        if before >= STEPS - 1:
+            break
+        target = rng.randint(before + 1, min(before + 12, STEPS - 1))
         proc = start(config, log)
         wait_for(lambda: last_logged_step(log, offset) >= target, proc, f"step {target}")
         time.sleep(rng.uniform(0.0, 0.05))

@@ -166,6 +166,7 @@ def _write(tmp: Path, final: Path, step: int, *, model_state: dict[str, torch.Te
         }
         write_json_atomic(tmp / STATE, state)  # last file: a folder without it is never a checkpoint
         fsync_dir(tmp)
+        _pause_for_tests("rename", step)
         if final.exists():  # re-saving a step (a finished run resumed): a complete copy exists at every instant
             aside = root / f".old-{final.name}-{os.getpid()}"
             os.rename(final, aside)
@@ -183,8 +184,9 @@ def _write(tmp: Path, final: Path, step: int, *, model_state: dict[str, torch.Te
 def _pause_for_tests(point: str, step: int) -> None:
     """Fault-injection hook: LARGO_PAUSE_IN=<point> sleeps there so a test can kill us at a known instant.
 
-    Points: save (tensors written, no state.json yet), swap (between the two renames of a re-save),
-    pointer (renamed into place, `latest` not yet moved), prune (pointer moved, old ones not yet pruned).
+    Points: save (tensors written, no state.json yet), rename (complete, not yet renamed into place),
+    swap (between the two renames of a re-save), pointer (renamed into place, `latest` not yet moved),
+    prune (pointer moved, old ones not yet pruned).
     LARGO_PAUSE_STEP=N pauses only in the save of step N; LARGO_PAUSE_MARKER names a file written on arrival.
     """
     wanted = os.environ.get("LARGO_PAUSE_STEP")
