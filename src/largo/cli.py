@@ -71,6 +71,56 @@ def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Summarise a run from its metrics.jsonl and draw its curves to curves.png."""
+    from pathlib import Path
+
+    from largo.errors import RunDirError
+    from largo.observe.metrics import read_metrics
+    from largo.observe.plots import plot_run
+
+    run_dir = Path(args.run)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise RunDirError(f"{run_dir}: no metrics.jsonl; give a run directory such as runs/text_tiny")
+    train, evals = read_metrics(run_dir / "metrics.jsonl", "train"), read_metrics(run_dir / "metrics.jsonl", "eval")
+    if train:
+        last = train[-1]
+        print(f"{run_dir}: step {last['step']} | train loss {last['loss']:.4f} | {last['tokens_per_s']:,.0f} tok/s | MFU {100 * last['mfu']:.1f}%")
+    for r in evals:
+        print(f"  eval @ step {r['step']}: loss {r['loss']:.4f} | accuracy {100 * r.get('accuracy', float('nan')):.2f}%")
+    png = plot_run(run_dir)
+    print(f"curves: {png}" if png else "curves: not drawn (install matplotlib)")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Estimate params, FLOPs, data, memory per device and time for a config or a named size, and recommend a setup."""
+    from largo.errors import ConfigError
+    from largo.plan.devices import get_device
+    from largo.plan.planner import build_plan, workload_from_config, workload_from_size
+    from largo.plan.report import format_plan, plan_json
+
+    if (args.config is None) == (args.model is None):
+        raise ConfigError("largo plan needs a config file or --model NAME (one of them)")
+    if args.devices < 1:
+        raise ConfigError(f"--devices ({args.devices}) must be >= 1")
+    device = get_device(args.device_type)
+    kw = dict(devices=args.devices, device=device, tokens=args.tokens, mfu=args.mfu, layout=args.layout, optimizer=args.optimizer)
+    if args.model:
+        workload = workload_from_size(args.model, **kw)
+    else:
+        from largo.config import load_config
+
+        workload = workload_from_config(load_config(args.config, overrides), **kw)
+    if args.micro_batch:
+        import dataclasses
+
+        workload = dataclasses.replace(workload, micro_batch=args.micro_batch)
+    plan = build_plan(workload)
+    print(plan_json(plan) if args.json else format_plan(plan))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags; --section.key overrides pass through untouched."""
     parser = argparse.ArgumentParser(prog="largo", description="Train, scale and evaluate large models on PyTorch.")
@@ -89,6 +139,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (starts torchrun)")
     p.set_defaults(fn=cmd_train)
 
+    p = sub.add_parser("plan", help="how much compute, memory and data a run needs, before training")
+    p.add_argument("config", nargs="?", help="TOML config (or use --model)")
+    p.add_argument("--model", help="named size: 124m, 350m, 1b, 7b, 13b, 70b (Llama-style shapes)")
+    p.add_argument("--devices", type=int, default=1, help="data-parallel devices")
+    from largo.plan.devices import device_names
+
+    p.add_argument("--device-type", default="cpu", help=f"{', '.join(device_names())} (cpu: this machine, measured)")
+    p.add_argument("--tokens", type=float, help="training tokens, e.g. 1.4e11 (default: the config's steps, or Chinchilla's 20/param)")
+    p.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: the last measured run on this device type, else an assumption)")
+    p.add_argument("--layout", choices=["fp32", "autocast", "mixed"], help="bytes per parameter layout (default: from train.precision)")
+    p.add_argument("--optimizer", choices=["adamw", "muon", "sgd"], help="default: the config's optim.name, else adamw")
+    p.add_argument("--micro-batch", type=int, default=0, help="fix the micro-batch (default: the largest that fits)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (sorted keys)")
+    p.set_defaults(fn=cmd_plan)
+
     for name, fn, text in (("eval", cmd_eval, "evaluate a checkpoint"), ("generate", cmd_generate, "sample text")):
         p = sub.add_parser(name, help=text)
         p.add_argument("checkpoint", help="run directory or checkpoint folder")
@@ -102,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.8)
             p.add_argument("--top-k", type=int, default=50)
             p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("report", help="summarise a run and plot its curves")
+    p.add_argument("run", help="run directory")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 

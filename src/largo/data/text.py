@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from largo.data import Batch
 from largo.data.prepare import checked_tokenizer_file, read_manifest
 from largo.data.tokens import LMBatches, TokenShards
@@ -24,8 +26,9 @@ class TextLMData:
         return self.train.rows(samples)
 
     def eval_batches(self, micro_batch: int, max_batches: int) -> Iterator[Batch]:
-        total = self.val.num_windows
-        if max_batches:
-            total = min(total, max_batches * micro_batch)
-        for start in range(0, total, micro_batch):
-            yield self.val.sequential(start, min(micro_batch, total - start))
+        """Validation windows in file order; when capped, spread evenly over the whole split."""
+        n = self.val.num_windows
+        total = min(n, max_batches * micro_batch) if max_batches else n
+        windows = np.linspace(0, n - 1, total).round().astype(int) if total < n else np.arange(n)
+        for i in range(0, total, micro_batch):
+            yield self.val.windows(windows[i : i + micro_batch])

@@ -7,6 +7,7 @@ of the global batch without talking to the others.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,8 @@ class LMBatches:
         t = torch.from_numpy(data)
         return t[:, :-1], t[:, 1:]
 
-    def sequential(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows start..start+count in file order (for evaluation)."""
-        data = np.stack([self.shards.read(w * self.seq_len, self.seq_len + 1) for w in range(start, start + count)])
+    def windows(self, indices: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the given windows, unshuffled (for evaluation)."""
+        data = np.stack([self.shards.read(int(w) * self.seq_len, self.seq_len + 1) for w in indices])
         t = torch.from_numpy(data)
         return t[:, :-1], t[:, 1:]

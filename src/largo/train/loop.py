@@ -26,8 +26,11 @@ from largo.dist.env import DistEnv, init_env
 from largo.dist.parallelize import grad_sync, parallelize, unwrap
 from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
+from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
+from largo.observe.plots import plot_run
 from largo.observe.throughput import peak_flops
+from largo.plan.check import check_run, format_rows
 from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
 from largo.train.faults import PREEMPTED_EXIT, StepGuard
 from largo.train.optim import build_optimizers, build_schedulers
@@ -106,6 +109,7 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         verdict = guard.check(step + 1, loss_sum, grad_norm, model.parameters())  # host sync: finite? preempted?
+        lr = parts.optimizers[0].param_groups[0]["lr"]  # the rate this step used (schedulers move it next)
         for opt in parts.optimizers:  # 6) optimizer step; a non-finite step is skipped whole (schedulers too)
             if verdict.apply:
                 opt.step()
@@ -121,7 +125,7 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
             loss_value = loss_sum.item()  # host sync, only at log steps
             dt, window_s, window_steps = window_s / window_steps, 0.0, 0
             record = {
-                "kind": "train", "step": done, "loss": loss_value, "lr": parts.schedulers[0].get_last_lr()[0],
+                "kind": "train", "step": done, "loss": loss_value, "lr": lr,
                 "grad_norm": float(grad_norm), "tokens_per_s": parts.tokens_per_step / dt, "step_time_ms": 1000 * dt,
                 "mfu": parts.flops_per_step / dt / parts.peak_flops, "elapsed_s": train_s,
             }
@@ -172,6 +176,8 @@ def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, 
         if final:
             metrics.write({"kind": "eval", "step": cfg.train.steps, **final})
         metrics.write({"kind": "summary", **summary})
+        metrics.flush()
+        plot_run(run_dir)
     if final:
         say(format_result(final))
     val = f"val loss {final['loss']:.4f} | " if final else ""
@@ -225,13 +231,14 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     t = cfg.train
-    if t.global_batch % (t.micro_batch * env.world) and t.global_batch % env.world:
-        raise ConfigError(f"train.global_batch ({t.global_batch}) must divide by the world size ({env.world})")
+    if t.global_batch % env.world:
+        raise ConfigError(f"train.global_batch ({t.global_batch}) must divide by the number of processes ({env.world})")
     seed_everything(cfg.run.seed)
     say = log if env.is_main else (lambda _msg: None)
 
     task = build_task(cfg, env, log=say)  # 1) data preprocessing: prepared once, cached on disk
     cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
+    memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
     model = build_model(cfg.model, env.device)  # 2) model init: meta build, materialise, init from the seed
     optimizers = build_optimizers(model, cfg.optim)
     schedulers = build_schedulers(optimizers, cfg.optim, t.steps)
@@ -264,9 +271,18 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
         peak_flops=peak_flops(env.device, t.precision, t.peak_tflops) * env.world,
     )
     say(f"model: {sum(p.numel() for p in model.parameters()):,} params | {parts.tokens_per_step:,} tokens/step | "
-        f"{max(1, t.global_batch // (t.micro_batch * env.world))} micro-steps | {t.precision} | device {env.device} | world {env.world}")
+        f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
+    memory.start()
     progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
+    peak_bytes = memory.stop()  # before the final evaluation and checkpoint write
     summary = finish(parts, cfg, run_dir, progress, metrics=metrics, say=say)
+    if env.is_main and not summary["stopped"]:  # plan vs measured: what `largo plan` predicts next to what this run did
+        summary["plan_vs_measured"] = check_run(
+            cfg, run_dir, model=model, world=env.world, device=env.device, peak_flops_per_device=parts.peak_flops / env.world,
+            seq_len=task.tokens_per_sample, peak_bytes=peak_bytes, memory_method=memory.method,
+            step_s=progress["train_s"] / max(progress["steps_run"], 1), mfu=progress["mfu"], steps_run=progress["steps_run"])
+        metrics.write({"kind": "plan_vs_measured", "step": cfg.train.steps, "rows": summary["plan_vs_measured"]})
+        say(f"plan vs measured ({memory.method}):\n{format_rows(summary['plan_vs_measured'])}")
     if metrics:
         metrics.close()
     return summary
