@@ -27,10 +27,11 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
         return relaunch_with_torchrun(args.nproc, sys.argv[1:])
     from largo.config import load_config
+    from largo.train.faults import PREEMPTED_EXIT
     from largo.train.loop import train
 
-    train(load_config(args.config, overrides), resume=args.resume, overwrite=args.overwrite)
-    return 0
+    summary = train(load_config(args.config, overrides), resume=args.resume, overwrite=args.overwrite)
+    return PREEMPTED_EXIT if summary.get("preempted") else 0
 
 
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
@@ -200,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, dispatch, and turn LargoError into one line on stderr with exit code 2."""
+    """Entry point: parse, dispatch; errors print one line (LargoError: its exit code, others: 1)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -213,11 +214,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         rank = os.environ.get("RANK")
-        print(f"largo: error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
+        print(f"largo: error{f' (rank {rank})' if rank else ''}: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("largo: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # not a user error, but still one line (a full disk, a dead rank): --debug shows where
+        if args.debug:
+            raise
+        print(f"largo: error: {describe_unexpected(e)} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def describe_unexpected(e: BaseException) -> str:
+    """One line for an exception that is not a LargoError: an OSError names its file and reason."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 if __name__ == "__main__":

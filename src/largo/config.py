@@ -126,6 +126,20 @@ class CheckpointConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """What the loop does about bad steps (preemption signals need no settings: see RELIABILITY.md)."""
+
+    max_bad_steps: int = 5  # consecutive steps with a non-finite loss or grad norm (each skipped) before the run stops
+    spike_factor: float = 4.0  # log a loss above this multiple of its running average; 0 = never
+
+    def __post_init__(self) -> None:
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"faults.max_bad_steps ({self.max_bad_steps}) must be >= 1")
+        if self.spike_factor != 0 and not self.spike_factor > 1:
+            raise ConfigError(f"faults.spike_factor ({self.spike_factor}) must be > 1, or 0 to turn spike logging off")
+
+
+@dataclass
 class RunConfig:
     """A whole run: one field per TOML section."""
 
@@ -136,6 +150,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def __post_init__(self) -> None:
         t = self.train

@@ -10,7 +10,7 @@ from torch import nn
 
 from largo.checkpoint.store import STATE, latest_checkpoint, load_model_weights, read_state
 from largo.config import RunConfig, build_config
-from largo.errors import CheckpointError
+from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
 from largo.models.config import ModelConfig
 
@@ -18,6 +18,9 @@ from largo.models.config import ModelConfig
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder itself, or the newest complete one of a run directory."""
     p = Path(path)
+    if p.is_file():
+        raise CheckpointError(f"{path}: a file; largo loads a run directory or a checkpoint folder of safetensors + JSON, "
+                              f"never a pickle/.pt/.bin file (loading one can run code)")
     if (p / STATE).is_file():
         return p
     if p.is_dir():
@@ -33,7 +36,10 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     state = read_state(ckpt)
     if state.get("user_model"):
         raise CheckpointError(f"{ckpt}: holds a user's own nn.Module; load it with largo.Trainer(model, resume={str(ckpt)!r})")
-    cfg = build_config(state["config"])
+    try:
+        cfg = build_config(state["config"])
+    except (ConfigError, KeyError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{ckpt}/{STATE}: its config is not valid for this largo ({e})") from None
     model = build_model(cfg.model, device)
     load_model_weights(model, ckpt)
     return model.eval(), cfg, ckpt

@@ -155,8 +155,10 @@ def prepare(cfg: DataConfig, *, force: bool = False, log=print) -> dict[str, Any
         existing = read_manifest(out) if (out / MANIFEST).exists() else None
     except DataError:
         existing = None  # a damaged manifest is rebuilt, not trusted
-    if existing and not force and existing["settings"] == prepare_settings(cfg):
+    if existing and not force and existing.get("settings") == prepare_settings(cfg):
         return existing
+    if next(iter_documents(cfg.source, cfg.text_column, SourceStats(), max_bytes=1), None) is None:
+        raise DataError(f"data.source {cfg.source!r} holds no text")  # checked before anything in data.dir is touched
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -210,6 +212,7 @@ def prepare(cfg: DataConfig, *, force: bool = False, log=print) -> dict[str, Any
         f"prepare: {stats.documents} documents, {stats.bytes / 1e6:.1f} MB -> "
         f"{splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens "
         f"(unigram loss {manifest['unigram_val_loss']:.3f}, ppl {math.exp(manifest['unigram_val_loss']):.1f})"
+        + (f"; {stats.replaced_chars} invalid UTF-8 sequences replaced with U+FFFD" if stats.replaced_chars else "")
     )
     return manifest
 
@@ -225,13 +228,40 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: not valid JSON; delete the folder and run `largo prepare` again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not a largo token manifest (format {FORMAT!r} expected)")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DataError(f"{path}: {problem}; rebuild with `largo prepare <config> --force`")
     return manifest
+
+
+def _manifest_problem(m: dict[str, Any]) -> str | None:
+    """What is structurally wrong with a manifest (hand-edited, or from another tool), else None."""
+    tok = m.get("tokenizer")
+    if not isinstance(tok, dict) or not isinstance(tok.get("vocab_size"), int) or not isinstance(tok.get("sha256"), str):
+        return "'tokenizer' must hold an integer vocab_size and a sha256"
+    if m.get("dtype") not in ("uint16", "uint32"):
+        return f"dtype {m.get('dtype')!r} is not 'uint16' or 'uint32'"
+    splits = m.get("splits")
+    if not isinstance(splits, dict):
+        return "'splits' must map split names to their shards"
+    for name, split in splits.items():
+        shards = split.get("shards") if isinstance(split, dict) else None
+        if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("tokens"), int) and s["tokens"] >= 0
+            and isinstance(s.get("sha256"), str) for s in shards
+        ):
+            return f"split {name!r}: each shard needs a file name, a token count >= 0 and a sha256"
+    return None
+
+
+def checked_tokenizer_file(data_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """tokenizer.json, after checking it is the one the shards were encoded with (the manifest's hash)."""
+    path = Path(data_dir) / "tokenizer.json"
+    if not path.is_file() or sha256_file(path) != manifest["tokenizer"]["sha256"]:
+        raise DataError(f"{path}: missing or does not match manifest.json's tokenizer hash; rebuild with `largo prepare <config> --force`")
+    return path
 
 
 def load_tokenizer(data_dir: str | Path, manifest: dict[str, Any] | None = None) -> Tokenizer:
     """The prepared tokenizer, checked against the manifest's hash."""
-    manifest = manifest or read_manifest(data_dir)
-    path = Path(data_dir) / "tokenizer.json"
-    if not path.is_file() or sha256_file(path) != manifest["tokenizer"]["sha256"]:
-        raise DataError(f"{path}: missing or does not match manifest.json's tokenizer hash; run `largo prepare` again")
-    return Tokenizer.from_file(str(path))
+    return Tokenizer.from_file(str(checked_tokenizer_file(data_dir, manifest or read_manifest(data_dir))))

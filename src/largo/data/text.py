@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from largo.data import Batch
-from largo.data.prepare import read_manifest
+from largo.data.prepare import checked_tokenizer_file, read_manifest
 from largo.data.tokens import LMBatches, TokenShards
 
 
@@ -17,6 +17,7 @@ class TextLMData:
 
     def __init__(self, data_dir: str | Path, seq_len: int, seed: int):
         self.manifest = read_manifest(data_dir)
+        checked_tokenizer_file(data_dir, self.manifest)  # it is copied into every checkpoint: it must match the ids
         self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
         self.train = LMBatches(TokenShards(data_dir, "train", self.manifest), seq_len, seed)
         self.val = LMBatches(TokenShards(data_dir, "val", self.manifest), seq_len, seed)

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from largo.checkpoint.restore import load_init_weights
-from largo.checkpoint.store import latest_checkpoint, load_checkpoint, save_checkpoint
+from largo.checkpoint.store import checkpoint_candidates, load_checkpoint, read_state, save_checkpoint
 from largo.config import RunConfig
 from largo.data import Batch, rank_samples
 from largo.dist.env import DistEnv, init_env
@@ -33,6 +33,7 @@ from largo.observe.plots import plot_run
 from largo.observe.throughput import peak_flops
 from largo.plan.check import check_run, format_rows
 from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
+from largo.train.faults import PREEMPTED_EXIT, StepGuard
 from largo.train.optim import build_optimizers, build_schedulers
 from largo.train.run_dir import open_run_dir
 from largo.train.tasks import build_task
@@ -90,7 +91,10 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     train_s, window_s, window_steps, loss_value = 0.0, 0.0, 0, float("nan")
     done = start_step
-    for step in range(start_step, total):
+    guard = StepGuard(max_bad_steps=cfg.faults.max_bad_steps, spike_factor=cfg.faults.spike_factor, env=env, say=say,
+                      record=metrics.write if metrics else None)
+    preempted = False
+    for step in guard.steps(start_step, total):  # SIGTERM/SIGUSR1 are caught while the loop runs
         t_step = time.perf_counter()
         # 1) data: a pure function of the step, so a resumed run reads exactly the same batches
         batches = parts.micro_batches(step)
@@ -106,11 +110,13 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
                 loss.backward()  # 5) backward: gradients accumulate across micro-steps
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        verdict = guard.check(step + 1, loss_sum, grad_norm, model.parameters())  # host sync: finite? preempted?
         lr = parts.optimizers[0].param_groups[0]["lr"]  # the rate this step used (schedulers move it next)
-        for opt in parts.optimizers:  # 6) optimizer step
-            opt.step()
+        for opt in parts.optimizers:  # 6) optimizer step; a non-finite step is skipped whole (schedulers too)
+            if verdict.apply:
+                opt.step()
             opt.zero_grad(set_to_none=True)
-        for sched in parts.schedulers:
+        for sched in parts.schedulers if verdict.apply else []:
             sched.step()
         done = step + 1
         bar.update(1)
@@ -137,16 +143,21 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
             if metrics:
                 metrics.write({"kind": "eval", "step": done, **result})
             (bar.write if live else say)(f"step {done}: {format_result(result)}")
-        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < total:
+        saved = bool(cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < total and not guard.bad_streak)
+        if saved:  # not at a skipped step: a run of bad steps never pushes good checkpoints out
             parts.save(done)
-        if stop_at is not None and stop_at <= done < total:
-            if not cfg.checkpoint.every or done % cfg.checkpoint.every:
+        if (verdict.stop or stop_at is not None and stop_at <= done) and done < total:
+            if not saved:
                 parts.save(done)
+            preempted = verdict.stop
+            if preempted:
+                say(f"step {done}: {guard.signal_name} received; checkpoint written, stopping")
             break
     bar.close()
     steps_run = done - start_step
     return {
-        "step": done, "steps_run": steps_run, "train_s": train_s, "train_loss": loss_value,
+        "step": done, "steps_run": steps_run, "train_s": train_s, "train_loss": loss_value, "preempted": preempted,
+        "skipped_steps": guard.skipped,
         "tokens_per_s": steps_run * parts.tokens_per_step / max(train_s, 1e-9),
         "mfu": steps_run * parts.flops_per_step / max(train_s, 1e-9) / parts.peak_flops,
     }
@@ -156,7 +167,8 @@ def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, 
            metrics: MetricsLog | None, say: Callable[[str], None]) -> dict[str, Any]:
     """After the last step: final evaluation, final checkpoint, summary line and record."""
     if progress["step"] < cfg.train.steps:
-        say(f"stopped at step {progress['step']}; continue with --resume auto")
+        why = f"preempted (exit {PREEMPTED_EXIT})" if progress["preempted"] else "stopped"
+        say(f"{why} at step {progress['step']}; continue with --resume auto")
         return {**progress, "stopped": True, "run_dir": str(run_dir)}
     final = parts.evaluate() if parts.evaluate else {}
     parts.save(cfg.train.steps)
@@ -177,13 +189,27 @@ def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, 
     return summary
 
 
-def resume_point(run_dir: Path, resume: str | None) -> Path | None:
-    """The checkpoint to resume from: None, 'auto' (newest complete, if any) or an explicit folder."""
+def resume_point(run_dir: Path, resume: str | None, log: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint to resume from: None, 'auto' (newest complete one that verifies, if any) or an explicit folder."""
     if resume is None:
         return None
+    root = run_dir / "checkpoints"
     if resume == "auto":
-        return latest_checkpoint(run_dir / "checkpoints")
+        candidates, damaged = checkpoint_candidates(root), []
+        for ckpt in candidates:
+            try:
+                read_state(ckpt)  # hashes every file: a checkpoint damaged after it was written is passed over
+                return ckpt
+            except CheckpointError as e:
+                log(f"warning: {e}; trying an older checkpoint")
+                damaged.append(ckpt.name)
+        if damaged:
+            raise CheckpointError(f"{root}: every checkpoint is damaged ({', '.join(damaged)}); move them away to start over")
+        return None
     path = Path(resume)
+    if path.is_file():
+        raise CheckpointError(f"--resume {resume}: a file, not a checkpoint folder; largo resumes only from its own "
+                              f"safetensors checkpoint folders (it never loads pickle files)")
     if not path.is_dir():
         raise CheckpointError(f"--resume {resume}: no such checkpoint folder (or use --resume auto)")
     return path
@@ -221,9 +247,9 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     optimizers = build_optimizers(model, cfg.optim)
     schedulers = build_schedulers(optimizers, cfg.optim, t.steps)
 
+    ckpt = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
     run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)
     start_step = 0
-    ckpt = resume_point(run_dir, resume)
     if ckpt is not None:
         start_step = int(load_checkpoint(ckpt, model, optimizers, schedulers)["step"])
         say(f"resumed from {ckpt} at step {start_step}")
