@@ -186,7 +186,7 @@ class Trainer:
         def save(step: int) -> None:
             state = {"data": {"batches_seen": step * accum}, "config": cfg.to_dict(), "user_model": True}
             save_checkpoint(run_dir / "checkpoints", step, model_state=unwrap(self.model).state_dict(), optimizers=optimizers,
-                            schedulers=schedulers, trainer_state=state, keep_last=cfg.checkpoint.keep_last)
+                            schedulers=schedulers, trainer_state=state, keep_last=cfg.checkpoint.keep_last, is_main=env.is_main)
 
         parts = LoopParts(
             model=parallelize(self.model, env), optimizers=optimizers, schedulers=schedulers,

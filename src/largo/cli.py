@@ -25,12 +25,23 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         from largo.dist.launch import relaunch_with_torchrun
 
-        return relaunch_with_torchrun(args.nproc, sys.argv[1:])
+        return relaunch_with_torchrun(args.nproc, sys.argv[1:], max_restarts=args.max_restarts)
+    import torch.distributed
+    from torch.distributed.elastic.multiprocessing.errors import record
+
     from largo.config import load_config
+    from largo.dist.env import restart_count
     from largo.train.faults import PREEMPTED_EXIT
     from largo.train.loop import train
 
-    summary = train(load_config(args.config, overrides), resume=args.resume, overwrite=args.overwrite)
+    resume = args.resume
+    if resume is None and restart_count() > 0:  # torchrun --max-restarts started us again: continue the run
+        resume = "auto"
+    # record: under torchrun, a failing rank's error goes into torchrun's summary next to its rank
+    run = record(train) if "TORCHELASTIC_RUN_ID" in os.environ else train
+    summary = run(load_config(args.config, overrides), resume=resume, overwrite=args.overwrite)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()  # a clean exit (NCCL warns and may hang at exit otherwise)
     return PREEMPTED_EXIT if summary.get("preempted") else 0
 
 
@@ -153,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="'auto' (newest complete checkpoint of the run) or a checkpoint folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the run directory")
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (starts torchrun)")
+    p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: torchrun restarts after a failure, resuming")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("plan", help="how much compute, memory and data a run needs, before training")
@@ -222,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # not a user error, but still one line (a full disk, a dead rank): --debug shows where
         if args.debug:
             raise
-        print(f"largo: error: {describe_unexpected(e)} (run with --debug for the traceback)", file=sys.stderr)
+        from largo.dist.health import collective_failure
+
+        message = collective_failure(e) or f"{describe_unexpected(e)} (run with --debug for the traceback)"
+        rank = os.environ.get("RANK")
+        print(f"largo: error{f' (rank {rank})' if rank else ''}: {message}", file=sys.stderr)
         return 1
 
 

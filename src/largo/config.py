@@ -140,6 +140,26 @@ class FaultsConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """How the job spreads over processes (torchrun): data parallelism, sharding, recompute."""
+
+    strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: none on 1 process, ddp if states fit, else fsdp
+    ddp_memory_fraction: float = 0.4  # auto picks ddp when params+grads+AdamW states take at most this share of a device
+    fsdp_reshard_after_forward: bool = True  # free gathered params after forward (less memory, one more all-gather)
+    ac: Literal["none", "full", "every_k"] = "none"  # activation checkpointing: recompute blocks' activations in backward
+    ac_every: int = 2  # every_k: checkpoint every k-th block
+    timeout_s: float = 600.0  # a collective waiting longer than this fails the job (a peer rank died or hung)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ddp_memory_fraction <= 1.0:
+            raise ConfigError(f"parallel.ddp_memory_fraction ({self.ddp_memory_fraction}) must be in (0, 1]")
+        if self.ac_every < 1:
+            raise ConfigError(f"parallel.ac_every ({self.ac_every}) must be >= 1")
+        if not self.timeout_s > 0:
+            raise ConfigError(f"parallel.timeout_s ({self.timeout_s}) must be > 0")
+
+
+@dataclass
 class RunConfig:
     """A whole run: one field per TOML section."""
 
@@ -151,6 +171,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         t = self.train

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from largo.checkpoint.restore import restore
+from largo.checkpoint.restore import resolve_checkpoint, restore
+from largo.checkpoint.store import read_state
 from largo.errors import CheckpointError, LargoError
 from largo.fileio import write_json_atomic
 from largo.models.config import ModelConfig
@@ -127,13 +128,12 @@ def real_inputs(cfg) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def export_safetensors(checkpoint: str | Path, out: Path, log: Callable[[str], None]) -> Path:
-    """Plain largo weights (model.safetensors), the resolved config (config.json) and the tokenizer, if any."""
-    from safetensors.torch import save_file
+    """Plain largo weights in one model.safetensors (FSDP shards gathered), the resolved config and the tokenizer."""
+    from largo.checkpoint.sharded import consolidate
 
-    model, cfg, ckpt = restore(checkpoint)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"))
-    write_json_atomic(out / "config.json", cfg.to_dict())
+    ckpt = resolve_checkpoint(checkpoint)
+    consolidate(ckpt, out / "model.safetensors")
+    write_json_atomic(out / "config.json", read_state(ckpt)["config"])
     if (ckpt / "tokenizer.json").is_file():
         (out / "tokenizer.json").write_bytes((ckpt / "tokenizer.json").read_bytes())
     log(f"wrote {out}: model.safetensors, config.json")

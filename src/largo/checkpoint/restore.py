@@ -41,7 +41,12 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     except (ConfigError, KeyError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{ckpt}/{STATE}: its config is not valid for this largo ({e})") from None
     model = build_model(cfg.model, device)
-    load_model_weights(model, ckpt)
+    if state.get("sharded"):  # an FSDP run's DCP shards, gathered into this one plain model
+        from largo.checkpoint.sharded import load_model_sharded
+
+        load_model_sharded(ckpt, model)
+    else:
+        load_model_weights(model, ckpt)
     return model.eval(), cfg, ckpt
 
 

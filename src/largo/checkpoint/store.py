@@ -14,6 +14,8 @@ Resuming takes the most recently written complete checkpoint: state.json's `gene
 in the run directory, so after a resume from an earlier checkpoint its continuation wins over the
 abandoned later steps (which are then pruned like any older checkpoint). The pointer may lag one
 rename behind and is not consulted.
+Sharded (FSDP) checkpoints use the same folders and state.json, with DCP files instead of
+model/optim.safetensors (see sharded.py).
 """
 
 from __future__ import annotations
@@ -118,54 +120,70 @@ def save_checkpoint(
     trainer_state: dict[str, Any],
     keep_last: int,
     extra_files: dict[str, Path] | None = None,
+    is_main: bool = True,
 ) -> Path:
-    """Write checkpoint `step` atomically under root, move `latest` to it, prune beyond keep_last."""
+    """Write checkpoint `step` atomically under root, move `latest` to it, prune beyond keep_last.
+
+    In a job of several ranks holding the same (replicated) state, only rank 0 writes (is_main);
+    the others wait for it, so no rank runs ahead of a checkpoint still being written.
+    """
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
-    try:
-        generation = 1 + max((_generation(p) for p in checkpoint_candidates(root)), default=0)
-        _write(tmp, final, step, model_state=model_state, optimizers=optimizers, schedulers=schedulers,
-               trainer_state={**trainer_state, "generation": generation}, extra_files=extra_files)
-        _pause_for_tests("pointer", step)
-        write_json_atomic(root / LATEST, final.name)
-        _pause_for_tests("prune", step)
-        prune(root, keep_last)
-    except (OSError, SafetensorError) as e:  # a full disk, an unwritable folder: one line, nothing half-written left
-        shutil.rmtree(tmp, ignore_errors=True)
-        (root / f".{LATEST}.tmp").unlink(missing_ok=True)
-        reason = getattr(e, "strerror", None) or str(e)
-        raise CheckpointError(f"cannot write checkpoint {final} ({reason}); partial files removed, {_previous(root)}") from None
+    if is_main:
+        tmp = begin_checkpoint(root, step, os.getpid())
+        try:
+            optim_meta, optim_tensors = optimizer_split(optimizers)
+            _save_tensors(tmp / "model.safetensors", model_state)
+            _save_tensors(tmp / "optim.safetensors", optim_tensors)
+        except (OSError, SafetensorError) as e:  # a full disk: one line, nothing half-written left
+            raise _failed_save(e, tmp, final) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        commit_checkpoint(tmp, root, step, state={"optimizers": optim_meta, "schedulers": [s.state_dict() for s in schedulers],
+                                                   **trainer_state}, keep_last=keep_last, extra_files=extra_files)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
     return final
 
 
-def _write(tmp: Path, final: Path, step: int, *, model_state: dict[str, torch.Tensor], optimizers: list[torch.optim.Optimizer],
-           schedulers: list[Any], trainer_state: dict[str, Any], extra_files: dict[str, Path] | None) -> None:
-    """Fill the temporary folder, state.json last, and rename it to `final` (swapping out an older copy)."""
-    root = final.parent
-    root.mkdir(parents=True, exist_ok=True)
+def _failed_save(e: BaseException, tmp: Path, final: Path) -> CheckpointError:
+    """Remove what a failed save wrote and say in one line what survives."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    (final.parent / f".{LATEST}.tmp").unlink(missing_ok=True)
+    reason = getattr(e, "strerror", None) or str(e)
+    return CheckpointError(f"cannot write checkpoint {final} ({reason}); partial files removed, {_previous(final.parent)}")
+
+
+def begin_checkpoint(root: Path, step: int, owner_pid: int) -> Path:
+    """A fresh hidden temporary folder for checkpoint `step`, named after the process that will commit it."""
+    tmp = root / f".tmp-{checkpoint_name(step)}-{owner_pid}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise _failed_save(e, tmp, root / checkpoint_name(step)) from None
+    return tmp
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    return tmp
+
+
+def commit_checkpoint(tmp: Path, root: Path, step: int, *, state: dict[str, Any], keep_last: int,
+                      extra_files: dict[str, Path] | None = None) -> Path:
+    """Add RNG, extra files and state.json (sha256 of every file, written last) to tmp; rename it into place."""
+    final = root / checkpoint_name(step)
     try:
-        optim_meta, optim_tensors = optimizer_split(optimizers)
+        generation = 1 + max((_generation(p) for p in checkpoint_candidates(root)), default=0)
         rng_json, rng_tensors = rng_state()
-        _save_tensors(tmp / "model.safetensors", model_state)
-        _save_tensors(tmp / "optim.safetensors", optim_tensors)
         _save_tensors(tmp / "rng.safetensors", rng_tensors)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
         _pause_for_tests("save", step)
-        files = {f.name: sha256_file(f) for f in sorted(tmp.iterdir())}
-        state = {
-            "format": FORMAT,
-            "step": step,
-            "optimizers": optim_meta,
-            "schedulers": [s.state_dict() for s in schedulers],
-            "rng": rng_json,
-            "files": files,
-            **trainer_state,
-        }
-        write_json_atomic(tmp / STATE, state)  # last file: a folder without it is never a checkpoint
-        fsync_dir(tmp)
+        files = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+        write_json_atomic(tmp / STATE, {"format": FORMAT, "step": step, "generation": generation, "rng": rng_json,
+                                        "files": files, **state})
+        fsync_dir(tmp)  # state.json is the last file: a folder without it is never a checkpoint
         _pause_for_tests("rename", step)
         if final.exists():  # re-saving a step (a finished run resumed): a complete copy exists at every instant
             aside = root / f".old-{final.name}-{os.getpid()}"
@@ -176,9 +194,16 @@ def _write(tmp: Path, final: Path, step: int, *, model_state: dict[str, torch.Te
         else:
             os.rename(tmp, final)
         fsync_dir(root)
+        _pause_for_tests("pointer", step)
+        write_json_atomic(root / LATEST, final.name)
+        _pause_for_tests("prune", step)
+        prune(root, keep_last)
+    except (OSError, SafetensorError) as e:  # a full disk, an unwritable folder: one line, nothing half-written left
+        raise _failed_save(e, tmp, final) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return final
 
 
 def _pause_for_tests(point: str, step: int) -> None:
@@ -346,10 +371,11 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any]
+    path: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
+    *, state: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Restore model, optimizers, schedulers and RNG from `path`; return its state.json."""
-    state = read_state(path)
+    """Restore model, optimizers, schedulers and RNG from `path`; return its state.json (pass it if already read)."""
+    state = state if state is not None else read_state(path)
     missing = [f for f in ("model.safetensors", "optim.safetensors", "rng.safetensors") if f not in state["files"]]
     if missing:
         raise CheckpointError(f"{path}: {STATE} does not list {', '.join(missing)}; not a resumable largo checkpoint")

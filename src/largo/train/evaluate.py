@@ -25,22 +25,37 @@ def summed_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Batch], *, device: torch.device, precision: str = "fp32") -> dict[str, float]:
-    """Mean loss, perplexity and accuracy over all targets in `batches`."""
+def evaluate(model: nn.Module, batches: Iterable[Batch], *, device: torch.device, precision: str = "fp32",
+             rank: int = 0, world: int = 1) -> dict[str, float]:
+    """Mean loss, perplexity and accuracy over all targets in `batches`.
+
+    With world > 1 every rank calls this with the same batches: rank r evaluates batches r, r + world, ...
+    and the sums are all-reduced, so every rank returns the 1-process result.
+    """
     was_training = model.training
     model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for x, y in batches:
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss, correct, targets
+    mine, total, spare = 0, 0, None
+    for i, (x, y) in enumerate(batches):
+        total, spare = i + 1, spare or (x, y)
+        if i % world != rank:
+            continue
         x, y = x.to(device), y.to(device)
         with autocast(device, precision):
             logits = model(x)
         keep = y != IGNORE
-        loss_sum += summed_loss(logits, y).item()
-        correct += (logits.argmax(-1)[keep] == y[keep]).sum().item()
-        count += keep.sum().item()
+        sums += torch.stack([summed_loss(logits, y).double(), (logits.argmax(-1)[keep] == y[keep]).sum().double(),
+                             keep.sum().double()])
+        mine += 1
+    if world > 1:
+        if spare is not None and mine < -(-total // world):
+            with autocast(device, precision):  # a rank one batch short still joins FSDP's all-gathers; result unused
+                model(spare[0].to(device))
+        torch.distributed.all_reduce(sums)
     model.train(was_training)
+    loss_sum, correct, count = sums.tolist()
     loss = loss_sum / max(1, count)
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(1, count), "targets": count}
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": correct / max(1, count), "targets": int(count)}
 
 
 def format_result(result: dict[str, float]) -> str:

@@ -20,13 +20,14 @@ from torch import nn
 from tqdm import tqdm
 
 from largo.checkpoint.restore import load_init_weights
-from largo.checkpoint.store import checkpoint_candidates, load_checkpoint, read_state, save_checkpoint
+from largo.checkpoint.sharded import load_for_resume, save_sharded
+from largo.checkpoint.store import checkpoint_candidates, read_state, save_checkpoint
 from largo.config import RunConfig
 from largo.data import Batch, rank_samples
 from largo.dist.env import DistEnv, init_env
-from largo.dist.parallelize import grad_sync, parallelize, unwrap
+from largo.dist.memory import log_memory, report_after_steps
+from largo.dist.parallelize import build_parallel_model, choose_strategy, clip_grad_norm, grad_sync, unwrap
 from largo.errors import CheckpointError, ConfigError
-from largo.models import build_model
 from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
 from largo.observe.plots import plot_run
@@ -109,7 +110,7 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
                 del outputs  # the logits die now, not when the next micro-step's forward reassigns them
                 loss.backward()  # 5) backward: gradients accumulate across micro-steps
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        grad_norm = clip_grad_norm(model.parameters(), clip)
         verdict = guard.check(step + 1, loss_sum, grad_norm, model.parameters())  # host sync: finite? preempted?
         lr = parts.optimizers[0].param_groups[0]["lr"]  # the rate this step used (schedulers move it next)
         for opt in parts.optimizers:  # 6) optimizer step; a non-finite step is skipped whole (schedulers too)
@@ -124,6 +125,9 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
         train_s, window_s, window_steps = train_s + dt_step, window_s + dt_step, window_steps + 1
 
         if done % cfg.train.log_every == 0 or done == total:
+            if env.world > 1:  # each rank holds its share of the global batch's loss
+                torch.distributed.all_reduce(loss_sum)
+                loss_sum /= env.world
             loss_value = loss_sum.item()  # host sync, only at log steps
             dt, window_s, window_steps = window_s / window_steps, 0.0, 0
             record = {
@@ -216,11 +220,15 @@ def resume_point(run_dir: Path, resume: str | None, log: Callable[[str], None] =
 
 
 def global_target_count(batches: list[Batch], env: DistEnv) -> float:
-    """Non-ignored targets in the whole global batch (all micro-steps, all ranks): the loss divisor."""
+    """The loss divisor: non-ignored targets in the whole global batch (all micro-steps, all ranks) / world.
+
+    DDP and FSDP average gradients over ranks, so dividing each rank's summed loss by count / world
+    makes that average the gradient of the global batch's mean loss, whatever the world size.
+    """
     count = torch.tensor(float(sum(int((y != IGNORE).sum()) for _, y in batches)), device=env.device)
     if env.world > 1:
         torch.distributed.all_reduce(count)
-    return max(1.0, count.item())
+    return max(1.0, count.item()) / env.world
 
 
 def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False, stop_at: int | None = None,
@@ -229,7 +237,7 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
 
     stop_at ends the run early after that step, with a checkpoint, as a preemption would.
     """
-    env = init_env(cfg.train.device)
+    env = init_env(cfg.train.device, cfg.parallel.timeout_s)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     t = cfg.train
@@ -240,27 +248,36 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
 
     task = build_task(cfg, env, log=say)  # 1) data preprocessing: prepared once, cached on disk
     cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
+    strategy, why = choose_strategy(cfg.parallel, num_params=cfg.model.num_params(), env=env)
+    say(f"parallel: {strategy} ({why})")
+    ckpt = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
+    run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)
     memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
-    model = build_model(cfg.model, env.device)  # 2) model init: meta build, materialise, init from the seed
+    # 2) model init: meta build, parallelize (ac -> compile -> fsdp | ddp), materialise, init from the seed
+    trained = build_parallel_model(cfg, env, strategy, full_init=ckpt is None)
+    model = unwrap(trained)
     if cfg.model.init_from:  # fine-tuning: start from these weights; optimizer, schedule and step start fresh
+        if strategy == "fsdp":
+            raise ConfigError("model.init_from works with parallel.strategy none or ddp; export the weights with largo import first")
         say(f"initialised from {load_init_weights(model, cfg.model)}")
     optimizers = build_optimizers(model, cfg.optim)
     schedulers = build_schedulers(optimizers, cfg.optim, t.steps)
-
-    ckpt = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
-    run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)
     start_step = 0
     if ckpt is not None:
-        start_step = int(load_checkpoint(ckpt, model, optimizers, schedulers)["step"])
+        start_step = int(load_for_resume(ckpt, trained, optimizers, schedulers, sharded_model=strategy == "fsdp")["step"])
         say(f"resumed from {ckpt} at step {start_step}")
-    trained = parallelize(torch.compile(model) if t.compile else model, env)
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if env.is_main else None
+    report_after_steps(optimizers[0], {1, t.steps - start_step}, model, optimizers, env,
+                       lambda n, record: log_memory(start_step + n, record, metrics, say if n == 1 else None))
 
     def save(step: int) -> None:
         trainer_state = {"data": {"samples_seen": step * t.global_batch}, "config": cfg.to_dict()}
-        save_checkpoint(run_dir / "checkpoints", step, model_state=unwrap(model).state_dict(), optimizers=optimizers,
-                        schedulers=schedulers, trainer_state=trainer_state, keep_last=cfg.checkpoint.keep_last,
-                        extra_files=task.files)
+        common = dict(optimizers=optimizers, schedulers=schedulers, trainer_state=trainer_state,
+                      keep_last=cfg.checkpoint.keep_last, extra_files=task.files)
+        if strategy == "fsdp":  # every rank writes its shards
+            save_sharded(run_dir / "checkpoints", step, model=model, env=env, **common)
+        else:  # replicas: rank 0 writes one safetensors checkpoint
+            save_checkpoint(run_dir / "checkpoints", step, model_state=model.state_dict(), is_main=env.is_main, **common)
 
     parts = LoopParts(
         model=trained, optimizers=optimizers, schedulers=schedulers,
@@ -268,7 +285,8 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
                                     rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=env.rank, world=env.world)],
         normaliser=lambda batches: global_target_count(batches, env),
         loss=lambda logits, y, norm: summed_loss(logits, y) / norm,
-        evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device, precision=t.precision),
+        evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device,
+                                  precision=t.precision, rank=env.rank, world=env.world),
         save=save,
         tokens_per_step=t.global_batch * task.tokens_per_sample,
         flops_per_step=t.global_batch * task.flops_per_sample,

@@ -1,0 +1,215 @@
+"""Sharded checkpoints through torch.distributed.checkpoint (DCP): save on N ranks, resume on M.
+
+Layout of a sharded step folder (same atomic discipline as store.py: temporary folder, rename by
+rank 0 after every rank has written, `latest` last):
+  checkpoints/step_000100/dcp/__<rank>_0.distcp   each rank's shards of model weights and optimizer tensors
+                         dcp/.metadata            DCP's index of chunks (written by rank 0)
+                         rng.safetensors          torch RNG states (rank 0)
+                         state.json               step, schedulers, RNG, data position, optimizer param
+                                                  groups and scalars, sha256 of every file (written last)
+DCP only ever sees tensors: everything else lives in state.json. DCP's index is a pickle; it is
+read with an unpickler that admits only DCP's own index classes, after its sha256 is checked.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_file
+from torch import nn
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from largo.checkpoint.store import (
+    begin_checkpoint, check_shapes, checkpoint_name, commit_checkpoint, load_checkpoint, load_tensors,
+    optimizer_join, read_state, set_rng_state,
+)
+from largo.dist.env import DistEnv
+from largo.errors import CheckpointError
+
+DCP_DIR = "dcp"
+SHARDED_FORMAT = "dcp-v1"
+# Everything DCP's index may reference: its own dataclasses and enums, torch sizes, dtypes and layouts, paths.
+_SAFE_MODULES = {"torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
+                 "torch.distributed.checkpoint.planner"}
+_SAFE_GLOBALS = {("torch", "Size"), ("torch", "dtype"), ("torch", "layout"), ("torch", "memory_format"),
+                 ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
+                 ("copyreg", "_reconstructor"), ("builtins", "object"), ("torch.serialization", "_get_layout"),
+                 ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath")}
+_SAFE_TORCH_ATTRS = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool",
+                     "strided", "contiguous_format", "preserve_format", "channels_last"}
+
+
+class _IndexUnpickler(pickle.Unpickler):
+    """Unpickles DCP's .metadata, refusing any global a checkpoint index does not need (no code runs)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in _SAFE_MODULES or (module, name) in _SAFE_GLOBALS or (module == "torch" and name in _SAFE_TORCH_ATTRS):
+            return super().find_class(module, name)
+        raise CheckpointError(f"DCP index references {module}.{name}, which a checkpoint index never holds; refusing to load it")
+
+
+class SafeReader(FileSystemReader):
+    """FileSystemReader whose index is read by _IndexUnpickler; tensors are read weights-only as usual."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        with open(Path(self.path) / ".metadata", "rb") as f:
+            metadata = _IndexUnpickler(f).load()
+        if not isinstance(metadata, Metadata):
+            raise CheckpointError(f"{self.path}/.metadata: not a DCP index")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def _fqn(name: str) -> str:
+    """A parameter's name without wrapper prefixes (activation checkpointing, compile, DDP)."""
+    for prefix in ("_checkpoint_wrapped_module.", "_orig_mod.", "module."):
+        name = name.replace(prefix, "")
+    return name
+
+
+def _split_state(state: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, Any]]]:
+    """Optimizer state keyed by parameter name -> (tensors for DCP, JSON scalars)."""
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for fqn, st in state.items():
+        for key, value in st.items():
+            (tensors if isinstance(value, torch.Tensor) else scalars).setdefault(fqn, {})[key] = value
+    return tensors, scalars
+
+
+def _rank0_pid(env: DistEnv) -> int:
+    """Rank 0's process id on every rank: it names the shared temporary folder (and proves it alive to prune)."""
+    pid = torch.tensor([os.getpid()], dtype=torch.int64, device=env.device)
+    if env.world > 1:
+        dist.broadcast(pid, src=0)
+    return int(pid.item())
+
+
+def save_sharded(root: Path, step: int, *, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
+                 trainer_state: dict[str, Any], keep_last: int, env: DistEnv, extra_files: dict[str, Path] | None = None) -> Path:
+    """Every rank writes its shards with DCP into one temporary folder; rank 0 commits it (a collective)."""
+    pid = _rank0_pid(env)
+    tmp = root / f".tmp-{checkpoint_name(step)}-{pid}"
+    if env.is_main:
+        begin_checkpoint(root, step, pid)
+    if env.world > 1:
+        dist.barrier()  # the folder exists before anyone writes into it
+    model_sd, optim_sd = get_state_dict(model, optimizers)
+    tensors, scalars = _split_state(optim_sd["state"])
+    dcp.save({"model": model_sd, "optim": tensors}, storage_writer=FileSystemWriter(tmp / DCP_DIR))
+    if env.is_main:  # dcp.save returns once every rank's shards and the index are written
+        state = {"sharded": {"format": SHARDED_FORMAT, "world": env.world}, "optimizer_groups": optim_sd["param_groups"],
+                 "optimizer_scalars": scalars, "schedulers": [s.state_dict() for s in schedulers], **trainer_state}
+        commit_checkpoint(tmp, root, step, state=state, keep_last=keep_last, extra_files=extra_files)
+    if env.world > 1:
+        dist.barrier()  # nobody runs ahead of a checkpoint that is not yet in place
+    return root / checkpoint_name(step)
+
+
+def _dcp_load(target: dict[str, Any], path: Path) -> None:
+    """Fill `target` in place from the DCP folder of checkpoint `path`, with a one-line error on mismatch."""
+    try:
+        with warnings.catch_warnings():  # one process (eval, export, a 1-rank resume) is a case DCP supports but warns about
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(target, storage_reader=SafeReader(path / DCP_DIR), no_dist=not dist.is_initialized())
+    except CheckpointError:
+        raise
+    except Exception as e:  # DCP wraps per-rank failures; the first line names the missing or mis-shaped tensor
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: sharded checkpoint does not fit this model or is unreadable: {first}") from None
+
+
+def _restore_rest(path: Path, state: dict[str, Any], schedulers: list[Any]) -> None:
+    """Schedulers and RNG, shared by every resume path."""
+    for sched, sd in zip(schedulers, state["schedulers"], strict=True):
+        sched.load_state_dict(sd)
+    set_rng_state(state["rng"], load_tensors(path / "rng.safetensors"))
+
+
+def load_sharded(path: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
+                 state: dict[str, Any]) -> None:
+    """Resume from a DCP checkpoint on any number of ranks and any strategy: DCP reshards to this model's layout."""
+    model_sd, optim_sd = get_state_dict(model, optimizers)  # templates, laid out like this run's model
+    tensors, _ = _split_state(optim_sd["state"])
+    target = {"model": model_sd, "optim": tensors}
+    _dcp_load(target, path)
+    optim_state = {fqn: {**target["optim"].get(fqn, {}), **state["optimizer_scalars"].get(fqn, {})} for fqn in
+                   set(target["optim"]) | set(state["optimizer_scalars"])}
+    set_state_dict(model, optimizers, model_state_dict=target["model"],
+                   optim_state_dict={"state": optim_state, "param_groups": state["optimizer_groups"]})
+    _restore_rest(path, state, schedulers)
+
+
+def _optim_by_name(model: nn.Module, optimizers: list[torch.optim.Optimizer], saved: list[dict[str, Any]]) -> dict[str, Any]:
+    """Optimizer state dicts keyed by parameter index (torch's layout) -> one keyed by parameter name."""
+    names = {id(p): _fqn(n) for n, p in model.named_parameters()}
+    state: dict[str, Any] = {}
+    groups: list[dict[str, Any]] = []
+    for opt, sd in zip(optimizers, saved, strict=True):
+        order = [names[id(p)] for g in opt.param_groups for p in g["params"]]  # index i -> name, as torch numbers them
+        state.update({order[int(i)]: st for i, st in sd["state"].items()})
+        groups += [{**g, "params": [order[int(i)] for i in g["params"]]} for g in sd["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def load_full_into_sharded(path: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
+                           state: dict[str, Any]) -> None:
+    """Resume a sharded run from a 1-process (safetensors) checkpoint: every rank keeps only its shards."""
+    weights = load_tensors(path / "model.safetensors")
+    check_shapes(model.state_dict(), weights, path)  # DTensor shapes are the full (global) shapes
+    saved = optimizer_join(state["optimizers"], load_tensors(path / "optim.safetensors"))
+    set_state_dict(model, optimizers, model_state_dict=weights, optim_state_dict=_optim_by_name(model, optimizers, saved),
+                   options=StateDictOptions(full_state_dict=True))
+    _restore_rest(path, state, schedulers)
+
+
+def load_for_resume(path: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any], *,
+                    sharded_model: bool) -> dict[str, Any]:
+    """Restore model, optimizers, schedulers and RNG from any checkpoint into any layout; return its state.json."""
+    state = read_state(path)
+    if state.get("sharded"):
+        load_sharded(path, model, optimizers, schedulers, state)
+    elif sharded_model:
+        load_full_into_sharded(path, model, optimizers, schedulers, state)
+    else:
+        from largo.dist.parallelize import unwrap
+
+        load_checkpoint(path, unwrap(model), optimizers, schedulers, state=state)
+    return state
+
+
+def load_model_sharded(path: Path, model: nn.Module) -> None:
+    """Only the weights of a sharded checkpoint, into a plain model (eval, generate, export)."""
+    target = {"model": model.state_dict()}
+    _dcp_load(target, path)
+    model.load_state_dict(target["model"])
+
+
+def consolidate(path: Path, out: Path) -> Path:
+    """Write a checkpoint's full model weights as one safetensors file (sharded or not), without building the model."""
+    state = read_state(path)
+    if not state.get("sharded"):
+        weights = load_tensors(path / "model.safetensors")
+    else:
+        index = SafeReader(path / DCP_DIR).read_metadata().state_dict_metadata
+        weights = {key[len("model."):]: torch.empty(meta.size, dtype=meta.properties.dtype)
+                   for key, meta in index.items() if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)}
+        target = {"model": weights}
+        _dcp_load(target, path)
+        weights = target["model"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, str(out),
+              metadata={"largo_checkpoint": str(path), "step": str(state["step"])})
+    return out
+
