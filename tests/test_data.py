@@ -47,13 +47,16 @@ def test_text_folder_round_trips_exactly(tmp_path: Path) -> None:
     assert manifest["splits"]["val"]["tokens"] > 0 and manifest["dtype"] == "uint16"
 
 
-def test_jsonl_and_csv_columns(tmp_path: Path) -> None:
+def test_jsonl_csv_and_parquet_columns(tmp_path: Path) -> None:
     rows = [{"body": f"row {i} says hello {'x' * i}"} for i in range(30)]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     assert _docs_from_shards(_prep(tmp_path, str(tmp_path / "d.jsonl"), text_column="body")) == {r["body"] for r in rows}
     pd = pytest.importorskip("pandas")
     pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
     assert _docs_from_shards(_prep(tmp_path, str(tmp_path / "d.csv"), text_column="body")) == {r["body"] for r in rows}
+    pytest.importorskip("pyarrow")
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    assert _docs_from_shards(_prep(tmp_path, str(tmp_path / "d.parquet"), text_column="body")) == {r["body"] for r in rows}
 
 
 def test_missing_column_is_one_line(tmp_path: Path) -> None:

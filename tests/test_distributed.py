@@ -131,9 +131,9 @@ def test_fsdp_on_two_nodes_matches_one_and_halves_the_state(setup: dict, fsdp_tw
 
 
 def test_export_gathers_a_sharded_checkpoint_into_one_safetensors(setup: dict, fsdp_two_nodes: Path) -> None:
-    out = setup["root"] / "fsdp.safetensors"
+    out = setup["root"] / "fsdp_export"
     assert main(["export", str(fsdp_two_nodes), "--format", "safetensors", str(out)]) == 0
-    exported, reference = load_file(str(out)), _weights(setup["reference"])
+    exported, reference = load_file(str(out / "model.safetensors")), _weights(setup["reference"])
     assert exported.keys() == reference.keys()
     for k in reference:
         torch.testing.assert_close(exported[k], reference[k], rtol=1e-4, atol=1e-6)

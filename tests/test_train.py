@@ -98,3 +98,11 @@ def test_cli_eval_prints_classic_line(tmp_path: Path, tiny_data: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "largo", "eval", str(cfg.run_dir), "--max-batches", "2"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1].startswith("Test Loss: ") and "| Acc: " in proc.stdout
+
+
+def test_report_draws_curves(tmp_path: Path, tiny_data: Path) -> None:
+    cfg = tiny_config(tmp_path, tiny_data, eval={"every": 3})
+    train(cfg, **quiet)
+    proc = subprocess.run([sys.executable, "-m", "largo", "report", str(cfg.run_dir)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "eval @ step 3" in proc.stdout and (cfg.run_dir / "curves.png").stat().st_size > 10_000

@@ -31,16 +31,18 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
     from largo.config import load_config
     from largo.dist.env import restart_count
+    from largo.train.faults import PREEMPTED_EXIT
     from largo.train.loop import train
 
     resume = args.resume
     if resume is None and restart_count() > 0:  # torchrun --max-restarts started us again: continue the run
         resume = "auto"
     # record: under torchrun, a failing rank's error goes into torchrun's summary next to its rank
-    record(train)(load_config(args.config, overrides), resume=resume, overwrite=args.overwrite)
+    run = record(train) if "TORCHELASTIC_RUN_ID" in os.environ else train
+    summary = run(load_config(args.config, overrides), resume=resume, overwrite=args.overwrite)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # a clean exit (NCCL warns and may hang at exit otherwise)
-    return 0
+    return PREEMPTED_EXIT if summary.get("preempted") else 0
 
 
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
@@ -80,15 +82,69 @@ def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     return 0
 
 
-def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
-    """Write a checkpoint's weights in another format; safetensors gathers a sharded (FSDP) checkpoint into one file."""
+def cmd_report(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Summarise a run from its metrics.jsonl and draw its curves to curves.png."""
     from pathlib import Path
 
-    from largo.checkpoint.restore import resolve_checkpoint
-    from largo.checkpoint.sharded import consolidate
+    from largo.errors import RunDirError
+    from largo.observe.metrics import read_metrics
+    from largo.observe.plots import plot_run
 
-    ckpt = resolve_checkpoint(args.checkpoint)
-    print(f"{ckpt} -> {consolidate(ckpt, Path(args.out))}")
+    run_dir = Path(args.run)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise RunDirError(f"{run_dir}: no metrics.jsonl; give a run directory such as runs/text_tiny")
+    train, evals = read_metrics(run_dir / "metrics.jsonl", "train"), read_metrics(run_dir / "metrics.jsonl", "eval")
+    if train:
+        last = train[-1]
+        print(f"{run_dir}: step {last['step']} | train loss {last['loss']:.4f} | {last['tokens_per_s']:,.0f} tok/s | MFU {100 * last['mfu']:.1f}%")
+    for r in evals:
+        print(f"  eval @ step {r['step']}: loss {r['loss']:.4f} | accuracy {100 * r.get('accuracy', float('nan')):.2f}%")
+    png = plot_run(run_dir)
+    print(f"curves: {png}" if png else "curves: not drawn (install matplotlib)")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Estimate params, FLOPs, data, memory per device and time for a config or a named size, and recommend a setup."""
+    from largo.errors import ConfigError
+    from largo.plan.devices import get_device
+    from largo.plan.planner import build_plan, workload_from_config, workload_from_size
+    from largo.plan.report import format_plan, plan_json
+
+    if (args.config is None) == (args.model is None):
+        raise ConfigError("largo plan needs a config file or --model NAME (one of them)")
+    if args.devices < 1:
+        raise ConfigError(f"--devices ({args.devices}) must be >= 1")
+    device = get_device(args.device_type)
+    kw = dict(devices=args.devices, device=device, tokens=args.tokens, mfu=args.mfu, layout=args.layout, optimizer=args.optimizer)
+    if args.model:
+        workload = workload_from_size(args.model, **kw)
+    else:
+        from largo.config import load_config
+
+        workload = workload_from_config(load_config(args.config, overrides), **kw)
+    if args.micro_batch:
+        import dataclasses
+
+        workload = dataclasses.replace(workload, micro_batch=args.micro_batch)
+    plan = build_plan(workload)
+    print(plan_json(plan) if args.json else format_plan(plan))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Write a checkpoint as a Hugging Face Llama folder, an ONNX file or plain safetensors, then check it."""
+    from largo.checkpoint import interop
+
+    interop.export(args.checkpoint, args.out, fmt=args.format, log=print)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Turn a Hugging Face Llama folder or a Llama GGUF file into a largo run directory to fine-tune from."""
+    from largo.checkpoint import interop
+
+    interop.import_model(args.source, args.out, log=print)
     return 0
 
 
@@ -111,6 +167,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: torchrun restarts after a failure, resuming")
     p.set_defaults(fn=cmd_train)
 
+    p = sub.add_parser("plan", help="how much compute, memory and data a run needs, before training")
+    p.add_argument("config", nargs="?", help="TOML config (or use --model)")
+    p.add_argument("--model", help="named size: 124m, 350m, 1b, 7b, 13b, 70b (Llama-style shapes)")
+    p.add_argument("--devices", type=int, default=1, help="data-parallel devices")
+    from largo.plan.devices import device_names
+
+    p.add_argument("--device-type", default="cpu", help=f"{', '.join(device_names())} (cpu: this machine, measured)")
+    p.add_argument("--tokens", type=float, help="training tokens, e.g. 1.4e11 (default: the config's steps, or Chinchilla's 20/param)")
+    p.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: the last measured run on this device type, else an assumption)")
+    p.add_argument("--layout", choices=["fp32", "autocast", "mixed"], help="bytes per parameter layout (default: from train.precision)")
+    p.add_argument("--optimizer", choices=["adamw", "muon", "sgd"], help="default: the config's optim.name, else adamw")
+    p.add_argument("--micro-batch", type=int, default=0, help="fix the micro-batch (default: the largest that fits)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (sorted keys)")
+    p.set_defaults(fn=cmd_plan)
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face folder, ONNX or safetensors")
+    p.add_argument("checkpoint", help="run directory or checkpoint folder")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--format", required=True, choices=["hf", "onnx", "safetensors"])
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("import", help="turn a Hugging Face Llama folder or a GGUF file into a largo checkpoint")
+    p.add_argument("source", help="local Hugging Face Llama folder, or a .gguf file")
+    p.add_argument("--out", required=True, help="run directory to create (checkpoint at step 0)")
+    p.set_defaults(fn=cmd_import)
+
     for name, fn, text in (("eval", cmd_eval, "evaluate a checkpoint"), ("generate", cmd_generate, "sample text")):
         p = sub.add_parser(name, help=text)
         p.add_argument("checkpoint", help="run directory or checkpoint folder")
@@ -124,17 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.8)
             p.add_argument("--top-k", type=int, default=50)
             p.add_argument("--seed", type=int, default=0)
-
-    p = sub.add_parser("export", help="write a checkpoint's weights in another format")
-    p.add_argument("checkpoint", help="run directory or checkpoint folder")
-    p.add_argument("--format", default="safetensors", choices=["safetensors"], help="safetensors: one consolidated file")
-    p.add_argument("out", help="output file, e.g. model.safetensors")
-    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("report", help="summarise a run and plot its curves")
+    p.add_argument("run", help="run directory")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, dispatch, and turn LargoError into one line on stderr with exit code 2."""
+    """Entry point: parse, dispatch; errors print one line (LargoError: its exit code, others: 1)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -147,20 +226,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         rank = os.environ.get("RANK")
-        print(f"largo: error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
+        print(f"largo: error{f' (rank {rank})' if rank else ''}: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("largo: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a dead or hung peer surfaces as a failed collective: say so in one line, with our rank
+    except Exception as e:  # not a user error, but still one line (a full disk, a dead rank): --debug shows where
+        if args.debug:
+            raise
         from largo.dist.health import collective_failure
 
-        message = collective_failure(e)
-        if message is None or args.debug:
-            raise
+        message = collective_failure(e) or f"{describe_unexpected(e)} (run with --debug for the traceback)"
         rank = os.environ.get("RANK")
         print(f"largo: error{f' (rank {rank})' if rank else ''}: {message}", file=sys.stderr)
         return 1
+
+
+def describe_unexpected(e: BaseException) -> str:
+    """One line for an exception that is not a LargoError: an OSError names its file and reason."""
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}"
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 if __name__ == "__main__":

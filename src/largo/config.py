@@ -37,6 +37,7 @@ class DataConfig:
     text_column: str = "text"  # column holding the text in .jsonl/.csv/.parquet sources
     dir: str = "data/stdlib"  # prepared data folder (tokenizer, shards, manifest)
     vocab_size: int = 4096  # BPE vocabulary size, special tokens included
+    tokenizer: str = ""  # encode with this existing tokenizer.json (e.g. an imported model's); "" = train a BPE
     val_fraction: float = 0.02  # share of the corpus held out for validation
     max_bytes: int = 0  # stop reading the source after this many bytes; 0 = all
     tokenizer_train_bytes: int = 200_000_000  # bytes of text the BPE tokenizer learns from
@@ -125,6 +126,20 @@ class CheckpointConfig:
 
 
 @dataclass
+class FaultsConfig:
+    """What the loop does about bad steps (preemption signals need no settings: see RELIABILITY.md)."""
+
+    max_bad_steps: int = 5  # consecutive steps with a non-finite loss or grad norm (each skipped) before the run stops
+    spike_factor: float = 4.0  # log a loss above this multiple of its running average; 0 = never
+
+    def __post_init__(self) -> None:
+        if self.max_bad_steps < 1:
+            raise ConfigError(f"faults.max_bad_steps ({self.max_bad_steps}) must be >= 1")
+        if self.spike_factor != 0 and not self.spike_factor > 1:
+            raise ConfigError(f"faults.spike_factor ({self.spike_factor}) must be > 1, or 0 to turn spike logging off")
+
+
+@dataclass
 class ParallelConfig:
     """How the job spreads over processes (torchrun): data parallelism, sharding, recompute."""
 
@@ -155,6 +170,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:

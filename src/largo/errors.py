@@ -21,3 +21,9 @@ class CheckpointError(LargoError):
 
 class RunDirError(LargoError):
     """The run directory holds another run or cannot be written."""
+
+
+class DivergedError(LargoError):
+    """Training hit too many consecutive non-finite steps; the last good checkpoint is kept."""
+
+    exit_code = 3

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from largo.models.layers import KVCache
+
 
 @torch.no_grad()
 def generate(
@@ -18,12 +20,23 @@ def generate(
     seed: int = 0,
     stop_id: int | None = None,
 ) -> list[int]:
-    """Append up to max_new_tokens sampled tokens to prompt (greedy when temperature == 0)."""
+    """Append up to max_new_tokens sampled tokens to prompt (greedy when temperature == 0).
+
+    Past keys and values are cached, so each new token costs one position's forward pass.
+    """
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     tokens = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, t)
+    n_layers = len(model.blocks)
+    cache: list[KVCache] = []
     for _ in range(max_new_tokens):
-        logits = model(tokens[:, -max_seq_len:])[:, -1].float()  # (1, vocab)
+        if not cache or cache[0].length >= max_seq_len:
+            # (re)fill the cache from the last context window: keep half of it so refills are rare
+            cache = [KVCache() for _ in range(n_layers)]
+            context = tokens[:, -(max_seq_len // 2 if tokens.shape[1] >= max_seq_len else max_seq_len):]
+            logits = model(context, cache=cache)[:, -1].float()  # (1, vocab)
+        else:
+            logits = model(tokens[:, -1:], cache=cache)[:, -1].float()
         if temperature <= 0:
             nxt = logits.argmax(-1, keepdim=True)
         else:

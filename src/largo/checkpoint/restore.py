@@ -1,7 +1,8 @@
-"""Rebuild a trained model from a run directory or a checkpoint folder (for eval, generate, export)."""
+"""Rebuild a trained model from a run directory or a checkpoint folder (for eval, generate, export, fine-tuning)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -9,13 +10,17 @@ from torch import nn
 
 from largo.checkpoint.store import STATE, latest_checkpoint, load_model_weights, read_state
 from largo.config import RunConfig, build_config
-from largo.errors import CheckpointError
+from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
+from largo.models.config import ModelConfig
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint folder itself, or the newest complete one of a run directory."""
     p = Path(path)
+    if p.is_file():
+        raise CheckpointError(f"{path}: a file; largo loads a run directory or a checkpoint folder of safetensors + JSON, "
+                              f"never a pickle/.pt/.bin file (loading one can run code)")
     if (p / STATE).is_file():
         return p
     if p.is_dir():
@@ -31,7 +36,10 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     state = read_state(ckpt)
     if state.get("user_model"):
         raise CheckpointError(f"{ckpt}: holds a user's own nn.Module; load it with largo.Trainer(model, resume={str(ckpt)!r})")
-    cfg = build_config(state["config"])
+    try:
+        cfg = build_config(state["config"])
+    except (ConfigError, KeyError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{ckpt}/{STATE}: its config is not valid for this largo ({e})") from None
     model = build_model(cfg.model, device)
     if state.get("sharded"):  # an FSDP run's DCP shards, gathered into this one plain model
         from largo.checkpoint.sharded import load_model_sharded
@@ -40,3 +48,19 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     else:
         load_model_weights(model, ckpt)
     return model.eval(), cfg, ckpt
+
+
+# Fields that change what the weights compute without changing their shapes: they must match.
+_INIT_MUST_MATCH = ("arch", "n_heads", "kv_heads", "rope_theta", "norm_eps", "tie_embeddings")
+
+
+def load_init_weights(model: nn.Module, cfg: ModelConfig) -> Path:
+    """Copy cfg.init_from's weights into `model` (fine-tuning), refusing a model that computes differently."""
+    ckpt = resolve_checkpoint(cfg.init_from)
+    theirs = build_config(read_state(ckpt)["config"]).model
+    for key in _INIT_MUST_MATCH:
+        a, b = getattr(theirs, key), getattr(cfg, key)
+        if a != b and not (isinstance(a, float) and math.isclose(a, b, rel_tol=1e-6)):  # 1e-6: float32-stored values
+            raise CheckpointError(f"model.init_from {ckpt}: its model.{key} is {getattr(theirs, key)!r}, this run's is {getattr(cfg, key)!r}; set them equal")
+    load_model_weights(model, ckpt)
+    return ckpt

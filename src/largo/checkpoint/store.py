@@ -6,11 +6,16 @@ Layout of a run directory:
                          rng.safetensors      torch RNG states
                          state.json           step, schedulers, python/numpy RNG, data position,
                                               optimizer param groups, sha256 of every file (written last)
-  checkpoints/latest                          name of the newest complete checkpoint
+  checkpoints/latest                          name of the newest complete checkpoint (for people and tools)
 A checkpoint is written into a hidden temporary folder, fsync'ed, then renamed into place; the
 `latest` pointer moves after that and old checkpoints are pruned last. A kill at any instant
-leaves the previous checkpoint whole. Sharded (FSDP) checkpoints use the same folders and
-state.json, with DCP files instead of model/optim.safetensors (see sharded.py).
+leaves the previous checkpoint whole; a failed write (a full disk) removes its partial files.
+Resuming takes the most recently written complete checkpoint: state.json's `generation` counts saves
+in the run directory, so after a resume from an earlier checkpoint its continuation wins over the
+abandoned later steps (which are then pruned like any older checkpoint). The pointer may lag one
+rename behind and is not consulted.
+Sharded (FSDP) checkpoints use the same folders and state.json, with DCP files instead of
+model/optim.safetensors (see sharded.py).
 """
 
 from __future__ import annotations
@@ -99,6 +104,12 @@ def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step:07d}"
 
 
+def _previous(root: Path) -> str:
+    """How an error names the checkpoint that survives a failed save."""
+    found = latest_checkpoint(root)
+    return f"{found.name} is intact" if found else "there is no earlier checkpoint"
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -123,6 +134,8 @@ def save_checkpoint(
             optim_meta, optim_tensors = optimizer_split(optimizers)
             _save_tensors(tmp / "model.safetensors", model_state)
             _save_tensors(tmp / "optim.safetensors", optim_tensors)
+        except (OSError, SafetensorError) as e:  # a full disk: one line, nothing half-written left
+            raise _failed_save(e, tmp, final) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -133,10 +146,24 @@ def save_checkpoint(
     return final
 
 
+def _failed_save(e: BaseException, tmp: Path, final: Path) -> CheckpointError:
+    """Remove what a failed save wrote and say in one line what survives."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    (final.parent / f".{LATEST}.tmp").unlink(missing_ok=True)
+    reason = getattr(e, "strerror", None) or str(e)
+    return CheckpointError(f"cannot write checkpoint {final} ({reason}); partial files removed, {_previous(final.parent)}")
+
+
 def begin_checkpoint(root: Path, step: int, owner_pid: int) -> Path:
     """A fresh hidden temporary folder for checkpoint `step`, named after the process that will commit it."""
-    root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{checkpoint_name(step)}-{owner_pid}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise _failed_save(e, tmp, root / checkpoint_name(step)) from None
+    return tmp
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp
@@ -147,50 +174,108 @@ def commit_checkpoint(tmp: Path, root: Path, step: int, *, state: dict[str, Any]
     """Add RNG, extra files and state.json (sha256 of every file, written last) to tmp; rename it into place."""
     final = root / checkpoint_name(step)
     try:
+        generation = 1 + max((_generation(p) for p in checkpoint_candidates(root)), default=0)
         rng_json, rng_tensors = rng_state()
         _save_tensors(tmp / "rng.safetensors", rng_tensors)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        _pause_for_tests("save")
+        _pause_for_tests("save", step)
         files = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
-        write_json_atomic(tmp / STATE, {"format": FORMAT, "step": step, "rng": rng_json, "files": files, **state})
+        write_json_atomic(tmp / STATE, {"format": FORMAT, "step": step, "generation": generation, "rng": rng_json,
+                                        "files": files, **state})
         fsync_dir(tmp)  # state.json is the last file: a folder without it is never a checkpoint
-        if final.exists():  # re-saving the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        _pause_for_tests("rename", step)
+        if final.exists():  # re-saving a step (a finished run resumed): a complete copy exists at every instant
+            aside = root / f".old-{final.name}-{os.getpid()}"
+            os.rename(final, aside)
+            _pause_for_tests("swap", step)
+            os.rename(tmp, final)
+            shutil.rmtree(aside)
+        else:
+            os.rename(tmp, final)
         fsync_dir(root)
+        _pause_for_tests("pointer", step)
+        write_json_atomic(root / LATEST, final.name)
+        _pause_for_tests("prune", step)
+        prune(root, keep_last)
+    except (OSError, SafetensorError) as e:  # a full disk, an unwritable folder: one line, nothing half-written left
+        raise _failed_save(e, tmp, final) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    write_json_atomic(root / LATEST, final.name)
-    prune(root, keep_last)
     return final
 
 
-def _pause_for_tests(point: str) -> None:
-    """Fault-injection hook: LARGO_PAUSE_IN=save sleeps mid-save so a test can kill us there."""
-    if os.environ.get("LARGO_PAUSE_IN") == point:
+def _pause_for_tests(point: str, step: int) -> None:
+    """Fault-injection hook: LARGO_PAUSE_IN=<point> sleeps there so a test can kill us at a known instant.
+
+    Points: save (tensors written, no state.json yet), rename (complete, not yet renamed into place),
+    swap (between the two renames of a re-save), pointer (renamed into place, `latest` not yet moved),
+    prune (pointer moved, old ones not yet pruned).
+    LARGO_PAUSE_STEP=N pauses only in the save of step N; LARGO_PAUSE_MARKER names a file written on arrival.
+    """
+    wanted = os.environ.get("LARGO_PAUSE_STEP")
+    if os.environ.get("LARGO_PAUSE_IN") == point and (not wanted or int(wanted) == step):
         import time
 
         marker = os.environ.get("LARGO_PAUSE_MARKER")
         if marker:
-            Path(marker).write_text(point)
+            Path(marker).write_text(f"{point} {step}")
         time.sleep(float(os.environ.get("LARGO_PAUSE_SECONDS", "30")))
 
 
+def _step_of(name: str) -> int | None:
+    """N for 'step_N', and for '.tmp-step_N-pid' / '.old-step_N-pid' (copies a kill may strand); else None."""
+    if name.startswith((".tmp-", ".old-")):
+        name = name[5:].rsplit("-", 1)[0]
+    digits = name[len(PREFIX):]
+    return int(digits) if name.startswith(PREFIX) and digits.isdigit() else None
+
+
+def _generation(path: Path) -> int:
+    """The save counter in a checkpoint's state.json: 0 when absent (older largo), -1 when unreadable."""
+    try:
+        gen = json.loads((path / STATE).read_text()).get("generation", 0)
+    except (OSError, ValueError, AttributeError):
+        return -1
+    return gen if isinstance(gen, int) else -1
+
+
+def _written_order(path: Path) -> tuple[int, int]:
+    return _generation(path), _step_of(path.name) or 0
+
+
 def complete_checkpoints(root: Path) -> list[Path]:
-    """Complete checkpoint folders (state.json present), oldest first."""
+    """Complete checkpoint folders (state.json present), in the order they were written (oldest first)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / STATE).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [p for p in root.glob(f"{PREFIX}*") if _step_of(p.name) is not None and p.is_dir() and (p / STATE).is_file()]
+    return sorted(found, key=_written_order)
+
+
+def checkpoint_candidates(root: Path) -> list[Path]:
+    """Complete checkpoints to resume from, newest first.
+
+    A hidden copy with its state.json counts when no `step_N` folder of its step exists: a kill
+    between the two renames of a re-save leaves the step only there (state.json is written last,
+    so such a copy is whole).
+    """
+    found = complete_checkpoints(root)
+    steps = {_step_of(p.name) for p in found}
+    stranded = [p for p in [*root.glob(".old-*"), *root.glob(".tmp-*")] if (p / STATE).is_file()] if root.is_dir() else []
+    for p in sorted(stranded, key=lambda p: p.name.startswith(".tmp-")):  # the older copy (.old) first: it was renamed into place once
+        step = _step_of(p.name)
+        if step is not None and step not in steps:
+            found.append(p)
+            steps.add(step)
+    return sorted(found, key=_written_order, reverse=True)
 
 
 def prune(root: Path, keep_last: int) -> None:
     """Remove all but the newest keep_last complete checkpoints, and stale temporary folders."""
     for old in complete_checkpoints(root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    for tmp in root.glob(".tmp-*"):
+    for tmp in [*root.glob(".tmp-*"), *root.glob(".old-*")]:
         pid = tmp.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not _alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -208,17 +293,9 @@ def _alive(pid: int) -> bool:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete checkpoint: the `latest` pointer if it names one, else the highest step."""
-    pointer = root / LATEST
-    if pointer.is_file():
-        try:
-            named = root / str(json.loads(pointer.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            named = root / "missing"
-        if named.name.startswith(PREFIX) and (named / STATE).is_file() and named.parent == root:
-            return named
-    found = complete_checkpoints(root)
-    return found[-1] if found else None
+    """The most recently written complete checkpoint (the `latest` pointer may lag one rename behind)."""
+    found = checkpoint_candidates(root)
+    return found[0] if found else None
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -230,23 +307,46 @@ def read_state(path: Path) -> dict[str, Any]:
         state = json.loads(state_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{state_file}: not valid JSON") from None
-    if state.get("format") != FORMAT:
-        raise CheckpointError(f"{state_file}: format {state.get('format')!r}, expected {FORMAT!r}")
-    for name, digest in state["files"].items():
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{state_file}: format {found!r}, expected {FORMAT!r}")
+    files = state.get("files")
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{state_file}: 'files' must map file names to sha256 strings and 'step' must be an integer")
+    for name, digest in files.items():
         f = path / name
-        if name.startswith("/") or ".." in PurePosixPath(name).parts or not f.is_file():
+        if not _inside(path, name) or not f.is_file():
             raise CheckpointError(f"{path}: file {name!r} listed in {STATE} is missing or outside the checkpoint")
         if sha256_file(f) != digest:
             raise CheckpointError(f"{f}: sha256 does not match {STATE}; the file is truncated or corrupt")
     return state
 
 
+def _inside(folder: Path, name: str) -> bool:
+    """Whether `name` is a relative path to somewhere within folder: no '..', not absolute, no link leading out."""
+    parts = PurePosixPath(name).parts
+    if not parts or name.startswith("/") or ".." in parts or "\\" in name or "\0" in name:
+        return False
+    return folder.resolve() in (folder / name).resolve().parents
+
+
+PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # a pickle protocol >= 2 opcode; torch.save's zip archive
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A safetensors file, with a one-line error when it is not one (no pickle ever)."""
+    """A safetensors file, with a one-line error when it is not one (no pickle ever: it can run code)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)  # safetensors: an 8-byte header length, then the JSON header's '{'
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
+    if head[8:9] != b"{" and head.startswith(PICKLE_MAGIC):
+        raise CheckpointError(f"{path}: is a pickle / torch.save file, which can run code when loaded; "
+                              f"largo reads only safetensors (convert it with safetensors.torch.save_file where you trust it)")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(e).splitlines())})") from None
 
 
 def check_shapes(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], source: Path) -> None:
@@ -276,10 +376,18 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore model, optimizers, schedulers and RNG from `path`; return its state.json (pass it if already read)."""
     state = state if state is not None else read_state(path)
+    missing = [f for f in ("model.safetensors", "optim.safetensors", "rng.safetensors") if f not in state["files"]]
+    if missing:
+        raise CheckpointError(f"{path}: {STATE} does not list {', '.join(missing)}; not a resumable largo checkpoint")
     load_model_weights(model, path)
-    for opt, sd in zip(optimizers, optimizer_join(state["optimizers"], load_tensors(path / "optim.safetensors")), strict=True):
-        opt.load_state_dict(sd)
-    for sched, sd in zip(schedulers, state["schedulers"], strict=True):
-        sched.load_state_dict(sd)
-    set_rng_state(state["rng"], load_tensors(path / "rng.safetensors"))
+    try:
+        joined = optimizer_join(state["optimizers"], load_tensors(path / "optim.safetensors"))
+        for opt, sd in zip(optimizers, joined, strict=True):
+            opt.load_state_dict(sd)
+        for sched, sd in zip(schedulers, state["schedulers"], strict=True):
+            sched.load_state_dict(sd)
+        set_rng_state(state["rng"], load_tensors(path / "rng.safetensors"))
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:  # e.g. optim.name changed since the save
+        raise CheckpointError(f"{path}: optimizer, scheduler or RNG state does not fit this run "
+                              f"(was optim.name changed?): {' '.join(str(e).splitlines())}") from None
     return state

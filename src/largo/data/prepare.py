@@ -1,4 +1,4 @@
-"""`largo prepare`: train a byte-level BPE tokenizer and encode a corpus into memmap token shards.
+"""`largo prepare`: train a byte-level BPE tokenizer (or take data.tokenizer) and encode a corpus into memmap token shards.
 
 Output folder:
   tokenizer.json        Hugging Face `tokenizers` file
@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +37,29 @@ _ENCODE_BATCH_BYTES = 4 << 20  # texts handed to the Rust encoder at once (it pa
 
 def prepare_settings(cfg: DataConfig) -> dict[str, Any]:
     """The data settings that determine the prepared output (a change means re-preparing)."""
-    return {k: v for k, v in asdict(cfg).items() if k in _SETTINGS}
+    settings = {k: v for k, v in asdict(cfg).items() if k in _SETTINGS}
+    if cfg.tokenizer:  # a given tokenizer is identified by its content, not its path
+        settings["tokenizer_sha256"] = sha256_file(existing_tokenizer_path(cfg.tokenizer))
+    return settings
+
+
+def existing_tokenizer_path(path: str) -> Path:
+    """data.tokenizer as a file, or a one-line error."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data.tokenizer {path}: no such file; give a tokenizer.json (e.g. from an imported checkpoint folder)")
+    return p
+
+
+def load_existing_tokenizer(path: str) -> Tokenizer:
+    """A tokenizer.json to encode with instead of training one; it must know <|endoftext|>."""
+    try:
+        tok = Tokenizer.from_file(str(existing_tokenizer_path(path)))
+    except Exception as e:  # the Rust parser raises its own exception type
+        raise DataError(f"data.tokenizer {path}: not a Hugging Face tokenizer.json ({e})") from None
+    if tok.token_to_id(EOT) is None:
+        raise DataError(f"data.tokenizer {path}: has no {EOT} token, which largo uses to separate documents")
+    return tok
 
 
 def is_validation(index: int, val_fraction: float) -> bool:
@@ -132,8 +155,10 @@ def prepare(cfg: DataConfig, *, force: bool = False, log=print) -> dict[str, Any
         existing = read_manifest(out) if (out / MANIFEST).exists() else None
     except DataError:
         existing = None  # a damaged manifest is rebuilt, not trusted
-    if existing and not force and existing["settings"] == prepare_settings(cfg):
+    if existing and not force and existing.get("settings") == prepare_settings(cfg):
         return existing
+    if next(iter_documents(cfg.source, cfg.text_column, SourceStats(), max_bytes=1), None) is None:
+        raise DataError(f"data.source {cfg.source!r} holds no text")  # checked before anything in data.dir is touched
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -142,13 +167,19 @@ def prepare(cfg: DataConfig, *, force: bool = False, log=print) -> dict[str, Any
     for old in [*out.glob("train_*.bin"), *out.glob("val_*.bin")]:
         old.unlink()
 
-    log(f"prepare: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source!r}")
-    sample = SourceStats()
-    texts = (t for _, t in iter_documents(cfg.source, cfg.text_column, sample, cfg.tokenizer_train_bytes))
-    tok = train_tokenizer(texts, cfg.vocab_size)
-    if sample.documents == 0:
-        raise DataError(f"data.source {cfg.source!r} holds no text")
-    tok.save(str(out / "tokenizer.json"))
+    if cfg.tokenizer:
+        log(f"prepare: encoding {cfg.source!r} with the tokenizer {cfg.tokenizer}")
+        tok = load_existing_tokenizer(cfg.tokenizer)
+        if Path(cfg.tokenizer).resolve() != (out / "tokenizer.json").resolve():
+            shutil.copyfile(cfg.tokenizer, out / "tokenizer.json")  # byte for byte: it travels on into checkpoints
+    else:
+        log(f"prepare: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source!r}")
+        sample = SourceStats()
+        texts = (t for _, t in iter_documents(cfg.source, cfg.text_column, sample, cfg.tokenizer_train_bytes))
+        tok = train_tokenizer(texts, cfg.vocab_size)
+        if sample.documents == 0:
+            raise DataError(f"data.source {cfg.source!r} holds no text")
+        tok.save(str(out / "tokenizer.json"))
     vocab = tok.get_vocab_size()
     eot = tok.token_to_id(EOT)
     dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
@@ -181,6 +212,7 @@ def prepare(cfg: DataConfig, *, force: bool = False, log=print) -> dict[str, Any
         f"prepare: {stats.documents} documents, {stats.bytes / 1e6:.1f} MB -> "
         f"{splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens "
         f"(unigram loss {manifest['unigram_val_loss']:.3f}, ppl {math.exp(manifest['unigram_val_loss']):.1f})"
+        + (f"; {stats.replaced_chars} invalid UTF-8 sequences replaced with U+FFFD" if stats.replaced_chars else "")
     )
     return manifest
 
@@ -196,13 +228,40 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: not valid JSON; delete the folder and run `largo prepare` again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not a largo token manifest (format {FORMAT!r} expected)")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise DataError(f"{path}: {problem}; rebuild with `largo prepare <config> --force`")
     return manifest
+
+
+def _manifest_problem(m: dict[str, Any]) -> str | None:
+    """What is structurally wrong with a manifest (hand-edited, or from another tool), else None."""
+    tok = m.get("tokenizer")
+    if not isinstance(tok, dict) or not isinstance(tok.get("vocab_size"), int) or not isinstance(tok.get("sha256"), str):
+        return "'tokenizer' must hold an integer vocab_size and a sha256"
+    if m.get("dtype") not in ("uint16", "uint32"):
+        return f"dtype {m.get('dtype')!r} is not 'uint16' or 'uint32'"
+    splits = m.get("splits")
+    if not isinstance(splits, dict):
+        return "'splits' must map split names to their shards"
+    for name, split in splits.items():
+        shards = split.get("shards") if isinstance(split, dict) else None
+        if not isinstance(shards, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("file"), str) and isinstance(s.get("tokens"), int) and s["tokens"] >= 0
+            and isinstance(s.get("sha256"), str) for s in shards
+        ):
+            return f"split {name!r}: each shard needs a file name, a token count >= 0 and a sha256"
+    return None
+
+
+def checked_tokenizer_file(data_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """tokenizer.json, after checking it is the one the shards were encoded with (the manifest's hash)."""
+    path = Path(data_dir) / "tokenizer.json"
+    if not path.is_file() or sha256_file(path) != manifest["tokenizer"]["sha256"]:
+        raise DataError(f"{path}: missing or does not match manifest.json's tokenizer hash; rebuild with `largo prepare <config> --force`")
+    return path
 
 
 def load_tokenizer(data_dir: str | Path, manifest: dict[str, Any] | None = None) -> Tokenizer:
     """The prepared tokenizer, checked against the manifest's hash."""
-    manifest = manifest or read_manifest(data_dir)
-    path = Path(data_dir) / "tokenizer.json"
-    if not path.is_file() or sha256_file(path) != manifest["tokenizer"]["sha256"]:
-        raise DataError(f"{path}: missing or does not match manifest.json's tokenizer hash; run `largo prepare` again")
-    return Tokenizer.from_file(str(path))
+    return Tokenizer.from_file(str(checked_tokenizer_file(data_dir, manifest or read_manifest(data_dir))))

@@ -84,7 +84,7 @@ def _decode(raw: bytes, stats: SourceStats) -> str:
     return text
 
 
-def _tabular_texts(path: Path, column: str) -> Iterator[str]:
+def _tabular_texts(path: Path, column: str, stats: SourceStats) -> Iterator[str]:
     """Rows of one text column from a .jsonl, .csv or .parquet file, streamed."""
     if path.suffix == ".jsonl":
         with path.open("rb") as f:
@@ -92,9 +92,11 @@ def _tabular_texts(path: Path, column: str) -> Iterator[str]:
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = json.loads(_decode(line, stats))
                 except json.JSONDecodeError:
                     raise DataError(f"{path}:{lineno}: not valid JSON") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object with a {column!r} key (data.text_column)")
                 if column not in row:
                     raise DataError(f"{path}:{lineno}: no column {column!r} (data.text_column); has {sorted(row)}")
                 yield str(row[column])
@@ -121,7 +123,7 @@ def iter_documents(source: str, text_column: str, stats: SourceStats, max_bytes:
     for path, file_id in _resolve_files(source):
         stats.files.append(file_id)
         if path.suffix in TABULAR:
-            docs = ((f"{file_id}#{i}", text) for i, text in enumerate(_tabular_texts(path, text_column)))
+            docs = ((f"{file_id}#{i}", text) for i, text in enumerate(_tabular_texts(path, text_column, stats)))
         else:
             docs = ((f"{file_id}@{i}", text) for i, text in enumerate(_file_pieces(path, stats)))
         for doc_id, text in docs:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from largo.data import Batch
-from largo.data.prepare import read_manifest
+from largo.data.prepare import checked_tokenizer_file, read_manifest
 from largo.data.tokens import LMBatches, TokenShards
 
 
@@ -15,6 +17,7 @@ class TextLMData:
 
     def __init__(self, data_dir: str | Path, seq_len: int, seed: int):
         self.manifest = read_manifest(data_dir)
+        checked_tokenizer_file(data_dir, self.manifest)  # it is copied into every checkpoint: it must match the ids
         self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
         self.train = LMBatches(TokenShards(data_dir, "train", self.manifest), seq_len, seed)
         self.val = LMBatches(TokenShards(data_dir, "val", self.manifest), seq_len, seed)
@@ -23,8 +26,9 @@ class TextLMData:
         return self.train.rows(samples)
 
     def eval_batches(self, micro_batch: int, max_batches: int) -> Iterator[Batch]:
-        total = self.val.num_windows
-        if max_batches:
-            total = min(total, max_batches * micro_batch)
-        for start in range(0, total, micro_batch):
-            yield self.val.sequential(start, min(micro_batch, total - start))
+        """Validation windows in file order; when capped, spread evenly over the whole split."""
+        n = self.val.num_windows
+        total = min(n, max_batches * micro_batch) if max_batches else n
+        windows = np.linspace(0, n - 1, total).round().astype(int) if total < n else np.arange(n)
+        for i in range(0, total, micro_batch):
+            yield self.val.windows(windows[i : i + micro_batch])

@@ -7,6 +7,7 @@ of the global batch without talking to the others.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,12 @@ class TokenShards:
         if self.dir.resolve() not in path.parents:
             raise DataError(f"{self.dir}/manifest.json: shard path {shard['file']!r} escapes the data folder")
         expected = shard["tokens"] * self.dtype.itemsize
-        if not path.is_file() or path.stat().st_size != expected:
-            size = path.stat().st_size if path.is_file() else "missing"
-            raise DataError(f"{path}: {size} bytes, manifest says {expected}; the shard is truncated or corrupt, run `largo prepare` again")
+        if not path.is_file():
+            raise DataError(f"{path}: missing, manifest.json lists it; rebuild with `largo prepare <config> --force`")
+        if path.stat().st_size != expected:
+            raise DataError(f"{path}: {path.stat().st_size} bytes, manifest says {expected}; the shard is truncated or corrupt; rebuild with `largo prepare <config> --force`")
         if verify_hash and sha256_file(path) != shard["sha256"]:
-            raise DataError(f"{path}: sha256 does not match manifest.json; the shard is corrupt, run `largo prepare` again")
+            raise DataError(f"{path}: sha256 does not match manifest.json; the shard is corrupt; rebuild with `largo prepare <config> --force`")
         return np.memmap(path, dtype=self.dtype, mode="r")
 
     def __len__(self) -> int:
@@ -88,8 +90,8 @@ class LMBatches:
         t = torch.from_numpy(data)
         return t[:, :-1], t[:, 1:]
 
-    def sequential(self, start: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows start..start+count in file order (for evaluation)."""
-        data = np.stack([self.shards.read(w * self.seq_len, self.seq_len + 1) for w in range(start, start + count)])
+    def windows(self, indices: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the given windows, unshuffled (for evaluation)."""
+        data = np.stack([self.shards.read(int(w) * self.seq_len, self.seq_len + 1) for w in indices])
         t = torch.from_numpy(data)
         return t[:, :-1], t[:, 1:]

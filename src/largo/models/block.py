@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from largo.models.layers import Attention, RMSNorm, SwiGLU
+from largo.models.layers import Attention, KVCache, RMSNorm, SwiGLU
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.dim, cfg.hidden)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, mask)
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor | None = None, mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, mask, cache)
         return x + self.mlp(self.mlp_norm(x))
 
     def init_weights(self, std: float, n_layers: int) -> None:

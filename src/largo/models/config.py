@@ -25,6 +25,7 @@ class ModelConfig:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     tie_embeddings: bool = True  # share the token embedding with the output head
     init_std: float = 0.02  # std of weight init; output projections get std / sqrt(2 * n_layers)
+    init_from: str = ""  # fine-tune: start from this checkpoint's (or run's) weights, fresh optimizer; "" = random init
 
     def __post_init__(self) -> None:
         for key in ("dim", "n_layers", "n_heads", "max_seq_len", "multiple_of"):

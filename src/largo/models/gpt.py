@@ -8,7 +8,7 @@ from torch import nn
 
 from largo.models.block import Block, BlockConfig
 from largo.models.config import ModelConfig
-from largo.models.layers import RMSNorm, rope_tables
+from largo.models.layers import KVCache, RMSNorm, rope_tables
 
 
 def block_config(cfg: ModelConfig, *, causal: bool) -> BlockConfig:
@@ -32,13 +32,14 @@ class GPT(nn.Module):
         # Not a parameter and not saved: rebuilt by init_weights(), so the model can be built on meta.
         self.register_buffer("rope", rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta), persistent=False)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        t = tokens.shape[1]
-        if t > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {t} exceeds model.max_seq_len ({self.cfg.max_seq_len})")
+    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """Logits for tokens (b, t); with a cache, tokens continue the cached positions."""
+        end = tokens.shape[1] + (cache[0].length if cache else 0)
+        if end > self.cfg.max_seq_len:
+            raise ValueError(f"sequence length {end} exceeds model.max_seq_len ({self.cfg.max_seq_len})")
         x = self.tok_emb(tokens)  # (b, t, dim)
-        for block in self.blocks:
-            x = block(x, self.rope)
+        for i, block in enumerate(self.blocks):
+            x = block(x, self.rope, cache=cache[i] if cache else None)
         x = self.norm(x)
         return self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)  # (b, t, vocab)
 

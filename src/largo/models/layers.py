@@ -31,12 +31,30 @@ def rope_tables(head_dim: int, seq_len: int, theta: float, device: torch.device 
     return torch.stack([angles.cos(), angles.sin()])
 
 
-def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate (b, h, t, d) queries or keys by the first t positions of the table."""
+def apply_rope(x: torch.Tensor, rope: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Rotate (b, h, t, d) queries or keys by positions start .. start + t of the table."""
     t = x.shape[-2]
-    cos, sin = rope[0, :t].to(x.dtype), rope[1, :t].to(x.dtype)
+    cos, sin = rope[0, start : start + t].to(x.dtype), rope[1, start : start + t].to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache:
+    """Keys and values of the positions seen so far by one attention layer (for generation)."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None  # (b, kv_heads, length, head_dim)
+        self.v: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k is None else self.k.shape[-2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append new keys/values; return all of them."""
+        self.k = k if self.k is None else torch.cat([self.k, k], dim=-2)
+        self.v = v if self.v is None else torch.cat([self.v, v], dim=-2)
+        return self.k, self.v
 
 
 class Attention(nn.Module):
@@ -51,15 +69,23 @@ class Attention(nn.Module):
         self.wv = nn.Linear(dim, n_kv_heads * self.head_dim, bias=False)
         self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rope: torch.Tensor | None, mask: torch.Tensor | None = None, cache: KVCache | None = None
+    ) -> torch.Tensor:
         b, t, _ = x.shape
+        start = cache.length if cache is not None else 0
         q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (b, h, t, d)
         k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (b, kv, t, d)
         v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
+            q, k = apply_rope(q, rope, start), apply_rope(k, rope, start)
+        if cache is not None:
+            k, v = cache.extend(k, v)  # (b, kv, start + t, d)
+            if self.causal and start and t > 1:  # queries at start.. see keys up to their own position
+                mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(start)
+        is_causal = self.causal and mask is None and not (start and t == 1)
         gqa = self.n_kv_heads != self.n_heads
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal and mask is None, enable_gqa=gqa)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))  # (b, t, dim)
 
 

@@ -15,7 +15,6 @@ class MetricsLog:
         self.path = path
         if resume_step is not None and path.exists():
             self.truncate_after(resume_step)
-        self._f = open(path, "a")
 
     def truncate_after(self, step: int) -> None:
         """Keep only records with step <= `step` (work after the checkpoint is redone, not duplicated)."""
@@ -25,11 +24,15 @@ class MetricsLog:
         os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
+        # Opened per record: nothing stays open when a run dies with an error (a few lines per second at most).
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        """Every record is on disk once write() returns (kept for callers that flush)."""
 
     def close(self) -> None:
-        self._f.close()
+        """Nothing to release (kept for callers that close the log)."""
 
 
 def _step(line: str) -> float:

@@ -19,17 +19,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from largo.checkpoint.restore import load_init_weights
 from largo.checkpoint.sharded import load_for_resume, save_sharded
-from largo.checkpoint.store import latest_checkpoint, save_checkpoint
+from largo.checkpoint.store import checkpoint_candidates, read_state, save_checkpoint
 from largo.config import RunConfig
 from largo.data import Batch, rank_samples
 from largo.dist.env import DistEnv, init_env
 from largo.dist.memory import log_memory, report_after_steps
 from largo.dist.parallelize import build_parallel_model, choose_strategy, clip_grad_norm, grad_sync, unwrap
 from largo.errors import CheckpointError, ConfigError
+from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
+from largo.observe.plots import plot_run
 from largo.observe.throughput import peak_flops
+from largo.plan.check import check_run, format_rows
 from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
+from largo.train.faults import PREEMPTED_EXIT, StepGuard
 from largo.train.optim import build_optimizers, build_schedulers
 from largo.train.run_dir import open_run_dir
 from largo.train.tasks import build_task
@@ -87,7 +92,10 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     train_s, window_s, window_steps, loss_value = 0.0, 0.0, 0, float("nan")
     done = start_step
-    for step in range(start_step, total):
+    guard = StepGuard(max_bad_steps=cfg.faults.max_bad_steps, spike_factor=cfg.faults.spike_factor, env=env, say=say,
+                      record=metrics.write if metrics else None)
+    preempted = False
+    for step in guard.steps(start_step, total):  # SIGTERM/SIGUSR1 are caught while the loop runs
         t_step = time.perf_counter()
         # 1) data: a pure function of the step, so a resumed run reads exactly the same batches
         batches = parts.micro_batches(step)
@@ -99,13 +107,17 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
                 with autocast(env.device, cfg.train.precision):
                     outputs = call_model(model, x)  # 3) forward
                 loss = parts.loss(outputs, y, norm)  # 4) loss, normalised over the global batch
+                del outputs  # the logits die now, not when the next micro-step's forward reassigns them
                 loss.backward()  # 5) backward: gradients accumulate across micro-steps
             loss_sum += loss.detach()
         grad_norm = clip_grad_norm(model.parameters(), clip)
-        for opt in parts.optimizers:  # 6) optimizer step
-            opt.step()
+        verdict = guard.check(step + 1, loss_sum, grad_norm, model.parameters())  # host sync: finite? preempted?
+        lr = parts.optimizers[0].param_groups[0]["lr"]  # the rate this step used (schedulers move it next)
+        for opt in parts.optimizers:  # 6) optimizer step; a non-finite step is skipped whole (schedulers too)
+            if verdict.apply:
+                opt.step()
             opt.zero_grad(set_to_none=True)
-        for sched in parts.schedulers:
+        for sched in parts.schedulers if verdict.apply else []:
             sched.step()
         done = step + 1
         bar.update(1)
@@ -119,7 +131,7 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
             loss_value = loss_sum.item()  # host sync, only at log steps
             dt, window_s, window_steps = window_s / window_steps, 0.0, 0
             record = {
-                "kind": "train", "step": done, "loss": loss_value, "lr": parts.schedulers[0].get_last_lr()[0],
+                "kind": "train", "step": done, "loss": loss_value, "lr": lr,
                 "grad_norm": float(grad_norm), "tokens_per_s": parts.tokens_per_step / dt, "step_time_ms": 1000 * dt,
                 "mfu": parts.flops_per_step / dt / parts.peak_flops, "elapsed_s": train_s,
             }
@@ -135,16 +147,21 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
             if metrics:
                 metrics.write({"kind": "eval", "step": done, **result})
             (bar.write if live else say)(f"step {done}: {format_result(result)}")
-        if cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < total:
+        saved = bool(cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < total and not guard.bad_streak)
+        if saved:  # not at a skipped step: a run of bad steps never pushes good checkpoints out
             parts.save(done)
-        if stop_at is not None and stop_at <= done < total:
-            if not cfg.checkpoint.every or done % cfg.checkpoint.every:
+        if (verdict.stop or stop_at is not None and stop_at <= done) and done < total:
+            if not saved:
                 parts.save(done)
+            preempted = verdict.stop
+            if preempted:
+                say(f"step {done}: {guard.signal_name} received; checkpoint written, stopping")
             break
     bar.close()
     steps_run = done - start_step
     return {
-        "step": done, "steps_run": steps_run, "train_s": train_s, "train_loss": loss_value,
+        "step": done, "steps_run": steps_run, "train_s": train_s, "train_loss": loss_value, "preempted": preempted,
+        "skipped_steps": guard.skipped,
         "tokens_per_s": steps_run * parts.tokens_per_step / max(train_s, 1e-9),
         "mfu": steps_run * parts.flops_per_step / max(train_s, 1e-9) / parts.peak_flops,
     }
@@ -154,7 +171,8 @@ def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, 
            metrics: MetricsLog | None, say: Callable[[str], None]) -> dict[str, Any]:
     """After the last step: final evaluation, final checkpoint, summary line and record."""
     if progress["step"] < cfg.train.steps:
-        say(f"stopped at step {progress['step']}; continue with --resume auto")
+        why = f"preempted (exit {PREEMPTED_EXIT})" if progress["preempted"] else "stopped"
+        say(f"{why} at step {progress['step']}; continue with --resume auto")
         return {**progress, "stopped": True, "run_dir": str(run_dir)}
     final = parts.evaluate() if parts.evaluate else {}
     parts.save(cfg.train.steps)
@@ -164,6 +182,8 @@ def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, 
         if final:
             metrics.write({"kind": "eval", "step": cfg.train.steps, **final})
         metrics.write({"kind": "summary", **summary})
+        metrics.flush()
+        plot_run(run_dir)
     if final:
         say(format_result(final))
     val = f"val loss {final['loss']:.4f} | " if final else ""
@@ -173,13 +193,27 @@ def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, 
     return summary
 
 
-def resume_point(run_dir: Path, resume: str | None) -> Path | None:
-    """The checkpoint to resume from: None, 'auto' (newest complete, if any) or an explicit folder."""
+def resume_point(run_dir: Path, resume: str | None, log: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint to resume from: None, 'auto' (newest complete one that verifies, if any) or an explicit folder."""
     if resume is None:
         return None
+    root = run_dir / "checkpoints"
     if resume == "auto":
-        return latest_checkpoint(run_dir / "checkpoints")
+        candidates, damaged = checkpoint_candidates(root), []
+        for ckpt in candidates:
+            try:
+                read_state(ckpt)  # hashes every file: a checkpoint damaged after it was written is passed over
+                return ckpt
+            except CheckpointError as e:
+                log(f"warning: {e}; trying an older checkpoint")
+                damaged.append(ckpt.name)
+        if damaged:
+            raise CheckpointError(f"{root}: every checkpoint is damaged ({', '.join(damaged)}); move them away to start over")
+        return None
     path = Path(resume)
+    if path.is_file():
+        raise CheckpointError(f"--resume {resume}: a file, not a checkpoint folder; largo resumes only from its own "
+                              f"safetensors checkpoint folders (it never loads pickle files)")
     if not path.is_dir():
         raise CheckpointError(f"--resume {resume}: no such checkpoint folder (or use --resume auto)")
     return path
@@ -207,8 +241,8 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     t = cfg.train
-    if t.global_batch % (t.micro_batch * env.world) and t.global_batch % env.world:
-        raise ConfigError(f"train.global_batch ({t.global_batch}) must divide by the world size ({env.world})")
+    if t.global_batch % env.world:
+        raise ConfigError(f"train.global_batch ({t.global_batch}) must divide by the number of processes ({env.world})")
     seed_everything(cfg.run.seed)
     say = log if env.is_main else (lambda _msg: None)
 
@@ -216,11 +250,16 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
     strategy, why = choose_strategy(cfg.parallel, num_params=cfg.model.num_params(), env=env)
     say(f"parallel: {strategy} ({why})")
+    ckpt = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
     run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)
-    ckpt = resume_point(run_dir, resume)
+    memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
     # 2) model init: meta build, parallelize (ac -> compile -> fsdp | ddp), materialise, init from the seed
     trained = build_parallel_model(cfg, env, strategy, full_init=ckpt is None)
     model = unwrap(trained)
+    if cfg.model.init_from:  # fine-tuning: start from these weights; optimizer, schedule and step start fresh
+        if strategy == "fsdp":
+            raise ConfigError("model.init_from works with parallel.strategy none or ddp; export the weights with largo import first")
+        say(f"initialised from {load_init_weights(model, cfg.model)}")
     optimizers = build_optimizers(model, cfg.optim)
     schedulers = build_schedulers(optimizers, cfg.optim, t.steps)
     start_step = 0
@@ -254,9 +293,18 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
         peak_flops=peak_flops(env.device, t.precision, t.peak_tflops) * env.world,
     )
     say(f"model: {sum(p.numel() for p in model.parameters()):,} params | {parts.tokens_per_step:,} tokens/step | "
-        f"{max(1, t.global_batch // (t.micro_batch * env.world))} micro-steps | {t.precision} | device {env.device} | world {env.world}")
+        f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
+    memory.start()
     progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
+    peak_bytes = memory.stop()  # before the final evaluation and checkpoint write
     summary = finish(parts, cfg, run_dir, progress, metrics=metrics, say=say)
+    if env.is_main and not summary["stopped"]:  # plan vs measured: what `largo plan` predicts next to what this run did
+        summary["plan_vs_measured"] = check_run(
+            cfg, run_dir, model=model, world=env.world, device=env.device, peak_flops_per_device=parts.peak_flops / env.world,
+            seq_len=task.tokens_per_sample, peak_bytes=peak_bytes, memory_method=memory.method,
+            step_s=progress["train_s"] / max(progress["steps_run"], 1), mfu=progress["mfu"], steps_run=progress["steps_run"])
+        metrics.write({"kind": "plan_vs_measured", "step": cfg.train.steps, "rows": summary["plan_vs_measured"]})
+        say(f"plan vs measured ({memory.method}):\n{format_rows(summary['plan_vs_measured'])}")
     if metrics:
         metrics.close()
     return summary

@@ -32,7 +32,8 @@ def open_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool, is_main: bool
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run_dir / CONFIG, cfg.to_dict())
+            if not (resume and (run_dir / CONFIG).exists()):  # the config it started with; each checkpoint keeps its own
+                write_json_atomic(run_dir / CONFIG, cfg.to_dict())
         except OSError as e:
             raise RunDirError(f"run directory {run_dir} is not writable ({e.strerror}); set run.out_dir or run.name") from None
     if dist.is_initialized():

@@ -1,0 +1,179 @@
+"""`largo export` / `largo import`: pick the converter, write the result, then prove it computes the same.
+
+Every conversion is checked by outputs, not by "it loads" (DESIGN §6.3): Hugging Face folders
+against transformers' LlamaForCausalLM (logits and greedy tokens), ONNX files against
+onnxruntime on real held-out inputs. The checks run when the optional packages are installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from largo.checkpoint.restore import resolve_checkpoint, restore
+from largo.checkpoint.store import read_state
+from largo.errors import CheckpointError, LargoError
+from largo.fileio import write_json_atomic
+from largo.models.config import ModelConfig
+
+LOGIT_ATOL = 1e-4  # fp32 parity bound against transformers
+ONNX_ATOL = 1e-3  # onnxruntime's kernels sum in another order than PyTorch's
+_PARITY_TOKENS = 48  # positions compared; the greedy check continues row 0 for 8 more
+
+
+def has(package: str) -> bool:
+    """Whether an optional package is installed (checked without importing it)."""
+    found = importlib.util.find_spec(package) is not None
+    if found and package == "transformers":
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()  # one "Loading weights" bar per check is noise in a CLI log
+    return found
+
+
+def sample_tokens(tokenizer_json: Path | None, vocab_size: int, max_seq_len: int) -> torch.Tensor:
+    """Two rows of real text (this file, via the model's tokenizer) or, without one, seeded random ids."""
+    n = min(_PARITY_TOKENS, max_seq_len - 1)
+    if tokenizer_json is not None and tokenizer_json.is_file():
+        from tokenizers import Tokenizer
+
+        ids = Tokenizer.from_file(str(tokenizer_json)).encode(Path(__file__).read_text()).ids
+        if len(ids) >= 2 * n:
+            return torch.tensor([ids[:n], ids[n:2 * n]])
+    return torch.randint(0, vocab_size, (2, n), generator=torch.Generator().manual_seed(0))
+
+
+def check_parity(model: nn.Module, ref: nn.Module, tokens: torch.Tensor, what: str, log: Callable[[str], None]) -> float:
+    """Compare logits and greedy tokens with a transformers model; raise when they differ."""
+    from largo.checkpoint.hf import logits_parity
+
+    result = logits_parity(model, ref, tokens)
+    log(f"parity vs {what}: max |logit difference| {result['max_abs_diff']:.2e} over {tokens.numel()} positions; "
+        f"greedy continuation {'identical' if result['greedy_equal'] else 'DIFFERENT'}")
+    if result["max_abs_diff"] > LOGIT_ATOL or not result["greedy_equal"]:
+        raise CheckpointError(f"parity check failed against {what}: max |logit difference| {result['max_abs_diff']:.2e} (bound {LOGIT_ATOL})")
+    return result["max_abs_diff"]
+
+
+def export(checkpoint: str | Path, out: str | Path, *, fmt: str, log: Callable[[str], None] = print) -> Path:
+    """Write `checkpoint` in format hf | onnx | safetensors under the folder `out`, then check it."""
+    writers = {"hf": export_hf_checked, "onnx": export_onnx_checked, "safetensors": export_safetensors}
+    if fmt not in writers:
+        raise CheckpointError(f"--format {fmt!r} is not valid; choose one of {', '.join(writers)}")
+    return writers[fmt](checkpoint, Path(out), log)
+
+
+def export_hf_checked(checkpoint: str | Path, out: Path, log: Callable[[str], None]) -> Path:
+    """Hugging Face Llama folder; when transformers is installed, reload it and compare."""
+    from largo.checkpoint.hf import export_hf
+
+    export_hf(checkpoint, out)
+    log(f"wrote {out}: config.json, model.safetensors, generation_config.json" + (", tokenizer.json, tokenizer_config.json" if (out / "tokenizer.json").exists() else ""))
+    if not has("transformers"):
+        log("transformers is not installed: parity not checked (pip install 'largo[hf]')")
+        return out
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model, cfg, _ = restore(checkpoint)
+    tokens = sample_tokens(out / "tokenizer.json", cfg.model.vocab_size, cfg.model.max_seq_len)
+    ref = LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    check_parity(model, ref, tokens, f"transformers LlamaForCausalLM.from_pretrained({str(out)!r})", log)
+    if (out / "tokenizer.json").exists():
+        from tokenizers import Tokenizer
+
+        text = Path(__file__).read_text()[:4000]
+        same = AutoTokenizer.from_pretrained(str(out))(text, verbose=False)["input_ids"] == Tokenizer.from_file(str(out / "tokenizer.json")).encode(text).ids
+        log(f"AutoTokenizer encodes {'like' if same else 'DIFFERENTLY from'} largo's tokenizer")
+        if not same:
+            raise CheckpointError(f"{out}: AutoTokenizer does not encode like the checkpoint's tokenizer.json")
+    return out
+
+
+def export_onnx_checked(checkpoint: str | Path, out: Path, log: Callable[[str], None]) -> Path:
+    """model.onnx traced on real held-out inputs of the run; checked with onnxruntime on other rows."""
+    from largo.checkpoint.onnx_export import export_onnx, onnx_max_abs_diff
+
+    model, cfg, ckpt = restore(checkpoint)
+    traced, checked = real_inputs(cfg)
+    path = export_onnx(model, traced, out / "model.onnx", max_seq_len=cfg.model.max_seq_len)
+    if (ckpt / "tokenizer.json").is_file():
+        (out / "tokenizer.json").write_bytes((ckpt / "tokenizer.json").read_bytes())
+    log(f"wrote {path} (input {tuple(traced.shape)} {traced.dtype}, batch dynamic)")
+    if not has("onnxruntime"):
+        log("onnxruntime is not installed: outputs not checked (pip install 'largo[onnx]')")
+        return path
+    diff = onnx_max_abs_diff(path, model, checked)
+    log(f"parity vs onnxruntime on {tuple(checked.shape)} held-out inputs: max |output difference| {diff:.2e}")
+    if diff > ONNX_ATOL:
+        raise CheckpointError(f"{path}: onnxruntime differs from PyTorch by {diff:.2e} (bound {ONNX_ATOL})")
+    return path
+
+
+def real_inputs(cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two held-out input batches of the run's own data: 2 rows to trace, 4 others to check."""
+    from largo.dist.env import DistEnv
+    from largo.train.tasks import build_task
+
+    try:
+        task = build_task(cfg, DistEnv(), log=lambda _m: None)
+        batches = task.dataset.eval_batches(2, 3)
+        first, second, third = (x for x, _ in batches)
+    except (LargoError, ValueError) as e:
+        raise CheckpointError(f"ONNX export traces real inputs from the run's held-out data, which is not available: {e}") from None
+    return first, torch.cat([second, third])
+
+
+def export_safetensors(checkpoint: str | Path, out: Path, log: Callable[[str], None]) -> Path:
+    """Plain largo weights in one model.safetensors (FSDP shards gathered), the resolved config and the tokenizer."""
+    from largo.checkpoint.sharded import consolidate
+
+    ckpt = resolve_checkpoint(checkpoint)
+    consolidate(ckpt, out / "model.safetensors")
+    write_json_atomic(out / "config.json", read_state(ckpt)["config"])
+    if (ckpt / "tokenizer.json").is_file():
+        (out / "tokenizer.json").write_bytes((ckpt / "tokenizer.json").read_bytes())
+    log(f"wrote {out}: model.safetensors, config.json")
+    return out
+
+
+def model_toml(cfg: ModelConfig, init_from: Path) -> str:
+    """The [model] section a fine-tuning config needs to start from an imported checkpoint."""
+    keys = ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "rope_theta", "norm_eps", "tie_embeddings")
+    value = {bool: lambda v: str(v).lower(), float: repr, int: str}
+    lines = [f'init_from = "{init_from}"'] + [f"{k} = {value[type(getattr(cfg, k))](getattr(cfg, k))}" for k in keys]
+    return "[model]\n" + "\n".join(lines) + f"\nmax_seq_len = {min(256, cfg.max_seq_len)}  # training context; up to {cfg.max_seq_len}"
+
+
+def import_model(source: str | Path, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
+    """Import a Hugging Face Llama folder or a GGUF file into run_dir; check it against transformers."""
+    from largo.checkpoint.gguf_import import import_gguf
+    from largo.checkpoint.hf import hf_model, import_hf
+
+    src, run_dir = Path(source), Path(run_dir)
+    if src.is_file() and src.suffix == ".gguf":
+        ckpt = import_gguf(src, run_dir)
+    elif src.is_dir():
+        ckpt = import_hf(src, run_dir)
+    else:
+        raise CheckpointError(f"{src}: neither a Hugging Face folder nor a .gguf file")
+    model, cfg, _ = restore(ckpt)
+    log(f"imported {src} -> {ckpt} ({sum(p.numel() for p in model.parameters()):,} params)")
+    if has("transformers"):
+        tokens = sample_tokens(ckpt / "tokenizer.json", cfg.model.vocab_size, cfg.model.max_seq_len)
+        if src.is_dir():
+            from transformers import LlamaForCausalLM
+
+            ref = LlamaForCausalLM.from_pretrained(str(src), dtype=torch.float32).eval()
+            check_parity(model, ref, tokens, f"transformers LlamaForCausalLM.from_pretrained({str(src)!r})", log)
+        else:
+            check_parity(model, hf_model(model, cfg.model), tokens, "transformers LlamaForCausalLM holding the dequantized weights", log)
+    else:
+        log("transformers is not installed: parity not checked (pip install 'largo[hf]')")
+    tok = ckpt / "tokenizer.json"
+    log("fine-tune from it with a config holding:\n" + model_toml(cfg.model, run_dir)
+        + (f'\n[data]\ntokenizer = "{tok}"' if tok.is_file() else ""))
+    return ckpt

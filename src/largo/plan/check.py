@@ -1,0 +1,83 @@
+"""Plan vs measured for a finished run: the planner's estimate of this exact run next to what it did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from largo.plan import estimate as est
+from largo.plan.devices import CPU, spec_for_cuda_name
+from largo.plan.report import comparison_rows, format_rows, write_comparison
+
+
+def device_type(device: torch.device) -> str:
+    """The planner's --device-type name for the device a run used ('cpu', 'h100', ... or the CUDA name)."""
+    if device.type != "cuda":
+        return CPU
+    spec = spec_for_cuda_name(torch.cuda.get_device_name(device))
+    return spec.name if spec else torch.cuda.get_device_name(device).lower().replace(" ", "-")
+
+
+def _run_strategy(cfg: Any, world: int) -> tuple[str, bool]:
+    """(strategy, activation checkpointing) the run used, read from an optional [parallel] section."""
+    parallel = getattr(cfg, "parallel", None)
+    strategy = getattr(parallel, "strategy", "auto")
+    checkpointing = bool(getattr(parallel, "activation_checkpointing", False) or getattr(parallel, "ac", False))
+    if strategy not in est.STRATEGIES:  # 'auto': a replica per rank unless told otherwise
+        strategy = "ddp" if world > 1 else "none"
+    return strategy, checkpointing
+
+
+def _step_flops(cfg: Any, seq_len: int, device: torch.device) -> tuple[float, float, float]:
+    """(FLOPs, attention FLOPs) of one optimizer step, and attention's speed relative to GEMMs on this device."""
+    from largo.observe.throughput import attention_speed
+
+    tokens = seq_len * cfg.train.global_batch
+    attention = 12 * cfg.model.n_layers * cfg.model.dim * seq_len * tokens
+    speed = 1.0 if cfg.train.peak_tflops else attention_speed(device, cfg.train.precision)  # a configured peak: unknown device
+    return float(cfg.model.flops_per_token(seq_len) * tokens), float(attention), speed
+
+
+def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device, peak_flops_per_device: float,
+                 seq_len: int) -> dict[str, Any]:
+    """What `largo plan` predicts for this run: params, peak bytes per device, step time and MFU."""
+    from largo.plan.planner import default_mfu
+
+    strategy, checkpointing = _run_strategy(cfg, world)
+    layout = est.layout_for(cfg.train.precision)
+    counts = est.count_params(cfg.model)
+    accum = max(1, cfg.train.global_batch // (cfg.train.micro_batch * world))
+    mem = est.memory(cfg.model, seq_len=seq_len, micro_batch=cfg.train.micro_batch, accum_steps=accum, layout=layout,
+                     optimizer=cfg.optim.name, strategy=strategy, shards=world, checkpointing=checkpointing, counts=counts)
+    mfu, mfu_source = default_mfu(device_type(device), cfg.train.precision, None)
+    flops, attention, speed = _step_flops(cfg, seq_len, device)
+    t = est.timing(flops, steps=1, devices=world, peak_flops=peak_flops_per_device, mfu=mfu, checkpointing=checkpointing,
+                   attention_flops_per_step=attention, attention_speed=speed)
+    return {"params": counts.total, "peak_bytes": mem.peak, "step_s": t["step_s"], "mfu": t["mfu_model"],
+            "context": {"strategy": strategy, "layout": layout.name, "peak_phase": mem.peak_phase, "mfu_source": mfu_source}}
+
+
+def check_run(cfg: Any, run_dir: Path, *, model: nn.Module, world: int, device: torch.device, peak_flops_per_device: float,
+              seq_len: int, peak_bytes: int | None, memory_method: str, step_s: float, mfu: float, steps_run: int) -> list[dict[str, Any]]:
+    """Write plan_vs_measured.json/.md, record this run's MFU for future plans, return the rows."""
+    from largo.observe.throughput import record_mfu
+
+    estimate = estimate_run(cfg, model=model, world=world, device=device, peak_flops_per_device=peak_flops_per_device, seq_len=seq_len)
+    context = estimate.pop("context")
+    measured = {"params": sum(p.numel() for p in model.parameters() if p.requires_grad), "peak_bytes": peak_bytes,
+                "step_s": step_s, "mfu": mfu}
+    rows = comparison_rows(estimate, measured)
+    context |= {"memory_method": memory_method, "steps": steps_run, "device": device_type(device), "world": world,
+                "step_s": "mean over all steps of this run (the first includes warm-up)"}
+    write_comparison(run_dir, rows, context)
+    # Short runs say little about throughput; an MFU against a configured peak is not comparable with the table's.
+    if steps_run >= 5 and not cfg.train.peak_tflops:
+        flops, attention, speed = _step_flops(cfg, seq_len, device)
+        record_mfu(device_type(device), cfg.train.precision, est.dense_mfu(mfu, flops, attention, speed))
+    return rows
+
+
+__all__ = ["check_run", "estimate_run", "format_rows"]

@@ -1,0 +1,229 @@
+"""`largo plan`: from a config or a named size to parameters, FLOPs, data, memory, time and a recommendation."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from largo.errors import ConfigError
+from largo.models.config import ModelConfig
+from largo.plan import estimate as est
+from largo.plan.devices import CPU, DeviceSpec
+from largo.plan.estimate import Layout, ParamCount
+from largo.plan.sizes import model_size
+
+ASSUMED_MFU = {CPU: 0.10, "gpu": 0.40}  # without history: CPU GEMMs of small models; GPU between torchtitan and llm-foundry
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What is being planned: a model shape, its batch, how many tokens, on which devices."""
+
+    name: str  # the config path or the named size
+    model: ModelConfig  # vocabulary resolved
+    global_batch: int  # sequences per optimizer step
+    micro_batch: int  # sequences per forward on one device; 0 = the planner chooses
+    tokens: int  # training tokens
+    tokens_source: str
+    layout: Layout
+    optimizer: str
+    devices: int
+    device: DeviceSpec
+    mfu: float
+    mfu_source: str
+    dataset_tokens: int | None = None  # train tokens of the prepared data, when it exists
+    configured_micro_batch: int = 0  # the config's train.micro_batch, shown next to the planner's choice
+
+    @property
+    def seq_len(self) -> int:
+        return self.model.max_seq_len
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.layout.name == "fp32" else "bf16"
+
+    @property
+    def peak_flops(self) -> float:
+        return self.device.peak_fp32 if self.precision == "fp32" else self.device.peak_bf16
+
+    @property
+    def attention_speed(self) -> float:
+        return self.device.attention_speed_fp32 if self.precision == "fp32" else self.device.attention_speed_bf16
+
+
+def default_mfu(device_type: str, precision: str, given: float | None) -> tuple[float, str]:
+    """--mfu, else the last measured run on this device type, else a stated assumption."""
+    if given is not None:
+        if not 0 < given <= 1:
+            raise ConfigError(f"--mfu ({given}) must be in (0, 1]")
+        return given, "given with --mfu"
+    from largo.observe.throughput import measured_mfu
+
+    measured = measured_mfu(device_type, precision)
+    if measured:
+        return measured, f"measured on the last {device_type} {precision} run"
+    assumed = ASSUMED_MFU[CPU if device_type == CPU else "gpu"]
+    return assumed, "assumed: no measured run on this device type yet"
+
+
+def _dataset(data_dir: str) -> tuple[int | None, int | None]:
+    """(vocab size, train tokens) of a prepared data folder, or (None, None) before `largo prepare`."""
+    from largo.data.prepare import read_manifest
+    from largo.errors import DataError
+
+    if not (Path(data_dir) / "manifest.json").is_file():
+        return None, None
+    try:
+        manifest = read_manifest(data_dir)
+    except DataError:
+        return None, None
+    return int(manifest["tokenizer"]["vocab_size"]), int(manifest["splits"]["train"]["tokens"])
+
+
+def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: float | None = None, mfu: float | None = None,
+                         layout: str | None = None, optimizer: str | None = None) -> Workload:
+    """A RunConfig as a workload: vocabulary from the prepared data (or data.vocab_size), budget from steps."""
+    vocab, dataset_tokens = _dataset(cfg.data.dir)
+    model = cfg.model
+    if model.vocab_size == 0:
+        model = dataclasses.replace(model, vocab_size=vocab or cfg.data.vocab_size)
+    seq = model.max_seq_len
+    if tokens is None:
+        n_tokens, source = cfg.train.steps * cfg.train.global_batch * seq, "config: train.steps x global_batch x seq_len"
+    else:
+        n_tokens, source = int(tokens), "given (--tokens)"
+    lay = est.LAYOUTS[layout] if layout else est.layout_for(cfg.train.precision)
+    m, m_source = default_mfu(device.name, "fp32" if lay.name == "fp32" else "bf16", mfu)
+    return Workload(str(cfg.run.name), model, cfg.train.global_batch, 0, n_tokens, source, lay,
+                    optimizer or cfg.optim.name, devices, device, m, m_source, dataset_tokens, cfg.train.micro_batch)
+
+
+def workload_from_size(name: str, *, devices: int, device: DeviceSpec, tokens: float | None = None, mfu: float | None = None,
+                       layout: str | None = None, optimizer: str | None = None, precision: str = "bf16") -> Workload:
+    """A named size (Llama-style shape and its recipe's batch); no budget given means Chinchilla's 20 tokens/param."""
+    size = model_size(name)
+    if tokens is None:
+        n_tokens = est.CHINCHILLA_TOKENS_PER_PARAM * est.count_params(size.model).total
+        source = "Chinchilla: 20 tokens per parameter (no --tokens given)"
+    else:
+        n_tokens, source = int(tokens), "given (--tokens)"
+    lay = est.LAYOUTS[layout] if layout else est.layout_for(precision)
+    m, m_source = default_mfu(device.name, "fp32" if lay.name == "fp32" else "bf16", mfu)
+    return Workload(f"{name} ({size.source})", size.model, size.global_batch, 0, n_tokens, source, lay, optimizer or "adamw",
+                    devices, device, m, m_source)
+
+
+def strategies(devices: int) -> list[str]:
+    """The strategies worth comparing: one device has none; several compare a replica (DDP) with FSDP."""
+    return ["none"] if devices == 1 else ["ddp", "fsdp"]
+
+
+def _option(w: Workload, counts: ParamCount, strategy: str, checkpointing: bool) -> dict[str, Any]:
+    """Memory for one strategy and recompute choice: at the configured micro-batch, or the largest that fits."""
+    per_rank = w.global_batch // w.devices
+    kw = dict(seq_len=w.seq_len, layout=w.layout, optimizer=w.optimizer, strategy=strategy, shards=w.devices,
+              checkpointing=checkpointing, counts=counts)
+    usable = int(est.USABLE_FRACTION * w.device.memory_bytes)
+    if w.micro_batch:
+        m = est.memory(w.model, micro_batch=w.micro_batch, accum_steps=max(1, per_rank // w.micro_batch), **kw)
+        return {**m.to_dict(), "fits": m.peak <= usable}
+    best = est.largest_fitting(w.model, per_rank_batch=per_rank, memory_bytes=w.device.memory_bytes, **kw)
+    if best is None:
+        m = est.memory(w.model, micro_batch=1, accum_steps=per_rank, **kw)
+        return {**m.to_dict(), "fits": False}
+    return {**best.to_dict(), "fits": True}
+
+
+def _gib(x: float) -> str:
+    return f"{x / 2**30:.1f} GiB"
+
+
+def recommend(w: Workload, options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """First option that fits, preferring no recompute, then the replica: why, one line per choice."""
+    usable = est.USABLE_FRACTION * w.device.memory_bytes
+    order = [(s, ac) for ac in (False, True) for s in strategies(w.devices)]
+    chosen = next(((s, ac) for s, ac in order if options[_key(s, ac)]["fits"]), None)
+    if chosen is None:
+        worst = options[_key(strategies(w.devices)[-1], True)]
+        return {"fits": False, "strategy": None, "checkpointing": None, "micro_batch": None, "accum_steps": None,
+                "reasons": {"fits": f"even {_key(strategies(w.devices)[-1], True)} at micro-batch 1 needs {_gib(worst['peak'])} per device "
+                                    f"> {_gib(usable)} usable: add devices, shorten the sequence or shrink the model"}}
+    s, ac = chosen
+    o = options[_key(s, ac)]
+    replica = options[_key(strategies(w.devices)[0], ac)]
+    reasons = {}
+    if s == "none":
+        reasons["strategy"] = "one device: no data parallelism"
+    elif s == "ddp":
+        reasons["strategy"] = (f"a full replica fits ({_gib(o['peak'])} of {_gib(usable)}); "
+                               "DDP communicates least (one gradient all-reduce per step)")
+    else:
+        reasons["strategy"] = (f"a full replica does not fit ({_gib(replica['peak'])} > {_gib(usable)} usable); FSDP keeps 1/{w.devices} "
+                               f"of weights, grads and optimizer states ({_gib(o['params'] + o['grads'] + o['optimizer'])} per device)")
+    if ac:
+        plain = options[_key(s, False)]
+        reasons["checkpointing"] = (f"on: without recompute even micro-batch 1 needs {_gib(plain['peak'])}; recompute keeps one "
+                                    f"residual per block and costs one extra forward (+33% compute)")
+    else:
+        reasons["checkpointing"] = "off: activations fit without recompute, which would cost one extra forward (+33% compute)"
+    if w.micro_batch:
+        reasons["micro_batch"] = f"as configured; {o['accum_steps']} accumulation step(s) reach the global batch of {w.global_batch}"
+    else:
+        reasons["micro_batch"] = (f"{o['micro_batch']}: the largest that fits ({_gib(o['peak'])} of {_gib(usable)}); "
+                                  f"{o['accum_steps']} accumulation step(s) reach the global batch of {w.global_batch}")
+    notes = []
+    if s == "fsdp" and w.layout.autocast:
+        notes.append("autocast keeps a bf16 copy of every gathered weight until its backward (2 bytes/param, unsharded); "
+                     "the mixed layout (FSDP2 MixedPrecisionPolicy, --layout mixed) avoids it")
+    return {"fits": True, "strategy": s, "checkpointing": ac, "micro_batch": o["micro_batch"], "accum_steps": o["accum_steps"],
+            "peak_bytes": o["peak"], "reasons": reasons, "notes": notes}
+
+
+def _key(strategy: str, checkpointing: bool) -> str:
+    return f"{strategy}+ac" if checkpointing else strategy
+
+
+def build_plan(w: Workload) -> dict[str, Any]:
+    """Everything `largo plan` prints, as one JSON-able dict."""
+    if w.global_batch % w.devices:
+        raise ConfigError(f"global batch ({w.global_batch}) must divide by --devices ({w.devices})")
+    if w.micro_batch and (w.global_batch // w.devices) % w.micro_batch:
+        raise ConfigError(f"per-device batch ({w.global_batch // w.devices}) must divide by train.micro_batch ({w.micro_batch})")
+    counts = est.count_params(w.model)
+    tokens_per_step = w.global_batch * w.seq_len
+    steps = math.ceil(w.tokens / tokens_per_step)
+    fl = est.flops(w.model, w.seq_len, w.tokens)
+    options = {_key(s, ac): _option(w, counts, s, ac) for s in strategies(w.devices) for ac in (False, True)}
+    rec = recommend(w, options)
+    configured = None
+    if w.configured_micro_batch and not w.micro_batch:
+        configured = _option(dataclasses.replace(w, micro_batch=w.configured_micro_batch), counts, strategies(w.devices)[0], False)
+    time = None
+    if rec["fits"]:
+        time = est.timing(fl["per_token"] * tokens_per_step, steps=steps, devices=w.devices, peak_flops=w.peak_flops,
+                          mfu=w.mfu, checkpointing=rec["checkpointing"], attention_speed=w.attention_speed,
+                          attention_flops_per_step=fl["attention_per_token"] * tokens_per_step)
+    lay = w.layout
+    return {
+        "workload": w.name,
+        "model": {k: getattr(w.model, k) for k in ("arch", "dim", "n_layers", "n_heads", "kv_heads", "hidden", "vocab_size",
+                                                    "max_seq_len", "tie_embeddings")},
+        "params": {"total": counts.total, "embedding": counts.embedding, "non_embedding": counts.total - counts.embedding,
+                   "per_block": counts.per_block, "counted_on": "meta device"},
+        "flops": fl,
+        "batch": {"global_batch": w.global_batch, "seq_len": w.seq_len, "tokens_per_step": tokens_per_step, "steps": steps},
+        "data": {**est.data_budget(counts.total, w.tokens, w.dataset_tokens, fl["total"]), "tokens_source": w.tokens_source},
+        "device": {"type": w.device.name, "count": w.devices, "memory_bytes": w.device.memory_bytes,
+                   "usable_bytes": int(est.USABLE_FRACTION * w.device.memory_bytes), "peak_flops": w.peak_flops, "precision": w.precision},
+        "layout": {"name": lay.name, "about": lay.about,
+                   "bytes_per_param": {"params": lay.param_bytes, "grads": lay.grad_bytes,
+                                       "optimizer": est.optimizer_bytes(counts, w.optimizer, lay) / counts.total},
+                   "optimizer": w.optimizer},
+        "memory": options,
+        "recommendation": rec,
+        "time": None if time is None else {**time, "mfu": w.mfu, "mfu_source": w.mfu_source, "attention_speed": w.attention_speed},
+        "configured": configured,
+    }

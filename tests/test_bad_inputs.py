@@ -1,0 +1,362 @@
+"""Every bad input gives one exact line on stderr, a non-zero exit, no traceback, and leaves the
+user's files byte-identical (nothing created, changed or removed). Pickle payloads never run.
+
+Each case builds its inputs in a fresh folder, runs the real CLI entry point (`largo.cli.main`,
+in-process for speed; one case also goes through `python -m largo`), and compares the folder's
+files before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import largo
+from largo.cli import main
+from largo.train.loop import train
+from tests.conftest import tiny_config
+
+TOML_ERROR = "Expected ']' at the end of a table declaration (at line 1, column 7)"  # tomllib's own words
+PICKLE_REFUSED = ("is a pickle / torch.save file, which can run code when loaded; largo reads only safetensors "
+                  "(convert it with safetensors.torch.save_file where you trust it)")
+
+
+class RunsCode:
+    """A pickle payload: unpickling it runs a shell command that creates `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@dataclass
+class World:
+    """One case's folder, with helpers that copy the shared prepared data and trained run into it."""
+
+    tmp: Path
+    data_src: Path
+    run_src: Path
+
+    @property
+    def marker(self) -> Path:
+        return self.tmp / "code_ran"
+
+    def data(self) -> Path:
+        """A private copy of the prepared tiny corpus (so a case may damage it)."""
+        shutil.copytree(self.data_src, self.tmp / "data")
+        return self.tmp / "data"
+
+    def config(self, data_dir: Path | None = None, **sections: dict) -> str:
+        """cfg.json for a tiny run in tmp/runs/t (data_dir defaults to the shared prepared corpus)."""
+        cfg = tiny_config(self.tmp, data_dir or self.data_src, **sections)
+        path = self.tmp / "cfg.json"
+        path.write_text(json.dumps(cfg.to_dict()))
+        return str(path)
+
+    def run(self) -> Path:
+        """A copy of a trained run (checkpoints step_1 and step_2) at tmp/runs/t."""
+        shutil.copytree(self.run_src, self.tmp / "runs" / "t")
+        return self.tmp / "runs" / "t"
+
+    def toml(self, text: str) -> str:
+        (self.tmp / "bad.toml").write_text(text)
+        return str(self.tmp / "bad.toml")
+
+
+def rehash(ckpt: Path, name: str) -> None:
+    """Make state.json vouch for the current bytes of `name` (a forger would)."""
+    state = json.loads((ckpt / "state.json").read_text())
+    state["files"][name] = hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
+    (ckpt / "state.json").write_text(json.dumps(state))
+
+
+def edit_json(path: Path, change: Callable[[dict], None]) -> None:
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
+
+
+def flip_byte(path: Path, offset: int = 100) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def truncate(path: Path, drop: int) -> None:
+    path.write_bytes(path.read_bytes()[:-drop])
+
+
+def _shard_escape(w: World) -> list[str]:
+    data = w.data()
+    shutil.copy(data / "val_000.bin", w.tmp / "outside.bin")  # the right size: only the escape can be refused
+    edit_json(data / "manifest.json", lambda m: m["splits"]["val"]["shards"][0].update(file="../outside.bin"))
+    return ["train", w.config(data)]
+
+
+def _empty_source(w: World) -> list[str]:
+    (w.tmp / "empty").mkdir()
+    (w.tmp / "empty" / "a.txt").write_text("")
+    return ["train", w.config(w.tmp / "newdata", data={"source": str(w.tmp / "empty")})]
+
+
+def _jsonl(w: World, text: str) -> list[str]:
+    (w.tmp / "a.jsonl").write_text(text)
+    return ["train", w.config(w.tmp / "newdata", data={"source": str(w.tmp / "a.jsonl")})]
+
+
+def _pickle_file(w: World, name: str) -> Path:
+    path = w.tmp / name
+    if name.endswith(".pt"):
+        path.write_bytes(pickle.dumps(RunsCode(w.marker), protocol=2))  # a raw pickle stream
+    else:
+        torch.save({"weight": RunsCode(w.marker)}, path)  # torch.save's zip archive
+    return path
+
+
+def _pickle_in_checkpoint(w: World) -> list[str]:
+    ckpt = w.run() / "checkpoints" / "step_0000002"
+    shutil.copy(_pickle_file(w, "evil.bin"), ckpt / "model.safetensors")
+    (w.tmp / "evil.bin").unlink()
+    rehash(ckpt, "model.safetensors")
+    return ["eval", str(ckpt)]
+
+
+def _garbage_safetensors(w: World) -> list[str]:
+    ckpt = w.run() / "checkpoints" / "step_0000002"
+    (ckpt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}..")
+    rehash(ckpt, "model.safetensors")
+    return ["eval", str(ckpt)]
+
+
+def _linked_out(w: World) -> list[str]:
+    ckpt = w.run() / "checkpoints" / "step_0000002"
+    (ckpt / "model.safetensors").rename(w.tmp / "elsewhere.safetensors")
+    (ckpt / "model.safetensors").symlink_to(w.tmp / "elsewhere.safetensors")
+    return ["eval", str(ckpt)]
+
+
+def _state_escape(w: World) -> list[str]:
+    ckpt = w.run() / "checkpoints" / "step_0000002"
+    edit_json(ckpt / "state.json", lambda s: s["files"].update({"../../../../cfg.json": "0" * 64}))
+    return ["eval", str(ckpt)]
+
+
+def _state_not_json(w: World) -> list[str]:
+    ckpt = w.run() / "checkpoints" / "step_0000002"
+    (ckpt / "state.json").write_text('{"format": "largo-checkpoint-v1", "step": ')
+    return ["eval", str(ckpt)]
+
+
+def _unwritable(w: World) -> list[str]:
+    (w.tmp / "blocker").write_text("a file where the runs folder should be")
+    return ["train", w.config(run={"out_dir": str(w.tmp / "blocker")})]
+
+
+CKPT = "{tmp}/runs/t/checkpoints/step_0000002"
+REBUILD = "rebuild with `largo prepare <config> --force`"
+CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
+    # --- configs -----------------------------------------------------------------------------------------------
+    ("malformed TOML", lambda w: ["train", w.toml("[model\ndim = 3")], f"{{tmp}}/bad.toml: malformed TOML: {TOML_ERROR}", 2),
+    ("unknown key", lambda w: ["train", w.toml("[model]\nn_layer = 2\n")], "unknown key model.n_layer; did you mean 'n_layers'?", 2),
+    ("unknown section", lambda w: ["train", w.toml("[modle]\ndim = 2\n")], "unknown section [modle]; did you mean 'model'?", 2),
+    ("wrong type", lambda w: ["train", w.toml('[model]\ndim = "wide"\n')], "model.dim = 'wide' has type str; expected int", 2),
+    ("out of range", lambda w: ["train", w.toml("[train]\nsteps = 0\n")], "train.steps (0) must be >= 1", 2),
+    ("heads do not divide width", lambda w: ["train", w.toml("[model]\ndim = 100\nn_heads = 3\n")],
+     "model.n_heads (3) must divide model.dim (100)", 2),
+    ("batch not divisible", lambda w: ["train", w.toml("[train]\nglobal_batch = 10\nmicro_batch = 4\n")],
+     "train.global_batch (10) must divide by train.micro_batch (4)", 2),
+    ("override not a number", lambda w: ["train", w.config(), "--optim.lr", "fast"], "--optim.lr 'fast' is not a valid float", 2),
+    ("override not a choice", lambda w: ["train", w.config(), "--train.precision", "fp16"],
+     "train.precision = 'fp16' is not valid; choose one of 'fp32', 'bf16'", 2),
+    ("negative learning rate", lambda w: ["train", w.config(), "--optim.lr", "-1"], "optim.lr (-1.0) must be > 0", 2),
+    ("max_bad_steps zero", lambda w: ["train", w.config(), "--faults.max_bad_steps", "0"], "faults.max_bad_steps (0) must be >= 1", 2),
+    ("missing config file", lambda w: ["train", str(w.tmp / "nope.toml")], "config file {tmp}/nope.toml does not exist", 2),
+    # --- data ----------------------------------------------------------------------------------------------------
+    ("missing data source", lambda w: ["train", w.config(w.tmp / "newdata", data={"source": str(w.tmp / "nowhere")})],
+     "data.source '{tmp}/nowhere': no such file, folder or glob match", 2),
+    ("empty data", _empty_source, "data.source '{tmp}/empty' holds no text", 2),
+    ("jsonl without the text column", lambda w: _jsonl(w, '{"body": "hello"}\n'),
+     "{tmp}/a.jsonl:1: no column 'text' (data.text_column); has ['body']", 2),
+    ("jsonl line not JSON", lambda w: _jsonl(w, '{"text": "fine"}\n{"text": \n'), "{tmp}/a.jsonl:2: not valid JSON", 2),
+    ("truncated token shard", lambda w: (truncate(w.data() / "train_000.bin", 10), ["train", w.config(w.tmp / "data")])[1],
+     f"{{tmp}}/data/train_000.bin: {{train_bytes_minus_10}} bytes, manifest says {{train_bytes}}; the shard is truncated or corrupt; {REBUILD}", 2),
+    ("corrupt token shard", lambda w: (flip_byte(w.data() / "val_000.bin"), ["train", w.config(w.tmp / "data")])[1],
+     f"{{tmp}}/data/val_000.bin: sha256 does not match manifest.json; the shard is corrupt; {REBUILD}", 2),
+    ("manifest token count wrong", lambda w: (edit_json(w.data() / "manifest.json", lambda m: m["splits"]["val"]["shards"][0].update(tokens=5)),
+                                              ["train", w.config(w.tmp / "data")])[1],
+     f"{{tmp}}/data/val_000.bin: {{val_bytes}} bytes, manifest says 10; the shard is truncated or corrupt; {REBUILD}", 2),
+    ("manifest names a missing shard", lambda w: ((w.data() / "val_000.bin").unlink(), ["train", w.config(w.tmp / "data")])[1],
+     f"{{tmp}}/data/val_000.bin: missing, manifest.json lists it; {REBUILD}", 2),
+    ("manifest shard path escapes", _shard_escape, "{tmp}/data/manifest.json: shard path '../outside.bin' escapes the data folder", 2),
+    ("tokenizer changed after prepare", lambda w: ((w.data() / "tokenizer.json").open("a").write(" "), ["train", w.config(w.tmp / "data")])[1],
+     f"{{tmp}}/data/tokenizer.json: missing or does not match manifest.json's tokenizer hash; {REBUILD}", 2),
+    ("vocab size differs from tokenizer", lambda w: ["train", w.config(), "--model.vocab_size", "300"],
+     "model.vocab_size (300) differs from the tokenizer's 512; set it to 0 or 512", 2),
+    # --- run directories -------------------------------------------------------------------------------------------
+    ("run dir holds another run", lambda w: (w.run(), ["train", w.config()])[1],
+     "{tmp}/runs/t already holds a run; pass --resume auto to continue it or --overwrite to replace it", 2),
+    ("unwritable output directory", _unwritable,
+     "run directory {tmp}/blocker/t is not writable (Not a directory); set run.out_dir or run.name", 2),
+    # --- checkpoints -------------------------------------------------------------------------------------------------
+    ("truncated safetensors", lambda w: (truncate(w.run() / "checkpoints/step_0000002/model.safetensors", 100), ["eval", CKPT.format(tmp=w.tmp)])[1],
+     f"{CKPT}/model.safetensors: sha256 does not match state.json; the file is truncated or corrupt", 2),
+    ("corrupt safetensors, hash forged", _garbage_safetensors,
+     f"{CKPT}/model.safetensors: not a readable safetensors file (Error while deserializing header: invalid JSON in header: key must be a string at line 1 column 2)", 2),
+    ("checkpoint of another model shape", lambda w: (w.run(), ["train", w.config(), "--resume", "auto", "--model.mlp_hidden", "128"])[1],
+     f"{CKPT}: checkpoint does not fit this model: blocks.0.mlp.gate.weight (192, 64) vs model (128, 64); "
+     "blocks.0.mlp.up.weight (192, 64) vs model (128, 64); blocks.0.mlp.down.weight (64, 192) vs model (64, 128); "
+     "blocks.1.mlp.gate.weight (192, 64) vs model (128, 64); and 2 more", 2),
+    ("resume with another optimizer", lambda w: (w.run(), ["train", w.config(), "--resume", "auto", "--optim.name", "muon"])[1],
+     f"{CKPT}: optimizer, scheduler or RNG state does not fit this run (was optim.name changed?): loaded state dict contains a parameter group that doesn't match the size of optimizer's group", 2),
+    ("eval of a run without a checkpoint", lambda w: ((w.tmp / "runs/empty/checkpoints").mkdir(parents=True), ["eval", str(w.tmp / "runs/empty")])[1],
+     "{tmp}/runs/empty: neither a checkpoint folder nor a run directory with a complete checkpoint", 2),
+    ("every checkpoint damaged", lambda w: ([truncate(c / "rng.safetensors", 1) for c in (w.run() / "checkpoints").glob("step_*")],
+                                            ["train", w.config(), "--resume", "auto"])[1],
+     "{tmp}/runs/t/checkpoints: every checkpoint is damaged (step_0000002, step_0000001); move them away to start over", 2),
+    ("resume from a missing folder", lambda w: ["train", w.config(), "--resume", str(w.tmp / "gone")],
+     "--resume {tmp}/gone: no such checkpoint folder (or use --resume auto)", 2),
+    ("state.json not JSON", _state_not_json, f"{CKPT}/state.json: not valid JSON", 2),
+    ("state.json path escapes", _state_escape, f"{CKPT}: file '../../../../cfg.json' listed in state.json is missing or outside the checkpoint", 2),
+    ("weights symlinked out of the checkpoint", _linked_out,
+     f"{CKPT}: file 'model.safetensors' listed in state.json is missing or outside the checkpoint", 2),
+    # --- pickle: refused, and the payload never runs --------------------------------------------------------------------
+    ("pickle .pt to eval", lambda w: ["eval", str(_pickle_file(w, "evil.pt"))],
+     "{tmp}/evil.pt: a file; largo loads a run directory or a checkpoint folder of safetensors + JSON, never a pickle/.pt/.bin file (loading one can run code)", 2),
+    ("torch.save .bin to generate", lambda w: ["generate", str(_pickle_file(w, "evil.bin"))],
+     "{tmp}/evil.bin: a file; largo loads a run directory or a checkpoint folder of safetensors + JSON, never a pickle/.pt/.bin file (loading one can run code)", 2),
+    ("pickle .pt to --resume", lambda w: ["train", w.config(), "--resume", str(_pickle_file(w, "evil.pt"))],
+     "--resume {tmp}/evil.pt: a file, not a checkpoint folder; largo resumes only from its own safetensors checkpoint folders (it never loads pickle files)", 2),
+    ("pickle inside a checkpoint, hash forged", _pickle_in_checkpoint, f"{CKPT}/model.safetensors: {PICKLE_REFUSED}", 2),
+]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """A 2-step run with a checkpoint after each step, copied into every case that needs one."""
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = tiny_config(tmp, tiny_data, train={"steps": 2, "threads": 1}, checkpoint={"every": 1, "keep_last": 5})
+    train(cfg, log=lambda _m: None)
+    torch.set_num_threads(2)
+    return cfg.run_dir
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under root (links as their target) -> sha256 of its bytes."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            out[str(p.relative_to(root))] = "link:" + os.readlink(p)
+        elif p.is_file():
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize(("name", "setup", "message", "code"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_one_line_nothing_damaged(name: str, setup: Callable[[World], list[str]], message: str, code: int,
+                                            tmp_path: Path, tiny_data: Path, trained_run: Path,
+                                            capsys: pytest.CaptureFixture) -> None:
+    w = World(tmp_path, tiny_data, trained_run)
+    argv = setup(w)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    sizes = {f"{s}_bytes": (tiny_data / f"{s}_000.bin").stat().st_size for s in ("train", "val")}
+    expected = message.format(tmp=tmp_path, train_bytes_minus_10=sizes["train_bytes"] - 10, **sizes)
+    assert err.splitlines() == [f"largo: error: {expected}"]
+    assert snapshot(tmp_path) == before, "the user's files changed"
+    assert not w.marker.exists(), "a pickle payload ran"
+
+
+def test_the_pickle_payloads_are_live(tmp_path: Path) -> None:
+    """The payloads above would run code if anything unpickled them (so their refusal means something)."""
+    w = World(tmp_path, tmp_path, tmp_path)
+    pickle.loads(_pickle_file(w, "evil.pt").read_bytes())
+    assert w.marker.exists()
+    w.marker.unlink()
+    torch.load(_pickle_file(w, "evil.bin"), weights_only=False)
+    assert w.marker.exists()
+
+
+def test_real_cli_process_no_traceback_unless_debug(tmp_path: Path, tiny_data: Path) -> None:
+    """Through `python -m largo`: one line and exit 2; with --debug the traceback is shown."""
+    w = World(tmp_path, tiny_data, tmp_path)
+    argv = ["train", w.config(), "--resume", str(_pickle_file(w, "evil.pt"))]
+    env = {**os.environ, "PYTHONPATH": str(Path(largo.__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "largo", *argv], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "largo", "--debug", *argv], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr and "CheckpointError" in proc.stderr
+    assert not w.marker.exists()
+
+
+def test_unexpected_errors_are_one_line_too(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a user error (here an OSError from deep inside): still one line, exit 1, a pointer to --debug."""
+    import largo.config
+
+    def boom(*_a, **_k):
+        raise OSError(28, "No space left on device", "/runs/x/metrics.jsonl")
+
+    monkeypatch.setattr(largo.config, "load_config", boom)
+    assert main(["train", "x.toml"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "largo: error: /runs/x/metrics.jsonl: No space left on device (run with --debug for the traceback)"]
+
+
+def test_invalid_utf8_is_replaced_and_counted(tmp_path: Path) -> None:
+    """The decision for non-UTF-8 text: replace each bad sequence with U+FFFD and count it in the manifest."""
+    from largo.config import build_config
+    from largo.data.prepare import prepare
+
+    src = tmp_path / "src"
+    src.mkdir()
+    good = "def f(x):\n    return x + 1\n" * 200
+    (src / "a.txt").write_bytes(good.encode() + b"caf\xe9 \xff\xfe end\n")  # Latin-1 and stray bytes
+    (src / "b.jsonl").write_bytes((b'{"text": "ol\xe9 ' + good.replace("\n", " ").encode() + b'"}\n') * 3)
+    cfg = build_config({"data": {"source": str(src), "dir": str(tmp_path / "out"), "vocab_size": 300, "val_fraction": 0.3}})
+    lines: list[str] = []
+    manifest = prepare(cfg.data, log=lines.append)
+    assert manifest["source"]["replaced_invalid_utf8"] == 3 + 3
+    assert lines[-1].endswith("; 6 invalid UTF-8 sequences replaced with U+FFFD")
+
+
+def test_no_pickle_loading_anywhere_in_the_source() -> None:
+    """Guard: nothing unpickles freely (torch.load without weights_only=True, pickle/dill/joblib loads, np allow_pickle,
+    an Unpickler in a module that restricts nothing with find_class)."""
+    src = Path(largo.__file__).resolve().parent
+    offenders = []
+    for path in src.rglob("*.py"):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if ("torch.load(" in code and "weights_only=True" not in code) or "pickle.load" in code \
+                    or "allow_pickle=True" in code or "joblib.load" in code or "dill." in code \
+                    or ("Unpickler" in code and "class " not in code and "find_class" not in path.read_text()):
+                offenders.append(f"{path.relative_to(src)}:{lineno}: {line.strip()}")
+    assert offenders == []
+
+
+def test_checkpoint_paths_stay_inside(tmp_path: Path) -> None:
+    """state.json may name files in subfolders (sharded checkpoints) but never leave the folder."""
+    from largo.checkpoint.store import _inside
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "dcp").mkdir(parents=True)
+    (tmp_path / "out.txt").write_text("x")
+    (ckpt / "dcp" / "link").symlink_to(tmp_path / "out.txt")
+    ok = ["model.safetensors", "dcp/.metadata", "dcp/__0_0.distcp"]
+    bad = ["", "/etc/passwd", "../out.txt", "dcp/../../out.txt", "dcp/link", "a\\..\\b", "a\0b"]
+    assert [_inside(ckpt, n) for n in ok] == [True] * len(ok)
+    assert [_inside(ckpt, n) for n in bad] == [False] * len(bad)

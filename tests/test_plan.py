@@ -1,0 +1,284 @@
+"""largo plan: exact counts, hand-computed FLOPs and memory, the saved-tensor and allocator references, CLI, JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from largo.cli import main
+from largo.config import OptimConfig, load_config
+from largo.errors import ConfigError
+from largo.models import ARCHITECTURES, ModelConfig, build_model, count_params
+from largo.observe.memory import PeakMemory
+from largo.plan import estimate as est
+from largo.plan.devices import DEVICES, get_device, spec_for_cuda_name
+from largo.plan.planner import Workload, build_plan
+from largo.plan.report import plan_json
+from largo.plan.sizes import MODEL_SIZES
+from largo.train.evaluate import autocast, summed_loss
+from largo.train.optim import build_optimizers
+from tests.conftest import tiny_config
+
+GOLDEN = Path(__file__).parent / "golden" / "plan_tiny_h100.json"
+# conftest's tiny shape: hidden = 8/3 * 64 = 170 -> rounded up to 192; kv width 2 heads * 16 = 32
+TINY = ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+
+
+def test_tiny_params_and_flops_by_hand() -> None:
+    block = (64 * 64 + 2 * 64 * 32 + 64 * 64) + 3 * 64 * 192 + 2 * 64  # q,k,v,o + SwiGLU + 2 norms = 49,280
+    counts = est.count_params(TINY)
+    assert counts.per_block == block == 49_280
+    assert counts.total == 512 * 64 + 2 * block + 64 == 131_392  # tied head counted once
+    assert counts.embedding == 32_768
+    f = est.flops(TINY, 32, tokens=1000)
+    assert f["per_token"] == 6 * (2 * block + 512 * 64) + 12 * 2 * 64 * 32 == 837_120
+    assert f["forward_per_token"] + f["backward_per_token"] == f["per_token"]
+    assert f["forward_per_token"] == 837_120 // 3
+    assert f["total"] == 837_120 * 1000
+
+
+def test_tiny_memory_components_by_hand() -> None:
+    m = est.memory(TINY, seq_len=32, micro_batch=4, accum_steps=1, layout=est.LAYOUTS["fp32"], optimizer="adamw")
+    n, T = 131_392, 4 * 32
+    assert (m.params, m.grads, m.optimizer) == (4 * n, 4 * n, 8 * n)
+    # per token per block in fp32: 32 d + 8 kv + 16 hidden + 4 heads + 8 = 2048 + 256 + 3072 + 16 + 8
+    assert est.block_activation_bytes(TINY, T, 32, est.LAYOUTS["fp32"]) == T * 5400 == 691_200
+    # head: 12 d + 4 V (fp32 log-softmax) + 4 (rstd) + 8 (targets) + 8 (input ids)
+    assert est.head_activation_bytes(TINY, T, est.LAYOUTS["fp32"]) == T * (12 * 64 + 4 * 512 + 20)
+    rope = 2 * 32 * 16 * 4
+    loss_backward = 12 * n + rope + 2 * 691_200 + T * 2836 + 2 * T * 512 * 4  # logits already freed
+    assert m.peak_phase == "loss backward"
+    assert m.peak == loss_backward + est.RUNTIME_WORKSPACE_BYTES
+    assert m.grads_at_peak == 0  # no accumulation: the peak comes before any gradient exists
+    assert m.params + m.grads_at_peak + m.optimizer + m.activations + m.temporaries == m.peak - rope
+
+
+def test_optimizer_and_layout_bytes() -> None:
+    counts = est.count_params(TINY)
+    assert est.optimizer_bytes(counts, "adamw", est.LAYOUTS["mixed"]) == 12 * counts.total  # master + m + v
+    muon = est.optimizer_bytes(counts, "muon", est.LAYOUTS["autocast"])
+    assert muon == 4 * counts.hidden_matrices + 8 * (counts.total - counts.hidden_matrices)
+    assert counts.hidden_matrices == 2 * (49_280 - 128)
+    assert est.optimizer_bytes(counts, "sgd", est.LAYOUTS["fp32"]) == 4 * counts.total
+    for lay in est.LAYOUTS.values():  # 16 bytes per parameter with Adam in every layout
+        assert lay.param_bytes + lay.grad_bytes + est.optimizer_bytes(counts, "adamw", lay) / counts.total == 16
+    fsdp = est.memory(TINY, seq_len=32, micro_batch=1, accum_steps=1, layout=est.LAYOUTS["mixed"], strategy="fsdp", shards=8)
+    assert fsdp.params + fsdp.grads + fsdp.optimizer == pytest.approx(16 * counts.total / 8, abs=3)
+
+
+def _saved_bytes_per_block(cfg: ModelConfig, precision: str, bf16_weights: bool) -> int:
+    """Bytes autograd saves inside the last block (new storages only), for one forward of (4, t) tokens."""
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    if bf16_weights:
+        model = model.to(torch.bfloat16)
+    owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    seen: dict[int, tuple[bool, int]] = {}
+    inside = [False]
+    model.blocks[-1].register_forward_pre_hook(lambda *_: inside.__setitem__(0, True))
+    model.blocks[-1].register_forward_hook(lambda *_: inside.__setitem__(0, False))
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in owned and ptr not in seen:
+            seen[ptr] = (inside[0], t.untyped_storage().nbytes())
+        return t
+
+    x = torch.randint(0, cfg.vocab_size, (4, cfg.max_seq_len))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(torch.device("cpu"), precision):
+        model(x)
+    return sum(nbytes for inside_block, nbytes in seen.values() if inside_block)
+
+
+@pytest.mark.parametrize("layout", ["fp32", "autocast", "mixed"])
+@pytest.mark.parametrize("kv", [1, 4])
+def test_block_activations_equal_what_autograd_saves(layout: str, kv: int) -> None:
+    cfg = ModelConfig(vocab_size=300, dim=64, n_layers=2, n_heads=4, n_kv_heads=kv, max_seq_len=24, mlp_hidden=160)
+    lay = est.LAYOUTS[layout]
+    saved = _saved_bytes_per_block(cfg, "fp32" if layout == "fp32" else "bf16", bf16_weights=layout == "mixed")
+    casts = 2 * (cfg.block_params() - 2 * cfg.dim) if lay.autocast else 0  # bf16 weight copies autograd keeps
+    assert est.block_activation_bytes(cfg, 4 * 24, 24, lay) + casts == saved
+
+
+def _allocator_peak(cfg: ModelConfig, precision: str, micro_batch: int, accum: int) -> int:
+    """Exact peak of the CPU allocator over model build + 3 training steps, from the profiler's memory events."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, cfg.vocab_size, (micro_batch, cfg.max_seq_len), generator=g),) * 2 for _ in range(accum)]
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model = build_model(cfg)
+        opts = build_optimizers(model, OptimConfig())
+        for _ in range(3):  # the loop's step: forward under autocast, summed loss, backward, clip, step
+            for x, y in batches:
+                with autocast(torch.device("cpu"), precision):
+                    logits = model(x)
+                loss = summed_loss(logits, y) / y.numel()
+                del logits  # as the loop does: the logits die before backward, not at the next forward
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            for opt in opts:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        e = stack.pop()
+        stack.extend(e.children)
+        if e.tag == _EventType.Allocation:
+            events.append((e.start_time_ns, e.extra_fields.ptr, e.extra_fields.alloc_size))
+    live: dict[int, int] = {}  # only blocks allocated inside the window (the profiler's own total spans sessions)
+    now = peak = 0
+    for _, ptr, size in sorted(events):
+        if size > 0:
+            live[ptr] = size
+            now += size
+        elif ptr in live:
+            now -= live.pop(ptr)
+        peak = max(peak, now)
+    return peak
+
+
+@pytest.mark.parametrize("precision,accum,checkpointing", [("fp32", 1, False), ("bf16", 2, False), ("fp32", 1, True)])
+def test_peak_matches_the_allocator(precision: str, accum: int, checkpointing: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if checkpointing:  # recompute every block in backward, as activation checkpointing applied from outside does
+        from torch.utils.checkpoint import checkpoint
+
+        from largo.models.block import Block
+
+        plain = Block.forward
+        monkeypatch.setattr(Block, "forward", lambda self, *a, **kw: checkpoint(plain, self, *a, use_reentrant=False, **kw))
+    measured = _allocator_peak(TINY, precision, micro_batch=4, accum=accum)
+    m = est.memory(TINY, seq_len=32, micro_batch=4, accum_steps=accum, layout=est.layout_for(precision), checkpointing=checkpointing)
+    assert m.peak - est.RUNTIME_WORKSPACE_BYTES == pytest.approx(measured, rel=0.02)
+
+
+def test_every_preset_counts_like_the_built_module() -> None:
+    shapes = {f"--model {k}": s.model for k, s in MODEL_SIZES.items()}
+    for path in sorted(Path("configs").glob("*.toml")):
+        model = load_config(path).model
+        shapes[str(path)] = model if model.vocab_size else ModelConfig(**{**model.__dict__, "vocab_size": load_config(path).data.vocab_size})
+    for name, cfg in shapes.items():
+        with torch.device("meta"):
+            module = ARCHITECTURES[cfg.arch](cfg)
+        assert est.count_params(cfg).total == count_params(module) == cfg.num_params(), name
+    assert est.count_params(MODEL_SIZES["7b"].model).total == 6_738_415_616  # Llama-2 7B as published
+    assert est.count_params(MODEL_SIZES["13b"].model).total == 13_015_864_320
+    assert est.count_params(MODEL_SIZES["70b"].model).total == 68_976_648_192
+
+
+def _tiny_workload() -> Workload:
+    return Workload("tiny", TINY, global_batch=16, micro_batch=0, tokens=2_000_000, tokens_source="given", layout=est.LAYOUTS["autocast"],
+                    optimizer="adamw", devices=2, device=get_device("h100"), mfu=0.4, mfu_source="given")
+
+
+def test_plan_json_is_stable() -> None:
+    text = plan_json(build_plan(_tiny_workload()))
+    assert text == plan_json(json.loads(text))  # keys sorted, round-trips
+    assert json.loads(text) == json.loads(GOLDEN.read_text()), "regenerate tests/golden/plan_tiny_h100.json if the change is intended"
+
+
+def test_bad_device_name_lists_valid_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="valid: cpu, a100-40g"):
+        get_device("h1000")
+    assert main(["plan", "--model", "7b", "--device-type", "h1000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "h1000" in err and "h100" in err.replace("h1000", "")
+    assert spec_for_cuda_name("NVIDIA H100 80GB HBM3") is DEVICES["h100"]
+    assert spec_for_cuda_name("NVIDIA H100 PCIe") is DEVICES["h100-pcie"]
+    assert spec_for_cuda_name("NVIDIA A100-SXM4-40GB") is DEVICES["a100-40g"]
+
+
+def test_7b_on_64_h100_matches_published_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", "--model", "7b", "--devices", "64", "--device-type", "h100", "--tokens", "1.4e11", "--mfu", "0.4", "--json"]
+    assert main([*argv, "--layout", "mixed"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    n = plan["params"]["total"]
+    assert n == pytest.approx(6.74e9, rel=0.01)
+    bpp = plan["layout"]["bytes_per_param"]
+    assert (bpp["params"], bpp["grads"], bpp["optimizer"]) == (2, 2, 12)  # mixed-precision Adam: 16 bytes/param
+    fsdp = plan["memory"]["fsdp"]
+    assert fsdp["params"] + fsdp["grads"] + fsdp["optimizer"] == pytest.approx(16 * n / 64, abs=3)  # ZeRO-3
+    assert plan["data"]["chinchilla_tokens"] == 20 * n
+    assert plan["data"]["ratio_to_chinchilla"] == pytest.approx(1.4e11 / (20 * n))
+    matmul = n - plan["params"]["embedding"] - 4096  # the untied head computes; the final norm does not
+    assert plan["flops"]["per_token"] == 6 * matmul + 12 * 32 * 4096 * 4096
+    assert plan["recommendation"]["strategy"] == "fsdp" and not plan["memory"]["ddp"]["fits"]
+    t = plan["time"]
+    assert t["step_s"] == pytest.approx(plan["flops"]["per_token"] * 1024 * 4096 / (64 * 989e12 * 0.4))
+    assert t["device_hours"] == pytest.approx(t["wall_s"] * 64 / 3600)
+
+
+def test_time_calibrated_on_a_run_reproduces_it() -> None:
+    flops, attention, speed, peak, step_s = 1e12, 2e11, 0.25, 1e12, 3.0
+    dense = est.dense_mfu(flops / (peak * step_s), flops, attention, speed)  # what one measured run calibrates
+    assert dense == pytest.approx((flops + attention * 3) / (peak * step_s))  # attention FLOPs cost 4x here
+    kw = dict(steps=10, peak_flops=peak, mfu=dense, attention_flops_per_step=attention, attention_speed=speed)
+    t = est.timing(flops, devices=1, checkpointing=False, **kw)
+    assert t["step_s"] == pytest.approx(step_s) and t["mfu_model"] == pytest.approx(flops / (peak * step_s))
+    assert t["wall_s"] == pytest.approx(30.0) and t["device_hours"] == pytest.approx(30 / 3600)
+    assert est.timing(flops, devices=2, checkpointing=True, **kw)["step_s"] == pytest.approx(step_s / 2 * 4 / 3)  # + a forward
+
+
+def test_nothing_fits_says_so() -> None:
+    w = _tiny_workload()
+    import dataclasses
+
+    small = dataclasses.replace(w, device=dataclasses.replace(w.device, memory_bytes=10 << 20), devices=1)
+    rec = build_plan(small)["recommendation"]
+    assert rec["fits"] is False and "usable" in rec["reasons"]["fits"]
+
+
+def test_largest_micro_batch_is_chosen() -> None:
+    plan = build_plan(_tiny_workload())
+    for opt in plan["memory"].values():
+        assert opt["fits"] and opt["micro_batch"] == 8 and opt["accum_steps"] == 1  # 16 sequences over 2 devices
+    limit = plan["memory"]["ddp"]["peak"]  # shrink the device until micro-batch 8 no longer fits
+    import dataclasses
+
+    w = _tiny_workload()
+    tight = dataclasses.replace(w, device=dataclasses.replace(w.device, memory_bytes=int((limit - 1) / est.USABLE_FRACTION)))
+    ddp = build_plan(tight)["memory"]["ddp"]
+    assert ddp["micro_batch"] < 8 and ddp["micro_batch"] * ddp["accum_steps"] == 8
+
+
+def test_data_advice_and_epochs() -> None:
+    under = est.data_budget(1000, 2000, dataset_tokens=500, flops_total=6 * 1000 * 2000)
+    assert under["ratio_to_chinchilla"] == 0.1 and under["epochs"] == 4 and "Under-trained" in under["advice"]
+    assert math.isclose(under["compute_optimal_params"], math.sqrt(6 * 1000 * 2000 / 120))
+    assert "compute-optimal" in est.data_budget(1000, 20_000, None, 1.0)["advice"]
+    assert "Past compute-optimal" in est.data_budget(1000, 100_000, None, 1.0)["advice"]
+
+
+def test_peak_memory_sees_a_known_allocation() -> None:
+    mem = PeakMemory(torch.device("cpu"))
+    if mem.method == "none":
+        pytest.skip("no way to read process memory on this platform")
+    mem.start()
+    block = torch.ones(64 << 18)  # 64 MiB of fp32, written so it is resident
+    time.sleep(0.05)
+    del block
+    peak = mem.stop()
+    assert 64 << 20 <= peak < (64 + 16) << 20
+
+
+def test_training_writes_plan_vs_measured(tmp_path: Path, tiny_data: Path) -> None:
+    import subprocess
+    import sys
+
+    # A run is its own process: the heap baseline must not inherit what earlier tests left behind.
+    cfg = tiny_config(tmp_path, tiny_data, train={"steps": 3})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    proc = subprocess.run([sys.executable, "-m", "largo", "train", str(tmp_path / "cfg.json")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((cfg.run_dir / "plan_vs_measured.json").read_text())
+    rows = {r["quantity"]: r for r in saved["rows"]}
+    assert rows["params"]["estimate"] == rows["params"]["measured"] == 131_392
+    assert rows["peak_bytes"]["measured"] > 4 * 131_392 * 3  # at least weights + Adam states
+    assert saved["strategy"] == "none" and "plan vs measured" in proc.stdout
+    assert "| peak_bytes |" in (cfg.run_dir / "plan_vs_measured.md").read_text()
