@@ -24,6 +24,7 @@ from largo.data.tokens import TokenShards
 from largo.errors import CheckpointError, DataError
 from largo.models import ModelConfig, build_model
 from largo.models.block import Block, BlockConfig
+from largo.observe.metrics import read_metrics
 from tests.conftest import tiny_config
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in these tests may reach a hub
@@ -157,7 +158,7 @@ def test_init_from_starts_training_at_the_imported_weights(tmp_path: Path, tiny_
     ckpt, _ = checkpoint_with_random_weights(tmp_path / "a", tiny_data, **VARIANTS["untied-gqa"])
     cfg = tiny_config(tmp_path / "b", tiny_data, model={**VARIANTS["untied-gqa"], "init_from": str(ckpt)}, train={"steps": 1})
     train(cfg, log=lambda _m: None)
-    first = json.loads((cfg.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    first = read_metrics(cfg.run_dir / "metrics.jsonl", "train")[0]
     model, _, _ = restore(ckpt)
     x, y = build_task(cfg, DistEnv(), log=lambda _m: None).dataset.train_rows(range(cfg.train.global_batch))
     with torch.no_grad():
