@@ -14,7 +14,7 @@ demo: install
 	largo generate runs/text_tiny --prompt "def " --max-new-tokens 120
 
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -rs
 
 bench: install
 	$(PYTHON) benchmarks/run.py
