@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+
+# Tests must not read or write the user's cache (measured peaks, MFU history): set before largo is imported.
+os.environ["LARGO_CACHE"] = tempfile.mkdtemp(prefix="largo-test-cache-")
 
 import pytest
 import torch

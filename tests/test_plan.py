@@ -282,3 +282,15 @@ def test_training_writes_plan_vs_measured(tmp_path: Path, tiny_data: Path) -> No
     assert rows["peak_bytes"]["measured"] > 4 * 131_392 * 3  # at least weights + Adam states
     assert saved["strategy"] == "none" and "plan vs measured" in proc.stdout
     assert "| peak_bytes |" in (cfg.run_dir / "plan_vs_measured.md").read_text()
+
+
+def test_mfu_history_uses_the_nearest_model_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from largo.observe import throughput
+
+    monkeypatch.setattr(throughput, "_MFU_HISTORY", tmp_path / "mfu_history.json")
+    assert throughput.measured_mfu("cpu", "bf16", 10**6) is None
+    throughput.record_mfu("cpu", "bf16", 0.40, 4_000_000)
+    throughput.record_mfu("cpu", "bf16", 0.002, 100_000)  # a tiny test model's MFU must not set the 4M model's plan
+    assert throughput.measured_mfu("cpu", "bf16", 5_000_000) == 0.40
+    assert throughput.measured_mfu("cpu", "bf16", 50_000) == 0.002
+    assert throughput.measured_mfu("cpu", "fp32", 5_000_000) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -104,14 +105,15 @@ _MFU_HISTORY = _CACHE.with_name("mfu_history.json")
 _MFU_KEEP = 20  # most recent runs kept per device type and precision
 
 
-def record_mfu(device_type: str, precision: str, mfu: float) -> None:
-    """Append a finished run's measured MFU to the history `largo plan` defaults to."""
+def record_mfu(device_type: str, precision: str, mfu: float, params: int) -> None:
+    """Append a finished run's measured MFU (with its model size) to the history `largo plan` defaults to."""
     key = f"{device_type}|{precision}"
     try:
         history = json.loads(_MFU_HISTORY.read_text())
     except (OSError, json.JSONDecodeError):
         history = {}
-    history[key] = (history.get(key, []) + [mfu])[-_MFU_KEEP:]
+    runs = [r for r in history.get(key, []) if isinstance(r, list)]  # [mfu, params]; older plain floats are dropped
+    history[key] = (runs + [[mfu, params]])[-_MFU_KEEP:]
     try:
         _MFU_HISTORY.parent.mkdir(parents=True, exist_ok=True)
         _MFU_HISTORY.write_text(json.dumps(history, indent=1))
@@ -119,10 +121,13 @@ def record_mfu(device_type: str, precision: str, mfu: float) -> None:
         pass  # history is a convenience; the plan falls back to its stated assumption
 
 
-def measured_mfu(device_type: str, precision: str) -> float | None:
-    """The MFU of the most recent finished run on this device type and precision, if any."""
+def measured_mfu(device_type: str, precision: str, params: int) -> float | None:
+    """The MFU of the recorded run whose model size is closest to `params` (MFU depends strongly on size)."""
     try:
         runs = json.loads(_MFU_HISTORY.read_text()).get(f"{device_type}|{precision}", [])
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
-    return float(runs[-1]) if runs else None
+    runs = [r for r in runs if isinstance(r, list) and len(r) == 2 and r[1] > 0]
+    if not runs:
+        return None
+    return float(min(reversed(runs), key=lambda r: abs(math.log(r[1] / max(params, 1))))[0])

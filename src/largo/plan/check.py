@@ -52,7 +52,7 @@ def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device
     accum = max(1, cfg.train.global_batch // (cfg.train.micro_batch * world))
     mem = est.memory(cfg.model, seq_len=seq_len, micro_batch=cfg.train.micro_batch, accum_steps=accum, layout=layout,
                      optimizer=cfg.optim.name, strategy=strategy, shards=world, checkpointing=checkpointing, counts=counts)
-    mfu, mfu_source = default_mfu(device_type(device), cfg.train.precision, None)
+    mfu, mfu_source = default_mfu(device_type(device), cfg.train.precision, None, counts.total)
     flops, attention, speed = _step_flops(cfg, seq_len, device)
     t = est.timing(flops, steps=1, devices=world, peak_flops=peak_flops_per_device, mfu=mfu, checkpointing=checkpointing,
                    attention_flops_per_step=attention, attention_speed=speed)
@@ -76,7 +76,7 @@ def check_run(cfg: Any, run_dir: Path, *, model: nn.Module, world: int, device: 
     # Short runs say little about throughput; an MFU against a configured peak is not comparable with the table's.
     if steps_run >= 5 and not cfg.train.peak_tflops:
         flops, attention, speed = _step_flops(cfg, seq_len, device)
-        record_mfu(device_type(device), cfg.train.precision, est.dense_mfu(mfu, flops, attention, speed))
+        record_mfu(device_type(device), cfg.train.precision, est.dense_mfu(mfu, flops, attention, speed), est.count_params(cfg.model).total)
     return rows
 
 

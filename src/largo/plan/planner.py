@@ -54,17 +54,17 @@ class Workload:
         return self.device.attention_speed_fp32 if self.precision == "fp32" else self.device.attention_speed_bf16
 
 
-def default_mfu(device_type: str, precision: str, given: float | None) -> tuple[float, str]:
-    """--mfu, else the last measured run on this device type, else a stated assumption."""
+def default_mfu(device_type: str, precision: str, given: float | None, params: int) -> tuple[float, str]:
+    """--mfu, else the measured run of the nearest model size on this device type, else a stated assumption."""
     if given is not None:
         if not 0 < given <= 1:
             raise ConfigError(f"--mfu ({given}) must be in (0, 1]")
         return given, "given with --mfu"
     from largo.observe.throughput import measured_mfu
 
-    measured = measured_mfu(device_type, precision)
+    measured = measured_mfu(device_type, precision, params)
     if measured:
-        return measured, f"measured on the last {device_type} {precision} run"
+        return measured, f"measured on the {device_type} {precision} run of the nearest model size"
     assumed = ASSUMED_MFU[CPU if device_type == CPU else "gpu"]
     return assumed, "assumed: no measured run on this device type yet"
 
@@ -96,7 +96,7 @@ def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: 
     else:
         n_tokens, source = int(tokens), "given (--tokens)"
     lay = est.LAYOUTS[layout] if layout else est.layout_for(cfg.train.precision)
-    m, m_source = default_mfu(device.name, "fp32" if lay.name == "fp32" else "bf16", mfu)
+    m, m_source = default_mfu(device.name, "fp32" if lay.name == "fp32" else "bf16", mfu, est.count_params(model).total)
     return Workload(str(cfg.run.name), model, cfg.train.global_batch, 0, n_tokens, source, lay,
                     optimizer or cfg.optim.name, devices, device, m, m_source, dataset_tokens, cfg.train.micro_batch)
 
@@ -111,7 +111,7 @@ def workload_from_size(name: str, *, devices: int, device: DeviceSpec, tokens: f
     else:
         n_tokens, source = int(tokens), "given (--tokens)"
     lay = est.LAYOUTS[layout] if layout else est.layout_for(precision)
-    m, m_source = default_mfu(device.name, "fp32" if lay.name == "fp32" else "bf16", mfu)
+    m, m_source = default_mfu(device.name, "fp32" if lay.name == "fp32" else "bf16", mfu, est.count_params(size.model).total)
     return Workload(f"{name} ({size.source})", size.model, size.global_batch, 0, n_tokens, source, lay, optimizer or "adamw",
                     devices, device, m, m_source)
 
