@@ -25,8 +25,10 @@ def summed_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Batch], *, device: torch.device, precision: str = "fp32") -> dict[str, float]:
-    """Mean loss, perplexity and accuracy over all targets in `batches`."""
+def evaluate(
+    model: nn.Module, batches: Iterable[Batch], *, device: torch.device, precision: str = "fp32", confusion: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Mean loss, perplexity and accuracy over all targets in `batches`; adds (true, predicted) counts into `confusion` if given."""
     was_training = model.training
     model.eval()
     loss_sum, correct, count = 0.0, 0, 0
@@ -36,7 +38,11 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], *, device: torch.device
             logits = model(x)
         keep = y != IGNORE
         loss_sum += summed_loss(logits, y).item()
-        correct += (logits.argmax(-1)[keep] == y[keep]).sum().item()
+        pred = logits.argmax(-1)
+        correct += (pred[keep] == y[keep]).sum().item()
+        if confusion is not None:
+            n = confusion.shape[0]
+            confusion += torch.bincount(y[keep] * n + pred[keep], minlength=n * n).view(n, n).to(confusion.device)
         count += keep.sum().item()
     model.train(was_training)
     loss = loss_sum / max(1, count)

@@ -22,6 +22,7 @@ from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
 from largo.observe.metrics import MetricsLog
 from largo.observe.throughput import peak_flops
+from largo.train.classify import new_confusion, report_classification
 from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
 from largo.train.optim import build_optimizers, build_schedulers
 from largo.train.run_dir import open_run_dir
@@ -110,8 +111,9 @@ def train(
         save_checkpoint(ckpt_root, step, model_state=model.state_dict(), optimizers=optimizers, schedulers=schedulers,
                         trainer_state=trainer_state, keep_last=cfg.checkpoint.keep_last, extra_files=task.files)
 
-    def run_eval(step: int) -> dict[str, float]:
-        result = evaluate(forward, dataset.eval_batches(cfg.train.micro_batch, cfg.eval.max_batches), device=env.device, precision=cfg.train.precision)
+    def run_eval(step: int, confusion: torch.Tensor | None = None) -> dict[str, float]:
+        result = evaluate(forward, dataset.eval_batches(cfg.train.micro_batch, cfg.eval.max_batches), device=env.device,
+                          precision=cfg.train.precision, confusion=confusion)
         if metrics:
             metrics.write({"kind": "eval", "step": step, **result})
         return result
@@ -179,7 +181,8 @@ def train(
 
     elapsed = time.perf_counter() - t_start
     steps_run = cfg.train.steps - start_step
-    final = run_eval(cfg.train.steps)
+    confusion = new_confusion(task)  # classification: (true, predicted) counts of the final evaluation
+    final = run_eval(cfg.train.steps, confusion)
     save(cfg.train.steps)
     summary = {
         "steps": cfg.train.steps, "steps_run": steps_run, "elapsed_s": elapsed, "train_loss": loss_value,
@@ -187,10 +190,14 @@ def train(
         "train_s": train_s, "tokens_per_s": steps_run * tokens_per_step / max(train_s, 1e-9),
         "mfu": steps_run * flops_per_step / max(train_s, 1e-9) / peak, "run_dir": str(run_dir),
     }
+    if confusion is not None:  # confusion.csv, and the extra named test sets (printed below the main line)
+        summary["test_sets"] = report_classification(forward, task, confusion, run_dir, device=env.device, is_main=env.is_main)
     if metrics:
         metrics.write({"kind": "summary", "step": cfg.train.steps, **summary})
         metrics.close()
     say(format_result(final))
+    for name, result in summary.get("test_sets", {}).items():
+        say(f"{name}: {format_result(result)}")
     say(
         f"done: {steps_run} steps in {elapsed:.1f}s | train loss {loss_value:.4f} | val loss {final['loss']:.4f} "
         f"ppl {final['perplexity']:.2f} | {summary['tokens_per_s']:,.0f} tok/s | MFU {100 * summary['mfu']:.2f}% | {run_dir}"
