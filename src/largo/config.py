@@ -51,9 +51,10 @@ class DataConfig:
     hflip: bool = False  # images: mirror half of the training images left-right
     time_shift_s: float = 0.0  # audio: shift training clips in time by up to this many seconds
     noise_snr_db: float = 0.0  # audio: add noise to training clips at a random SNR down to this many dB; 0 = none
+    band_limit_hz: float = 0.0  # audio: pass half the training clips through a channel cut off at random above this (Hz); 0 = none
 
     def __post_init__(self) -> None:
-        for key in ("max_rows", "shift_px", "time_shift_s", "noise_snr_db"):
+        for key in ("max_rows", "shift_px", "time_shift_s", "noise_snr_db", "band_limit_hz"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} ({getattr(self, key)}) must be >= 0")
         if not 0.0 < self.clip_seconds <= 30.0:

@@ -126,7 +126,7 @@ def fixed_batches(x: np.ndarray, y: np.ndarray, transform: Transform, micro_batc
     total = len(y) if not max_batches else min(len(y), max_batches * micro_batch)
     for start in range(0, total, micro_batch):
         stop = min(start + micro_batch, total)
-        yield transform(np.asarray(x[start:stop]), None), torch.from_numpy(np.asarray(y[start:stop], dtype=np.int64))
+        yield transform(np.array(x[start:stop]), None), torch.from_numpy(np.array(y[start:stop], dtype=np.int64))
 
 
 class ClassifyData:

@@ -329,21 +329,24 @@ def prepare_audio(cfg: RunConfig, *, force: bool = False, log: Callable[[str], N
     return cached_arrays(d.dir, settings, _build(cfg, clip_samples, log), force=force, log=log)
 
 
-def audio_transform(*, rate: int, time_shift_s: float, noise_snr_db: float) -> Transform:
-    """float16 clips (b, n) -> float32; training clips shifted in time (zero fill) and mixed with noise."""
+def audio_transform(*, rate: int, time_shift_s: float, noise_snr_db: float, band_limit_hz: float) -> Transform:
+    """float16 clips (b, n) -> float32; training clips shifted in time, mixed with noise, band-limited."""
     max_shift = round(time_shift_s * rate)
 
     def transform(rows: np.ndarray, rngs: list[np.random.Generator] | None) -> torch.Tensor:
         x = rows.astype(np.float32)
         if rngs is not None:
-            x = augment_audio(x, rngs, max_shift=max_shift, noise_snr_db=noise_snr_db)
+            x = augment_audio(x, rngs, rate=rate, max_shift=max_shift, noise_snr_db=noise_snr_db, band_limit_hz=band_limit_hz)
         return torch.from_numpy(x)
 
     return transform
 
 
-def augment_audio(x: np.ndarray, rngs: list[np.random.Generator], *, max_shift: int, noise_snr_db: float) -> np.ndarray:
-    """Per clip: a shift in [-max_shift, max_shift] samples, then noise of random colour at an SNR in [noise_snr_db, 40] dB."""
+def augment_audio(
+    x: np.ndarray, rngs: list[np.random.Generator], *, rate: int, max_shift: int, noise_snr_db: float, band_limit_hz: float
+) -> np.ndarray:
+    """Per clip: a shift in [-max_shift, max_shift] samples; noise of random colour at an SNR in [noise_snr_db, 40] dB;
+    then, for half the clips, a channel that passes only [0..300 Hz, band_limit_hz..Nyquist] (a telephone line)."""
     out = np.zeros_like(x)
     n = x.shape[1]
     for i, rng in enumerate(rngs):
@@ -352,7 +355,19 @@ def augment_audio(x: np.ndarray, rngs: list[np.random.Generator], *, max_shift: 
         out[i, max(0, shift) : max(0, shift) + len(src)] = src
         if noise_snr_db:
             out[i] += coloured_noise(rng, n, float((out[i] ** 2).mean()), rng.uniform(noise_snr_db, 40.0))
+        if band_limit_hz and rng.random() < 0.5:
+            out[i] = band_pass(out[i], rate, rng.uniform(0.0, 300.0), rng.uniform(band_limit_hz, rate / 2))
     return out
+
+
+def band_pass(x: np.ndarray, rate: int, low_hz: float, high_hz: float) -> np.ndarray:
+    """Zero the spectrum outside [low_hz, high_hz], with 100 Hz raised-cosine edges (an FFT filter)."""
+    spec = np.fft.rfft(x)
+    freqs = np.fft.rfftfreq(len(x), 1.0 / rate)
+    rise = np.clip((freqs - low_hz + 50.0) / 100.0, 0.0, 1.0)
+    fall = np.clip((high_hz + 50.0 - freqs) / 100.0, 0.0, 1.0)
+    gain = 0.5 - 0.5 * np.cos(np.pi * np.minimum(rise, fall))
+    return np.fft.irfft(spec * gain, len(x)).astype(np.float32)
 
 
 def coloured_noise(rng: np.random.Generator, n: int, signal_power: float, snr_db: float) -> np.ndarray:

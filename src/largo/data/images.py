@@ -93,13 +93,17 @@ def _pillow():
     return Image
 
 
-def read_image_folder(root: Path, size: int, channels: int) -> tuple[np.ndarray, list[str], int, int]:
-    """All images as uint8 (n, channels, size, size), their class names; size/channels 0 = from the images."""
+def read_image_folder(root: Path, size: int, channels: int, *, multiple_of: int = 1) -> tuple[np.ndarray, list[str], int, int]:
+    """All images as uint8 (n, channels, size, size), their class names.
+
+    size 0 = the first image's width rounded to a multiple of `multiple_of` (the ViT patch);
+    channels 0 = 1 if every image is grey, else 3.
+    """
     Image = _pillow()
     files = class_folders(root, IMAGE_SUFFIXES, "images")
     if size == 0 or channels == 0:
         with Image.open(files[0][0]) as first:
-            size = size or first.size[0]
+            size = size or max(1, round(first.size[0] / multiple_of)) * multiple_of
         grey = all(_is_grey(Image, f) for f, _ in files)
         channels = channels or (1 if grey else 3)
     mode = "L" if channels == 1 else "RGB"
@@ -132,7 +136,7 @@ def _build(cfg: RunConfig) -> Callable[[], tuple[dict[str, np.ndarray], dict[str
         elif source == "digits":
             arrays, classes = sklearn_digits(d.val_fraction)
         else:
-            x, names, _, _ = read_image_folder(Path(source), cfg.model.image_size, cfg.model.in_channels)
+            x, names, _, _ = read_image_folder(Path(source), cfg.model.image_size, cfg.model.in_channels, multiple_of=cfg.model.patch_size)
             y, classes = labels_to_ids(names)
             arrays = _split(x, y, d.val_fraction)
         if d.test_source:
@@ -170,9 +174,10 @@ def prepare_images(cfg: RunConfig, *, force: bool = False, log: Callable[[str], 
         "kind": "images", "version": _VERSION, "source": d.source, "test_source": d.test_source,
         "fingerprint": files_fingerprint(_source_files(d.source) + test_files), "val_fraction": d.val_fraction,
         "max_rows": d.max_rows, "image_size": cfg.model.image_size, "in_channels": cfg.model.in_channels,
+        "patch_size": cfg.model.patch_size,
     }
     if d.source in ("fashion-mnist", "digits"):  # fixed-size built-ins: the model's size is checked, not applied
-        settings.update(image_size=0, in_channels=0)
+        settings.update(image_size=0, in_channels=0, patch_size=0)
     return cached_arrays(d.dir, settings, _build(cfg), force=force, log=log)
 
 
@@ -184,7 +189,7 @@ def image_transform(mean: list[float], std: list[float], *, shift_px: int, hflip
     def transform(rows: np.ndarray, rngs: list[np.random.Generator] | None) -> torch.Tensor:
         if rngs is not None and (shift_px or hflip):
             rows = augment_images(rows, rngs, shift_px=shift_px, hflip=hflip)
-        return (torch.from_numpy(np.ascontiguousarray(rows)).float() - mean_t) / std_t
+        return (torch.from_numpy(np.array(rows, dtype=np.float32)) - mean_t) / std_t
 
     return transform
 

@@ -29,9 +29,13 @@ class ViT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Patch embedding as a linear layer of fan-in in_channels * patch^2; positions small normal."""
+        """Patch embedding as a linear layer of fan-in in_channels * patch^2 (unit-scale outputs for normalised pixels).
+
+        Positions start at that same scale, not ViT's 0.02: with small positions a short run first
+        learns a bag of patches and finds out late where they are (measured on digits and Fashion-MNIST).
+        """
         fan_in = self.cfg.in_channels * self.cfg.patch_size**2
         nn.init.normal_(self.patch.weight, std=fan_in**-0.5)
         nn.init.zeros_(self.patch.bias)
-        nn.init.normal_(self.pos, std=self.cfg.init_std)
+        nn.init.normal_(self.pos, std=1.0)
         self.trunk.init_weights()

@@ -75,7 +75,8 @@ def make_transform(cfg: RunConfig, prepared: Prepared) -> Transform:
     if cfg.model.arch == "vit":
         return image_transform(prepared.meta["mean"], prepared.meta["std"], shift_px=d.shift_px, hflip=d.hflip)
     if cfg.model.arch == "audio":
-        return audio_transform(rate=cfg.model.sample_rate, time_shift_s=d.time_shift_s, noise_snr_db=d.noise_snr_db)
+        return audio_transform(rate=cfg.model.sample_rate, time_shift_s=d.time_shift_s, noise_snr_db=d.noise_snr_db,
+                               band_limit_hz=d.band_limit_hz)
     return token_transform()
 
 
