@@ -11,12 +11,12 @@ from largo.errors import LargoError
 
 
 def cmd_prepare(args: argparse.Namespace, overrides: dict[str, str]) -> int:
-    """Tokenize a corpus into shards (the config's [data] section, or --data.* overrides)."""
+    """Prepare the config's data (token shards, or cached arrays for classifiers; --data.* overrides apply)."""
     from largo.config import load_config
-    from largo.data.prepare import prepare
+    from largo.train.tasks import prepare_data
 
     cfg = load_config(args.config, overrides)
-    prepare(cfg.data, force=args.force)
+    prepare_data(cfg, force=args.force)
     return 0
 
 
@@ -59,6 +59,8 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     result = evaluate(model, batches, device=device, precision=cfg.train.precision)
     print(f"{ckpt}: loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | {result['targets']:,} targets")
     print(format_result(result))
+    for name, test_batches in task.test_sets.items():  # classification: extra named test sets
+        print(f"{name}: {format_result(evaluate(model, test_batches(cfg.train.micro_batch), device=device, precision=cfg.train.precision))}")
     return 0
 
 
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="tokenize a corpus into memmap shards")
+    p = sub.add_parser("prepare", help="prepare a config's data: token shards or cached arrays")
     p.add_argument("config", nargs="?", help="TOML config (its [data] section is used)")
     p.add_argument("--force", action="store_true", help="prepare again even if the manifest is current")
     p.set_defaults(fn=cmd_prepare)

@@ -42,8 +42,24 @@ class DataConfig:
     max_bytes: int = 0  # stop reading the source after this many bytes; 0 = all
     tokenizer_train_bytes: int = 200_000_000  # bytes of text the BPE tokenizer learns from
     shard_tokens: int = 50_000_000  # tokens per shard file
+    # Classification (model.arch vit / audio / text_classifier). source is then "fashion-mnist",
+    # "digits", "espeak-digits", "imdb", a folder with one subfolder per class, or a .csv/.parquet file.
+    label_column: str = "label"  # .csv/.parquet sources: column holding the class label
+    test_source: str = ""  # an extra labelled test set reported on its own at the end ("asterisk-digits", a folder); "" = none
+    max_rows: int = 0  # keep at most this many training examples; 0 = all (quick runs, tests)
+    clip_seconds: float = 1.0  # audio: clips are trimmed of silence, centred, and padded or cut to this length
+    shift_px: int = 0  # images: translate training images by up to this many pixels (zero fill)
+    hflip: bool = False  # images: mirror half of the training images left-right
+    time_shift_s: float = 0.0  # audio: shift training clips in time by up to this many seconds
+    noise_snr_db: float = 0.0  # audio: add noise to training clips at a random SNR down to this many dB; 0 = none
+    band_limit_hz: float = 0.0  # audio: pass half the training clips through a channel cut off at random above this (Hz); 0 = none
 
     def __post_init__(self) -> None:
+        for key in ("max_rows", "shift_px", "time_shift_s", "noise_snr_db", "band_limit_hz"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"data.{key} ({getattr(self, key)}) must be >= 0")
+        if not 0.0 < self.clip_seconds <= 30.0:
+            raise ConfigError(f"data.clip_seconds ({self.clip_seconds}) must be in (0, 30]")
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"data.val_fraction ({self.val_fraction}) must be in (0, 0.5)")
         if not 257 <= self.vocab_size <= 1 << 20:

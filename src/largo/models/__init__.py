@@ -6,9 +6,12 @@ import torch
 from torch import nn
 
 from largo.models.config import ModelConfig
+from largo.models.audio import AudioClassifier
 from largo.models.gpt import GPT
+from largo.models.text_classifier import TextClassifier
+from largo.models.vit import ViT
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"gpt": GPT}
+ARCHITECTURES: dict[str, type[nn.Module]] = {"gpt": GPT, "vit": ViT, "audio": AudioClassifier, "text_classifier": TextClassifier}
 
 
 def build_model(cfg: ModelConfig, device: torch.device | str = "cpu") -> nn.Module:

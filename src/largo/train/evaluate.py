@@ -26,11 +26,11 @@ def summed_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], *, device: torch.device, precision: str = "fp32",
-             rank: int = 0, world: int = 1) -> dict[str, float]:
-    """Mean loss, perplexity and accuracy over all targets in `batches`.
+             rank: int = 0, world: int = 1, confusion: torch.Tensor | None = None) -> dict[str, float]:
+    """Mean loss, perplexity and accuracy over all targets in `batches`; adds (true, predicted) counts into `confusion` if given.
 
     With world > 1 every rank calls this with the same batches: rank r evaluates batches r, r + world, ...
-    and the sums are all-reduced, so every rank returns the 1-process result.
+    and the sums (and confusion counts) are all-reduced, so every rank returns the 1-process result.
     """
     was_training = model.training
     model.eval()
@@ -44,14 +44,21 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], *, device: torch.device
         with autocast(device, precision):
             logits = model(x)
         keep = y != IGNORE
-        sums += torch.stack([summed_loss(logits, y).double(), (logits.argmax(-1)[keep] == y[keep]).sum().double(),
-                             keep.sum().double()])
+        pred = logits.argmax(-1)
+        sums += torch.stack([summed_loss(logits, y).double(), (pred[keep] == y[keep]).sum().double(), keep.sum().double()])
+        if confusion is not None:
+            n = confusion.shape[0]
+            confusion += torch.bincount(y[keep] * n + pred[keep], minlength=n * n).view(n, n).to(confusion.device)
         mine += 1
     if world > 1:
         if spare is not None and mine < -(-total // world):
             with autocast(device, precision):  # a rank one batch short still joins FSDP's all-gathers; result unused
                 model(spare[0].to(device))
         torch.distributed.all_reduce(sums)
+        if confusion is not None:
+            counts = confusion.to(device)
+            torch.distributed.all_reduce(counts)
+            confusion.copy_(counts.to(confusion.device))
     model.train(was_training)
     loss_sum, correct, count = sums.tolist()
     loss = loss_sum / max(1, count)

