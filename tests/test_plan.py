@@ -294,3 +294,17 @@ def test_mfu_history_uses_the_nearest_model_size(tmp_path: Path, monkeypatch: py
     assert throughput.measured_mfu("cpu", "bf16", 5_000_000) == 0.40
     assert throughput.measured_mfu("cpu", "bf16", 50_000) == 0.002
     assert throughput.measured_mfu("cpu", "fp32", 5_000_000) is None
+
+
+def test_a_peak_measured_under_load_is_replaced_by_a_higher_remeasurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from largo.observe import throughput
+
+    cpu = torch.device("cpu")
+    key = throughput._device_key(cpu, "fp32")
+    monkeypatch.setattr(throughput, "_CACHE", tmp_path / "peak_flops.json")
+    throughput._CACHE.write_text(json.dumps({key: 1e9}))  # as if measured while another job held the cores
+    monkeypatch.setattr(throughput, "measure_gemm_flops", lambda *_a, **_k: 5e10)
+    assert throughput.peak_flops(cpu, "fp32") == 1e9  # the cache is trusted until a run proves it wrong
+    assert throughput.remeasure_peak(cpu, "fp32") == 5e10 == throughput.peak_flops(cpu, "fp32")
+    monkeypatch.setattr(throughput, "measure_gemm_flops", lambda *_a, **_k: 2e10)  # now the CPU is busy
+    assert throughput.remeasure_peak(cpu, "fp32") == 5e10  # a lower reading never replaces a higher one

@@ -31,7 +31,7 @@ from largo.errors import CheckpointError, ConfigError
 from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
 from largo.observe.plots import plot_run
-from largo.observe.throughput import peak_flops
+from largo.observe.throughput import peak_flops, remeasure_peak
 from largo.plan.check import check_run, format_rows
 from largo.train.classify import new_confusion, report_classification
 from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
@@ -301,6 +301,11 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     memory.start()
     progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
     peak_bytes = memory.stop()  # before the final evaluation and checkpoint write
+    if progress["mfu"] > 1.0 and env.device.type == "cpu" and env.world == 1 and not t.peak_tflops:  # the cached peak was measured under load
+        old_peak, parts.peak_flops = parts.peak_flops, remeasure_peak(env.device, t.precision) * env.world
+        progress["mfu"] *= old_peak / parts.peak_flops
+        say(f"MFU above 100%: the cached CPU peak ({old_peak / 1e9:,.0f} GFLOP/s) read low; re-measured "
+            f"{parts.peak_flops / 1e9:,.0f} GFLOP/s and cached it")
     summary = finish(parts, cfg, run_dir, progress, metrics=metrics, say=say)
     if confusion is not None and not summary["stopped"]:  # confusion matrices, then the extra named test sets
         summary["test_sets"] = report_classification(model, task, confusion, run_dir, env=env)
