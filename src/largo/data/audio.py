@@ -329,35 +329,51 @@ def prepare_audio(cfg: RunConfig, *, force: bool = False, log: Callable[[str], N
     return cached_arrays(d.dir, settings, _build(cfg, clip_samples, log), force=force, log=log)
 
 
-def audio_transform(*, rate: int, time_shift_s: float, noise_snr_db: float, band_limit_hz: float) -> Transform:
-    """float16 clips (b, n) -> float32; training clips shifted in time, mixed with noise, band-limited."""
+def audio_transform(*, rate: int, time_shift_s: float, noise_snr_db: float, band_limit_hz: float,
+                    speed_perturb: float = 0.0) -> Transform:
+    """float16 clips (b, n) -> float32; training clips sped up or slowed, shifted in time, mixed with noise, band-limited."""
     max_shift = round(time_shift_s * rate)
 
     def transform(rows: np.ndarray, rngs: list[np.random.Generator] | None) -> torch.Tensor:
         x = rows.astype(np.float32)
         if rngs is not None:
-            x = augment_audio(x, rngs, rate=rate, max_shift=max_shift, noise_snr_db=noise_snr_db, band_limit_hz=band_limit_hz)
+            x = augment_audio(x, rngs, rate=rate, max_shift=max_shift, noise_snr_db=noise_snr_db, band_limit_hz=band_limit_hz,
+                              speed_perturb=speed_perturb)
         return torch.from_numpy(x)
 
     return transform
 
 
 def augment_audio(
-    x: np.ndarray, rngs: list[np.random.Generator], *, rate: int, max_shift: int, noise_snr_db: float, band_limit_hz: float
+    x: np.ndarray, rngs: list[np.random.Generator], *, rate: int, max_shift: int, noise_snr_db: float, band_limit_hz: float,
+    speed_perturb: float = 0.0,
 ) -> np.ndarray:
-    """Per clip: a shift in [-max_shift, max_shift] samples; noise of random colour at an SNR in [noise_snr_db, 40] dB;
-    then, for half the clips, a channel that passes only [0..300 Hz, band_limit_hz..Nyquist] (a telephone line)."""
+    """Per clip: played at a speed in [1 - speed_perturb, 1 + speed_perturb]; a shift in [-max_shift, max_shift] samples;
+    noise of random colour at an SNR in [noise_snr_db, 40] dB; then, for half the clips, a channel that passes only
+    [0..300 Hz, band_limit_hz..Nyquist] (a telephone line)."""
     out = np.zeros_like(x)
     n = x.shape[1]
     for i, rng in enumerate(rngs):
+        clip = change_speed(x[i], rng.uniform(1 - speed_perturb, 1 + speed_perturb)) if speed_perturb else x[i]
         shift = int(rng.integers(-max_shift, max_shift + 1)) if max_shift else 0
-        src = x[i, max(0, -shift) : n - max(0, shift)]
+        src = clip[max(0, -shift) : n - max(0, shift)]
         out[i, max(0, shift) : max(0, shift) + len(src)] = src
         if noise_snr_db:
             out[i] += coloured_noise(rng, n, float((out[i] ** 2).mean()), rng.uniform(noise_snr_db, 40.0))
         if band_limit_hz and rng.random() < 0.5:
             out[i] = band_pass(out[i], rate, rng.uniform(0.0, 300.0), rng.uniform(band_limit_hz, rate / 2))
     return out
+
+
+def change_speed(x: np.ndarray, factor: float) -> np.ndarray:
+    """x played `factor` times faster, about its centre (linear interpolation), in the same number of samples.
+
+    Like a tape run fast or slow: duration, pitch and formants scale together, the classic
+    speed perturbation that imitates a different speaker (Ko et al., 2015).
+    """
+    n = len(x)
+    t = (np.arange(n) - n / 2) * factor + n / 2  # output sample i reads input time t[i]
+    return np.interp(t, np.arange(n), x, left=0.0, right=0.0).astype(np.float32)
 
 
 def band_pass(x: np.ndarray, rate: int, low_hz: float, high_hz: float) -> np.ndarray:
