@@ -105,27 +105,10 @@ def test_block_activations_equal_what_autograd_saves(layout: str, kv: int) -> No
     assert est.block_activation_bytes(cfg, 4 * 24, 24, lay) + casts == saved
 
 
-def _allocator_peak(cfg: ModelConfig, precision: str, micro_batch: int, accum: int) -> int:
-    """Exact peak of the CPU allocator over model build + 3 training steps, from the profiler's memory events."""
+def _profiled_peak(prof: torch.profiler.profile) -> int:
+    """Peak bytes live in the CPU allocator, from a profile(profile_memory=True) session's allocation events."""
     from torch._C._profiler import _EventType
-    from torch.profiler import ProfilerActivity, profile
 
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.randint(0, cfg.vocab_size, (micro_batch, cfg.max_seq_len), generator=g),) * 2 for _ in range(accum)]
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        model = build_model(cfg)
-        opts = build_optimizers(model, OptimConfig())
-        for _ in range(3):  # the loop's step: forward under autocast, summed loss, backward, clip, step
-            for x, y in batches:
-                with autocast(torch.device("cpu"), precision):
-                    logits = model(x)
-                loss = summed_loss(logits, y) / y.numel()
-                del logits  # as the loop does: the logits die before backward, not at the next forward
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            for opt in opts:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
     events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
     while stack:
         e = stack.pop()
@@ -144,6 +127,29 @@ def _allocator_peak(cfg: ModelConfig, precision: str, micro_batch: int, accum: i
     return peak
 
 
+def _allocator_peak(cfg: ModelConfig, precision: str, micro_batch: int, accum: int) -> int:
+    """Exact peak of the CPU allocator over model build + 3 training steps, from the profiler's memory events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, cfg.vocab_size, (micro_batch, cfg.max_seq_len), generator=g),) * 2 for _ in range(accum)]
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model = build_model(cfg)
+        opts = build_optimizers(model, OptimConfig())
+        for _ in range(3):  # the loop's step: forward under autocast, summed loss, backward, clip, step
+            for x, y in batches:
+                with autocast(torch.device("cpu"), precision):
+                    logits = model(x)
+                loss = summed_loss(logits, y) / y.numel()
+                del logits  # as the loop does: the logits die before backward, not at the next forward
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            for opt in opts:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    return _profiled_peak(prof)
+
+
 @pytest.mark.parametrize("precision,accum,checkpointing", [("fp32", 1, False), ("bf16", 2, False), ("fp32", 1, True)])
 def test_peak_matches_the_allocator(precision: str, accum: int, checkpointing: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     if checkpointing:  # recompute every block in backward, as activation checkpointing applied from outside does
@@ -158,11 +164,85 @@ def test_peak_matches_the_allocator(precision: str, accum: int, checkpointing: b
     assert m.peak - est.RUNTIME_WORKSPACE_BYTES == pytest.approx(measured, rel=0.02)
 
 
+# Tiny classifiers: (model, micro-batch, positions per sample, audio samples per clip).
+CLASSIFIERS = {
+    "vit": (ModelConfig(arch="vit", dim=64, n_layers=2, n_heads=4, max_seq_len=32, image_size=16, in_channels=3,
+                        patch_size=4, num_classes=5), 32, 16, 0),
+    "vit-cls": (ModelConfig(arch="vit", dim=64, n_layers=2, n_heads=4, max_seq_len=32, image_size=16, in_channels=3,
+                            patch_size=4, num_classes=5, pooling="cls"), 32, 17, 0),
+    "audio": (ModelConfig(arch="audio", dim=64, n_layers=2, n_heads=4, max_seq_len=32, n_mels=16, num_classes=5), 16, 26, 8000),
+    "text_classifier": (ModelConfig(arch="text_classifier", vocab_size=300, dim=64, n_layers=2, n_heads=4, max_seq_len=32,
+                                    num_classes=3), 16, 32, 0),
+}
+
+
+def _classifier_inputs(cfg: ModelConfig, micro_batch: int, clip: int, g: torch.Generator) -> torch.Tensor:
+    """A micro-batch as the data pipeline hands it over: fp32 images or waveforms, or int64 ids padded with 0."""
+    if cfg.arch == "vit":
+        return torch.randn(micro_batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=g)
+    if cfg.arch == "audio":
+        return 0.1 * torch.randn(micro_batch, clip, generator=g)
+    ids = torch.randint(1, cfg.vocab_size, (micro_batch, cfg.max_seq_len), generator=g)
+    ids[: micro_batch // 2, -cfg.max_seq_len // 4 :] = 0  # half the rows end in padding
+    return ids
+
+
+def _classifier_allocator_peak(cfg: ModelConfig, precision: str, micro_batch: int, accum: int, clip: int) -> int:
+    """Exact CPU allocator peak over model build + 3 classifier steps; each micro-batch is made where the loop makes it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator().manual_seed(0)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model = build_model(cfg)
+        opts = build_optimizers(model, OptimConfig())
+        for _ in range(3):
+            for _ in range(accum):  # one micro-batch alive at a time, as on an accelerator (the loop's x lives until the next)
+                x = _classifier_inputs(cfg, micro_batch, clip, g)
+                y = torch.randint(0, cfg.num_classes, (micro_batch,), generator=g)
+                with autocast(torch.device("cpu"), precision):
+                    logits = model(x)  # (b, num_classes)
+                loss = summed_loss(logits, y) / y.numel()
+                del logits
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            for opt in opts:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+    return _profiled_peak(prof)
+
+
+@pytest.mark.parametrize("name,precision,accum", [("vit", "fp32", 1), ("vit", "bf16", 2), ("vit-cls", "fp32", 1),
+                                                  ("audio", "fp32", 1), ("audio", "bf16", 1),
+                                                  ("text_classifier", "fp32", 1), ("text_classifier", "bf16", 2)])
+def test_classifier_peak_matches_the_allocator(name: str, precision: str, accum: int) -> None:
+    cfg, micro_batch, positions, clip = CLASSIFIERS[name]
+    measured = _classifier_allocator_peak(cfg, precision, micro_batch, accum, clip)
+    m = est.memory(cfg, seq_len=positions, micro_batch=micro_batch, accum_steps=accum, layout=est.layout_for(precision))
+    # pooled head (b x classes logits), stems and the input batch: a GPT head over the vocabulary was 11-21% off here
+    assert m.peak - est.RUNTIME_WORKSPACE_BYTES == pytest.approx(measured, rel=0.05)
+
+
+def test_classifier_head_is_pooled_and_stems_are_counted() -> None:
+    """By hand for the ViT: the head keeps per-token norm tensors but one (b, d) input; the stem its bf16 casts."""
+    cfg, lay = CLASSIFIERS["vit"][0], est.LAYOUTS["autocast"]
+    b, t, d = 32, 16, 64
+    # bf16 residual after the conv stem: fp32 norm input (4) + bf16 output (2) per d, rstd (4); pooled bf16 (b, d)
+    assert est.pooled_head_bytes(cfg, b, t, lay) == b * t * (6 * d + 4) + b * d * 2
+    assert est.input_bytes(cfg, b, t) == b * (4 * 3 * 16 * 16 + 8)  # fp32 pixels + int64 label
+    assert est.stem_activation_bytes(cfg, b, t, lay) == 2 * b * 3 * 16 * 16 + 2 * 3 * 4 * 4 * d  # bf16 images + patch weight
+    m = est.memory(cfg, seq_len=t, micro_batch=b, accum_steps=1, layout=lay)
+    gpt = est.memory(ModelConfig(**{**cfg.__dict__, "arch": "gpt", "vocab_size": 5}), seq_len=t, micro_batch=b, accum_steps=1, layout=lay)
+    assert m.phases["loss backward"] < gpt.phases["loss backward"]  # no (b t x V) log-softmax nor its gradients
+
+
 def test_every_preset_counts_like_the_built_module() -> None:
     shapes = {f"--model {k}": s.model for k, s in MODEL_SIZES.items()}
     for path in sorted(Path("configs").glob("*.toml")):
         model = load_config(path).model
         shapes[str(path)] = model if model.vocab_size else ModelConfig(**{**model.__dict__, "vocab_size": load_config(path).data.vocab_size})
+        if model.is_classifier:  # fields the data decides, set to values of the recipes' data
+            shapes[str(path)] = ModelConfig(**{**shapes[str(path)].__dict__, "num_classes": model.num_classes or 10,
+                                               "image_size": model.image_size or 4 * model.patch_size, "in_channels": model.in_channels or 1})
     for name, cfg in shapes.items():
         with torch.device("meta"):
             module = ARCHITECTURES[cfg.arch](cfg)
@@ -294,6 +374,33 @@ def test_mfu_history_uses_the_nearest_model_size(tmp_path: Path, monkeypatch: py
     assert throughput.measured_mfu("cpu", "bf16", 5_000_000) == 0.40
     assert throughput.measured_mfu("cpu", "bf16", 50_000) == 0.002
     assert throughput.measured_mfu("cpu", "fp32", 5_000_000) is None
+
+
+@pytest.mark.parametrize("arch", ["gpt", "vit"])
+def test_only_gpt_runs_feed_the_mfu_history(arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from largo.config import build_config
+    from largo.observe import throughput
+    from largo.plan.check import check_run
+
+    monkeypatch.setattr(throughput, "_MFU_HISTORY", tmp_path / "mfu_history.json")
+    monkeypatch.setattr(throughput, "attention_speed", lambda *_a: 1.0)  # not measured in a unit test
+    model_cfg = {"arch": arch, "vocab_size": 512, "dim": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 32}
+    if arch == "vit":
+        model_cfg |= {"vocab_size": 0, "image_size": 16, "in_channels": 3, "patch_size": 4, "num_classes": 5}
+    cfg = build_config({"model": model_cfg, "train": {"global_batch": 8, "micro_batch": 8}})
+    check_run(cfg, tmp_path, model=build_model(cfg.model), world=1, device=torch.device("cpu"), peak_flops_per_device=1e11,
+              seq_len=16 if arch == "vit" else 32, peak_bytes=1 << 20, memory_method="test", step_s=0.01, mfu=0.3, steps_run=10)
+    # classifiers have their own stems and heads: their MFU would set the default of GPT plans on this device
+    recorded = throughput.measured_mfu("cpu", cfg.train.precision, est.count_params(cfg.model).total)
+    assert (recorded is not None) == (arch == "gpt")
+
+
+def test_a_run_without_recompute_is_planned_without_it() -> None:
+    from largo.config import build_config
+    from largo.plan.check import _run_strategy
+
+    assert _run_strategy(build_config({}), 1) == ("none", False)  # parallel.ac = "none" is a truthy string
+    assert _run_strategy(build_config({"parallel": {"ac": "full"}}), 2) == ("ddp", True)
 
 
 def test_a_peak_measured_under_load_is_replaced_by_a_higher_remeasurement(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

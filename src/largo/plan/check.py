@@ -25,7 +25,9 @@ def _run_strategy(cfg: Any, world: int) -> tuple[str, bool]:
     """(strategy, activation checkpointing) the run used, read from an optional [parallel] section."""
     parallel = getattr(cfg, "parallel", None)
     strategy = getattr(parallel, "strategy", "auto")
-    checkpointing = bool(getattr(parallel, "activation_checkpointing", False) or getattr(parallel, "ac", False))
+    # parallel.ac is a mode name, and "none" is truthy: read as a bool it planned every run with recompute.
+    # every_k is planned as full recompute (the estimate has no partial mode): a lower bound on its peak.
+    checkpointing = getattr(parallel, "ac", "none") != "none"
     if strategy not in est.STRATEGIES:  # 'auto': a replica per rank unless told otherwise
         strategy = "ddp" if world > 1 else "none"
     return strategy, checkpointing
@@ -74,7 +76,9 @@ def check_run(cfg: Any, run_dir: Path, *, model: nn.Module, world: int, device: 
                 "step_s": "mean over all steps of this run (the first includes warm-up)"}
     write_comparison(run_dir, rows, context)
     # Short runs say little about throughput; an MFU against a configured peak is not comparable with the table's.
-    if steps_run >= 5 and not cfg.train.peak_tflops:
+    # The history feeds GPT plans (keyed by device and precision only): a classifier's stem and pooled head run
+    # at another MFU, so only GPT runs record theirs.
+    if steps_run >= 5 and not cfg.train.peak_tflops and cfg.model.arch == "gpt":
         flops, attention, speed = _step_flops(cfg, seq_len, device)
         record_mfu(device_type(device), cfg.train.precision, est.dense_mfu(mfu, flops, attention, speed), est.count_params(cfg.model).total)
     return rows
