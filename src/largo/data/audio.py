@@ -330,7 +330,7 @@ def prepare_audio(cfg: RunConfig, *, force: bool = False, log: Callable[[str], N
 
 
 def audio_transform(*, rate: int, time_shift_s: float, noise_snr_db: float, band_limit_hz: float,
-                    speed_perturb: float = 0.0) -> Transform:
+                    speed_perturb: float = 0.0, spec_masks: int = 0) -> Transform:
     """float16 clips (b, n) -> float32; training clips sped up or slowed, shifted in time, mixed with noise, band-limited."""
     max_shift = round(time_shift_s * rate)
 
@@ -338,7 +338,7 @@ def audio_transform(*, rate: int, time_shift_s: float, noise_snr_db: float, band
         x = rows.astype(np.float32)
         if rngs is not None:
             x = augment_audio(x, rngs, rate=rate, max_shift=max_shift, noise_snr_db=noise_snr_db, band_limit_hz=band_limit_hz,
-                              speed_perturb=speed_perturb)
+                              speed_perturb=speed_perturb, spec_masks=spec_masks)
         return torch.from_numpy(x)
 
     return transform
@@ -346,11 +346,11 @@ def audio_transform(*, rate: int, time_shift_s: float, noise_snr_db: float, band
 
 def augment_audio(
     x: np.ndarray, rngs: list[np.random.Generator], *, rate: int, max_shift: int, noise_snr_db: float, band_limit_hz: float,
-    speed_perturb: float = 0.0,
+    speed_perturb: float = 0.0, spec_masks: int = 0,
 ) -> np.ndarray:
     """Per clip: played at a speed in [1 - speed_perturb, 1 + speed_perturb]; a shift in [-max_shift, max_shift] samples;
     noise of random colour at an SNR in [noise_snr_db, 40] dB; then, for half the clips, a channel that passes only
-    [0..300 Hz, band_limit_hz..Nyquist] (a telephone line)."""
+    [0..300 Hz, band_limit_hz..Nyquist] (a telephone line); last, spec_masks silenced spans and removed bands."""
     out = np.zeros_like(x)
     n = x.shape[1]
     for i, rng in enumerate(rngs):
@@ -362,6 +362,25 @@ def augment_audio(
             out[i] += coloured_noise(rng, n, float((out[i] ** 2).mean()), rng.uniform(noise_snr_db, 40.0))
         if band_limit_hz and rng.random() < 0.5:
             out[i] = band_pass(out[i], rate, rng.uniform(0.0, 300.0), rng.uniform(band_limit_hz, rate / 2))
+        if spec_masks:
+            out[i] = spec_mask(out[i], rng, rate, spec_masks)
+    return out
+
+
+def spec_mask(x: np.ndarray, rng: np.random.Generator, rate: int, count: int, *, max_s: float = 0.06,
+              max_hz: float = 300.0, top_hz: float = 4000.0) -> np.ndarray:
+    """SpecAugment on the waveform: `count` spans of up to max_s silenced and `count` bands of up to max_hz
+    (below top_hz, where speech carries the digits) removed for the whole clip."""
+    spec = np.fft.rfft(x)
+    freqs = np.fft.rfftfreq(len(x), 1.0 / rate)
+    for _ in range(count):
+        low = rng.uniform(0.0, top_hz)
+        spec[(freqs >= low) & (freqs < low + rng.uniform(0.0, max_hz))] = 0.0
+    out = np.fft.irfft(spec, len(x)).astype(np.float32)
+    for _ in range(count):
+        width = int(rng.uniform(0.0, max_s) * rate)
+        start = int(rng.integers(0, max(1, len(x) - width)))
+        out[start : start + width] = 0.0
     return out
 
 

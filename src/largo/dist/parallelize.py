@@ -53,8 +53,10 @@ def choose_strategy(cfg: ParallelConfig, *, num_params: int, env: DistEnv) -> tu
 
 def blocks_of(model: nn.Module) -> nn.ModuleList | None:
     """The model's repeated blocks (the unit of recompute, compile and sharding), if it exposes them."""
-    blocks = getattr(model, "blocks", None)
-    return blocks if isinstance(blocks, nn.ModuleList) else None
+    for name, module in model.named_modules():  # GPT: model.blocks; classifiers: model.trunk.blocks
+        if name.rsplit(".", 1)[-1] == "blocks" and isinstance(module, nn.ModuleList):
+            return module
+    return None
 
 
 def apply_ac(model: nn.Module, mode: str, *, every: int = 1) -> nn.Module:

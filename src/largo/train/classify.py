@@ -76,7 +76,7 @@ def make_transform(cfg: RunConfig, prepared: Prepared) -> Transform:
         return image_transform(prepared.meta["mean"], prepared.meta["std"], shift_px=d.shift_px, hflip=d.hflip)
     if cfg.model.arch == "audio":
         return audio_transform(rate=cfg.model.sample_rate, time_shift_s=d.time_shift_s, noise_snr_db=d.noise_snr_db,
-                               band_limit_hz=d.band_limit_hz, speed_perturb=d.speed_perturb)
+                               band_limit_hz=d.band_limit_hz, speed_perturb=d.speed_perturb, spec_masks=d.spec_masks)
     return token_transform()
 
 
