@@ -95,20 +95,20 @@ def run_results(cfg: RunConfig) -> dict[str, float]:
 def main(args: list[str]) -> None:
     torch.set_num_threads(2)
     train = "--train" in args
-    print("| recipe | set | examples | largo | baseline | baseline method | train wall |")
-    print("|---|---|---:|---:|---:|---|---:|")
+    rows = ["| recipe | set | examples | largo | baseline | baseline method | train wall |", "|---|---|---:|---:|---:|---|---:|"]
     for path in [a for a in args if a != "--train"] or DEFAULT:
         wall = "-"
-        if train:
+        if train:  # the run's own log goes to the terminal; the table comes at the end
             t0 = time.perf_counter()
-            subprocess.run(["largo", "train", path, "--overwrite"], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["largo", "train", path, "--overwrite"], check=True)
             wall = f"{(time.perf_counter() - t0) / 60:.1f} min"
         cfg = load_config(path)
         ours = run_results(cfg)
         what, scores = baseline(cfg)
         for name, (acc, n) in scores.items():
             mine = f"{100 * ours[name]:.2f}%" if name in ours else "no run"
-            print(f"| {Path(path).stem} | {name} | {n:,} | {mine} | {100 * acc:.2f}% | {what} | {wall} |", flush=True)
+            rows.append(f"| {Path(path).stem} | {name} | {n:,} | {mine} | {100 * acc:.2f}% | {what} | {wall} |")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":
