@@ -165,6 +165,42 @@ def _unwritable(w: World) -> list[str]:
     return ["train", w.config(run={"out_dir": str(w.tmp / "blocker")})]
 
 
+def _classifier(w: World, arch: str, source: Path, **data: str) -> list[str]:
+    """`train` of a one-block classifier on `source`, prepared into tmp/cdata (which a refused source must not create)."""
+    keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in data.items())
+    return ["train", w.toml(f'[run]\nout_dir = {json.dumps(str(w.tmp / "runs"))}\n[data]\nsource = {json.dumps(str(source))}\n'
+                            f'dir = {json.dumps(str(w.tmp / "cdata"))}\n{keys}[model]\narch = "{arch}"\ndim = 32\nn_heads = 2\nn_layers = 1\n')]
+
+
+def _image_folder(w: World, bad: bytes | None) -> list[str]:
+    """A folder of 8x8 PNGs with classes a and b; `bad` bytes become b/bad.png, None leaves class b out."""
+    from PIL import Image
+
+    for cls in ("a", "b") if bad is not None else ("a",):
+        (w.tmp / "imgs" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8), 200).save(w.tmp / "imgs" / cls / "1.png")
+    if bad is not None:
+        (w.tmp / "imgs" / "b" / "bad.png").write_bytes(bad)
+    return _classifier(w, "vit", w.tmp / "imgs")
+
+
+def _wav_folder(w: World) -> list[str]:
+    import wave
+
+    for cls in ("a", "b"):
+        (w.tmp / "wavs" / cls).mkdir(parents=True)
+        with wave.open(str(w.tmp / "wavs" / cls / "1.wav"), "wb") as f:
+            f.setnchannels(1), f.setsampwidth(2), f.setframerate(8000), f.writeframes(b"\0\1" * 800)
+    (w.tmp / "wavs" / "b" / "bad.wav").write_bytes(b"ID3 an mp3 renamed to .wav")
+    return _classifier(w, "audio", w.tmp / "wavs")
+
+
+def _csv_without_labels(w: World) -> list[str]:
+    (w.tmp / "r.csv").write_text("text,stars\ngreat film,5\ndull,1\n")
+    return _classifier(w, "text_classifier", w.tmp / "r.csv")
+
+
+IMAGE_TYPES = "['.bmp', '.gif', '.jpeg', '.jpg', '.pgm', '.png', '.ppm', '.tif', '.tiff', '.webp']"
 CKPT = "{tmp}/runs/t/checkpoints/step_0000002"
 REBUILD = "rebuild with `largo prepare <config> --force`"
 CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
@@ -205,6 +241,13 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
      f"{{tmp}}/data/tokenizer.json: missing or does not match manifest.json's tokenizer hash; {REBUILD}", 2),
     ("vocab size differs from tokenizer", lambda w: ["train", w.config(), "--model.vocab_size", "300"],
      "model.vocab_size (300) differs from the tokenizer's 512; set it to 0 or 512", 2),
+    # --- classifier data: refused before data.dir is created ---------------------------------------------------------
+    ("corrupt image in a class folder", lambda w: _image_folder(w, b"\x89PNG but cut short"),
+     "{tmp}/imgs/b/bad.png: not a readable image (cannot identify image file '{tmp}/imgs/b/bad.png')", 2),
+    ("image folder with one class", lambda w: _image_folder(w, None),
+     f"data.source '{{tmp}}/imgs': needs one subfolder of images per class, at least two classes with {IMAGE_TYPES} files", 2),
+    ("not a WAV in an audio folder", _wav_folder, "{tmp}/wavs/b/bad.wav: not a RIFF/WAVE file", 2),
+    ("csv without the label column", _csv_without_labels, "{tmp}/r.csv: no column 'label' (data.label_column); has ['text', 'stars']", 2),
     # --- run directories -------------------------------------------------------------------------------------------
     ("run dir holds another run", lambda w: (w.run(), ["train", w.config()])[1],
      "{tmp}/runs/t already holds a run; pass --resume auto to continue it or --overwrite to replace it", 2),

@@ -153,6 +153,11 @@ def test_cache_is_reused_and_invalidated(tmp_path: Path) -> None:
     (Path(cfg.data.dir) / MANIFEST).write_text("{ torn")
     prepare_classification(cfg, log=logs.append)
     assert len(logs) == 4  # a damaged manifest is rebuilt, not trusted
+    cache = {p.name: p.read_bytes() for p in Path(cfg.data.dir).iterdir()}
+    (folder / "vertical" / "torn.png").write_bytes(b"\x89PNG cut short")
+    with pytest.raises(DataError, match="torn.png: not a readable image"):
+        prepare_classification(cfg, log=logs.append)
+    assert {p.name: p.read_bytes() for p in Path(cfg.data.dir).iterdir()} == cache  # a failed rebuild leaves the old cache
 
 
 def test_missing_packages_name_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -301,6 +306,10 @@ def test_byo_text_table_learns(tmp_path: Path, suffix: str) -> None:
     })
     assert train(cfg, **quiet)["val_accuracy"] > 0.85  # chance is 0.5
     assert (cfg.run_dir / "checkpoints").is_dir() and "<br" not in (Path(cfg.data.dir) / "tokenizer.json").read_text()
+    with (Path(cfg.data.dir) / "tokenizer.json").open("a") as f:
+        f.write(" ")  # another tokenizer would give the stored token ids other meanings
+    with pytest.raises(DataError, match="tokenizer.json: missing or does not match manifest.json's tokenizer hash"):
+        prepare_classification(cfg)
 
 
 def test_imdb_recipe_learns_on_a_subset(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -313,3 +322,20 @@ def test_imdb_recipe_learns_on_a_subset(tmp_path: Path, tmp_path_factory: pytest
     })
     summary = train(cfg, **quiet)
     assert summary["val_accuracy"] > 0.65  # 1,024 held-out reviews; chance is 0.5
+
+
+@pytest.mark.parametrize("name", ["vision_digits", "speech_digits", "sentiment_imdb"])
+def test_classifiers_export_to_onnx_with_parity(name: str, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from largo.checkpoint.interop import export
+
+    tiny = {"model.dim": 32, "model.n_layers": 1, "model.n_heads": 2, "train.steps": 2, "train.global_batch": 8,
+            "train.micro_batch": 8, "eval.every": 0, "eval.max_batches": 1}
+    data = {"speech_digits": {"data.max_rows": 20, "data.test_source": ""},
+            "sentiment_imdb": {"data.source": make_review_table(tmp_path / "reviews.csv", rows=60), "data.text_column": "body",
+                               "data.label_column": "stars", "data.vocab_size": 300, "model.max_seq_len": 48}}
+    cfg = recipe(name, tmp_path, **tiny, **data.get(name, {}))
+    train(cfg, **quiet)
+    logs: list[str] = []
+    path = export(cfg.run_dir, tmp_path / "onnx", fmt="onnx", log=logs.append)  # raises if onnxruntime differs
+    assert path.is_file() and any("parity vs onnxruntime" in line for line in logs)

