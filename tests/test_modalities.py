@@ -339,3 +339,18 @@ def test_classifiers_export_to_onnx_with_parity(name: str, tmp_path: Path) -> No
     logs: list[str] = []
     path = export(cfg.run_dir, tmp_path / "onnx", fmt="onnx", log=logs.append)  # raises if onnxruntime differs
     assert path.is_file() and any("parity vs onnxruntime" in line for line in logs)
+
+
+def test_plan_takes_a_classifier_shape_from_the_prepared_data(tmp_path: Path) -> None:
+    from largo.plan.devices import get_device
+    from largo.plan.planner import build_plan, workload_from_config
+
+    cfg = recipe("vision_digits", tmp_path)
+    cpu = dict(devices=1, device=get_device("cpu"))
+    with pytest.raises(ConfigError, match=r"run `largo prepare` on this config first"):
+        workload_from_config(cfg, **cpu)
+    prepared = prepare_classification(cfg, **quiet)
+    workload = workload_from_config(cfg, **cpu)
+    assert workload.seq_len == 4 and workload.model.num_classes == 10  # 8x8 digits in 4x4 patches
+    assert build_plan(workload)["params"]["total"] == workload.model.num_params()
+    assert workload.dataset_tokens == 4 * len(prepared.arrays["train_y"])

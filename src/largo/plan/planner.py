@@ -36,10 +36,11 @@ class Workload:
     mfu_source: str
     dataset_tokens: int | None = None  # train tokens of the prepared data, when it exists
     configured_micro_batch: int = 0  # the config's train.micro_batch, shown next to the planner's choice
+    positions: int = 0  # classifiers: transformer positions per example (patches, audio frames, tokens); 0 = max_seq_len
 
     @property
     def seq_len(self) -> int:
-        return self.model.max_seq_len
+        return self.positions or self.model.max_seq_len
 
     @property
     def precision(self) -> str:
@@ -86,11 +87,15 @@ def _dataset(data_dir: str) -> tuple[int | None, int | None]:
 def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: float | None = None, mfu: float | None = None,
                          layout: str | None = None, optimizer: str | None = None) -> Workload:
     """A RunConfig as a workload: vocabulary from the prepared data (or data.vocab_size), budget from steps."""
-    vocab, dataset_tokens = _dataset(cfg.data.dir)
-    model = cfg.model
-    if model.vocab_size == 0:
-        model = dataclasses.replace(model, vocab_size=vocab or cfg.data.vocab_size)
-    seq = model.max_seq_len
+    positions = 0
+    if cfg.model.is_classifier:  # classes, image size, vocabulary come from the prepared data
+        model, positions, dataset_tokens = _classifier_shape(cfg)
+    else:
+        vocab, dataset_tokens = _dataset(cfg.data.dir)
+        model = cfg.model
+        if model.vocab_size == 0:
+            model = dataclasses.replace(model, vocab_size=vocab or cfg.data.vocab_size)
+    seq = positions or model.max_seq_len
     if tokens is None:
         n_tokens, source = cfg.train.steps * cfg.train.global_batch * seq, "config: train.steps x global_batch x seq_len"
     else:
@@ -98,7 +103,20 @@ def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: 
     lay = est.LAYOUTS[layout] if layout else est.layout_for(cfg.train.precision)
     m, m_source = default_mfu(device.name, "fp32" if lay.name == "fp32" else "bf16", mfu, est.count_params(model).total)
     return Workload(str(cfg.run.name), model, cfg.train.global_batch, 0, n_tokens, source, lay,
-                    optimizer or cfg.optim.name, devices, device, m, m_source, dataset_tokens, cfg.train.micro_batch)
+                    optimizer or cfg.optim.name, devices, device, m, m_source, dataset_tokens, cfg.train.micro_batch, positions)
+
+
+def _classifier_shape(cfg: Any) -> tuple[ModelConfig, int, int]:
+    """(model with its data-decided fields, positions per example, training positions in the data) of a classifier config."""
+    from largo.train.classify import positions_per_sample, prepare_classification, resolve_model
+
+    if not (Path(cfg.data.dir) / "manifest.json").is_file():
+        raise ConfigError(f"model.arch = {cfg.model.arch!r} takes its classes and input shape from the data; "
+                          f"run `largo prepare` on this config first (data.dir {cfg.data.dir} is not prepared)")
+    prepared = prepare_classification(cfg, log=lambda _m: None)  # the cache: a memmap open
+    model = resolve_model(cfg, prepared)
+    positions = positions_per_sample(model, prepared)
+    return model, positions, positions * len(prepared.arrays["train_y"])
 
 
 def workload_from_size(name: str, *, devices: int, device: DeviceSpec, tokens: float | None = None, mfu: float | None = None,
