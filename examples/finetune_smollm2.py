@@ -37,7 +37,7 @@ def main(argv: list[str]) -> None:
     del model
     print(f"before fine-tuning: val loss {before['loss']:.4f} (ppl {before['perplexity']:.2f}, next-token accuracy {before['accuracy']:.3f})")
     after = train(cfg, overwrite=True)  # the same held-out batches are evaluated at the end
-    print(f"fine-tuned {after['steps']} steps: val loss {before['loss']:.4f} -> {after['val_loss']:.4f} "
+    print(f"fine-tuned {cfg.train.steps} steps: val loss {before['loss']:.4f} -> {after['val_loss']:.4f} "
           f"(accuracy {before['accuracy']:.3f} -> {after['val_accuracy']:.3f}); train loss at the end {after['train_loss']:.4f}")
 
 
