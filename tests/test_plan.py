@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -127,17 +128,15 @@ def _profiled_peak(prof: torch.profiler.profile) -> int:
     return peak
 
 
-def _allocator_peak(cfg: ModelConfig, precision: str, micro_batch: int, accum: int) -> int:
-    """Exact peak of the CPU allocator over model build + 3 training steps, from the profiler's memory events."""
+def _profiled_steps(cfg: ModelConfig, precision: str, micro_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> int:
+    """Exact CPU allocator peak over model build + 3 training steps of micro_batches(), from the profiler's memory events."""
     from torch.profiler import ProfilerActivity, profile
 
-    g = torch.Generator().manual_seed(0)
-    batches = [(torch.randint(0, cfg.vocab_size, (micro_batch, cfg.max_seq_len), generator=g),) * 2 for _ in range(accum)]
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         model = build_model(cfg)
         opts = build_optimizers(model, OptimConfig())
         for _ in range(3):  # the loop's step: forward under autocast, summed loss, backward, clip, step
-            for x, y in batches:
+            for x, y in micro_batches():
                 with autocast(torch.device("cpu"), precision):
                     logits = model(x)
                 loss = summed_loss(logits, y) / y.numel()
@@ -148,6 +147,13 @@ def _allocator_peak(cfg: ModelConfig, precision: str, micro_batch: int, accum: i
                 opt.step()
                 opt.zero_grad(set_to_none=True)
     return _profiled_peak(prof)
+
+
+def _allocator_peak(cfg: ModelConfig, precision: str, micro_batch: int, accum: int) -> int:
+    """Exact peak of the CPU allocator over model build + 3 GPT training steps on fixed token batches."""
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randint(0, cfg.vocab_size, (micro_batch, cfg.max_seq_len), generator=g),) * 2 for _ in range(accum)]
+    return _profiled_steps(cfg, precision, lambda: batches)
 
 
 @pytest.mark.parametrize("precision,accum,checkpointing", [("fp32", 1, False), ("bf16", 2, False), ("fp32", 1, True)])
@@ -189,26 +195,13 @@ def _classifier_inputs(cfg: ModelConfig, micro_batch: int, clip: int, g: torch.G
 
 def _classifier_allocator_peak(cfg: ModelConfig, precision: str, micro_batch: int, accum: int, clip: int) -> int:
     """Exact CPU allocator peak over model build + 3 classifier steps; each micro-batch is made where the loop makes it."""
-    from torch.profiler import ProfilerActivity, profile
-
     g = torch.Generator().manual_seed(0)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        model = build_model(cfg)
-        opts = build_optimizers(model, OptimConfig())
-        for _ in range(3):
-            for _ in range(accum):  # one micro-batch alive at a time, as on an accelerator (the loop's x lives until the next)
-                x = _classifier_inputs(cfg, micro_batch, clip, g)
-                y = torch.randint(0, cfg.num_classes, (micro_batch,), generator=g)
-                with autocast(torch.device("cpu"), precision):
-                    logits = model(x)  # (b, num_classes)
-                loss = summed_loss(logits, y) / y.numel()
-                del logits
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            for opt in opts:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-    return _profiled_peak(prof)
+
+    def micro_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(accum):  # one micro-batch alive at a time, as on an accelerator (the loop's x lives until the next)
+            yield _classifier_inputs(cfg, micro_batch, clip, g), torch.randint(0, cfg.num_classes, (micro_batch,), generator=g)
+
+    return _profiled_steps(cfg, precision, micro_batches)
 
 
 @pytest.mark.parametrize("name,precision,accum", [("vit", "fp32", 1), ("vit", "bf16", 2), ("vit-cls", "fp32", 1),
