@@ -14,7 +14,6 @@ from torch import nn
 
 from largo.models.config import ModelConfig
 from largo.models.encoder import EncoderTrunk
-from largo.models.layers import rope_tables
 
 TOP_DB = 8.0  # log10 units (80 dB) kept below each clip's loudest bin; quieter bins are clamped
 
@@ -67,9 +66,7 @@ class AudioClassifier(nn.Module):
         # Whisper's stem: two kernel-3 convolutions, the second with stride 2 (10 ms frames -> 20 ms tokens).
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(cfg.dim, cfg.dim, kernel_size=3, stride=2, padding=1)
-        self.trunk = EncoderTrunk(cfg)
-        extra = 1 if cfg.pooling == "cls" else 0
-        self.register_buffer("rope", rope_tables(cfg.head_dim, cfg.max_seq_len + extra, cfg.rope_theta), persistent=False)
+        self.trunk = EncoderTrunk(cfg, rotary=True)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with torch.autocast(wave.device.type, enabled=False):  # features in fp32, whatever the training precision
@@ -78,7 +75,7 @@ class AudioClassifier(nn.Module):
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (b, tokens, dim)
         if x.shape[1] > self.cfg.max_seq_len:
             raise ValueError(f"{x.shape[1]} audio tokens exceed model.max_seq_len ({self.cfg.max_seq_len}); shorten data.clip_seconds")
-        return self.trunk(self.trunk.add_class_token(x), self.rope)
+        return self.trunk(self.trunk.add_class_token(x))
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -86,8 +83,6 @@ class AudioClassifier(nn.Module):
         device = self.window.device
         self.window = torch.hann_window(self.cfg.win_length, device=device)
         self.filterbank = mel_filterbank(self.n_fft, self.cfg.n_mels, self.cfg.sample_rate, 0.0, self.cfg.f_max).to(device)
-        extra = 1 if self.cfg.pooling == "cls" else 0
-        self.rope = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len + extra, self.cfg.rope_theta, device)
         for conv in (self.conv1, self.conv2):
             fan_in = conv.in_channels * conv.kernel_size[0]
             nn.init.normal_(conv.weight, std=fan_in**-0.5)

@@ -12,13 +12,13 @@ from torch import nn
 from largo.models.block import Block
 from largo.models.config import ModelConfig
 from largo.models.gpt import block_config
-from largo.models.layers import RMSNorm
+from largo.models.layers import RMSNorm, rope_tables
 
 
 class EncoderTrunk(nn.Module):
     """Token states (b, t, dim) -> class logits (b, num_classes)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, rotary: bool = False):
         super().__init__()
         if cfg.num_classes < 2:
             raise ValueError("ModelConfig.num_classes must be resolved (>= 2) before building a classifier")
@@ -27,6 +27,12 @@ class EncoderTrunk(nn.Module):
         self.blocks = nn.ModuleList(Block(block_config(cfg, causal=False)) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        # Stems without learned positions (audio frames, text tokens) get rotary ones, with room for the class token.
+        self.register_buffer("rope", self._rope_table() if rotary else None, persistent=False)
+
+    def _rope_table(self, device: torch.device | None = None) -> torch.Tensor:
+        extra = 1 if self.cfg.pooling == "cls" else 0
+        return rope_tables(self.cfg.head_dim, self.cfg.max_seq_len + extra, self.cfg.rope_theta, device)
 
     def add_class_token(self, x: torch.Tensor) -> torch.Tensor:
         """Prepend the learned class token when pooling = 'cls': (b, t, d) -> (b, 1 + t, d)."""
@@ -34,11 +40,11 @@ class EncoderTrunk(nn.Module):
             return x
         return torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """x (b, t, d) with the class token already in place; keep (b, t) marks real (non-padding) positions."""
         mask = None if keep is None else keep[:, None, None, :]  # (b, 1, 1, t): every query sees the real keys
         for block in self.blocks:
-            x = block(x, rope, mask)
+            x = block(x, self.rope, mask)
         x = self.norm(x)
         if self.cls is not None:
             pooled = x[:, 0]
@@ -51,7 +57,9 @@ class EncoderTrunk(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Blocks as in the LM; class token small normal; head zero, so the first loss is exactly ln(classes)."""
+        """Rotary table; blocks as in the LM; class token small normal; head zero, so the first loss is exactly ln(classes)."""
+        if self.rope is not None:  # a buffer: built on meta like everything else, so computed here
+            self.rope = self._rope_table(self.rope.device)
         for block in self.blocks:
             block.init_weights(self.cfg.init_std, self.cfg.n_layers)
         self.norm.reset_parameters()

@@ -7,7 +7,6 @@ from torch import nn
 
 from largo.models.config import ModelConfig
 from largo.models.encoder import EncoderTrunk
-from largo.models.layers import rope_tables
 
 PAD_ID = 0  # the tokenizer's first special token; prepared sequences are padded with it
 
@@ -21,9 +20,7 @@ class TextClassifier(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be resolved (> 0) before building the model")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.trunk = EncoderTrunk(cfg)
-        extra = 1 if cfg.pooling == "cls" else 0
-        self.register_buffer("rope", rope_tables(cfg.head_dim, cfg.max_seq_len + extra, cfg.rope_theta), persistent=False)
+        self.trunk = EncoderTrunk(cfg, rotary=True)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.shape[1] > self.cfg.max_seq_len:
@@ -32,11 +29,9 @@ class TextClassifier(nn.Module):
         x = self.trunk.add_class_token(self.tok_emb(tokens))  # (b, [1 +] t, dim)
         if self.trunk.cls is not None:
             keep = torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
-        return self.trunk(x, self.rope, keep)
+        return self.trunk(x, keep)
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        extra = 1 if self.cfg.pooling == "cls" else 0
-        self.rope = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len + extra, self.cfg.rope_theta, self.rope.device)
         nn.init.normal_(self.tok_emb.weight, std=self.cfg.init_std)
         self.trunk.init_weights()
