@@ -76,11 +76,18 @@ class World:
         return str(self.tmp / "bad.toml")
 
 
+def resign(ckpt: Path, change: Callable[[dict], None] = lambda _s: None) -> None:
+    """Edit state.json and recompute its digest, as a forger would (the digest alone only catches accidents)."""
+    from largo.checkpoint.state_schema import signed
+
+    state = json.loads((ckpt / "state.json").read_text())
+    change(state)
+    (ckpt / "state.json").write_text(json.dumps(signed(state)))
+
+
 def rehash(ckpt: Path, name: str) -> None:
     """Make state.json vouch for the current bytes of `name` (a forger would)."""
-    state = json.loads((ckpt / "state.json").read_text())
-    state["files"][name] = hashlib.sha256((ckpt / name).read_bytes()).hexdigest()
-    (ckpt / "state.json").write_text(json.dumps(state))
+    resign(ckpt, lambda s: s["files"].update({name: hashlib.sha256((ckpt / name).read_bytes()).hexdigest()}))
 
 
 def edit_json(path: Path, change: Callable[[dict], None]) -> None:
@@ -150,7 +157,7 @@ def _linked_out(w: World) -> list[str]:
 
 def _state_escape(w: World) -> list[str]:
     ckpt = w.run() / "checkpoints" / "step_0000002"
-    edit_json(ckpt / "state.json", lambda s: s["files"].update({"../../../../cfg.json": "0" * 64}))
+    resign(ckpt, lambda s: s["files"].update({"../../../../cfg.json": "0" * 64}))
     return ["eval", str(ckpt)]
 
 

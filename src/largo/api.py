@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from largo.checkpoint.store import load_checkpoint, save_checkpoint
 from largo.config import build_config
@@ -29,10 +29,10 @@ from largo.dist.parallelize import parallelize, unwrap
 from largo.errors import ConfigError, DataError
 from largo.observe.metrics import MetricsLog
 from largo.observe.throughput import peak_flops
-from largo.train.evaluate import autocast
-from largo.train.loop import LoopParts, call_model, finish, resume_point, run_steps, seed_everything, to_device
+from largo.train.evaluate import evaluate
+from largo.train.loop import LoopParts, finish, resume_point, run_steps, seed_everything
 from largo.train.optim import build_optimizers, build_schedulers
-from largo.train.run_dir import open_run_dir
+from largo.train.run_dir import open_run_dir, release_run_dir
 
 TARGET_KEYS = ("labels", "targets", "label", "y")
 _END = object()  # sentinel for an exhausted iterator
@@ -76,6 +76,42 @@ def as_loader(data: Any, *, batch_size: int, shuffle: bool) -> Iterable[Any]:
     if not hasattr(data, "__iter__"):
         raise DataError(f"training data must be iterable (a DataLoader, a list of batches) or an (inputs, targets) tuple; got {type(data).__name__}")
     return data
+
+
+class RankBatches(Sampler[list[int]]):
+    """Every world-th batch of a batch sampler, starting at rank: a DistributedSampler for whole batches.
+
+    The wrapped sampler is iterated in full on every rank (cheap: indices only), so a shuffled order
+    seeded alike on every rank is split without any rank loading another's examples. The last
+    len % world batches are dropped so that every rank steps the same number of times.
+    """
+
+    def __init__(self, batches: Sampler[list[int]], rank: int, world: int):
+        self.batches, self.rank, self.world = batches, rank, world
+
+    def __len__(self) -> int:
+        return len(self.batches) // self.world
+
+    def __iter__(self):
+        for i, batch in enumerate(self.batches):
+            if i >= len(self) * self.world:
+                return
+            if i % self.world == self.rank:
+                yield batch
+
+
+def shard_by_rank(loader: Iterable[Any], rank: int, world: int) -> tuple[Iterable[Any], int]:
+    """(this rank's loader, stride): a map-style DataLoader is re-made over RankBatches (stride 1); any other
+    iterable is read whole on every rank and rank r takes positions r, r + world, ... (stride world)."""
+    if world == 1:
+        return loader, 1
+    if isinstance(loader, DataLoader) and loader.batch_sampler is not None:
+        extra = dict(prefetch_factor=loader.prefetch_factor, persistent_workers=loader.persistent_workers) if loader.num_workers else {}
+        return DataLoader(loader.dataset, batch_sampler=RankBatches(loader.batch_sampler, rank, world), num_workers=loader.num_workers,
+                          collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, timeout=loader.timeout,
+                          worker_init_fn=loader.worker_init_fn, multiprocessing_context=loader.multiprocessing_context,
+                          generator=loader.generator, **extra), 1
+    return loader, world
 
 
 class BatchStream:
@@ -167,20 +203,35 @@ class Trainer:
         return max(1, math.ceil(self.epochs * per_epoch / self.grad_accum))
 
     def fit(self, train_data: Any, val_data: Any = None) -> dict[str, Any]:
-        """Train for the configured epochs/steps; evaluate on val_data every eval_every steps and at the end."""
-        loader = as_loader(train_data, batch_size=self.batch_size, shuffle=True)
-        per_epoch = len(loader) if hasattr(loader, "__len__") else None
+        """Train for the configured epochs/steps; evaluate on val_data every eval_every steps and at the end.
+
+        Under torchrun each rank trains on its own share of the batches (grad_accum micro-batches per rank
+        per step), so a step's global batch is world x grad_accum loader batches.
+        """
         cfg, env, accum = self.cfg, self.env, self.grad_accum
+        loader, stride = shard_by_rank(as_loader(train_data, batch_size=self.batch_size, shuffle=True), env.rank, env.world)
+        per_epoch = len(loader) // stride if hasattr(loader, "__len__") else None  # this rank's batches per epoch
         cfg.train.steps = self._steps(per_epoch)
         optimizers = [self.make_optimizer(self.model.parameters())] if self.make_optimizer else build_optimizers(self.model, cfg.optim)
         schedulers = build_schedulers(optimizers, cfg.optim, cfg.train.steps)
+        resumed = resume_point(cfg.run_dir, self.resume, log=self.log)
         run_dir = open_run_dir(cfg, resume=self.resume is not None, overwrite=self.overwrite, is_main=env.is_main)
+        try:
+            return self._fit_in(run_dir, loader, stride, per_epoch, optimizers, schedulers, resumed, val_data)
+        finally:
+            release_run_dir(run_dir)
+
+    def _fit_in(self, run_dir: Path, loader: Iterable[Any], stride: int, per_epoch: int | None, optimizers: list[torch.optim.Optimizer],
+                schedulers: list[Any], resumed: tuple[Path, dict[str, Any]] | None, val_data: Any) -> dict[str, Any]:
+        """The loop over this rank's batches, inside the locked run directory."""
+        cfg, env, accum = self.cfg, self.env, self.grad_accum
         start = 0
-        ckpt = resume_point(run_dir, self.resume)
-        if ckpt is not None:
-            start = int(load_checkpoint(ckpt, self.model, optimizers, schedulers)["step"])
+        if resumed is not None:
+            ckpt, state = resumed
+            start = int(load_checkpoint(ckpt, self.model, optimizers, schedulers, state=state)["step"])
             self.log(f"resumed from {ckpt} at step {start}")
         stream = BatchStream(loader, cfg.run.seed)
+        at = (lambda q: stream.at(q, per_epoch)) if stride == 1 else (lambda q: stream.at(q * stride + env.rank, per_epoch * stride if per_epoch else None))
         metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start) if env.is_main else None
 
         def save(step: int) -> None:
@@ -190,7 +241,7 @@ class Trainer:
 
         parts = LoopParts(
             model=parallelize(self.model, env), optimizers=optimizers, schedulers=schedulers,
-            micro_batches=lambda step: [_split_batch(stream.at(step * accum + i, per_epoch)) for i in range(accum)],
+            micro_batches=lambda step: [_split_batch(at(step * accum + i)) for i in range(accum)],
             normaliser=lambda batches: float(len(batches)),  # the user's loss is a mean: average the micro-steps
             loss=lambda out, y, norm: self.loss_fn(out, y) / norm,
             evaluate=(lambda: self.evaluate(val_data)) if val_data is not None else None,
@@ -204,21 +255,18 @@ class Trainer:
             metrics.close()
         return summary
 
-    @torch.no_grad()
     def evaluate(self, data: Any) -> dict[str, float]:
-        """Mean loss (weighted by batch size) and, for class logits, accuracy over `data`."""
+        """Mean loss (weighted by batch size) and, for class logits, accuracy over `data`; shared by the ranks, all-reduced."""
         loader = as_loader(data, batch_size=self.batch_size, shuffle=False)
-        was_training = self.model.training
-        self.model.eval()
-        loss_sum, correct, count = 0.0, 0, 0
-        for batch in loader:
-            x, y = (to_device(v, self.env.device) for v in _split_batch(batch))
-            with autocast(self.env.device, self.cfg.train.precision):
-                out = call_model(self.model, x)
-            n = len(y)
-            loss_sum += float(self.loss_fn(out.float(), y)) * n
-            count += n
-            if isinstance(out, torch.Tensor) and out.dim() == 2 and y.dim() == 1 and not y.is_floating_point():
-                correct += int((out.argmax(-1) == y).sum())
-        self.model.train(was_training)
-        return {"loss": loss_sum / max(1, count), "accuracy": correct / max(1, count)}
+        result = evaluate(self.model, (_split_batch(b) for b in loader), device=self.env.device, precision=self.cfg.train.precision,
+                          rank=self.env.rank, world=self.env.world, score=self._score)
+        return {"loss": result["loss"], "accuracy": result["accuracy"], "samples": result["targets"]}
+
+    def _score(self, outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the user's mean loss x batch size, correct argmax predictions for class logits, batch size)."""
+        n = torch.tensor(len(targets), device=targets.device)
+        loss = self.loss_fn(outputs.float() if isinstance(outputs, torch.Tensor) else outputs, targets).detach() * n
+        correct = torch.zeros((), device=targets.device)
+        if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point():
+            correct = (outputs.argmax(-1) == targets).sum()
+        return loss, correct, n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -50,8 +51,11 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from largo.checkpoint.restore import restore
     from largo.dist.env import DistEnv, pick_device
     from largo.train.evaluate import evaluate, format_result
+    from largo.errors import ConfigError
     from largo.train.tasks import build_task
 
+    if args.max_batches < 0:
+        raise ConfigError(f"--max-batches ({args.max_batches}) must be >= 0 (0 = the whole held-out split)")
     device = pick_device(args.device)
     model, cfg, ckpt = restore(args.checkpoint, device)
     task = build_task(cfg, DistEnv(device=device))
@@ -70,9 +74,13 @@ def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
     from largo.checkpoint.restore import restore
     from largo.dist.env import pick_device
-    from largo.errors import CheckpointError
+    from largo.errors import CheckpointError, ConfigError
     from largo.generate import generate
 
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ConfigError(f"--temperature ({args.temperature}) must be a finite number >= 0 (0 = greedy)")
+    if args.max_new_tokens < 1 or args.top_k < 0:
+        raise ConfigError(f"--max-new-tokens ({args.max_new_tokens}) must be >= 1 and --top-k ({args.top_k}) >= 0 (0 = no cut)")
     model, cfg, ckpt = restore(args.checkpoint, pick_device(args.device))
     if not (ckpt / "tokenizer.json").is_file():
         raise CheckpointError(f"{ckpt}: no tokenizer.json; generate needs a language-model checkpoint")
@@ -98,12 +106,19 @@ def cmd_report(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     train, evals = read_metrics(run_dir / "metrics.jsonl", "train"), read_metrics(run_dir / "metrics.jsonl", "eval")
     if train:
         last = train[-1]
-        print(f"{run_dir}: step {last['step']} | train loss {last['loss']:.4f} | {last['tokens_per_s']:,.0f} tok/s | MFU {100 * last['mfu']:.1f}%")
+        print(f"{run_dir}: step {last.get('step')} | train loss {_num(last, 'loss'):.4f} | {_num(last, 'tokens_per_s'):,.0f} tok/s | "
+              f"MFU {100 * _num(last, 'mfu'):.1f}%")
     for r in evals:
-        print(f"  eval @ step {r['step']}: loss {r['loss']:.4f} | accuracy {100 * r.get('accuracy', float('nan')):.2f}%")
+        print(f"  eval @ step {r.get('step')}: loss {_num(r, 'loss'):.4f} | accuracy {100 * _num(r, 'accuracy'):.2f}%")
     png = plot_run(run_dir)
     print(f"curves: {png}" if png else "curves: not drawn (install matplotlib)")
     return 0
+
+
+def _num(record: dict, key: str) -> float:
+    """A number from a metrics record, NaN when absent or not a number (a hand-edited file must not crash the report)."""
+    value = record.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
 def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
@@ -117,6 +132,8 @@ def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         raise ConfigError("largo plan needs a config file or --model NAME (one of them)")
     if args.devices < 1:
         raise ConfigError(f"--devices ({args.devices}) must be >= 1")
+    if args.tokens is not None and not (math.isfinite(args.tokens) and args.tokens >= 1):
+        raise ConfigError(f"--tokens ({args.tokens}) must be a finite number >= 1, e.g. 1.4e11")
     device = get_device(args.device_type)
     kw = dict(devices=args.devices, device=device, tokens=args.tokens, mfu=args.mfu, layout=args.layout, optimizer=args.optimizer)
     if args.model:
@@ -136,8 +153,13 @@ def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
 def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Write a checkpoint as a Hugging Face Llama folder, an ONNX file or plain safetensors, then check it."""
-    from largo.checkpoint import interop
+    from pathlib import Path
 
+    from largo.checkpoint import interop
+    from largo.errors import ConfigError
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ConfigError(f"export output {args.out} is a file; give a folder (it is created if missing)")
     interop.export(args.checkpoint, args.out, fmt=args.format, log=print)
     return 0
 

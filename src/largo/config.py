@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ class RunSection:
     name: str = "run"  # run folder name under out_dir
     out_dir: str = "runs"  # parent folder of run directories
     seed: int = 1337  # seeds python, numpy and torch; same seed -> identical run
+
+    def __post_init__(self) -> None:
+        if not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name or "\0" in self.name:
+            raise ConfigError(f"run.name {self.name!r} must be one folder name (no '/', not '.' or '..'); "
+                              f"the run goes to run.out_dir/run.name")
 
 
 @dataclass
@@ -231,7 +237,9 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{key} = {value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
         return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} = {value!r} is not a finite number")
         return float(value)
     if hint is int and isinstance(value, bool) or not isinstance(value, hint):
         raise ConfigError(f"{key} = {value!r} has type {type(value).__name__}; expected {hint.__name__}")
@@ -290,10 +298,13 @@ def load_config(path: str | Path | None, overrides: dict[str, str] | None = None
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
+        kind = "JSON" if p.suffix == ".json" else "TOML"
         try:
             raw = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{p}: malformed {'JSON' if p.suffix == '.json' else 'TOML'}: {e}") from None
+        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise ConfigError(f"{p}: malformed {kind}: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: a {kind} config must be an object of sections such as {{\"train\": {{...}}}}, got a {type(raw).__name__}")
     return build_config(raw, overrides)
 
 

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from largo.checkpoint.restore import resolve_checkpoint, restore
-from largo.checkpoint.store import read_state
 from largo.errors import CheckpointError, LargoError
 from largo.fileio import write_json_atomic
 from largo.models.config import ModelConfig
@@ -132,8 +131,8 @@ def export_safetensors(checkpoint: str | Path, out: Path, log: Callable[[str], N
     from largo.checkpoint.sharded import consolidate
 
     ckpt = resolve_checkpoint(checkpoint)
-    consolidate(ckpt, out / "model.safetensors")
-    write_json_atomic(out / "config.json", read_state(ckpt)["config"])
+    state = consolidate(ckpt, out / "model.safetensors")
+    write_json_atomic(out / "config.json", state["config"])
     if (ckpt / "tokenizer.json").is_file():
         (out / "tokenizer.json").write_bytes((ckpt / "tokenizer.json").read_bytes())
     log(f"wrote {out}: model.safetensors, config.json")

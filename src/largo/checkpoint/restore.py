@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from largo.checkpoint.store import STATE, latest_checkpoint, load_model_weights, read_state
+from largo.checkpoint.sharded import load_model_sharded, verify_checkpoint
+from largo.checkpoint.store import STATE, latest_checkpoint, load_model_weights
 from largo.config import RunConfig, build_config
 from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
@@ -33,7 +34,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
 def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, RunConfig, Path]:
     """(model with trained weights in eval mode, the run's config, the checkpoint folder)."""
     ckpt = resolve_checkpoint(path)
-    state = read_state(ckpt)
+    state = verify_checkpoint(ckpt)
     if state.get("user_model"):
         raise CheckpointError(f"{ckpt}: holds a user's own nn.Module; load it with largo.Trainer(model, resume={str(ckpt)!r})")
     try:
@@ -42,8 +43,6 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
         raise CheckpointError(f"{ckpt}/{STATE}: its config is not valid for this largo ({e})") from None
     model = build_model(cfg.model, device)
     if state.get("sharded"):  # an FSDP run's DCP shards, gathered into this one plain model
-        from largo.checkpoint.sharded import load_model_sharded
-
         load_model_sharded(ckpt, model)
     else:
         load_model_weights(model, ckpt)
@@ -57,7 +56,7 @@ _INIT_MUST_MATCH = ("arch", "n_heads", "kv_heads", "rope_theta", "norm_eps", "ti
 def load_init_weights(model: nn.Module, cfg: ModelConfig) -> Path:
     """Copy cfg.init_from's weights into `model` (fine-tuning), refusing a model that computes differently."""
     ckpt = resolve_checkpoint(cfg.init_from)
-    theirs = build_config(read_state(ckpt)["config"]).model
+    theirs = build_config(verify_checkpoint(ckpt)["config"]).model
     for key in _INIT_MUST_MATCH:
         a, b = getattr(theirs, key), getattr(cfg, key)
         if a != b and not (isinstance(a, float) and math.isclose(a, b, rel_tol=1e-6)):  # 1e-6: float32-stored values

@@ -3,18 +3,18 @@
 Layout of a sharded step folder (same atomic discipline as store.py: temporary folder, rename by
 rank 0 after every rank has written, `latest` last):
   checkpoints/step_000100/dcp/__<rank>_0.distcp   each rank's shards of model weights and optimizer tensors
-                         dcp/.metadata            DCP's index of chunks (written by rank 0)
+                         dcp/index.json           DCP's index of chunks as JSON (written by rank 0)
                          rng.safetensors          torch RNG states (rank 0)
                          state.json               step, schedulers, RNG, data position, optimizer param
                                                   groups and scalars, sha256 of every file (written last)
-DCP only ever sees tensors: everything else lives in state.json. DCP's index is a pickle; it is
-read with an unpickler that admits only DCP's own index classes, after its sha256 is checked.
+DCP only ever sees tensors: everything else lives in state.json. DCP's index, a pickle in DCP's own
+writer, is written and read by largo as checked JSON (`dcp/index.json`, see dcp_index.py): opening a
+sharded checkpoint never unpickles anything.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,51 +24,20 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_file
 from torch import nn
-from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
+from largo.checkpoint.state_schema import check_like, check_scalars
 from largo.checkpoint.store import (
-    begin_checkpoint, check_shapes, checkpoint_name, commit_checkpoint, load_checkpoint, load_tensors,
-    optimizer_join, read_state, set_rng_state,
+    begin_checkpoint, check_param_groups, check_shapes, checkpoint_name, commit_checkpoint, load_checkpoint, load_tensors,
+    optimizer_join, read_state, restore_schedulers_and_rng,
 )
+from largo.checkpoint.dcp_index import IndexReader, IndexWriter, read_index
 from largo.dist.env import DistEnv
 from largo.errors import CheckpointError
 
 DCP_DIR = "dcp"
-SHARDED_FORMAT = "dcp-v1"
-# Everything DCP's index may reference: its own dataclasses and enums, torch sizes, dtypes and layouts, paths.
-_SAFE_MODULES = {"torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.filesystem",
-                 "torch.distributed.checkpoint.planner"}
-_SAFE_GLOBALS = {("torch", "Size"), ("torch", "dtype"), ("torch", "layout"), ("torch", "memory_format"),
-                 ("collections", "OrderedDict"), ("builtins", "set"), ("builtins", "frozenset"),
-                 ("copyreg", "_reconstructor"), ("builtins", "object"), ("torch.serialization", "_get_layout"),
-                 ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath")}
-_SAFE_TORCH_ATTRS = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool",
-                     "strided", "contiguous_format", "preserve_format", "channels_last"}
-
-
-class _IndexUnpickler(pickle.Unpickler):
-    """Unpickles DCP's .metadata, refusing any global a checkpoint index does not need (no code runs)."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module in _SAFE_MODULES or (module, name) in _SAFE_GLOBALS or (module == "torch" and name in _SAFE_TORCH_ATTRS):
-            return super().find_class(module, name)
-        raise CheckpointError(f"DCP index references {module}.{name}, which a checkpoint index never holds; refusing to load it")
-
-
-class SafeReader(FileSystemReader):
-    """FileSystemReader whose index is read by _IndexUnpickler; tensors are read weights-only as usual."""
-
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        with open(Path(self.path) / ".metadata", "rb") as f:
-            metadata = _IndexUnpickler(f).load()
-        if not isinstance(metadata, Metadata):
-            raise CheckpointError(f"{self.path}/.metadata: not a DCP index")
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
 
 
 def _fqn(name: str) -> str:
@@ -107,7 +76,7 @@ def save_sharded(root: Path, step: int, *, model: nn.Module, optimizers: list[to
         dist.barrier()  # the folder exists before anyone writes into it
     model_sd, optim_sd = get_state_dict(model, optimizers)
     tensors, scalars = _split_state(optim_sd["state"])
-    dcp.save({"model": model_sd, "optim": tensors}, storage_writer=FileSystemWriter(tmp / DCP_DIR))
+    dcp.save({"model": model_sd, "optim": tensors}, storage_writer=IndexWriter(tmp / DCP_DIR))
     if env.is_main:  # dcp.save returns once every rank's shards and the index are written
         state = {"sharded": {"format": SHARDED_FORMAT, "world": env.world}, "optimizer_groups": optim_sd["param_groups"],
                  "optimizer_scalars": scalars, "schedulers": [s.state_dict() for s in schedulers], **trainer_state}
@@ -122,19 +91,12 @@ def _dcp_load(target: dict[str, Any], path: Path) -> None:
     try:
         with warnings.catch_warnings():  # one process (eval, export, a 1-rank resume) is a case DCP supports but warns about
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(target, storage_reader=SafeReader(path / DCP_DIR), no_dist=not dist.is_initialized())
+            dcp.load(target, storage_reader=IndexReader(path / DCP_DIR), no_dist=not dist.is_initialized())
     except CheckpointError:
         raise
-    except Exception as e:  # DCP wraps per-rank failures; the first line names the missing or mis-shaped tensor
+    except (Exception, CheckpointException) as e:  # DCP wraps per-rank failures in a BaseException; its first line names the tensor
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: sharded checkpoint does not fit this model or is unreadable: {first}") from None
-
-
-def _restore_rest(path: Path, state: dict[str, Any], schedulers: list[Any]) -> None:
-    """Schedulers and RNG, shared by every resume path."""
-    for sched, sd in zip(schedulers, state["schedulers"], strict=True):
-        sched.load_state_dict(sd)
-    set_rng_state(state["rng"], load_tensors(path / "rng.safetensors"))
 
 
 def load_sharded(path: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
@@ -142,13 +104,25 @@ def load_sharded(path: Path, model: nn.Module, optimizers: list[torch.optim.Opti
     """Resume from a DCP checkpoint on any number of ranks and any strategy: DCP reshards to this model's layout."""
     model_sd, optim_sd = get_state_dict(model, optimizers)  # templates, laid out like this run's model
     tensors, _ = _split_state(optim_sd["state"])
-    target = {"model": model_sd, "optim": tensors}
-    _dcp_load(target, path)
-    optim_state = {fqn: {**target["optim"].get(fqn, {}), **state["optimizer_scalars"].get(fqn, {})} for fqn in
-                   set(target["optim"]) | set(state["optimizer_scalars"])}
-    set_state_dict(model, optimizers, model_state_dict=target["model"],
-                   optim_state_dict={"state": optim_state, "param_groups": state["optimizer_groups"]})
-    _restore_rest(path, state, schedulers)
+    try:  # the JSON halves of the optimizer state must look like this run's, before torch reads them
+        groups = state.get("optimizer_groups")
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise CheckpointError("optimizer_groups must be a list of groups")
+        check_like([{k: v for k, v in g.items() if k != "params"} for g in groups],
+                   [{k: v for k, v in g.items() if k != "params"} for g in optim_sd["param_groups"]], "optimizer_groups")
+        check_scalars(state.get("optimizer_scalars"), "optimizer_scalars")
+    except CheckpointError as e:
+        raise _does_not_fit(path, e) from None
+    try:
+        target = {"model": model_sd, "optim": tensors}
+        _dcp_load(target, path)
+        optim_state = {fqn: {**target["optim"].get(fqn, {}), **state["optimizer_scalars"].get(fqn, {})} for fqn in
+                       set(target["optim"]) | set(state["optimizer_scalars"])}
+        set_state_dict(model, optimizers, model_state_dict=target["model"],
+                       optim_state_dict={"state": optim_state, "param_groups": state["optimizer_groups"]})
+        restore_schedulers_and_rng(path, state, schedulers)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError) as e:
+        raise _does_not_fit(path, e) from None
 
 
 def _optim_by_name(model: nn.Module, optimizers: list[torch.optim.Optimizer], saved: list[dict[str, Any]]) -> dict[str, Any]:
@@ -168,16 +142,38 @@ def load_full_into_sharded(path: Path, model: nn.Module, optimizers: list[torch.
     """Resume a sharded run from a 1-process (safetensors) checkpoint: every rank keeps only its shards."""
     weights = load_tensors(path / "model.safetensors")
     check_shapes(model.state_dict(), weights, path)  # DTensor shapes are the full (global) shapes
-    saved = optimizer_join(state["optimizers"], load_tensors(path / "optim.safetensors"))
-    set_state_dict(model, optimizers, model_state_dict=weights, optim_state_dict=_optim_by_name(model, optimizers, saved),
-                   options=StateDictOptions(full_state_dict=True))
-    _restore_rest(path, state, schedulers)
+    try:
+        saved = optimizer_join(state["optimizers"], load_tensors(path / "optim.safetensors"))
+        for i, (opt, sd) in enumerate(zip(optimizers, saved, strict=True)):
+            check_param_groups(sd["param_groups"], opt, f"optimizers[{i}]")
+        set_state_dict(model, optimizers, model_state_dict=weights, optim_state_dict=_optim_by_name(model, optimizers, saved),
+                       options=StateDictOptions(full_state_dict=True))
+        restore_schedulers_and_rng(path, state, schedulers)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError, CheckpointError) as e:
+        raise _does_not_fit(path, e) from None
+
+
+def _does_not_fit(path: Path, e: BaseException) -> CheckpointError:
+    """One line for optimizer/scheduler/RNG state that does not fit the live run (the same words as store.load_checkpoint)."""
+    return CheckpointError(f"{path}: optimizer, scheduler or RNG state does not fit this run "
+                           f"(was optim.name changed?): {' '.join(str(e).splitlines())}")
+
+
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """state.json (digest, schema, file hashes) and, for a sharded checkpoint, its JSON index: what "intact" means."""
+    state = read_state(path)
+    if state.get("sharded"):
+        read_index(path / DCP_DIR)
+    return state
 
 
 def load_for_resume(path: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any], *,
-                    sharded_model: bool) -> dict[str, Any]:
-    """Restore model, optimizers, schedulers and RNG from any checkpoint into any layout; return its state.json."""
-    state = read_state(path)
+                    sharded_model: bool, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Restore model, optimizers, schedulers and RNG from any checkpoint into any layout; return its state.json.
+
+    `state` is the verified state.json when the caller has it (resume_point verified it), else it is verified here.
+    """
+    state = state if state is not None else verify_checkpoint(path)
     if state.get("sharded"):
         load_sharded(path, model, optimizers, schedulers, state)
     elif sharded_model:
@@ -196,13 +192,13 @@ def load_model_sharded(path: Path, model: nn.Module) -> None:
     model.load_state_dict(target["model"])
 
 
-def consolidate(path: Path, out: Path) -> Path:
-    """Write a checkpoint's full model weights as one safetensors file (sharded or not), without building the model."""
-    state = read_state(path)
+def consolidate(path: Path, out: Path) -> dict[str, Any]:
+    """Write a checkpoint's full model weights as one safetensors file (sharded or not), without building the model; its state."""
+    state = verify_checkpoint(path)
     if not state.get("sharded"):
         weights = load_tensors(path / "model.safetensors")
     else:
-        index = SafeReader(path / DCP_DIR).read_metadata().state_dict_metadata
+        index = read_index(path / DCP_DIR).state_dict_metadata
         weights = {key[len("model."):]: torch.empty(meta.size, dtype=meta.properties.dtype)
                    for key, meta in index.items() if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)}
         target = {"model": weights}
@@ -211,5 +207,5 @@ def consolidate(path: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(out),
               metadata={"largo_checkpoint": str(path), "step": str(state["step"])})
-    return out
+    return state
 

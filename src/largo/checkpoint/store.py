@@ -32,10 +32,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from largo.fileio import fsync_dir, sha256_file, write_json_atomic
+from largo.checkpoint.state_schema import FORMAT, check_like, check_scalars, load_state_json, signed
 from largo.errors import CheckpointError
+from largo.fileio import fsync_dir, sha256_file, write_json_atomic
 
-FORMAT = "largo-checkpoint-v1"
 STATE = "state.json"
 LATEST = "latest"
 PREFIX = "step_"
@@ -85,10 +85,33 @@ def optimizer_split(optimizers: list[torch.optim.Optimizer]) -> tuple[list[dict[
     return meta, tensors
 
 
+def check_param_groups(saved: Any, opt: torch.optim.Optimizer, where: str) -> None:
+    """Saved param groups must hold this optimizer's hyperparameters, typed alike (torch checks the params lists)."""
+    live = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
+    if not isinstance(saved, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved):
+        raise CheckpointError(f"{where}: param_groups must be a list of groups with params")
+    check_like([{k: v for k, v in g.items() if k != "params"} for g in saved], live, where)
+
+
+def restore_schedulers_and_rng(path: Path, state: dict[str, Any], schedulers: list[Any]) -> None:
+    """Schedulers (checked against the live ones first) and RNG streams, shared by every resume path."""
+    if len(state["schedulers"]) != len(schedulers):
+        raise CheckpointError(f"{len(state['schedulers'])} scheduler states for {len(schedulers)} optimizers")
+    for i, (sched, sd) in enumerate(zip(schedulers, state["schedulers"])):
+        check_like(sd, sched.state_dict(), f"schedulers[{i}]")
+        sched.load_state_dict(sd)
+    tensors = load_tensors(path / "rng.safetensors")
+    cpu = tensors.get("torch_cpu")
+    if cpu is None or cpu.dtype != torch.uint8 or cpu.shape != torch.get_rng_state().shape:
+        raise CheckpointError(f"rng.safetensors holds no torch CPU generator state of {tuple(torch.get_rng_state().shape)} bytes")
+    set_rng_state(state["rng"], tensors)
+
+
 def optimizer_join(meta: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
     """Inverse of optimizer_split: one torch state dict per optimizer."""
     out = []
     for i, m in enumerate(meta):
+        check_scalars(m["scalars"], f"optimizers[{i}].scalars")
         state: dict[int, dict[str, Any]] = {}
         for name, value in tensors.items():
             idx, pid, key = name.split(".", 2)
@@ -164,9 +187,6 @@ def begin_checkpoint(root: Path, step: int, owner_pid: int) -> Path:
     except OSError as e:
         raise _failed_save(e, tmp, root / checkpoint_name(step)) from None
     return tmp
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    return tmp
 
 
 def commit_checkpoint(tmp: Path, root: Path, step: int, *, state: dict[str, Any], keep_last: int,
@@ -181,8 +201,8 @@ def commit_checkpoint(tmp: Path, root: Path, step: int, *, state: dict[str, Any]
             shutil.copyfile(src, tmp / name)
         _pause_for_tests("save", step)
         files = {f.relative_to(tmp).as_posix(): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
-        write_json_atomic(tmp / STATE, {"format": FORMAT, "step": step, "generation": generation, "rng": rng_json,
-                                        "files": files, **state})
+        write_json_atomic(tmp / STATE, signed({"format": FORMAT, "step": step, "generation": generation, "rng": rng_json,
+                                               "files": files, **state}))
         fsync_dir(tmp)  # state.json is the last file: a folder without it is never a checkpoint
         _pause_for_tests("rename", step)
         if final.exists():  # re-saving a step (a finished run resumed): a complete copy exists at every instant
@@ -299,26 +319,21 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """state.json of a checkpoint folder, after checking every listed file's sha256."""
+    """state.json of a checkpoint folder: digest and schema checked, then every listed file's sha256."""
     state_file = path / STATE
     if not state_file.is_file():
         raise CheckpointError(f"{path}: not a complete checkpoint (no {STATE})")
-    try:
-        state = json.loads(state_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{state_file}: not valid JSON") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{state_file}: format {found!r}, expected {FORMAT!r}")
-    files = state.get("files")
-    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()) or not isinstance(state.get("step"), int):
-        raise CheckpointError(f"{state_file}: 'files' must map file names to sha256 strings and 'step' must be an integer")
-    for name, digest in files.items():
+    state = load_state_json(state_file, _step_of(path.name))
+    for name, digest in state["files"].items():
         f = path / name
         if not _inside(path, name) or not f.is_file():
             raise CheckpointError(f"{path}: file {name!r} listed in {STATE} is missing or outside the checkpoint")
         if sha256_file(f) != digest:
             raise CheckpointError(f"{f}: sha256 does not match {STATE}; the file is truncated or corrupt")
+    unlisted = [p.relative_to(path).as_posix() for p in sorted((path / "dcp").rglob("*"))] if (path / "dcp").is_dir() else []
+    unlisted = [name for name in unlisted if name not in state["files"]]
+    if unlisted:  # DCP reads whatever its index names: nothing unverified may sit beside its files
+        raise CheckpointError(f"{path}: {unlisted[0]} is not listed in {STATE}; the checkpoint was altered")
     return state
 
 
@@ -382,12 +397,11 @@ def load_checkpoint(
     load_model_weights(model, path)
     try:
         joined = optimizer_join(state["optimizers"], load_tensors(path / "optim.safetensors"))
-        for opt, sd in zip(optimizers, joined, strict=True):
+        for i, (opt, sd) in enumerate(zip(optimizers, joined, strict=True)):
+            check_param_groups(sd["param_groups"], opt, f"optimizers[{i}]")
             opt.load_state_dict(sd)
-        for sched, sd in zip(schedulers, state["schedulers"], strict=True):
-            sched.load_state_dict(sd)
-        set_rng_state(state["rng"], load_tensors(path / "rng.safetensors"))
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:  # e.g. optim.name changed since the save
+        restore_schedulers_and_rng(path, state, schedulers)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, CheckpointError) as e:  # e.g. optim.name changed
         raise CheckpointError(f"{path}: optimizer, scheduler or RNG state does not fit this run "
                               f"(was optim.name changed?): {' '.join(str(e).splitlines())}") from None
     return state

@@ -102,17 +102,38 @@ def _tabular_texts(path: Path, column: str, stats: SourceStats) -> Iterator[str]
                 yield str(row[column])
         return
     try:
+        if path.suffix == ".csv":
+            yield from _csv_texts(path, column)
+        else:
+            yield from _parquet_texts(path, column)
+    except (ValueError, OSError) as e:  # pandas' and pyarrow's parse errors (ArrowInvalid is a ValueError)
+        reason = " ".join(str(e).split())[:200]
+        raise DataError(f"{path}: not a readable {path.suffix[1:]} file ({reason})") from None
+
+
+def _csv_texts(path: Path, column: str) -> Iterator[str]:
+    """One column of a CSV file, 10,000 rows at a time."""
+    try:
         import pandas as pd
     except ImportError:
-        raise DataError(f"{path}: reading {path.suffix} needs pandas: pip install 'largo[data]'") from None
-    if path.suffix == ".csv":
-        chunks = pd.read_csv(path, chunksize=10_000, encoding_errors="replace")
-    else:
-        chunks = [pd.read_parquet(path)]
-    for chunk in chunks:
+        raise DataError(f"{path}: reading .csv needs pandas: pip install 'largo[data]'") from None
+    for chunk in pd.read_csv(path, chunksize=10_000, encoding_errors="replace"):
         if column not in chunk.columns:
             raise DataError(f"{path}: no column {column!r} (data.text_column); has {list(chunk.columns)}")
         yield from chunk[column].astype(str)
+
+
+def _parquet_texts(path: Path, column: str) -> Iterator[str]:
+    """One column of a Parquet file, a record batch at a time (never the whole table in memory)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install 'largo[data]'") from None
+    table = pq.ParquetFile(path)
+    if column not in table.schema_arrow.names:
+        raise DataError(f"{path}: no column {column!r} (data.text_column); has {table.schema_arrow.names}")
+    for batch in table.iter_batches(batch_size=10_000, columns=[column]):
+        yield from (str(v) for v in batch.column(0).to_pylist())
 
 
 def iter_documents(source: str, text_column: str, stats: SourceStats, max_bytes: int = 0) -> Iterator[tuple[str, str]]:

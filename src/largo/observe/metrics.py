@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from largo.errors import DataError
+
 
 class MetricsLog:
     """Appends {"step": ..., ...} lines to metrics.jsonl; on resume drops lines past the resumed step."""
@@ -43,8 +45,23 @@ def _step(line: str) -> float:
 
 
 def read_metrics(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl, optionally only those with "kind" == kind."""
+    """All records of a metrics.jsonl, optionally only those with "kind" == kind.
+
+    A last line without its newline was torn by a kill and is skipped; a bad line anywhere else is an error.
+    """
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip() or (lineno == len(lines) and not text.endswith("\n")):
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            raise DataError(f"{path}:{lineno}: not a JSON record; the metrics file was edited or damaged") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{lineno}: not a JSON object; the metrics file was edited or damaged")
+        records.append(record)
     return [r for r in records if kind is None or r.get("kind") == kind]

@@ -18,8 +18,9 @@ def plot_run(run_dir: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    train = read_metrics(run_dir / "metrics.jsonl", "train")
-    evals = read_metrics(run_dir / "metrics.jsonl", "eval")
+    numeric = lambda r: isinstance(r.get("step"), (int, float)) and isinstance(r.get("loss"), (int, float))  # noqa: E731
+    train = [r for r in read_metrics(run_dir / "metrics.jsonl", "train") if numeric(r)]
+    evals = [r for r in read_metrics(run_dir / "metrics.jsonl", "eval") if numeric(r)]
     if not train:
         return None
     steps = [r["step"] for r in train]

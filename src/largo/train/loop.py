@@ -20,24 +20,24 @@ from torch import nn
 from tqdm import tqdm
 
 from largo.checkpoint.restore import load_init_weights
-from largo.checkpoint.sharded import load_for_resume, save_sharded
-from largo.checkpoint.store import checkpoint_candidates, read_state, save_checkpoint
+from largo.checkpoint.sharded import load_for_resume, save_sharded, verify_checkpoint
+from largo.checkpoint.store import checkpoint_candidates, save_checkpoint
 from largo.config import RunConfig
 from largo.data import Batch, rank_samples
 from largo.dist.env import DistEnv, init_env
 from largo.dist.memory import log_memory, report_after_steps
 from largo.dist.parallelize import build_parallel_model, choose_strategy, clip_grad_norm, grad_sync, unwrap
-from largo.errors import CheckpointError, ConfigError
+from largo.errors import CheckpointError, ConfigError, RunDirError
 from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
 from largo.observe.plots import plot_run
 from largo.observe.throughput import peak_flops, remeasure_peak
 from largo.plan.check import check_run, format_rows
 from largo.train.classify import new_confusion, report_classification
-from largo.train.evaluate import IGNORE, autocast, evaluate, format_result, summed_loss
+from largo.train.evaluate import IGNORE, autocast, call_model, evaluate, format_result, summed_loss, to_device
 from largo.train.faults import PREEMPTED_EXIT, StepGuard
 from largo.train.optim import build_optimizers, build_schedulers
-from largo.train.run_dir import open_run_dir
+from largo.train.run_dir import open_run_dir, release_run_dir
 from largo.train.tasks import build_task
 
 LossFn = Callable[[Any, Any, float], torch.Tensor]  # (outputs, targets, normaliser) -> loss to backward
@@ -66,22 +66,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def to_device(obj: Any, device: torch.device) -> Any:
-    """Move tensors, and tensors inside dicts/lists/tuples, to device."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(to_device(v, device) for v in obj)
-    return obj
-
-
-def call_model(model: nn.Module, inputs: Any) -> Any:
-    """model(**inputs) for dict inputs, model(inputs) otherwise."""
-    return model(**inputs) if isinstance(inputs, dict) else model(inputs)
 
 
 def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int, stop_at: int | None,
@@ -194,17 +178,20 @@ def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, 
     return summary
 
 
-def resume_point(run_dir: Path, resume: str | None, log: Callable[[str], None] = print) -> Path | None:
-    """The checkpoint to resume from: None, 'auto' (newest complete one that verifies, if any) or an explicit folder."""
+def resume_point(run_dir: Path, resume: str | None, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]] | None:
+    """(checkpoint, its verified state) to resume from: None, 'auto' (newest intact one, if any) or an explicit folder."""
     if resume is None:
         return None
     root = run_dir / "checkpoints"
     if resume == "auto":
+        linked = sorted(p.name for p in root.glob("step_*") if p.is_symlink()) if root.is_dir() else []
+        if linked:  # largo renames, replaces and prunes these folders; a link would be followed into someone else's files
+            raise CheckpointError(f"{root / linked[0]}: a symbolic link; largo writes and prunes its checkpoint folders itself, "
+                                  f"so replace the link with a copy of the folder")
         candidates, damaged = checkpoint_candidates(root), []
         for ckpt in candidates:
             try:
-                read_state(ckpt)  # hashes every file: a checkpoint damaged after it was written is passed over
-                return ckpt
+                return ckpt, verify_checkpoint(ckpt)  # digest, schema, hashes: a checkpoint damaged or edited is passed over
             except CheckpointError as e:
                 log(f"warning: {e}; trying an older checkpoint")
                 damaged.append(ckpt.name)
@@ -217,7 +204,7 @@ def resume_point(run_dir: Path, resume: str | None, log: Callable[[str], None] =
                               f"safetensors checkpoint folders (it never loads pickle files)")
     if not path.is_dir():
         raise CheckpointError(f"--resume {resume}: no such checkpoint folder (or use --resume auto)")
-    return path
+    return path, verify_checkpoint(path)
 
 
 def global_target_count(batches: list[Batch], env: DistEnv) -> float:
@@ -251,11 +238,24 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
     strategy, why = choose_strategy(cfg.parallel, num_params=cfg.model.num_params(), env=env)
     say(f"parallel: {strategy} ({why})")
-    ckpt = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
-    run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)
+    resumed = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
+    if resumed is not None and resumed[1]["step"] >= t.steps:
+        raise RunDirError(f"{cfg.run_dir} already finished at step {resumed[1]['step']} (train.steps = {t.steps}); "
+                          f"nothing to do: raise --train.steps to train further")
+    run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)  # locked until the end
+    try:
+        return _train_in(run_dir, cfg, env, task, strategy, resumed, stop_at=stop_at, say=say, log=log)
+    finally:
+        release_run_dir(run_dir)
+
+
+def _train_in(run_dir: Path, cfg: RunConfig, env: DistEnv, task: Any, strategy: str, resumed: tuple[Path, dict[str, Any]] | None,
+              *, stop_at: int | None, say: Callable[[str], None], log: Callable[[str], None]) -> dict[str, Any]:
+    """Everything after the run directory is opened and locked: model, optimizers, the loop, the end-of-run reports."""
+    t = cfg.train
     memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
     # 2) model init: meta build, parallelize (ac -> compile -> fsdp | ddp), materialise, init from the seed
-    trained = build_parallel_model(cfg, env, strategy, full_init=ckpt is None)
+    trained = build_parallel_model(cfg, env, strategy, full_init=resumed is None)
     model = unwrap(trained)
     if cfg.model.init_from:  # fine-tuning: start from these weights; optimizer, schedule and step start fresh
         if strategy == "fsdp":
@@ -264,8 +264,9 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     optimizers = build_optimizers(model, cfg.optim)
     schedulers = build_schedulers(optimizers, cfg.optim, t.steps)
     start_step = 0
-    if ckpt is not None:
-        start_step = int(load_for_resume(ckpt, trained, optimizers, schedulers, sharded_model=strategy == "fsdp")["step"])
+    if resumed is not None:
+        ckpt, state = resumed
+        start_step = int(load_for_resume(ckpt, trained, optimizers, schedulers, sharded_model=strategy == "fsdp", state=state)["step"])
         say(f"resumed from {ckpt} at step {start_step}")
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if env.is_main else None
     report_after_steps(optimizers[0], {1, t.steps - start_step}, model, optimizers, env,
