@@ -208,7 +208,7 @@ class Trainer:
         Under torchrun each rank trains on its own share of the batches (grad_accum micro-batches per rank
         per step), so a step's global batch is world x grad_accum loader batches.
         """
-        cfg, env, accum = self.cfg, self.env, self.grad_accum
+        cfg, env = self.cfg, self.env
         loader, stride = shard_by_rank(as_loader(train_data, batch_size=self.batch_size, shuffle=True), env.rank, env.world)
         per_epoch = len(loader) // stride if hasattr(loader, "__len__") else None  # this rank's batches per epoch
         cfg.train.steps = self._steps(per_epoch)

@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
-from largo.checkpoint.state_schema import check_like, check_scalars
+from largo.checkpoint.state_schema import SHARDED_FORMAT, check_like, check_scalars
 from largo.checkpoint.store import (
     begin_checkpoint, check_param_groups, check_shapes, checkpoint_name, commit_checkpoint, load_checkpoint, load_tensors,
     optimizer_join, read_state, restore_schedulers_and_rng,
