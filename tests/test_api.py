@@ -90,3 +90,9 @@ def test_bad_data_is_one_line(tmp_path: Path, data: object, message: str) -> Non
     trainer = largo.Trainer(nn.Linear(8, 2), run_dir=tmp_path / "r", **quiet)
     with pytest.raises(DataError, match=message):
         trainer.fit(data)
+
+
+def test_evaluate_on_no_data_is_an_error(tmp_path: Path) -> None:
+    trainer = largo.Trainer(nn.Linear(8, 2), run_dir=tmp_path / "r", **quiet)
+    with pytest.raises(DataError, match="the evaluation data holds no examples"):
+        trainer.evaluate([])

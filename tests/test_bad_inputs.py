@@ -207,6 +207,53 @@ def _csv_without_labels(w: World) -> list[str]:
     return _classifier(w, "text_classifier", w.tmp / "r.csv")
 
 
+def _not_parquet(w: World) -> list[str]:
+    (w.tmp / "a.parquet").write_text("plain text, named like a table\n")
+    return ["train", w.config(w.tmp / "newdata", data={"source": str(w.tmp / "a.parquet")})]
+
+
+def _json_list_config(w: World) -> list[str]:
+    (w.tmp / "c.json").write_text("[1, 2]")
+    return ["train", str(w.tmp / "c.json")]
+
+
+def _damaged_metrics(w: World) -> list[str]:
+    metrics = w.run() / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text(lines[0] + '{"kind": "train", "step": \n' + "".join(lines[1:]))
+    return ["report", str(w.tmp / "runs" / "t")]
+
+
+def _existing_file_as_export_folder(w: World) -> list[str]:
+    w.run()
+    (w.tmp / "out.bin").write_text("not a folder")
+    return ["export", str(w.tmp / "runs" / "t"), str(w.tmp / "out.bin"), "--format", "safetensors"]
+
+
+def _linked_checkpoint(w: World) -> list[str]:
+    root = w.run() / "checkpoints"
+    (root / "step_0000002").rename(w.tmp / "kept_elsewhere")
+    (root / "step_0000002").symlink_to(w.tmp / "kept_elsewhere")
+    return ["train", w.config(), "--resume", "auto"]
+
+
+def _state_edit(w: World, change: Callable[[dict], None], *, sign: bool) -> list[str]:
+    """eval of step 2 after editing its state.json, re-signed (a forger) or not (a careless edit)."""
+    ckpt = w.run() / "checkpoints" / "step_0000002"
+    resign(ckpt, change) if sign else edit_json(ckpt / "state.json", change)
+    return ["eval", str(ckpt)]
+
+
+def _nested_state(w: World) -> list[str]:
+    ckpt = w.run() / "checkpoints" / "step_0000002"
+    (ckpt / "state.json").write_text("[" * 100_000 + "]" * 100_000)
+    return ["eval", str(ckpt)]
+
+
+EDITED = "; the checkpoint is damaged or was edited"
+
+
+PARQUET_ERROR = "Parquet magic bytes not found in footer. Either the file is corrupted or this is not a parquet file."
 IMAGE_TYPES = "['.bmp', '.gif', '.jpeg', '.jpg', '.pgm', '.png', '.ppm', '.tif', '.tiff', '.webp']"
 CKPT = "{tmp}/runs/t/checkpoints/step_0000002"
 REBUILD = "rebuild with `largo prepare <config> --force`"
@@ -290,6 +337,48 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
     ("pickle .pt to --resume", lambda w: ["train", w.config(), "--resume", str(_pickle_file(w, "evil.pt"))],
      "--resume {tmp}/evil.pt: a file, not a checkpoint folder; largo resumes only from its own safetensors checkpoint folders (it never loads pickle files)", 2),
     ("pickle inside a checkpoint, hash forged", _pickle_in_checkpoint, f"{CKPT}/model.safetensors: {PICKLE_REFUSED}", 2),
+    # --- inputs that once ended in exit 1 or were accepted -------------------------------------------------------------
+    ("text file named .parquet", _not_parquet, "{tmp}/a.parquet: not a readable parquet file ({parquet_error})", 2),
+    ("JSON config holding a list", _json_list_config,
+     '{tmp}/c.json: a JSON config must be an object of sections such as {{"train": {{...}}}}, got a list', 2),
+    ("generate at temperature nan", lambda w: ["generate", str(w.run()), "--temperature", "nan"],
+     "--temperature (nan) must be a finite number >= 0 (0 = greedy)", 2),
+    ("generate at temperature -1", lambda w: ["generate", str(w.run()), "--temperature", "-1"],
+     "--temperature (-1.0) must be a finite number >= 0 (0 = greedy)", 2),
+    ("generate -5 tokens", lambda w: ["generate", str(w.run()), "--max-new-tokens", "-5"],
+     "--max-new-tokens (-5) must be >= 1 and --top-k (50) >= 0 (0 = no cut)", 2),
+    ("eval of -1 batches", lambda w: ["eval", str(w.run()), "--max-batches", "-1"],
+     "--max-batches (-1) must be >= 0 (0 = the whole held-out split)", 2),
+    ("report of a damaged metrics line", _damaged_metrics,
+     "{tmp}/runs/t/metrics.jsonl:2: not a JSON record; the metrics file was edited or damaged", 2),
+    ("export onto an existing file", _existing_file_as_export_folder,
+     "export output {tmp}/out.bin is a file; give a folder (it is created if missing)", 2),
+    ("plan of -5 tokens", lambda w: ["plan", w.config(), "--tokens", "-5"], "--tokens (-5.0) must be a finite number >= 1, e.g. 1.4e11", 2),
+    ("infinite learning rate", lambda w: ["train", w.config(), "--optim.lr", "inf"], "optim.lr = inf is not a finite number", 2),
+    ("run name climbing out of out_dir", lambda w: ["train", w.config(), "--run.name", "../../x"],
+     "run.name '../../x' must be one folder name (no '/', not '.' or '..'); the run goes to run.out_dir/run.name", 2),
+    ("absolute run name", lambda w: ["train", w.config(), "--run.name", "/tmp/x"],
+     "run.name '/tmp/x' must be one folder name (no '/', not '.' or '..'); the run goes to run.out_dir/run.name", 2),
+    ("checkpoint folder that is a link", _linked_checkpoint,
+     f"{CKPT}: a symbolic link; largo writes and prunes its checkpoint folders itself, so replace the link with a copy of the folder", 2),
+    ("resume of a finished run", lambda w: (w.run(), ["train", w.config(train={"steps": 2}), "--resume", "auto"])[1],
+     "{tmp}/runs/t already finished at step 2 (train.steps = 2); nothing to do: raise --train.steps to train further", 2),
+    # --- state.json edited: by hand (digest) or by a forger who re-signs it (schema) --------------------------------------
+    ("state.json step edited", lambda w: _state_edit(w, lambda s: s.update(step=100), sign=False),
+     f"{CKPT}/state.json: its digest does not match its content{EDITED}", 2),
+    ("state.json scheduler edited", lambda w: _state_edit(w, lambda s: s["schedulers"][0].update(last_epoch=1), sign=False),
+     f"{CKPT}/state.json: its digest does not match its content{EDITED}", 2),
+    ("state.json step forged", lambda w: _state_edit(w, lambda s: s.update(step=100), sign=True),
+     f"{CKPT}/state.json: 'step' is 100, but the folder is step 2{EDITED}", 2),
+    ("state.json step true", lambda w: _state_edit(w, lambda s: s.update(step=True), sign=True),
+     f"{CKPT}/state.json: 'step' is True, but the folder is step 2{EDITED}", 2),
+    ("state.json step negative", lambda w: _state_edit(w, lambda s: s.update(step=-3), sign=True),
+     f"{CKPT}/state.json: 'step' is -3, but the folder is step 2{EDITED}", 2),
+    ("state.json scheduler garbage", lambda w: _state_edit(w, lambda s: s.update(schedulers=[{"last_epoch": "x"}]), sign=True),
+     f"{CKPT}/state.json: 'schedulers' must be a list of states whose last_epoch is at most the step{EDITED}", 2),
+    ("state.json lists no files", lambda w: _state_edit(w, lambda s: s.update(files={}), sign=True),
+     f"{CKPT}/state.json: 'files' does not list model.safetensors{EDITED}", 2),
+    ("state.json nested 100,000 deep", _nested_state, f"{CKPT}/state.json: not valid JSON", 2),
 ]
 
 
@@ -325,7 +414,7 @@ def test_bad_input_one_line_nothing_damaged(name: str, setup: Callable[[World], 
     assert main(argv) == code
     err = capsys.readouterr().err
     sizes = {f"{s}_bytes": (tiny_data / f"{s}_000.bin").stat().st_size for s in ("train", "val")}
-    expected = message.format(tmp=tmp_path, train_bytes_minus_10=sizes["train_bytes"] - 10, **sizes)
+    expected = message.format(tmp=tmp_path, train_bytes_minus_10=sizes["train_bytes"] - 10, parquet_error=PARQUET_ERROR, **sizes)
     assert err.splitlines() == [f"largo: error: {expected}"]
     assert snapshot(tmp_path) == before, "the user's files changed"
     assert not w.marker.exists(), "a pickle payload ran"
@@ -410,3 +499,114 @@ def test_checkpoint_paths_stay_inside(tmp_path: Path) -> None:
     bad = ["", "/etc/passwd", "../out.txt", "dcp/../../out.txt", "dcp/link", "a\\..\\b", "a\0b"]
     assert [_inside(ckpt, n) for n in ok] == [True] * len(ok)
     assert [_inside(ckpt, n) for n in bad] == [False] * len(bad)
+
+
+# --- hostile DCP indexes: largo never unpickles one ------------------------------------------------------------------
+
+
+def _short(text: str) -> bytes:
+    """SHORT_BINUNICODE: a string of under 256 bytes (protocol >= 4)."""
+    raw = text.encode()
+    return b"\x8c" + bytes([len(raw)]) + raw
+
+
+def _stack_global(module: str, name: str) -> bytes:
+    return _short(module) + _short(name) + b"\x93"
+
+
+def hostile_payloads(marker: Path) -> dict[str, bytes]:
+    """Pickles that run `touch marker` when unpickled, by every route a restricted unpickler has been bypassed."""
+    cmd = f"touch {marker}"
+    out = {f"__reduce__ protocol {p}": pickle.dumps(RunsCode(marker), protocol=p) for p in range(6)}
+    for module in ("torch.distributed.checkpoint.filesystem", "torch.distributed.checkpoint.metadata",
+                   "torch.distributed.checkpoint.utils", "torch.serialization", "pathlib", "torch"):
+        # dotted names through a module's own `import os`: protocol 4+ resolves them with getattr, one dot at a time
+        out[f"STACK_GLOBAL {module}.os.system"] = b"\x80\x04" + _stack_global(module, "os.system") + _short(cmd) + b"\x85R."
+        out[f"GLOBAL {module} os.system (protocol 5)"] = b"\x80\x05c" + f"{module}\nos.system\n".encode() + b"(V" + cmd.encode() + b"\ntR."
+    for fn in ("eval", "exec"):
+        out[f"builtins.{fn}"] = b"\x80\x04" + _stack_global("builtins", fn) + _short(f"__import__('os').system({cmd!r})") + b"\x85R."
+    imp_os = _stack_global("builtins", "__import__") + _short("os") + b"\x85R"  # the os module, on the stack
+    out["nested REDUCE getattr(__import__('os'), 'system')"] = (b"\x80\x04" + _stack_global("builtins", "getattr") + imp_os
+                                                                + _short("system") + b"\x86R" + _short(cmd) + b"\x85R.")
+    out["operator.methodcaller"] = b"\x80\x04" + _stack_global("operator", "methodcaller") + _short("system") + _short(cmd) + b"\x86R" + imp_os + b"\x85R."
+    out["operator.attrgetter"] = (b"\x80\x04" + _stack_global("operator", "attrgetter") + _short("system") + b"\x85R" + imp_os
+                                  + b"\x85R" + _short(cmd) + b"\x85R.")
+    # BUILD calls functools.partial.__setstate__, which swaps in os.system; an empty REDUCE then calls it
+    out["BUILD with __setstate__ (functools.partial)"] = (
+        b"\x80\x04" + _stack_global("functools", "partial") + _stack_global("builtins", "print") + b"\x85R"
+        + b"(" + _stack_global("os", "system") + _short(cmd) + b"\x85}Nt" + b"b" + b")R.")
+    out["copyreg._reconstructor(subprocess.Popen)"] = (b"\x80\x04" + _stack_global("copyreg", "_reconstructor")
+                                                       + _stack_global("subprocess", "Popen") + _stack_global("subprocess", "Popen")
+                                                       + b"](" + _short("touch") + _short(str(marker)) + b"e" + b"\x87R.")
+    out["INST os system (protocol 0)"] = b"(V" + cmd.encode() + b"\nios\nsystem\n."
+    out["OBJ os.system (protocol 1)"] = b"(cos\nsystem\nV" + cmd.encode() + b"\no."
+    return out
+
+
+def _unpickle_for_real(payload: bytes) -> None:
+    """What a naive reader would do (the test below proves each payload is live)."""
+    obj = pickle.loads(payload)
+    if hasattr(obj, "wait"):  # the Popen payload runs its command in a child
+        obj.wait()
+
+
+def test_hostile_payloads_are_live(tmp_path: Path) -> None:
+    """Every payload of the corpus runs code under plain pickle.loads, so refusing them means something."""
+    for name, payload in hostile_payloads(tmp_path / "ran").items():
+        _unpickle_for_real(payload)
+        assert (tmp_path / "ran").exists(), name
+        (tmp_path / "ran").unlink()
+
+
+@pytest.fixture(scope="module")
+def sharded_run(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -> Path:
+    """The trained run's step-2 weights as a sharded (DCP) checkpoint written by save_sharded, in one process."""
+    from largo.checkpoint.restore import restore
+    from largo.checkpoint.sharded import save_sharded
+    from largo.dist.env import DistEnv
+    from largo.train.optim import build_optimizers, build_schedulers
+
+    model, cfg, ckpt = restore(trained_run)
+    optimizers = build_optimizers(model.train(), cfg.optim)
+    root = tmp_path_factory.mktemp("sharded") / "runs" / "t" / "checkpoints"
+    save_sharded(root, 2, model=model, optimizers=optimizers, schedulers=build_schedulers(optimizers, cfg.optim, 2),
+                 trainer_state={"data": {"samples_seen": 16}, "config": cfg.to_dict()}, keep_last=2, env=DistEnv(),
+                 extra_files={"tokenizer.json": ckpt / "tokenizer.json"})
+    return root.parent
+
+
+def _plant(ckpt: Path, payload: bytes, *, old_format: bool) -> None:
+    """dcp/.metadata := payload, listed and signed; old_format also marks the checkpoint as largo's pickled-index format."""
+    (ckpt / "dcp" / ".metadata").write_bytes(payload)
+
+    def change(state: dict) -> None:
+        state["files"]["dcp/.metadata"] = hashlib.sha256(payload).hexdigest()
+        state["sharded"]["format"] = "dcp-v1" if old_format else "dcp-v2"
+    resign(ckpt, change)
+
+
+PAYLOAD_NAMES = list(hostile_payloads(Path("/m")))
+COMMANDS = {"eval": lambda c, w: ["eval", str(c)], "generate": lambda c, w: ["generate", str(c)],
+            "export": lambda c, w: ["export", str(c), str(w.tmp / "out"), "--format", "safetensors"],
+            "resume": lambda c, w: ["train", w.config(), "--resume", str(c)]}
+
+
+@pytest.mark.parametrize("payload", PAYLOAD_NAMES)
+def test_hostile_dcp_index_never_runs(payload: str, tmp_path: Path, tiny_data: Path, sharded_run: Path,
+                                      capsys: pytest.CaptureFixture) -> None:
+    """Each payload as dcp/.metadata, in a checkpoint of the old pickled-index format and beside a valid JSON index,
+    through eval, generate, export and --resume: one line, exit 2, nothing changed, the marker never created."""
+    w = World(tmp_path, tiny_data, sharded_run)
+    runs = w.run()
+    for i, (command, argv_of) in enumerate(COMMANDS.items()):
+        old_format = i % 2 == 0
+        ckpt = runs / "checkpoints" / "step_0000002"
+        _plant(ckpt, hostile_payloads(w.marker)[payload], old_format=old_format)
+        argv = argv_of(ckpt, w)
+        before = snapshot(tmp_path)
+        capsys.readouterr()
+        assert main(argv) == 2, (command, capsys.readouterr())
+        err = capsys.readouterr().err.splitlines()
+        why = "sharded format" if old_format else "dcp/.metadata: a pickled DCP index"
+        assert len(err) == 1 and why in err[0], (command, err)
+        assert snapshot(tmp_path) == before and not w.marker.exists(), command

@@ -127,7 +127,8 @@ def test_fsdp_on_two_nodes_matches_one_and_halves_the_state(setup: dict, fsdp_tw
         assert len(sharded[key]) == 2
         for rank_bytes in sharded[key]:
             assert rank_bytes == pytest.approx(whole[key][0] / 2, rel=0.02), key
-    assert (fsdp_two_nodes / "checkpoints" / "step_0000003" / "dcp" / ".metadata").is_file()
+    dcp = fsdp_two_nodes / "checkpoints" / "step_0000003" / "dcp"
+    assert (dcp / "index.json").is_file() and not (dcp / ".metadata").exists()  # largo's JSON index, never DCP's pickle
 
 
 def test_export_gathers_a_sharded_checkpoint_into_one_safetensors(setup: dict, fsdp_two_nodes: Path) -> None:
@@ -158,6 +159,27 @@ def test_one_process_checkpoint_resumes_sharded_on_two(setup: dict) -> None:
     assert "resumed from" in proc.stdout
     _assert_same_run(run, setup["reference"])
     assert (run / "checkpoints" / "step_0000006" / "dcp").is_dir()  # written sharded from here on
+
+
+def test_trainer_on_two_processes_matches_one(setup: dict) -> None:
+    """largo.Trainer under torchrun: each rank trains on its own batches; the same global batch gives the 1-process run."""
+    worker = str(Path(__file__).with_name("_trainer_worker.py"))
+    one, two = setup["root"] / "trainer_one", setup["root"] / "trainer_two"
+    proc = subprocess.run([sys.executable, worker, str(one)], env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    _check(proc, proc.stdout + proc.stderr)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", worker, str(two)],
+                          env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    _check(proc, proc.stdout + proc.stderr)
+    got, want = _losses(two), _losses(one)
+    assert len(got) == len(want) == 24
+    torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-5, atol=0)
+    a, b = (load_file(str(run / "checkpoints" / "step_0000024" / "model.safetensors")) for run in (two, one))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+    e2, e1 = (json.loads(Path(f"{run}.eval.json").read_text()) for run in (two, one))
+    assert e2["samples"] == e1["samples"] == 64 and e2["accuracy"] == e1["accuracy"]
+    assert e2["loss"] == pytest.approx(e1["loss"], rel=1e-5)  # sharded over the ranks, sums all-reduced
 
 
 def _rank_pid(marker: str, rank: int) -> int | None:

@@ -392,3 +392,24 @@ def test_resume_from_an_earlier_checkpoint_then_auto_follows_the_new_branch(tmp_
     assert [p.name for p in complete_checkpoints(root)] == ["step_0000006", "step_0000005"]  # step 4 pruned: 2 kept
     assert train(cfg, resume="auto", **quiet)["step"] == 8
     assert [p.name for p in complete_checkpoints(root)] == ["step_0000006", "step_0000008"]
+
+
+def test_a_run_directory_holds_one_run_at_a_time(tmp_path: Path, tiny_data: Path, reference: dict) -> None:
+    """While a run holds its folder (paused mid-save), a second run with --overwrite or --resume auto exits 2 naming
+    its PID and touches nothing; once the holder is SIGKILLed the kernel has dropped the lock and a new run resumes."""
+    cfg = kill_config(tmp_path, tiny_data, "locked")
+    config, log, marker = write_config(cfg, tmp_path / "cfg.json"), tmp_path / "log.txt", tmp_path / "paused"
+    holder = start(config, log, LARGO_PAUSE_IN="save", LARGO_PAUSE_STEP="10", LARGO_PAUSE_MARKER=str(marker))
+    wait_for(marker.exists, holder, "the holder's pause in the save of step 10")
+    before = {p: p.read_bytes() for p in cfg.run_dir.rglob("*") if p.is_file()}
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for flag in (["--overwrite"], ["--resume", "auto"]):
+        second = subprocess.run([sys.executable, "-m", "largo", "train", str(config), *flag], capture_output=True, text=True, env=env)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.splitlines() == [f"largo: error: {cfg.run_dir} is in use by another largo run (pid {holder.pid}); "
+                                              f"wait for it to end, or set another run.name"]
+    assert {p: p.read_bytes() for p in cfg.run_dir.rglob("*") if p.is_file()} == before, "the refused runs changed files"
+    sigkill(holder)
+    proc = start(config, log)  # no stale lock: the kernel released it with the holder
+    assert proc.wait(300) == 0, log.read_text()[-2000:]
+    assert_same_as(reference, cfg.run_dir)

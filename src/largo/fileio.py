@@ -27,6 +27,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def read_json(path: Path, error: type[Exception], hint: str = "") -> Any:
+    """A JSON file, or `error` in one line when it is unreadable, not JSON or absurdly nested (RecursionError)."""
+    try:
+        return json.loads(path.read_bytes())
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror}){hint}") from None
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise error(f"{path}: not valid JSON{hint}") from None
+
+
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary sibling, fsync, then rename over `path`."""
     tmp = path.with_name(f".{path.name}.tmp")

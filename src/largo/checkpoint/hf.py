@@ -9,7 +9,6 @@ computes something else.
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from largo.checkpoint.store import check_shapes, load_tensors, save_checkpoint
 from largo.config import RunConfig, RunSection
 from largo.data.prepare import EOT
 from largo.errors import CheckpointError
-from largo.fileio import write_json_atomic
+from largo.fileio import read_json, write_json_atomic
 from largo.models.config import ModelConfig
 
 # largo parameter name -> Hugging Face LlamaForCausalLM name; {i} is the block index.
@@ -173,11 +172,20 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
     return out
 
 
+def _plain_name(name: str) -> bool:
+    """A file name in the folder itself (no path, no way out)."""
+    return name.endswith(".safetensors") and "/" not in name and "\\" not in name and name not in (".", "..") and "\0" not in name
+
+
 def read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
     """model.safetensors, or every shard named by model.safetensors.index.json (never pickle)."""
     index = hf_dir / "model.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index, CheckpointError)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) and _plain_name(v) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to .safetensors files of this folder")
+        shards = sorted(set(weight_map.values()))
         return {k: v for shard in shards for k, v in load_tensors(hf_dir / shard).items()}
     if not (hf_dir / "model.safetensors").is_file():
         raise CheckpointError(f"{hf_dir}: no model.safetensors (pickled .bin weights are not read; convert them to safetensors)")
@@ -203,7 +211,7 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> Path:
     src = Path(hf_dir)
     if not (src / "config.json").is_file():
         raise CheckpointError(f"{src}: no config.json; expected a Hugging Face Llama folder")
-    cfg = model_config_from_llama(json.loads((src / "config.json").read_text()), src / "config.json")
+    cfg = model_config_from_llama(read_json(src / "config.json", CheckpointError), src / "config.json")
     weights = from_hf_weights(read_hf_weights(src), cfg, src)
     tok = src / "tokenizer.json"
     return save_imported(run_dir, cfg, weights, tokenizer_json=tok if tok.is_file() else None, source=str(src))

@@ -130,8 +130,8 @@ def export_safetensors(checkpoint: str | Path, out: Path, log: Callable[[str], N
     """Plain largo weights in one model.safetensors (FSDP shards gathered), the resolved config and the tokenizer."""
     from largo.checkpoint.sharded import consolidate
 
-    ckpt = resolve_checkpoint(checkpoint)
-    state = consolidate(ckpt, out / "model.safetensors")
+    ckpt, state = resolve_checkpoint(checkpoint)
+    consolidate(ckpt, out / "model.safetensors", state)
     write_json_atomic(out / "config.json", state["config"])
     if (ckpt / "tokenizer.json").is_file():
         (out / "tokenizer.json").write_bytes((ckpt / "tokenizer.json").read_bytes())

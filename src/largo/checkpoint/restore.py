@@ -3,38 +3,47 @@
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from largo.checkpoint.sharded import load_model_sharded, verify_checkpoint
-from largo.checkpoint.store import STATE, latest_checkpoint, load_model_weights
+from largo.checkpoint.sharded import load_model_sharded, newest_intact, verify_checkpoint
+from largo.checkpoint.store import STATE, load_model_weights
 from largo.config import RunConfig, build_config
 from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
 from largo.models.config import ModelConfig
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder itself, or the newest complete one of a run directory."""
+def _warn(message: str) -> None:
+    print(f"largo: {message}", file=sys.stderr)
+
+
+def resolve_checkpoint(path: str | Path, log: Callable[[str], None] = _warn) -> tuple[Path, dict[str, Any]]:
+    """(checkpoint, verified state): a checkpoint folder itself, or the newest intact one of a run directory.
+
+    A checkpoint folder that is damaged is refused; in a run directory a damaged newest checkpoint is named
+    in a warning and the one before it is taken, as `--resume auto` does.
+    """
     p = Path(path)
     if p.is_file():
         raise CheckpointError(f"{path}: a file; largo loads a run directory or a checkpoint folder of safetensors + JSON, "
                               f"never a pickle/.pt/.bin file (loading one can run code)")
     if (p / STATE).is_file():
-        return p
-    if p.is_dir():
-        found = latest_checkpoint(p / "checkpoints")
-        if found is not None:
-            return found
-    raise CheckpointError(f"{path}: neither a checkpoint folder nor a run directory with a complete checkpoint")
+        return p, verify_checkpoint(p)
+    found = newest_intact(p / "checkpoints", log) if p.is_dir() else None
+    if found is None:
+        raise CheckpointError(f"{path}: neither a checkpoint folder nor a run directory with a complete checkpoint")
+    return found
 
 
 def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, RunConfig, Path]:
     """(model with trained weights in eval mode, the run's config, the checkpoint folder)."""
-    ckpt = resolve_checkpoint(path)
-    state = verify_checkpoint(ckpt)
+    ckpt, state = resolve_checkpoint(path)
     if state.get("user_model"):
         raise CheckpointError(f"{ckpt}: holds a user's own nn.Module; load it with largo.Trainer(model, resume={str(ckpt)!r})")
     try:
@@ -55,8 +64,8 @@ _INIT_MUST_MATCH = ("arch", "n_heads", "kv_heads", "rope_theta", "norm_eps", "ti
 
 def load_init_weights(model: nn.Module, cfg: ModelConfig) -> Path:
     """Copy cfg.init_from's weights into `model` (fine-tuning), refusing a model that computes differently."""
-    ckpt = resolve_checkpoint(cfg.init_from)
-    theirs = build_config(verify_checkpoint(ckpt)["config"]).model
+    ckpt, state = resolve_checkpoint(cfg.init_from)
+    theirs = build_config(state["config"]).model
     for key in _INIT_MUST_MATCH:
         a, b = getattr(theirs, key), getattr(cfg, key)
         if a != b and not (isinstance(a, float) and math.isclose(a, b, rel_tol=1e-6)):  # 1e-6: float32-stored values

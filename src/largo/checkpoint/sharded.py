@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -30,7 +31,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 
 from largo.checkpoint.state_schema import SHARDED_FORMAT, check_like, check_scalars
 from largo.checkpoint.store import (
-    begin_checkpoint, check_param_groups, check_shapes, checkpoint_name, commit_checkpoint, load_checkpoint, load_tensors,
+    begin_checkpoint, check_param_groups, check_shapes, checkpoint_candidates, checkpoint_name, commit_checkpoint,
+    load_checkpoint, load_tensors,
     optimizer_join, read_state, restore_schedulers_and_rng,
 )
 from largo.checkpoint.dcp_index import IndexReader, IndexWriter, read_index
@@ -167,6 +169,23 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def newest_intact(root: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """(checkpoint, verified state) of the newest intact checkpoint under root; each damaged newer one is named in a warning.
+
+    None when root holds no complete checkpoint; an error when every one of them is damaged.
+    """
+    damaged = []
+    for ckpt in checkpoint_candidates(root):
+        try:
+            return ckpt, verify_checkpoint(ckpt)
+        except CheckpointError as e:
+            log(f"warning: {e}; trying an older checkpoint")
+            damaged.append(ckpt.name)
+    if damaged:
+        raise CheckpointError(f"{root}: every checkpoint is damaged ({', '.join(damaged)}); move them away to start over")
+    return None
+
+
 def load_for_resume(path: Path, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any], *,
                     sharded_model: bool, state: dict[str, Any] | None = None) -> dict[str, Any]:
     """Restore model, optimizers, schedulers and RNG from any checkpoint into any layout; return its state.json.
@@ -192,9 +211,8 @@ def load_model_sharded(path: Path, model: nn.Module) -> None:
     model.load_state_dict(target["model"])
 
 
-def consolidate(path: Path, out: Path) -> dict[str, Any]:
-    """Write a checkpoint's full model weights as one safetensors file (sharded or not), without building the model; its state."""
-    state = verify_checkpoint(path)
+def consolidate(path: Path, out: Path, state: dict[str, Any]) -> Path:
+    """Write a verified checkpoint's full model weights as one safetensors file (sharded or not), without building the model."""
     if not state.get("sharded"):
         weights = load_tensors(path / "model.safetensors")
     else:
@@ -207,5 +225,5 @@ def consolidate(path: Path, out: Path) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(out),
               metadata={"largo_checkpoint": str(path), "step": str(state["step"])})
-    return state
+    return out
 

@@ -256,7 +256,7 @@ def _generation(path: Path) -> int:
     """The save counter in a checkpoint's state.json: 0 when absent (older largo), -1 when unreadable."""
     try:
         gen = json.loads((path / STATE).read_text()).get("generation", 0)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return -1
     return gen if isinstance(gen, int) else -1
 
@@ -288,7 +288,9 @@ def checkpoint_candidates(root: Path) -> list[Path]:
         if step is not None and step not in steps:
             found.append(p)
             steps.add(step)
-    return sorted(found, key=_written_order, reverse=True)
+    # A state.json that does not parse cannot say when it was written: try it first, so that whoever loads
+    # the newest checkpoint hears that it is damaged before an older one is taken.
+    return sorted(found, key=lambda p: (_generation(p) < 0, *_written_order(p)), reverse=True)
 
 
 def prune(root: Path, keep_last: int) -> None:
@@ -313,9 +315,8 @@ def _alive(pid: int) -> bool:
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The most recently written complete checkpoint (the `latest` pointer may lag one rename behind)."""
-    found = checkpoint_candidates(root)
-    return found[0] if found else None
+    """The most recently written complete checkpoint with a readable state.json (the `latest` pointer may lag one rename behind)."""
+    return next((p for p in checkpoint_candidates(root) if _generation(p) >= 0), None)
 
 
 def read_state(path: Path) -> dict[str, Any]:
@@ -330,6 +331,9 @@ def read_state(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: file {name!r} listed in {STATE} is missing or outside the checkpoint")
         if sha256_file(f) != digest:
             raise CheckpointError(f"{f}: sha256 does not match {STATE}; the file is truncated or corrupt")
+    if (path / "dcp" / ".metadata").exists():  # DCP's own index is a pickle: its presence means another writer
+        raise CheckpointError(f"{path}/dcp/.metadata: a pickled DCP index, which largo never opens (unpickling can run code); "
+                              f"this checkpoint was not written by this largo")
     unlisted = [p.relative_to(path).as_posix() for p in sorted((path / "dcp").rglob("*"))] if (path / "dcp").is_dir() else []
     unlisted = [name for name in unlisted if name not in state["files"]]
     if unlisted:  # DCP reads whatever its index names: nothing unverified may sit beside its files

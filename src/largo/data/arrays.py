@@ -64,7 +64,7 @@ def _read_manifest(out: Path) -> dict[str, Any] | None:
     """The folder's manifest if it is a readable arrays manifest, else None (rebuilt, never trusted)."""
     try:
         manifest = json.loads((out / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, ValueError, RecursionError):
         return None
     return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
 

@@ -11,7 +11,6 @@ Both passes stream: the source is read twice, never held in memory.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -26,7 +25,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from largo.config import DataConfig
 from largo.data.sources import SourceStats, iter_documents
 from largo.errors import DataError
-from largo.fileio import sha256_file, write_json_atomic
+from largo.fileio import read_json, sha256_file, write_json_atomic
 
 EOT = "<|endoftext|>"
 MANIFEST = "manifest.json"
@@ -222,10 +221,7 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path}: missing; run `largo prepare` first")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"{path}: not valid JSON; delete the folder and run `largo prepare` again") from None
+    manifest = read_json(path, DataError, "; delete the folder and run `largo prepare` again")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not a largo token manifest (format {FORMAT!r} expected)")
     problem = _manifest_problem(manifest)

@@ -93,7 +93,7 @@ def _tabular_texts(path: Path, column: str, stats: SourceStats) -> Iterator[str]
                     continue
                 try:
                     row = json.loads(_decode(line, stats))
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):
                     raise DataError(f"{path}:{lineno}: not valid JSON") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object with a {column!r} key (data.text_column)")

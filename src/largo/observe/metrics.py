@@ -39,8 +39,9 @@ class MetricsLog:
 
 def _step(line: str) -> float:
     try:
-        return json.loads(line).get("step", float("inf"))
-    except json.JSONDecodeError:
+        step = json.loads(line).get("step", float("inf"))
+        return step if isinstance(step, (int, float)) else float("inf")
+    except (ValueError, AttributeError, RecursionError):
         return float("inf")  # a line torn by a kill is dropped
 
 

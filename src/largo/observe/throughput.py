@@ -91,9 +91,10 @@ def remeasure_peak(device: torch.device, precision: str) -> float:
 
 def _read_cache() -> dict[str, float]:
     try:
-        return json.loads(_CACHE.read_text())
-    except (OSError, json.JSONDecodeError):
+        cache = json.loads(_CACHE.read_text())
+    except (OSError, ValueError, RecursionError):
         return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def _cached(key: str, measure, *, refresh: bool = False) -> float:
@@ -120,8 +121,9 @@ def record_mfu(device_type: str, precision: str, mfu: float, params: int) -> Non
     key = f"{device_type}|{precision}"
     try:
         history = json.loads(_MFU_HISTORY.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):
         history = {}
+    history = history if isinstance(history, dict) else {}
     runs = [r for r in history.get(key, []) if isinstance(r, list)]  # [mfu, params]; older plain floats are dropped
     history[key] = (runs + [[mfu, params]])[-_MFU_KEEP:]
     try:
@@ -135,7 +137,7 @@ def measured_mfu(device_type: str, precision: str, params: int) -> float | None:
     """The MFU of the recorded run whose model size is closest to `params` (MFU depends strongly on size)."""
     try:
         runs = json.loads(_MFU_HISTORY.read_text()).get(f"{device_type}|{precision}", [])
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
     runs = [r for r in runs if isinstance(r, list) and len(r) == 2 and r[1] > 0]
     if not runs:

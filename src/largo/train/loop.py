@@ -20,8 +20,8 @@ from torch import nn
 from tqdm import tqdm
 
 from largo.checkpoint.restore import load_init_weights
-from largo.checkpoint.sharded import load_for_resume, save_sharded, verify_checkpoint
-from largo.checkpoint.store import checkpoint_candidates, save_checkpoint
+from largo.checkpoint.sharded import load_for_resume, newest_intact, save_sharded, verify_checkpoint
+from largo.checkpoint.store import save_checkpoint
 from largo.config import RunConfig
 from largo.data import Batch, rank_samples
 from largo.dist.env import DistEnv, init_env
@@ -188,16 +188,7 @@ def resume_point(run_dir: Path, resume: str | None, log: Callable[[str], None] =
         if linked:  # largo renames, replaces and prunes these folders; a link would be followed into someone else's files
             raise CheckpointError(f"{root / linked[0]}: a symbolic link; largo writes and prunes its checkpoint folders itself, "
                                   f"so replace the link with a copy of the folder")
-        candidates, damaged = checkpoint_candidates(root), []
-        for ckpt in candidates:
-            try:
-                return ckpt, verify_checkpoint(ckpt)  # digest, schema, hashes: a checkpoint damaged or edited is passed over
-            except CheckpointError as e:
-                log(f"warning: {e}; trying an older checkpoint")
-                damaged.append(ckpt.name)
-        if damaged:
-            raise CheckpointError(f"{root}: every checkpoint is damaged ({', '.join(damaged)}); move them away to start over")
-        return None
+        return newest_intact(root, log)  # digest, schema, hashes: a checkpoint damaged or edited is passed over
     path = Path(resume)
     if path.is_file():
         raise CheckpointError(f"--resume {resume}: a file, not a checkpoint folder; largo resumes only from its own "
