@@ -19,7 +19,8 @@ Method
   warm-up); tokens/s = tokens per step / that median; the table gives each round and the median of
   the rounds. MFU = training FLOPs per step (ModelConfig.flops_per_token: 6 N + 12 L d T per token,
   embedding lookup excluded, tied head included) / median step time / this CPU's bf16 GEMM peak
-  (largo.observe.throughput.peak_flops, measured once and cached).
+  (largo.observe.throughput: a 2048^3 bf16 matmul, timed before and after the runs; the largest value
+  ever measured on this CPU is kept, since a GEMM timed while other jobs run reads low).
 - Step time is what the trainer spends on a step: largo's own step_time_ms and the plain loops time
   batch read + forward + backward + clip + AdamW; the HF and Lightning callbacks start when the batch
   is already read (about 0.1 ms of the 0.1-5 s steps). Logging and evaluation are outside all of them.
@@ -34,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +51,7 @@ import torch  # noqa: E402
 
 from benchmarks.contenders.common import SHAPES, VOCAB, data_settings  # noqa: E402
 from largo.config import TrainConfig  # noqa: E402
-from largo.observe.throughput import peak_flops, remeasure_peak  # noqa: E402
+from largo.observe.throughput import remeasure_peak  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=REPO / "data" / f"bench_stdlib_{VOCAB}", help="prepared corpus (made if missing)")
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for every run; 0 = leave unset (torch's default)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before a run is killed and marked failed")
-    p.add_argument("--remeasure-peak", action="store_true", help="measure the CPU GEMM peak again (keeps the larger)")
     p.add_argument("--quick", action="store_true", help="smoke run: shape A, 1 round, 12 steps, warm-up 2")
     a = p.parse_args()
     a.shape = a.shape or ("A" if a.quick else "all")
@@ -98,6 +99,7 @@ def parse_args() -> argparse.Namespace:
     a.warmup = a.warmup if a.warmup is not None else (2 if a.quick else 10)
     a.shapes = ["A", "B"] if a.shape == "all" else [a.shape]
     a.steps_for = {s: a.steps or (12 if a.quick else DEFAULT_STEPS[s]) for s in a.shapes}
+    a.out, a.data_dir = a.out.resolve(), a.data_dir.resolve()  # the runs start in the repository root
     a.names = [n.strip() for n in a.contenders.split(",") if n.strip()]
     unknown = [n for n in a.names if n not in CONTENDERS]
     if unknown:
@@ -150,10 +152,16 @@ def run_once(name: str, shape: str, rnd: int, args: argparse.Namespace, env: dic
     Path(f"{stem}.json").unlink(missing_ok=True)
     load_before, t0 = os.getloadavg()[0], time.perf_counter()
     with open(f"{stem}.log", "w") as log:
+        # Its own session: a timeout (or Ctrl-C) ends the run's whole process group, `largo train` child included.
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout).returncode
+            rc: int | str = proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
             rc = "timeout"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     meta = {"contender": name, "shape": shape, "round": rnd, "wall_s": time.perf_counter() - t0, "rc": rc,
             "load_before": load_before, "load": os.getloadavg()[0], "log": str(stem) + ".log"}
     result_file = Path(f"{stem}.json")
@@ -181,7 +189,8 @@ def summarize(results: list[dict[str, Any]], shape: str, names: list[str], peak:
         row: dict[str, Any] = {"contender": name, "peer": CONTENDERS[name].peer, "what": CONTENDERS[name].what,
                                "rounds": [r["stats"]["tokens_per_s"] if "stats" in r else None for r in runs],
                                "loads": [r["load"] for r in runs],
-                               "problem": next((r.get("skipped") or r.get("error") for r in runs if "stats" not in r), None)}
+                               "problem": next((f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r['error']}"
+                                            for r in runs if "stats" not in r), None)}
         if good:
             tok_s = statistics.median(r["stats"]["tokens_per_s"] for r in good)
             row.update(tokens_per_s=tok_s, mfu=flops_per_step * tok_s / SHAPES[shape].tokens_per_step / peak,
@@ -240,11 +249,12 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     env = child_env(args.threads)
     info = machine()
-    cpu = torch.device("cpu")
-    peak = remeasure_peak(cpu, "bf16") if args.remeasure_peak else peak_flops(cpu, "bf16")
+    # A GEMM timed while another job runs reads low (MFU above 100%), so the peak is measured before and after
+    # the runs and the largest value seen on this CPU (largo's cache keeps it) is the yardstick.
+    peak = remeasure_peak(torch.device("cpu"), "bf16")
     print(f"{info['cpu']}, {info['cores']} cores | torch {info['torch']} ({info['torch_threads']} threads) | "
-          f"Python {info['python']} | bf16 GEMM peak {peak / 1e9:,.0f} GFLOP/s", flush=True)
-    prepare_data(args.data_dir.resolve(), env, log_dir)
+          f"Python {info['python']} | bf16 GEMM peak {peak / 1e9:,.0f} GFLOP/s (largest measured so far)", flush=True)
+    prepare_data(args.data_dir, env, log_dir)
     results: list[dict[str, Any]] = []
     skipped: set[tuple[str, str]] = set()
     for shape in args.shapes:
@@ -261,6 +271,7 @@ def main() -> None:
                 figure = (f"{r['stats']['tokens_per_s']:,.0f} tok/s (median step {r['stats']['step_s']:.3f} s), "
                           f"final loss {r['final_loss']:.3f}" if "stats" in r else r.get("skipped") or r.get("error"))
                 print(f"[{shape} round {rnd}/{args.rounds}] {name}: {figure} | load {r['load']:.1f} | {r['wall_s']:.0f} s", flush=True)
+    peak = remeasure_peak(torch.device("cpu"), "bf16")
     sections, summary = [], {}
     for shape in args.shapes:
         summary[shape] = summarize(results, shape, args.names, peak)
