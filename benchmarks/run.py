@@ -1,7 +1,7 @@
 """`make bench`: training throughput of largo next to its peers: same model, same data, same optimizer.
 
     python benchmarks/run.py                          # shapes A and B, 3 interleaved rounds, default contenders
-    python benchmarks/run.py --quick                  # smoke run: shape A, 1 round, 12 steps (2 excluded)
+    python benchmarks/run.py --quick                  # smoke run: shape A, 1 round, 16 steps (6 excluded)
     python benchmarks/run.py --shape A --contenders plain_eager,largo --rounds 5 --steps 100
 
 Method
@@ -15,8 +15,8 @@ Method
 - Each run is a fresh process (benchmarks/contenders/NAME.py), in the same environment
   (OMP_NUM_THREADS unset unless --threads: torch picks its default). Rounds are interleaved
   (A B C A B C ...) so a burst of load from elsewhere lands on all contenders, not on one.
-- A run's figure is its median step time after the first --warmup steps (compilation, allocator
-  warm-up); tokens/s = tokens per step / that median; the table gives each round and the median of
+- A run's figure is its median step time after the first --warmup steps (compilation, inductor's
+  compile workers starting up in the background for a few steps after it, allocator warm-up); tokens/s = tokens per step / that median; the table gives each round and the median of
   the rounds. MFU = training FLOPs per step (ModelConfig.flops_per_token: 6 N + 12 L d T per token,
   embedding lookup excluded, tied head included) / median step time / this CPU's bf16 GEMM peak
   (largo.observe.throughput: a 2048^3 bf16 matmul, timed before and after the runs; the largest value
@@ -85,20 +85,20 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["A", "B", "all"], default=None, help="model shape (default all; A with --quick)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; 1 with --quick)")
-    p.add_argument("--steps", type=int, default=None, help="steps per run, warm-up included (default A 60, B 30; 12 with --quick)")
-    p.add_argument("--warmup", type=int, default=None, help="first steps left out of the median (default 10; 2 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="steps per run, warm-up included (default A 60, B 30; 16 with --quick)")
+    p.add_argument("--warmup", type=int, default=None, help="first steps left out of the median (default 10; 6 with --quick)")
     p.add_argument("--contenders", default=DEFAULT_CONTENDERS, help=f"comma list of {', '.join(CONTENDERS)}")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="raw results (JSON); the table goes next to it as .md")
     p.add_argument("--data-dir", type=Path, default=REPO / "data" / f"bench_stdlib_{VOCAB}", help="prepared corpus (made if missing)")
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for every run; 0 = leave unset (torch's default)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before a run is killed and marked failed")
-    p.add_argument("--quick", action="store_true", help="smoke run: shape A, 1 round, 12 steps, warm-up 2")
+    p.add_argument("--quick", action="store_true", help="smoke run: shape A, 1 round, 16 steps, warm-up 6")
     a = p.parse_args()
     a.shape = a.shape or ("A" if a.quick else "all")
     a.rounds = a.rounds or (1 if a.quick else 3)
-    a.warmup = a.warmup if a.warmup is not None else (2 if a.quick else 10)
+    a.warmup = a.warmup if a.warmup is not None else (6 if a.quick else 10)
     a.shapes = ["A", "B"] if a.shape == "all" else [a.shape]
-    a.steps_for = {s: a.steps or (12 if a.quick else DEFAULT_STEPS[s]) for s in a.shapes}
+    a.steps_for = {s: a.steps or (16 if a.quick else DEFAULT_STEPS[s]) for s in a.shapes}
     a.out, a.data_dir = a.out.resolve(), a.data_dir.resolve()  # the runs start in the repository root
     a.names = [n.strip() for n in a.contenders.split(",") if n.strip()]
     unknown = [n for n in a.names if n not in CONTENDERS]
