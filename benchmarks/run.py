@@ -26,7 +26,10 @@ Method
   is already read (about 0.1 ms of the 0.1-5 s steps). Logging and evaluation are outside all of them.
 - final loss = mean train loss of the last 5 steps (speed must not be bought with worse training);
   peak RSS = the training process's ru_maxrss; load = the 1-minute load average when the run ended
-  (a run's own 2 threads add ~2 on a 2-core machine; much more means someone else was busy).
+  (a run's own 2 threads add ~2 on a 2-core machine); others' CPU = the share of all cores' time
+  (/proc/stat, steal included) that went to processes other than the run while it ran: a figure
+  measured with more than a few percent there was slowed by someone else, whatever its load reads.
+  Per-round values are in the table so such a round can be told apart; the median of rounds resists one.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -142,6 +146,32 @@ def prepare_data(data_dir: Path, env: dict[str, str], log_dir: Path) -> None:
         raise SystemExit(f"largo prepare failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """Busy and total clock ticks of all CPUs since boot (/proc/stat; steal counts as busy); (0, 0) elsewhere."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0, 0
+    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq + steal, sum(fields)
+
+
+def own_cpu_s() -> float:
+    """CPU seconds used so far by this process's finished children (a run and the processes it waited for)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def others_share(before: tuple[tuple[int, int], float], after: tuple[tuple[int, int], float]) -> float | None:
+    """Share of the machine's CPU time that went to other processes while a run ran (0 on a quiet machine)."""
+    (busy0, total0), own0 = before
+    (busy1, total1), own1 = after
+    if total1 <= total0:
+        return None
+    own_ticks = (own1 - own0) * os.sysconf("SC_CLK_TCK")
+    return max(0.0, (busy1 - busy0) - own_ticks) / (total1 - total0)
+
+
 def run_once(name: str, shape: str, rnd: int, args: argparse.Namespace, env: dict[str, str], log_dir: Path) -> dict[str, Any]:
     """One contender, one round, in a fresh process; its result plus round, wall time and load."""
     c = CONTENDERS[name]
@@ -150,7 +180,7 @@ def run_once(name: str, shape: str, rnd: int, args: argparse.Namespace, env: dic
            "--steps", str(args.steps_for[shape]), "--warmup", str(args.warmup), "--data", str(args.data_dir),
            "--json", f"{stem}.json"]
     Path(f"{stem}.json").unlink(missing_ok=True)
-    load_before, t0 = os.getloadavg()[0], time.perf_counter()
+    load_before, cpu_before, t0 = os.getloadavg()[0], (cpu_ticks(), own_cpu_s()), time.perf_counter()
     with open(f"{stem}.log", "w") as log:
         # Its own session: a timeout (or Ctrl-C) ends the run's whole process group, `largo train` child included.
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -163,7 +193,8 @@ def run_once(name: str, shape: str, rnd: int, args: argparse.Namespace, env: dic
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     meta = {"contender": name, "shape": shape, "round": rnd, "wall_s": time.perf_counter() - t0, "rc": rc,
-            "load_before": load_before, "load": os.getloadavg()[0], "log": str(stem) + ".log"}
+            "load_before": load_before, "load": os.getloadavg()[0], "log": str(stem) + ".log",
+            "others_cpu": others_share(cpu_before, (cpu_ticks(), own_cpu_s()))}
     result_file = Path(f"{stem}.json")
     if rc != 0 or not result_file.exists():
         tail = Path(f"{stem}.log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
@@ -188,7 +219,7 @@ def summarize(results: list[dict[str, Any]], shape: str, names: list[str], peak:
         good = [r for r in runs if "stats" in r]
         row: dict[str, Any] = {"contender": name, "peer": CONTENDERS[name].peer, "what": CONTENDERS[name].what,
                                "rounds": [r["stats"]["tokens_per_s"] if "stats" in r else None for r in runs],
-                               "loads": [r["load"] for r in runs],
+                               "loads": [r["load"] for r in runs], "others": [r.get("others_cpu") for r in runs],
                                "problem": next((f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r['error']}"
                                             for r in runs if "stats" not in r), None)}
         if good:
@@ -216,7 +247,7 @@ def _x(value: float | None) -> str:
 def table(rows: list[dict[str, Any]], rounds: int) -> str:
     """The rows as a Markdown table (also readable as plain text)."""
     head = (["contender"] + [f"tok/s r{i + 1}" for i in range(rounds)] +
-            ["median tok/s", "vs best peer", "vs largo", "MFU", "peak RSS MiB", "final loss", "run wall s", "load per round", "params"])
+            ["median tok/s", "vs best peer", "vs largo", "MFU", "peak RSS MiB", "final loss", "run wall s", "load", "others' CPU", "params"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         per_round = [f"{v:,.0f}" if v is not None else "-" for v in r["rounds"]] + ["-"] * (rounds - len(r["rounds"]))
@@ -226,8 +257,9 @@ def table(rows: list[dict[str, Any]], rounds: int) -> str:
             continue
         params = f"{r['params']:,} {'ok' if r['params_ok'] else 'MISMATCH'}"
         loads = "/".join(f"{v:.1f}" for v in r["loads"])
+        others = "/".join("-" if v is None else f"{100 * v:.0f}%" for v in r["others"])
         cells = [r["contender"], *per_round, f"{r['tokens_per_s']:,.0f}", _x(r["vs_best_peer"]), _x(r["vs_largo"]),
-                 f"{100 * r['mfu']:.1f}%", f"{r['peak_rss_mib']:,.0f}", f"{r['final_loss']:.3f}", f"{r['wall_s']:.0f}", loads, params]
+                 f"{100 * r['mfu']:.1f}%", f"{r['peak_rss_mib']:,.0f}", f"{r['final_loss']:.3f}", f"{r['wall_s']:.0f}", loads, others, params]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -270,7 +302,9 @@ def main() -> None:
                 results.append(r)
                 figure = (f"{r['stats']['tokens_per_s']:,.0f} tok/s (median step {r['stats']['step_s']:.3f} s), "
                           f"final loss {r['final_loss']:.3f}" if "stats" in r else r.get("skipped") or r.get("error"))
-                print(f"[{shape} round {rnd}/{args.rounds}] {name}: {figure} | load {r['load']:.1f} | {r['wall_s']:.0f} s", flush=True)
+                others = "-" if r["others_cpu"] is None else f"{100 * r['others_cpu']:.0f}%"
+                print(f"[{shape} round {rnd}/{args.rounds}] {name}: {figure} | load {r['load']:.1f}, others' CPU {others} | "
+                      f"{r['wall_s']:.0f} s", flush=True)
     peak = remeasure_peak(torch.device("cpu"), "bf16")
     sections, summary = [], {}
     for shape in args.shapes:
