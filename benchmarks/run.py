@@ -16,14 +16,14 @@ Method
   (OMP_NUM_THREADS unset unless --threads: torch picks its default). Rounds are interleaved
   (A B C A B C ...) so a burst of load from elsewhere lands on all contenders, not on one.
 - A run's figure is its median step time after the first --warmup steps (compilation, inductor's
-  compile workers starting up in the background for a few steps after it, allocator warm-up); tokens/s = tokens per step / that median; the table gives each round and the median of
-  the rounds. MFU = training FLOPs per step (ModelConfig.flops_per_token: 6 N + 12 L d T per token,
+  compile workers starting up in the background for a few steps after it, allocator warm-up);
+  tokens/s = tokens per step / that median; the table gives each round and the median of the rounds. MFU = training FLOPs per step (ModelConfig.flops_per_token: 6 N + 12 L d T per token,
   embedding lookup excluded, tied head included) / median step time / this CPU's bf16 GEMM peak
   (largo.observe.throughput: a 2048^3 bf16 matmul, timed before and after the runs; the largest value
   ever measured on this CPU is kept, since a GEMM timed while other jobs run reads low).
 - Step time is what the trainer spends on a step: largo's own step_time_ms and the plain loops time
   batch read + forward + backward + clip + AdamW; the HF and Lightning callbacks start when the batch
-  is already read (about 0.1 ms of the 0.1-5 s steps). Logging and evaluation are outside all of them.
+  is already read (a batch read takes about 0.02 ms of the 0.1-5 s steps). Logging and evaluation are outside all of them.
 - final loss = mean train loss of the last 5 steps (speed must not be bought with worse training);
   peak RSS = the training process's ru_maxrss; load = the 1-minute load average when the run ended
   (a run's own 2 threads add ~2 on a 2-core machine); others' CPU = the share of all cores' time
