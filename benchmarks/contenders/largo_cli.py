@@ -22,6 +22,7 @@ from safetensors import safe_open
 
 from benchmarks.contenders.common import (BETAS, EPS, GRAD_CLIP, LR, SHAPES, WEIGHT_DECAY, data_settings, parse_args,
                                           peak_rss_bytes, write_result)
+from largo.checkpoint.store import checkpoint_candidates
 from largo.config import TrainConfig
 
 VARIANTS = {"default": "largo", "true": "largo_compile", "false": "largo_eager"}
@@ -58,9 +59,10 @@ def write_config(args: argparse.Namespace, out_dir: Path) -> Path:
     return path
 
 
-def checkpoint_params(run_dir: Path, step: int) -> int:
+def checkpoint_params(run_dir: Path) -> int:
     """Parameters in the final checkpoint's model.safetensors (largo stores a tied weight once)."""
-    with safe_open(run_dir / "checkpoints" / f"step_{step:07d}" / "model.safetensors", framework="pt") as f:
+    newest = checkpoint_candidates(run_dir / "checkpoints")[0]
+    with safe_open(newest / "model.safetensors", framework="pt") as f:
         total = 0
         for key in f.keys():
             numel = 1
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> None:
         train = sorted((r for r in records if r.get("kind") == "train"), key=lambda r: r["step"])
         if [r["step"] for r in train] != list(range(1, args.steps + 1)):
             raise SystemExit(f"{name}: metrics.jsonl lacks per-step train records (train.log_every must be 1)")
-        params = checkpoint_params(run_dir, args.steps)
+        params = checkpoint_params(run_dir)
     write_result(args, name, params=params, step_times_s=[r["step_time_ms"] / 1000 for r in train],
                  losses=[r["loss"] for r in train], peak_rss=peak_rss_bytes(children=True), precision="bf16",
                  compiled=TrainConfig().compile if args.compile == "default" else args.compile == "true")
