@@ -16,5 +16,9 @@ demo: install
 test: install
 	$(PYTHON) -m pytest -rs
 
+# Peers (transformers, accelerate, Lightning) come from the bench extra; torch is pinned to the installed
+# version in the same pip call so no peer can swap it. Extra options: make bench BENCH_ARGS="--quick".
+BENCH_ARGS ?=
 bench: install
-	$(PYTHON) benchmarks/run.py
+	$(PIP) install -q -e ".[bench]" "torch==$$($(PYTHON) -c 'import torch; print(torch.__version__.split("+")[0])')"
+	$(PYTHON) benchmarks/run.py $(BENCH_ARGS)
