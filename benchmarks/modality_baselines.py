@@ -24,7 +24,8 @@ from largo.config import RunConfig, load_config
 from largo.data.arrays import Prepared
 from largo.observe.metrics import read_metrics
 from largo.models.audio import log_mel, mel_filterbank
-from largo.train.classify import prepare_classification, resolve_model, test_set_name
+from largo.models import get_spec
+from largo.models.classifier import test_set_name
 
 DEFAULT = ["configs/vision_fashion.toml", "configs/speech_digits.toml", "configs/sentiment_imdb.toml"]
 
@@ -35,9 +36,8 @@ def pixel_features(x: np.ndarray) -> np.ndarray:
 
 def mel_features(cfg: RunConfig, prepared: Prepared, x: np.ndarray, segments: int = 10) -> np.ndarray:
     """Log-mel from the recipe's own frontend, averaged within `segments` equal time slices: (n, n_mels * segments)."""
-    m = resolve_model(cfg, prepared)
-    n_fft = 2 ** int(np.ceil(np.log2(m.win_length)))
-    window, fb = torch.hann_window(m.win_length), mel_filterbank(n_fft, m.n_mels, m.sample_rate, 0.0, m.f_max)
+    m = get_spec(cfg.model.arch).resolve(cfg, prepared)
+    window, fb = torch.hann_window(m.win_length), mel_filterbank(m.n_fft, m.n_mels, m.sample_rate, 0.0, m.f_max)
     out = []
     for start in range(0, len(x), 512):
         feats = log_mel(torch.from_numpy(np.asarray(x[start : start + 512], dtype=np.float32)), window, fb, m.hop_length)
@@ -63,7 +63,7 @@ def baseline(cfg: RunConfig) -> tuple[str, dict[str, tuple[float, int]]]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    prepared = prepare_classification(cfg)
+    prepared = get_spec(cfg.model.arch).prepare(cfg)
     a, arch = prepared.arrays, cfg.model.arch
     if arch == "vit":
         what, feats = "logistic regression on pixels", pixel_features

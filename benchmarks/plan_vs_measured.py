@@ -55,18 +55,19 @@ def device_rates(precision: str) -> tuple[float, float]:
 
 def step_flops(run_dir: Path) -> tuple[float, float]:
     """(FLOPs, attention FLOPs) of one optimizer step of a finished run, from its resolved config."""
-    from largo.models.config import ModelConfig
+    from largo.config import build_config
+    from largo.models import get_spec
 
-    cfg = json.loads((run_dir / "config.json").read_text())
-    model = ModelConfig(**cfg["model"])
-    tokens = model.max_seq_len * cfg["train"]["global_batch"]
-    return model.flops_per_token() * tokens, 12 * model.n_layers * model.dim * model.max_seq_len * tokens
+    cfg = build_config(json.loads((run_dir / "config.json").read_text()))
+    model = cfg.model
+    tokens = model.max_seq_len * cfg.train.global_batch
+    return get_spec(model.arch).flops_per_token(model) * tokens, 12 * model.n_layers * model.dim * model.max_seq_len * tokens
 
 
 def child(spec: str) -> None:
     """In the fresh process: train, timing each step's CPU time from one log line to the next."""
     from largo.config import load_config
-    from largo.train.loop import train
+    from largo.train.run import train
 
     overrides = json.loads(spec)
     cfg = load_config(ROOT / "configs" / "text_tiny.toml", {k: str(v) for k, v in overrides.items()})

@@ -11,13 +11,13 @@ Method
   fused AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1 on matrices, constant rate), clipping at 1.0,
   on the same token stream: the Python standard library prepared once by `largo prepare` (BPE 8192),
   read as largo's loader reads it, so step k sees the same windows in every contender.
-  Each contender checks its own parameter count against largo's ModelConfig.num_params().
+  Each contender checks its own parameter count against largo's count (largo.models.count_params).
 - Each run is a fresh process (benchmarks/contenders/NAME.py), in the same environment
   (OMP_NUM_THREADS unset unless --threads: torch picks its default). Rounds are interleaved
   (A B C A B C ...) so a burst of load from elsewhere lands on all contenders, not on one.
 - A run's figure is its median step time after the first --warmup steps (compilation, inductor's
   compile workers starting up in the background for a few steps after it, allocator warm-up);
-  tokens/s = tokens per step / that median; the table gives each round and the median of the rounds. MFU = training FLOPs per step (ModelConfig.flops_per_token: 6 N + 12 L d T per token,
+  tokens/s = tokens per step / that median; the table gives each round and the median of the rounds. MFU = training FLOPs per step (the language model spec's flops_per_token: 6 N + 12 L d T per token,
   embedding lookup excluded, tied head included) / median step time / this CPU's bf16 GEMM peak
   (largo.observe.throughput: a 2048^3 bf16 matmul, timed before and after the runs; the largest value
   ever measured on this CPU is kept, since a GEMM timed while other jobs run reads low).
@@ -56,6 +56,7 @@ import torch  # noqa: E402
 from benchmarks.contenders.common import SHAPES, VOCAB, data_settings  # noqa: E402
 from largo.config import TrainConfig  # noqa: E402
 from largo.observe.throughput import remeasure_peak  # noqa: E402
+from largo.models import count_params, get_spec  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def run_stats(r: dict[str, Any], warmup: int) -> dict[str, float]:
 
 def summarize(results: list[dict[str, Any]], shape: str, names: list[str], peak: float) -> list[dict[str, Any]]:
     """One row per contender: per-round tokens/s, their median, MFU, memory, loss and load."""
-    flops_per_step = SHAPES[shape].model_config().flops_per_token(SHAPES[shape].context) * SHAPES[shape].tokens_per_step
+    flops_per_step = get_spec("gpt").flops_per_token(SHAPES[shape].model_config(), SHAPES[shape].context) * SHAPES[shape].tokens_per_step
     rows = []
     for name in names:
         runs = [r for r in results if r["contender"] == name and r["shape"] == shape]
@@ -268,8 +269,8 @@ def shape_line(shape: str, steps: int, warmup: int, peak: float) -> str:
     """What was measured: the shape, the steps and the MFU yardstick."""
     s, cfg = SHAPES[shape], SHAPES[shape].model_config()
     return (f"Shape {shape}: {s.n_layers} layers, width {s.dim}, {s.n_heads} heads, SwiGLU {s.mlp_hidden}, context {s.context}, "
-            f"batch {s.batch}, vocabulary {VOCAB}, tied: {cfg.num_params():,} parameters, {s.tokens_per_step:,} tokens/step, "
-            f"{cfg.flops_per_token(s.context) / 1e6:.1f} MFLOP/token | {steps} steps per run, first {warmup} excluded | "
+            f"batch {s.batch}, vocabulary {VOCAB}, tied: {count_params(cfg).total:,} parameters, {s.tokens_per_step:,} tokens/step, "
+            f"{get_spec('gpt').flops_per_token(cfg, s.context) / 1e6:.1f} MFLOP/token | {steps} steps per run, first {warmup} excluded | "
             f"MFU against the bf16 GEMM peak {peak / 1e9:,.0f} GFLOP/s")
 
 

@@ -13,11 +13,10 @@ from largo.checkpoint.gguf_import import smollm2_gguf
 from largo.checkpoint.interop import import_model
 from largo.checkpoint.restore import restore, resolve_checkpoint
 from largo.config import load_config, parse_overrides
-from largo.dist.env import DistEnv, pick_device
+from largo.distributed.env import DistEnv, pick_device
 from largo.errors import LargoError
 from largo.train.evaluate import evaluate
-from largo.train.loop import train
-from largo.train.tasks import build_task
+from largo.train.run import build_task, train
 
 CONFIG = Path(__file__).with_name("finetune_smollm2.toml")
 
@@ -32,7 +31,7 @@ def main(argv: list[str]) -> None:
 
     device = pick_device(cfg.train.device)
     task = build_task(cfg, DistEnv(device=device))  # encodes the corpus with SmolLM2's tokenizer (once)
-    model, _, _ = restore(resolve_checkpoint(cfg.model.init_from), device)
+    model, _, _ = restore(resolve_checkpoint(cfg.model.init_from)[0], device)
     before = evaluate(model, task.dataset.eval_batches(cfg.train.micro_batch, cfg.eval.max_batches), device=device, precision=cfg.train.precision)
     del model
     print(f"before fine-tuning: val loss {before['loss']:.4f} (ppl {before['perplexity']:.2f}, next-token accuracy {before['accuracy']:.3f})")

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 def run(rank: int, world: int, rendezvous: str, out: str) -> None:
     """Three steps: all fine; a signal on rank 1 only; a NaN loss on rank 0 only."""
-    from largo.dist.env import DistEnv
+    from largo.distributed.env import DistEnv
     from largo.train.faults import StepGuard
 
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)  # no TCP listener

@@ -24,7 +24,7 @@ import torch
 
 import largo
 from largo.cli import main
-from largo.train.loop import train
+from largo.train.run import train
 from tests.conftest import tiny_config
 
 TOML_ERROR = "Expected ']' at the end of a table declaration (at line 1, column 7)"  # tomllib's own words
@@ -313,11 +313,11 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
     ("corrupt safetensors, hash forged", _garbage_safetensors,
      f"{CKPT}/model.safetensors: not a readable safetensors file (Error while deserializing header: invalid JSON in header: key must be a string at line 1 column 2)", 2),
     ("checkpoint of another model shape", lambda w: (w.run(), ["train", w.config(), "--resume", "auto", "--model.mlp_hidden", "128"])[1],
-     f"{CKPT}: checkpoint does not fit this model: blocks.0.mlp.gate.weight (192, 64) vs model (128, 64); "
-     "blocks.0.mlp.up.weight (192, 64) vs model (128, 64); blocks.0.mlp.down.weight (64, 192) vs model (64, 128); "
-     "blocks.1.mlp.gate.weight (192, 64) vs model (128, 64); and 2 more", 2),
+     f"{CKPT}: checkpoint does not fit this model: trunk.blocks.0.mlp.gate.weight (192, 64) vs model (128, 64); "
+     "trunk.blocks.0.mlp.up.weight (192, 64) vs model (128, 64); trunk.blocks.0.mlp.down.weight (64, 192) vs model (64, 128); "
+     "trunk.blocks.1.mlp.gate.weight (192, 64) vs model (128, 64); and 2 more", 2),
     ("resume with another optimizer", lambda w: (w.run(), ["train", w.config(), "--resume", "auto", "--optim.name", "muon"])[1],
-     f"{CKPT}: optimizer, scheduler or RNG state does not fit this run (was optim.name changed?): loaded state dict contains a parameter group that doesn't match the size of optimizer's group", 2),
+     f"{CKPT}: optimizer, scheduler or RNG state does not fit this run (was optim.name changed?): optimizer_groups: 2 saved where this run has 3", 2),
     ("eval of a run without a checkpoint", lambda w: ((w.tmp / "runs/empty/checkpoints").mkdir(parents=True), ["eval", str(w.tmp / "runs/empty")])[1],
      "{tmp}/runs/empty: neither a checkpoint folder nor a run directory with a complete checkpoint", 2),
     ("every checkpoint damaged", lambda w: ([truncate(c / "rng.safetensors", 1) for c in (w.run() / "checkpoints").glob("step_*")],
@@ -561,17 +561,17 @@ def test_hostile_payloads_are_live(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -> Path:
     """The trained run's step-2 weights as a sharded (DCP) checkpoint written by save_sharded, in one process."""
+    from largo.checkpoint.checkpointer import Checkpointer
     from largo.checkpoint.restore import restore
-    from largo.checkpoint.sharded import save_sharded
-    from largo.dist.env import DistEnv
+    from largo.distributed.env import DistEnv
     from largo.train.optim import build_optimizers, build_schedulers
 
     model, cfg, ckpt = restore(trained_run)
     optimizers = build_optimizers(model.train(), cfg.optim)
     root = tmp_path_factory.mktemp("sharded") / "runs" / "t" / "checkpoints"
-    save_sharded(root, 2, model=model, optimizers=optimizers, schedulers=build_schedulers(optimizers, cfg.optim, 2),
-                 trainer_state={"data": {"samples_seen": 16}, "config": cfg.to_dict()}, keep_last=2, env=DistEnv(),
-                 extra_files={"tokenizer.json": ckpt / "tokenizer.json"})
+    Checkpointer(root, model=model, optimizers=optimizers, schedulers=build_schedulers(optimizers, cfg.optim, 2), env=DistEnv(),
+                 sharded=True, keep_last=2, files={"tokenizer.json": ckpt / "tokenizer.json"}).save(
+        2, {"data": {"samples_seen": 16}, "config": cfg.to_dict()})
     return root.parent
 
 

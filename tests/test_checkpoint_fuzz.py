@@ -23,11 +23,11 @@ import pytest
 import torch
 
 from largo.checkpoint.restore import restore
-from largo.checkpoint.sharded import save_sharded
+from largo.checkpoint.checkpointer import Checkpointer
 from largo.checkpoint.state_schema import signed
 from largo.cli import main
-from largo.dist.env import DistEnv
-from largo.train.loop import train
+from largo.distributed.env import DistEnv
+from largo.train.run import train
 from largo.train.optim import build_optimizers, build_schedulers
 from tests.conftest import tiny_config
 
@@ -47,9 +47,9 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> dict[
     for step in (1, 2):
         model, rcfg, ckpt = restore(cfg.run_dir / "checkpoints" / f"step_000000{step}")
         opts = build_optimizers(model.train(), rcfg.optim)
-        save_sharded(sharded / "checkpoints", step, model=model, optimizers=opts, schedulers=build_schedulers(opts, rcfg.optim, 2),
-                     trainer_state={"data": {"samples_seen": 8 * step}, "config": rcfg.to_dict()}, keep_last=5, env=DistEnv(),
-                     extra_files={"tokenizer.json": ckpt / "tokenizer.json"})
+        Checkpointer(sharded / "checkpoints", model=model, optimizers=opts, schedulers=build_schedulers(opts, rcfg.optim, 2),
+                     env=DistEnv(), sharded=True, keep_last=5, files={"tokenizer.json": ckpt / "tokenizer.json"}).save(
+            step, {"data": {"samples_seen": 8 * step}, "config": rcfg.to_dict()})
     config = tmp / "cfg.json"
     config.write_text(json.dumps(tiny_config(tmp / "unused", tiny_data, train={"steps": 3, "threads": 1},
                                              checkpoint={"every": 0}).to_dict()))

@@ -31,7 +31,7 @@ import largo
 from largo.cli import main
 from largo.checkpoint.restore import restore
 from largo.observe.metrics import read_metrics
-from largo.train.loop import train
+from largo.train.run import train
 from tests.conftest import tiny_config
 
 SRC = str(Path(largo.__file__).resolve().parents[1])

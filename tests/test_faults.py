@@ -28,10 +28,11 @@ from largo.checkpoint.restore import restore
 from largo.checkpoint.store import checkpoint_candidates, complete_checkpoints, latest_checkpoint, read_state
 from largo.cli import main
 from largo.config import RunConfig, build_config
-from largo.dist.env import DistEnv
+from largo.distributed.env import DistEnv
 from largo.errors import CheckpointError
 from largo.train.faults import PREEMPTED_EXIT, StepGuard
-from largo.train.loop import LoopParts, run_steps, train
+from largo.train.loop import LoopParts, run_steps
+from largo.train.run import train
 from tests.conftest import tiny_config
 
 SRC = Path(largo.__file__).resolve().parents[1]
@@ -328,7 +329,9 @@ def test_loss_spikes_are_logged_with_their_step() -> None:
 
 def _full_disk_on(step: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Patch the tensor writer: at `step`'s optimizer file write half of it, then fail as a full disk does."""
-    real = store._save_tensors
+    from largo.checkpoint import checkpointer
+
+    real = checkpointer.save_tensors
 
     def writer(path: Path, tensors: dict) -> None:
         if path.name == "optim.safetensors" and path.parent.name.startswith(f".tmp-step_{step:07d}"):
@@ -336,7 +339,7 @@ def _full_disk_on(step: int, monkeypatch: pytest.MonkeyPatch) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real(path, tensors)
 
-    monkeypatch.setattr(store, "_save_tensors", writer)
+    monkeypatch.setattr(checkpointer, "save_tensors", writer)
 
 
 def test_full_disk_mid_save_one_line_previous_intact(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch,

@@ -15,14 +15,17 @@ import torch
 from torch import nn
 
 from largo.checkpoint.restore import restore
-from largo.checkpoint.store import load_tensors, save_checkpoint
+from largo.checkpoint.checkpointer import Checkpointer
+from largo.checkpoint.store import load_tensors
+from largo.distributed.env import DistEnv
 from largo.cli import main
 from largo.config import RunConfig
 from largo.data.prepare import is_validation, prepare, read_manifest
 from largo.data.sources import SourceStats, iter_documents
 from largo.data.tokens import TokenShards
 from largo.errors import CheckpointError, DataError
-from largo.models import ModelConfig, build_model
+from largo.models import build_model
+from largo.models.gpt import GPTConfig as ModelConfig
 from largo.models.block import Block, BlockConfig
 from largo.observe.metrics import read_metrics
 from tests.conftest import tiny_config
@@ -45,9 +48,9 @@ def checkpoint_with_random_weights(tmp_path: Path, data_dir: Path, **model: obje
     with torch.no_grad():
         for name, p in net.named_parameters():
             p.copy_(1 + 0.2 * torch.randn_like(p)) if "norm" in name else p.normal_(0, 1 / math.sqrt(p.shape[-1]))
-    ckpt = save_checkpoint(cfg.run_dir / "checkpoints", 1, model_state=net.state_dict(), optimizers=[], schedulers=[],
-                           trainer_state={"config": cfg.to_dict(), "data": {"samples_seen": 0}}, keep_last=1,
-                           extra_files={"tokenizer.json": data_dir / "tokenizer.json"})
+    ckpt = Checkpointer(cfg.run_dir / "checkpoints", model=net, optimizers=[], schedulers=[], env=DistEnv(), sharded=False,
+                        keep_last=1, files={"tokenizer.json": data_dir / "tokenizer.json"}).save(
+        1, {"config": cfg.to_dict(), "data": {"samples_seen": 0}})
     return ckpt, cfg
 
 
@@ -150,10 +153,9 @@ def test_unsupported_options_are_refused(tmp_path: Path) -> None:
 
 
 def test_init_from_starts_training_at_the_imported_weights(tmp_path: Path, tiny_data: Path) -> None:
-    from largo.train.evaluate import summed_loss
-    from largo.train.loop import train
-    from largo.train.tasks import build_task
-    from largo.dist.env import DistEnv
+    from largo.train.loss import summed_loss
+    from largo.train.run import train
+    from largo.train.run import build_task
 
     ckpt, _ = checkpoint_with_random_weights(tmp_path / "a", tiny_data, **VARIANTS["untied-gqa"])
     cfg = tiny_config(tmp_path / "b", tiny_data, model={**VARIANTS["untied-gqa"], "init_from": str(ckpt)}, train={"steps": 1})

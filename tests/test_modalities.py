@@ -22,8 +22,8 @@ from largo.data.text_classes import clean_text, imdb_wheel, read_imdb
 from largo.errors import ConfigError, DataError
 from largo.models.audio import mel_filterbank, power_spectrogram
 from largo.observe.confusion import read_confusion
-from largo.train.classify import prepare_classification
-from largo.train.loop import train
+from largo.models import count_params, get_spec
+from largo.train.run import train
 
 quiet = dict(log=lambda _m: None)
 RNG = np.random.default_rng(0)
@@ -138,32 +138,32 @@ def test_cache_is_reused_and_invalidated(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "imgs", per_class=6)
     cfg = recipe("vision_digits", tmp_path, **{"data.source": folder, "data.val_fraction": 0.25})
     logs: list[str] = []
-    first = prepare_classification(cfg, log=logs.append)
+    first = get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
     assert first.arrays["train_x"].shape[1:] == (3, 16, 16) and first.classes == ["diagonal", "horizontal", "vertical"]
     assert len(logs) == 1
-    prepare_classification(cfg, log=logs.append)
+    get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
     assert len(logs) == 1  # second run: a cache hit, nothing rebuilt
     make_image_folder(tmp_path / "more", per_class=1)
     shutil.copy(tmp_path / "more" / "diagonal" / "000.png", folder / "diagonal" / "new.png")
-    grown = prepare_classification(cfg, log=logs.append)
+    grown = get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
     assert len(logs) == 2 and len(grown.arrays["train_y"]) + len(grown.arrays["val_y"]) == 19  # source changed
     cfg = recipe("vision_digits", tmp_path, **{"data.source": folder, "data.val_fraction": 0.4})
-    resplit = prepare_classification(cfg, log=logs.append)
+    resplit = get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
     assert len(logs) == 3 and len(resplit.arrays["val_y"]) == 7  # a setting changed
     (Path(cfg.data.dir) / MANIFEST).write_text("{ torn")
-    prepare_classification(cfg, log=logs.append)
+    get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
     assert len(logs) == 4  # a damaged manifest is rebuilt, not trusted
     cache = {p.name: p.read_bytes() for p in Path(cfg.data.dir).iterdir()}
     (folder / "vertical" / "torn.png").write_bytes(b"\x89PNG cut short")
     with pytest.raises(DataError, match="torn.png: not a readable image"):
-        prepare_classification(cfg, log=logs.append)
+        get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
     assert {p.name: p.read_bytes() for p in Path(cfg.data.dir).iterdir()} == cache  # a failed rebuild leaves the old cache
 
 
 def test_missing_packages_name_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(image_data, "FASHION_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
-        prepare_classification(recipe("vision_fashion", tmp_path))
+        (lambda c: get_spec(c.model.arch).prepare(c))(recipe("vision_fashion", tmp_path))
     monkeypatch.setattr(audio_data.shutil, "which", lambda _tool: None)
     with pytest.raises(DataError, match="apt-get install espeak-ng"):
         audio_data.renditions()
@@ -309,7 +309,7 @@ def test_byo_text_table_learns(tmp_path: Path, suffix: str) -> None:
     with (Path(cfg.data.dir) / "tokenizer.json").open("a") as f:
         f.write(" ")  # another tokenizer would give the stored token ids other meanings
     with pytest.raises(DataError, match="tokenizer.json: missing or does not match manifest.json's tokenizer hash"):
-        prepare_classification(cfg)
+        get_spec(cfg.model.arch).prepare(cfg)
 
 
 def test_imdb_recipe_learns_on_a_subset(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -349,8 +349,8 @@ def test_plan_takes_a_classifier_shape_from_the_prepared_data(tmp_path: Path) ->
     cpu = dict(devices=1, device=get_device("cpu"))
     with pytest.raises(ConfigError, match=r"run `largo prepare` on this config first"):
         workload_from_config(cfg, **cpu)
-    prepared = prepare_classification(cfg, **quiet)
+    prepared = get_spec(cfg.model.arch).prepare(cfg, **quiet)
     workload = workload_from_config(cfg, **cpu)
     assert workload.seq_len == 4 and workload.model.num_classes == 10  # 8x8 digits in 4x4 patches
-    assert build_plan(workload)["params"]["total"] == workload.model.num_params()
+    assert build_plan(workload)["params"]["total"] == count_params(workload.model).total
     assert workload.dataset_tokens == 4 * len(prepared.arrays["train_y"])

@@ -10,13 +10,16 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
-from largo.config import ParallelConfig, build_config
-from largo.dist.env import DistEnv
-from largo.dist.health import collective_failure
-from largo.dist.launch import torchrun_command
-from largo.dist.parallelize import apply_ac, apply_fsdp, choose_strategy, grad_sync
+from largo.config import build_config
+from largo.distributed.env import DistEnv
+from largo.distributed.health import collective_failure
+from largo.distributed.launch import torchrun_command
+from largo.distributed.parallelize import apply_ac, apply_fsdp, grad_sync
 from largo.errors import ConfigError
-from largo.models import ModelConfig, build_model
+from largo.plan import estimate as est
+from largo.plan.planner import choose_strategy
+from largo.models import build_model
+from largo.models.gpt import GPTConfig as ModelConfig
 
 SMALL = ModelConfig(vocab_size=128, dim=32, n_layers=4, n_heads=4, max_seq_len=16)
 
@@ -34,16 +37,22 @@ def test_parallel_config_errors_name_the_key(section: dict, message: str) -> Non
 
 def test_auto_strategy_and_its_reason() -> None:
     one, two = DistEnv(), DistEnv(rank=0, world=2)
-    assert choose_strategy(ParallelConfig(), num_params=10**6, env=one) == ("none", "1 process")
-    assert choose_strategy(ParallelConfig(strategy="fsdp"), num_params=10, env=one)[1] == \
-        "1 process; parallel.strategy = 'fsdp' needs >= 2 processes"
-    strategy, why = choose_strategy(ParallelConfig(), num_params=10**6, env=two)  # 16 MB of states: fits
-    assert strategy == "ddp" and why.startswith("auto: params+grads+AdamW states 0.01 GiB")
-    strategy, why = choose_strategy(ParallelConfig(ddp_memory_fraction=1e-9), num_params=10**6, env=two)
-    assert strategy == "fsdp" and why.endswith("shard them over 2 ranks")
-    assert choose_strategy(ParallelConfig(strategy="fsdp"), num_params=10, env=two) == ("fsdp", "parallel.strategy")
+
+    def run(**parallel: object):
+        return build_config({"model": {"vocab_size": 128, "dim": 32, "n_layers": 4, "n_heads": 4, "max_seq_len": 16},
+                             "train": {"global_batch": 4, "micro_batch": 2}, "parallel": parallel})
+
+    assert choose_strategy(run(), positions=16, env=one) == ("none", "1 process")
+    assert choose_strategy(run(strategy="fsdp"), positions=16, env=one)[1] == "1 process; parallel.strategy = 'fsdp' needs >= 2 processes"
+    strategy, why = choose_strategy(run(), positions=16, env=two)  # a tiny replica: fits
+    # the planner's own memory model of this run as a DDP replica decides (one memory model, not a second rule)
+    need = est.memory(SMALL, seq_len=16, micro_batch=2, accum_steps=1, layout=est.LAYOUTS["fp32"], strategy="ddp", shards=2).peak
+    assert strategy == "ddp" and why.startswith(f"auto: a replica's planned peak {need / 2**30:.2f} GiB")
+    strategy, why = choose_strategy(run(ddp_memory_fraction=1e-9), positions=16, env=two)
+    assert strategy == "fsdp" and why.endswith("shard it over 2 ranks")
+    assert choose_strategy(run(strategy="fsdp"), positions=16, env=two) == ("fsdp", "parallel.strategy")
     with pytest.raises(ConfigError, match="would train 2 unrelated copies"):
-        choose_strategy(ParallelConfig(strategy="none"), num_params=10, env=two)
+        choose_strategy(run(strategy="none"), positions=16, env=two)
 
 
 def _loss_and_grads(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[float, dict[str, torch.Tensor]]:
@@ -59,7 +68,7 @@ def test_activation_checkpointing_recomputes_without_changing_numbers(mode: str,
     torch.manual_seed(0)
     plain = build_model(SMALL)
     ac = apply_ac(copy.deepcopy(plain), mode, every=2)
-    assert [i for i, b in enumerate(ac.blocks) if isinstance(b, CheckpointWrapper)] == wrapped
+    assert [i for i, b in enumerate(ac.trunk.blocks) if isinstance(b, CheckpointWrapper)] == wrapped
     assert list(ac.state_dict()) == list(plain.state_dict())  # checkpoints stay interchangeable
     tokens = torch.randint(0, SMALL.vocab_size, (2, 16))
     loss_a, grads_a = _loss_and_grads(plain, tokens)
@@ -85,7 +94,7 @@ def one_rank_group():
 def test_fsdp_bf16_computes_in_bf16_and_keeps_fp32_shards(one_rank_group: DistEnv) -> None:
     model = apply_fsdp(build_model(SMALL), one_rank_group, bf16=True, reshard_after_forward=True)
     seen = []
-    model.blocks[1].attn.wq.register_forward_hook(lambda mod, _in, _out: seen.append(mod.weight.dtype))
+    model.trunk.blocks[1].attn.wq.register_forward_hook(lambda mod, _in, _out: seen.append(mod.weight.dtype))
     tokens = torch.randint(0, SMALL.vocab_size, (2, 16))
     with grad_sync(model, enabled=False):  # an accumulation micro-step: FSDP keeps its grads, reduces nothing
         model(tokens).float().mean().backward()

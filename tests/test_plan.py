@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -14,20 +15,27 @@ import torch
 from largo.cli import main
 from largo.config import OptimConfig, load_config
 from largo.errors import ConfigError
-from largo.models import ARCHITECTURES, ModelConfig, build_model, count_params
+from largo.models import build_model, get_spec, trainable
+from largo.models.audio import AudioConfig
+from largo.models.classifier import pooled_head_bytes
+from largo.models.config import ModelConfig
+from largo.models.gpt import GPTConfig, head_activation_bytes
+from largo.models.text_classifier import TextClassifierConfig
+from largo.models.vit import ViTConfig
 from largo.observe.memory import PeakMemory
 from largo.plan import estimate as est
 from largo.plan.devices import DEVICES, get_device, spec_for_cuda_name
 from largo.plan.planner import Workload, build_plan
 from largo.plan.report import plan_json
 from largo.plan.sizes import MODEL_SIZES
-from largo.train.evaluate import autocast, summed_loss
+from largo.precision import autocast
+from largo.train.loss import summed_loss
 from largo.train.optim import build_optimizers
 from tests.conftest import tiny_config
 
 GOLDEN = Path(__file__).parent / "golden" / "plan_tiny_h100.json"
 # conftest's tiny shape: hidden = 8/3 * 64 = 170 -> rounded up to 192; kv width 2 heads * 16 = 32
-TINY = ModelConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
+TINY = GPTConfig(vocab_size=512, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=32)
 
 
 def test_tiny_params_and_flops_by_hand() -> None:
@@ -50,7 +58,7 @@ def test_tiny_memory_components_by_hand() -> None:
     # per token per block in fp32: 32 d + 8 kv + 16 hidden + 4 heads + 8 = 2048 + 256 + 3072 + 16 + 8
     assert est.block_activation_bytes(TINY, T, 32, est.LAYOUTS["fp32"]) == T * 5400 == 691_200
     # head: 12 d + 4 V (fp32 log-softmax) + 4 (rstd) + 8 (targets) + 8 (input ids)
-    assert est.head_activation_bytes(TINY, T, est.LAYOUTS["fp32"]) == T * (12 * 64 + 4 * 512 + 20)
+    assert head_activation_bytes(TINY, T, est.LAYOUTS["fp32"]) == T * (12 * 64 + 4 * 512 + 20)
     rope = 2 * 32 * 16 * 4
     loss_backward = 12 * n + rope + 2 * 691_200 + T * 2836 + 2 * T * 512 * 4  # logits already freed
     assert m.peak_phase == "loss backward"
@@ -81,8 +89,8 @@ def _saved_bytes_per_block(cfg: ModelConfig, precision: str, bf16_weights: bool)
     owned = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     seen: dict[int, tuple[bool, int]] = {}
     inside = [False]
-    model.blocks[-1].register_forward_pre_hook(lambda *_: inside.__setitem__(0, True))
-    model.blocks[-1].register_forward_hook(lambda *_: inside.__setitem__(0, False))
+    model.trunk.blocks[-1].register_forward_pre_hook(lambda *_: inside.__setitem__(0, True))
+    model.trunk.blocks[-1].register_forward_hook(lambda *_: inside.__setitem__(0, False))
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         ptr = t.untyped_storage().data_ptr()
@@ -99,7 +107,7 @@ def _saved_bytes_per_block(cfg: ModelConfig, precision: str, bf16_weights: bool)
 @pytest.mark.parametrize("layout", ["fp32", "autocast", "mixed"])
 @pytest.mark.parametrize("kv", [1, 4])
 def test_block_activations_equal_what_autograd_saves(layout: str, kv: int) -> None:
-    cfg = ModelConfig(vocab_size=300, dim=64, n_layers=2, n_heads=4, n_kv_heads=kv, max_seq_len=24, mlp_hidden=160)
+    cfg = GPTConfig(vocab_size=300, dim=64, n_layers=2, n_heads=4, n_kv_heads=kv, max_seq_len=24, mlp_hidden=160)
     lay = est.LAYOUTS[layout]
     saved = _saved_bytes_per_block(cfg, "fp32" if layout == "fp32" else "bf16", bf16_weights=layout == "mixed")
     casts = 2 * (cfg.block_params() - 2 * cfg.dim) if lay.autocast else 0  # bf16 weight copies autograd keeps
@@ -172,13 +180,13 @@ def test_peak_matches_the_allocator(precision: str, accum: int, checkpointing: b
 
 # Tiny classifiers: (model, micro-batch, positions per sample, audio samples per clip).
 CLASSIFIERS = {
-    "vit": (ModelConfig(arch="vit", dim=64, n_layers=2, n_heads=4, max_seq_len=32, image_size=16, in_channels=3,
-                        patch_size=4, num_classes=5), 32, 16, 0),
-    "vit-cls": (ModelConfig(arch="vit", dim=64, n_layers=2, n_heads=4, max_seq_len=32, image_size=16, in_channels=3,
-                            patch_size=4, num_classes=5, pooling="cls"), 32, 17, 0),
-    "audio": (ModelConfig(arch="audio", dim=64, n_layers=2, n_heads=4, max_seq_len=32, n_mels=16, num_classes=5), 16, 26, 8000),
-    "text_classifier": (ModelConfig(arch="text_classifier", vocab_size=300, dim=64, n_layers=2, n_heads=4, max_seq_len=32,
-                                    num_classes=3), 16, 32, 0),
+    "vit": (ViTConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=32, image_size=16, in_channels=3,
+                      patch_size=4, num_classes=5), 32, 16, 0),
+    "vit-cls": (ViTConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=32, image_size=16, in_channels=3,
+                          patch_size=4, num_classes=5, pooling="cls"), 32, 17, 0),
+    "audio": (AudioConfig(dim=64, n_layers=2, n_heads=4, max_seq_len=32, n_mels=16, num_classes=5), 16, 26, 8000),
+    "text_classifier": (TextClassifierConfig(vocab_size=300, dim=64, n_layers=2, n_heads=4, max_seq_len=32,
+                                             num_classes=3), 16, 32, 0),
 }
 
 
@@ -219,27 +227,29 @@ def test_classifier_head_is_pooled_and_stems_are_counted() -> None:
     """By hand for the ViT: the head keeps per-token norm tensors but one (b, d) input; the stem its bf16 casts."""
     cfg, lay = CLASSIFIERS["vit"][0], est.LAYOUTS["autocast"]
     b, t, d = 32, 16, 64
+    terms = get_spec("vit").memory_terms(cfg, b, t, lay)
     # bf16 residual after the conv stem: fp32 norm input (4) + bf16 output (2) per d, rstd (4); pooled bf16 (b, d)
-    assert est.pooled_head_bytes(cfg, b, t, lay) == b * t * (6 * d + 4) + b * d * 2
-    assert est.input_bytes(cfg, b, t) == b * (4 * 3 * 16 * 16 + 8)  # fp32 pixels + int64 label
-    assert est.stem_activation_bytes(cfg, b, t, lay) == 2 * b * 3 * 16 * 16 + 2 * 3 * 4 * 4 * d  # bf16 images + patch weight
+    assert terms.head_saved == pooled_head_bytes(cfg, b, t, lay, residual=2, masked=False) == b * t * (6 * d + 4) + b * d * 2
+    assert terms.inputs == b * (4 * 3 * 16 * 16 + 8)  # fp32 pixels + int64 label
+    assert terms.stem_saved == 2 * b * 3 * 16 * 16 + 2 * 3 * 4 * 4 * d  # bf16 images + patch weight
     m = est.memory(cfg, seq_len=t, micro_batch=b, accum_steps=1, layout=lay)
-    gpt = est.memory(ModelConfig(**{**cfg.__dict__, "arch": "gpt", "vocab_size": 5}), seq_len=t, micro_batch=b, accum_steps=1, layout=lay)
+    trunk = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ModelConfig) if f.name != "arch"}
+    gpt = est.memory(GPTConfig(**trunk, vocab_size=5), seq_len=t, micro_batch=b, accum_steps=1, layout=lay)
     assert m.phases["loss backward"] < gpt.phases["loss backward"]  # no (b t x V) log-softmax nor its gradients
 
 
 def test_every_preset_counts_like_the_built_module() -> None:
     shapes = {f"--model {k}": s.model for k, s in MODEL_SIZES.items()}
     for path in sorted(Path("configs").glob("*.toml")):
-        model = load_config(path).model
-        shapes[str(path)] = model if model.vocab_size else ModelConfig(**{**model.__dict__, "vocab_size": load_config(path).data.vocab_size})
-        if model.is_classifier:  # fields the data decides, set to values of the recipes' data
-            shapes[str(path)] = ModelConfig(**{**shapes[str(path)].__dict__, "num_classes": model.num_classes or 10,
-                                               "image_size": model.image_size or 4 * model.patch_size, "in_channels": model.in_channels or 1})
+        cfg = load_config(path)
+        decided = {"vocab_size": getattr(cfg.data, "vocab_size", 0), "num_classes": 10, "in_channels": 1,
+                   "image_size": 4 * getattr(cfg.model, "patch_size", 1)}  # fields the data decides, as the recipes' data would
+        shapes[str(path)] = dataclasses.replace(cfg.model, **{k: v for k, v in decided.items() if getattr(cfg.model, k, None) == 0})
     for name, cfg in shapes.items():
         with torch.device("meta"):
-            module = ARCHITECTURES[cfg.arch](cfg)
-        assert est.count_params(cfg).total == count_params(module) == cfg.num_params(), name
+            module = get_spec(cfg.arch).build(cfg)
+        assert est.count_params(cfg).total == trainable(module), name
+        assert est.count_params(cfg).per_block == cfg.block_params(), name
     assert est.count_params(MODEL_SIZES["7b"].model).total == 6_738_415_616  # Llama-2 7B as published
     assert est.count_params(MODEL_SIZES["13b"].model).total == 13_015_864_320
     assert est.count_params(MODEL_SIZES["70b"].model).total == 68_976_648_192
@@ -377,9 +387,8 @@ def test_only_gpt_runs_feed_the_mfu_history(arch: str, tmp_path: Path, monkeypat
 
     monkeypatch.setattr(throughput, "_MFU_HISTORY", tmp_path / "mfu_history.json")
     monkeypatch.setattr(throughput, "attention_speed", lambda *_a: 1.0)  # not measured in a unit test
-    model_cfg = {"arch": arch, "vocab_size": 512, "dim": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 32}
-    if arch == "vit":
-        model_cfg |= {"vocab_size": 0, "image_size": 16, "in_channels": 3, "patch_size": 4, "num_classes": 5}
+    model_cfg = {"arch": arch, "dim": 64, "n_layers": 2, "n_heads": 4, "max_seq_len": 32}
+    model_cfg |= {"image_size": 16, "in_channels": 3, "patch_size": 4, "num_classes": 5} if arch == "vit" else {"vocab_size": 512}
     cfg = build_config({"model": model_cfg, "train": {"global_batch": 8, "micro_batch": 8}})
     check_run(cfg, tmp_path, model=build_model(cfg.model), world=1, device=torch.device("cpu"), peak_flops_per_device=1e11,
               seq_len=16 if arch == "vit" else 32, peak_bytes=1 << 20, memory_method="test", step_s=0.01, mfu=0.3, steps_run=10)

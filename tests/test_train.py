@@ -11,11 +11,12 @@ import torch
 from largo.checkpoint.restore import restore
 from largo.checkpoint.store import complete_checkpoints
 from largo.data.text import TextLMData
-from largo.generate import generate
-from largo.models import ModelConfig, build_model
+from largo.models.generate import generate
+from largo.models import build_model
+from largo.models.gpt import GPTConfig as ModelConfig
 from largo.observe.metrics import read_metrics
-from largo.train.evaluate import summed_loss
-from largo.train.loop import train
+from largo.train.loss import summed_loss
+from largo.train.run import train
 from tests.conftest import tiny_config
 
 quiet = dict(log=lambda _m: None)

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from largo.models.config import ModelConfig
+from largo.models import count_params as planned_params
+from largo.models.gpt import GPTConfig
 
 VOCAB = 8192
 SEED = 1337
@@ -41,9 +42,9 @@ class Shape:
     context: int
     batch: int
 
-    def model_config(self) -> ModelConfig:
-        """The shape as largo's ModelConfig (exact parameter count and FLOPs per token)."""
-        return ModelConfig(vocab_size=VOCAB, dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=0,
+    def model_config(self) -> GPTConfig:
+        """The shape as largo's GPTConfig (exact parameter count and FLOPs per token)."""
+        return GPTConfig(vocab_size=VOCAB, dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=0,
                            mlp_hidden=self.mlp_hidden, max_seq_len=self.context, tie_embeddings=True)
 
     @property
@@ -148,7 +149,7 @@ def write_result(args: argparse.Namespace, contender: str, *, params: int, step_
                  losses: list[float], peak_rss: int, **extra: Any) -> None:
     """Write (and print) the contender's one JSON result, after checking its parameter count."""
     shape = SHAPES[args.shape]
-    expected = shape.model_config().num_params()
+    expected = planned_params(shape.model_config()).total
     result = {
         "contender": contender, "shape": args.shape, "params": params, "params_expected": expected,
         "params_match": params == expected, "steps": args.steps, "warmup": args.warmup,

@@ -21,18 +21,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from largo.checkpoint.store import load_checkpoint, save_checkpoint
+from largo.checkpoint.checkpointer import Checkpointer
 from largo.config import build_config
 from largo.data import Batch
-from largo.dist.env import init_env
-from largo.dist.parallelize import parallelize, unwrap
+from largo.distributed import start_env
+from largo.distributed.parallelize import parallelize
 from largo.errors import ConfigError, DataError
 from largo.observe.metrics import MetricsLog
 from largo.observe.throughput import peak_flops
 from largo.train.evaluate import evaluate
-from largo.train.loop import LoopParts, finish, resume_point, run_steps, seed_everything
+from largo.train.loop import LoopParts, run_steps, seed_everything
 from largo.train.optim import build_optimizers, build_schedulers
-from largo.train.run_dir import open_run_dir, release_run_dir
+from largo.train.report import finish
+from largo.train.run_dir import open_run_dir, release_run_dir, resume_point
 
 TARGET_KEYS = ("labels", "targets", "label", "y")
 _END = object()  # sentinel for an exhausted iterator
@@ -187,7 +188,7 @@ class Trainer:
         })
         if epochs < 1 or (steps is not None and steps < 1):
             raise ConfigError(f"epochs ({epochs}) and steps ({steps}) must be >= 1")
-        self.env = init_env(device)
+        self.env = start_env(device)
         seed_everything(seed)
         self.model = model.to(self.env.device)
         self.loss_fn = loss or nn.CrossEntropyLoss()
@@ -225,19 +226,18 @@ class Trainer:
                 schedulers: list[Any], resumed: tuple[Path, dict[str, Any]] | None, val_data: Any) -> dict[str, Any]:
         """The loop over this rank's batches, inside the locked run directory."""
         cfg, env, accum = self.cfg, self.env, self.grad_accum
+        checkpoints = Checkpointer(run_dir / "checkpoints", model=self.model, optimizers=optimizers, schedulers=schedulers,
+                                   env=env, sharded=False, keep_last=cfg.checkpoint.keep_last)
         start = 0
         if resumed is not None:
-            ckpt, state = resumed
-            start = int(load_checkpoint(ckpt, self.model, optimizers, schedulers, state=state)["step"])
-            self.log(f"resumed from {ckpt} at step {start}")
+            start = checkpoints.load(*resumed)
+            self.log(f"resumed from {resumed[0]} at step {start}")
         stream = BatchStream(loader, cfg.run.seed)
         at = (lambda q: stream.at(q, per_epoch)) if stride == 1 else (lambda q: stream.at(q * stride + env.rank, per_epoch * stride if per_epoch else None))
         metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start) if env.is_main else None
 
         def save(step: int) -> None:
-            state = {"data": {"batches_seen": step * accum}, "config": cfg.to_dict(), "user_model": True}
-            save_checkpoint(run_dir / "checkpoints", step, model_state=unwrap(self.model).state_dict(), optimizers=optimizers,
-                            schedulers=schedulers, trainer_state=state, keep_last=cfg.checkpoint.keep_last, is_main=env.is_main)
+            checkpoints.save(step, {"data": {"batches_seen": step * accum}, "config": cfg.to_dict(), "user_model": True})
 
         parts = LoopParts(
             model=parallelize(self.model, env), optimizers=optimizers, schedulers=schedulers,
@@ -250,10 +250,7 @@ class Trainer:
             throughput_unit="samples",
         )
         progress = run_steps(parts, cfg, env, start_step=start, stop_at=None, metrics=metrics, say=self.log)
-        summary = finish(parts, cfg, run_dir, progress, metrics=metrics, say=self.log)
-        if metrics:
-            metrics.close()
-        return summary
+        return finish(parts, cfg, run_dir, progress, metrics=metrics, say=self.log)
 
     def evaluate(self, data: Any) -> dict[str, float]:
         """Mean loss (weighted by batch size) and, for class logits, accuracy over `data`; shared by the ranks, all-reduced."""

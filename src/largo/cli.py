@@ -14,26 +14,26 @@ from largo.errors import LargoError
 def cmd_prepare(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Prepare the config's data (token shards, or cached arrays for classifiers; --data.* overrides apply)."""
     from largo.config import load_config
-    from largo.train.tasks import prepare_data
+    from largo.models import get_spec
 
     cfg = load_config(args.config, overrides)
-    prepare_data(cfg, force=args.force)
+    get_spec(cfg.model.arch).prepare(cfg, force=args.force)
     return 0
 
 
 def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Train from a TOML config with dotted overrides; --nproc N relaunches under torchrun."""
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from largo.dist.launch import relaunch_with_torchrun
+        from largo.distributed.launch import relaunch_with_torchrun
 
         return relaunch_with_torchrun(args.nproc, sys.argv[1:], max_restarts=args.max_restarts)
     import torch.distributed
     from torch.distributed.elastic.multiprocessing.errors import record
 
     from largo.config import load_config
-    from largo.dist.env import restart_count
+    from largo.distributed.env import restart_count
     from largo.train.faults import PREEMPTED_EXIT
-    from largo.train.loop import train
+    from largo.train.run import train
 
     resume = args.resume
     if resume is None and restart_count() > 0:  # torchrun --max-restarts started us again: continue the run
@@ -49,10 +49,10 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Evaluate a run's newest checkpoint (or a given checkpoint) on its held-out split."""
     from largo.checkpoint.restore import restore
-    from largo.dist.env import DistEnv, pick_device
+    from largo.distributed.env import DistEnv, pick_device
     from largo.train.evaluate import evaluate, format_result
     from largo.errors import ConfigError
-    from largo.train.tasks import build_task
+    from largo.train.run import build_task
 
     if args.max_batches < 0:
         raise ConfigError(f"--max-batches ({args.max_batches}) must be >= 0 (0 = the whole held-out split)")
@@ -73,15 +73,18 @@ def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from tokenizers import Tokenizer
 
     from largo.checkpoint.restore import restore
-    from largo.dist.env import pick_device
+    from largo.distributed.env import pick_device
     from largo.errors import CheckpointError, ConfigError
-    from largo.generate import generate
+    from largo.models.generate import generate
+    from largo.models import get_spec
 
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise ConfigError(f"--temperature ({args.temperature}) must be a finite number >= 0 (0 = greedy)")
     if args.max_new_tokens < 1 or args.top_k < 0:
         raise ConfigError(f"--max-new-tokens ({args.max_new_tokens}) must be >= 1 and --top-k ({args.top_k}) >= 0 (0 = no cut)")
     model, cfg, ckpt = restore(args.checkpoint, pick_device(args.device))
+    if not get_spec(cfg.model.arch).generates:
+        raise CheckpointError(f"{ckpt}: model.arch = {cfg.model.arch!r} does not generate text; generate samples from language models")
     if not (ckpt / "tokenizer.json").is_file():
         raise CheckpointError(f"{ckpt}: no tokenizer.json; generate needs a language-model checkpoint")
     tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # not a user error, but still one line (a full disk, a dead rank): --debug shows where
         if args.debug:
             raise
-        from largo.dist.health import collective_failure
+        from largo.distributed.health import collective_failure
 
         message = collective_failure(e) or f"{describe_unexpected(e)} (run with --debug for the traceback)"
         rank = os.environ.get("RANK")

@@ -1,4 +1,8 @@
-"""Run configuration: TOML sections mapped one-to-one onto typed dataclasses, with dotted overrides."""
+"""Run configuration: TOML sections mapped one-to-one onto typed dataclasses, with dotted overrides.
+
+[model] and [data] take their classes from the architecture that model.arch names (its spec, in
+models/): a key that architecture does not have is a one-line error listing the ones it has.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from largo.data.config import DataConfig, TextDataConfig
 from largo.errors import ConfigError
+from largo.models import get_spec, spec_names
 from largo.models.config import ModelConfig
+from largo.models.gpt import GPTConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,50 +40,6 @@ class RunSection:
         if not self.name or self.name in (".", "..") or "/" in self.name or "\\" in self.name or "\0" in self.name:
             raise ConfigError(f"run.name {self.name!r} must be one folder name (no '/', not '.' or '..'); "
                               f"the run goes to run.out_dir/run.name")
-
-
-@dataclass
-class DataConfig:
-    """What to train on and how it is prepared into token shards."""
-
-    source: str = "stdlib"  # "stdlib", a folder, a glob, or a .jsonl/.csv/.parquet file
-    text_column: str = "text"  # column holding the text in .jsonl/.csv/.parquet sources
-    dir: str = "data/stdlib"  # prepared data folder (tokenizer, shards, manifest)
-    vocab_size: int = 4096  # BPE vocabulary size, special tokens included
-    tokenizer: str = ""  # encode with this existing tokenizer.json (e.g. an imported model's); "" = train a BPE
-    val_fraction: float = 0.02  # share of the corpus held out for validation
-    max_bytes: int = 0  # stop reading the source after this many bytes; 0 = all
-    tokenizer_train_bytes: int = 200_000_000  # bytes of text the BPE tokenizer learns from
-    shard_tokens: int = 50_000_000  # tokens per shard file
-    # Classification (model.arch vit / audio / text_classifier). source is then "fashion-mnist",
-    # "digits", "espeak-digits", "imdb", a folder with one subfolder per class, or a .csv/.parquet file.
-    label_column: str = "label"  # .csv/.parquet sources: column holding the class label
-    test_source: str = ""  # an extra labelled test set reported on its own at the end ("asterisk-digits", a folder); "" = none
-    max_rows: int = 0  # keep at most this many training examples; 0 = all (quick runs, tests)
-    clip_seconds: float = 1.0  # audio: clips are trimmed of silence, centred, and padded or cut to this length
-    shift_px: int = 0  # images: translate training images by up to this many pixels (zero fill)
-    hflip: bool = False  # images: mirror half of the training images left-right
-    time_shift_s: float = 0.0  # audio: shift training clips in time by up to this many seconds
-    noise_snr_db: float = 0.0  # audio: add noise to training clips at a random SNR down to this many dB; 0 = none
-    band_limit_hz: float = 0.0  # audio: pass half the training clips through a channel cut off at random above this (Hz); 0 = none
-    spec_masks: int = 0  # audio: silenced time spans (<= 60 ms) and removed frequency bands (<= 300 Hz) per training clip (SpecAugment)
-    speed_perturb: float = 0.0  # audio: play training clips faster or slower by up to this fraction (tempo, pitch and formants move together)
-
-    def __post_init__(self) -> None:
-        for key in ("max_rows", "shift_px", "time_shift_s", "noise_snr_db", "band_limit_hz", "speed_perturb", "spec_masks"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"data.{key} ({getattr(self, key)}) must be >= 0")
-        if self.speed_perturb >= 0.5:
-            raise ConfigError(f"data.speed_perturb ({self.speed_perturb}) must be in [0, 0.5)")
-        if not 0.0 < self.clip_seconds <= 30.0:
-            raise ConfigError(f"data.clip_seconds ({self.clip_seconds}) must be in (0, 30]")
-        if not 0.0 < self.val_fraction < 0.5:
-            raise ConfigError(f"data.val_fraction ({self.val_fraction}) must be in (0, 0.5)")
-        if not 257 <= self.vocab_size <= 1 << 20:
-            raise ConfigError(f"data.vocab_size ({self.vocab_size}) must be in [257, 1048576]: 256 bytes + specials")
-        for key in ("max_bytes", "tokenizer_train_bytes", "shard_tokens"):
-            if getattr(self, key) < 0 or (key != "max_bytes" and getattr(self, key) == 0):
-                raise ConfigError(f"data.{key} ({getattr(self, key)}) must be > 0")
 
 
 @dataclass
@@ -190,8 +153,8 @@ class RunConfig:
     """A whole run: one field per TOML section."""
 
     run: RunSection = field(default_factory=RunSection)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=TextDataConfig)  # the class model.arch's spec names
+    model: ModelConfig = field(default_factory=GPTConfig)  # the class model.arch's spec names
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -261,23 +224,42 @@ def _parse_override(key: str, text: str, hint: Any) -> Any:
         raise ConfigError(f"--{key} {text!r} is not a valid {base.__name__}") from None
 
 
+def _arch_sections(arch: Any) -> dict[str, type]:
+    """Section name -> dataclass, with [model] and [data] those of the architecture `arch` names."""
+    if not isinstance(arch, str):
+        raise ConfigError(f"model.arch = {arch!r} has type {type(arch).__name__}; expected str")
+    spec = get_spec(arch)
+    return {**_sections(), "model": spec.model_config, "data": spec.data_config}
+
+
+def _unknown(section: str, key: str, valid: list[str], arch: str) -> ConfigError:
+    """The error for a key a section lacks: a near miss, or (for [model] and [data]) which architectures have it."""
+    owners = [name for name in spec_names() if section in ("model", "data") and key in _hints(
+        getattr(get_spec(name), f"{section}_config"))]
+    if owners:
+        return ConfigError(f"{section}.{key} is a key of model.arch = {' or '.join(map(repr, owners))}, not {arch!r}; "
+                           f"the [{section}] keys of {arch!r}: {', '.join(valid)}")
+    return ConfigError(f"unknown key {section}.{key}{_closest(key, valid)}")
+
+
 def build_config(raw: dict[str, Any], overrides: dict[str, str] | None = None) -> RunConfig:
     """Validate a nested dict (from TOML) plus dotted overrides into a RunConfig."""
-    sections = _sections()
-    merged: dict[str, dict[str, Any]] = {}
     for name, table in raw.items():
-        if name not in sections:
-            raise ConfigError(f"unknown section [{name}]{_closest(name, list(sections))}")
+        if name not in _sections():
+            raise ConfigError(f"unknown section [{name}]{_closest(name, list(_sections()))}")
         if not isinstance(table, dict):
             raise ConfigError(f"[{name}] must be a table of keys, got {table!r}")
-        merged[name] = dict(table)
-    for dotted, text in (overrides or {}).items():
+    overrides = overrides or {}
+    arch = overrides.get("model.arch", raw.get("model", {}).get("arch", GPTConfig.arch))
+    sections = _arch_sections(arch)
+    merged: dict[str, dict[str, Any]] = {name: dict(table) for name, table in raw.items()}
+    for dotted, text in overrides.items():
         section, _, key = dotted.partition(".")
         if section not in sections or not key:
             raise ConfigError(f"unknown override --{dotted}; use --section.key with a section of {', '.join(sections)}")
         hints = _hints(sections[section])
         if key not in hints:
-            raise ConfigError(f"unknown key {dotted}{_closest(key, list(hints))}")
+            raise _unknown(section, key, list(hints), arch)
         merged.setdefault(section, {})[key] = _parse_override(dotted, text, hints[key])
     built = {}
     for name, cls in sections.items():
@@ -285,7 +267,7 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str] | None = None) -
         values = {}
         for key, value in merged.get(name, {}).items():
             if key not in hints:
-                raise ConfigError(f"unknown key {name}.{key}{_closest(key, list(hints))}")
+                raise _unknown(name, key, list(hints), arch)
             values[key] = _check_value(f"{name}.{key}", value, hints[key])
         built[name] = cls(**values)
     return RunConfig(**built)

@@ -16,20 +16,21 @@ import torch
 from largo.checkpoint.hf import expand_names, save_imported
 from largo.errors import CheckpointError
 from largo.models.config import ModelConfig
+from largo.models.gpt import GPTConfig
 
 # largo parameter name -> (GGUF tensor name, rows to un-permute: "q", "k" or "").
 GGUF_NAMES: dict[str, tuple[str, str]] = {
     "tok_emb.weight": ("token_embd.weight", ""),
-    "blocks.{i}.attn_norm.weight": ("blk.{i}.attn_norm.weight", ""),
-    "blocks.{i}.attn.wq.weight": ("blk.{i}.attn_q.weight", "q"),
-    "blocks.{i}.attn.wk.weight": ("blk.{i}.attn_k.weight", "k"),
-    "blocks.{i}.attn.wv.weight": ("blk.{i}.attn_v.weight", ""),
-    "blocks.{i}.attn.wo.weight": ("blk.{i}.attn_output.weight", ""),
-    "blocks.{i}.mlp_norm.weight": ("blk.{i}.ffn_norm.weight", ""),
-    "blocks.{i}.mlp.gate.weight": ("blk.{i}.ffn_gate.weight", ""),
-    "blocks.{i}.mlp.up.weight": ("blk.{i}.ffn_up.weight", ""),
-    "blocks.{i}.mlp.down.weight": ("blk.{i}.ffn_down.weight", ""),
-    "norm.weight": ("output_norm.weight", ""),
+    "trunk.blocks.{i}.attn_norm.weight": ("blk.{i}.attn_norm.weight", ""),
+    "trunk.blocks.{i}.attn.wq.weight": ("blk.{i}.attn_q.weight", "q"),
+    "trunk.blocks.{i}.attn.wk.weight": ("blk.{i}.attn_k.weight", "k"),
+    "trunk.blocks.{i}.attn.wv.weight": ("blk.{i}.attn_v.weight", ""),
+    "trunk.blocks.{i}.attn.wo.weight": ("blk.{i}.attn_output.weight", ""),
+    "trunk.blocks.{i}.mlp_norm.weight": ("blk.{i}.ffn_norm.weight", ""),
+    "trunk.blocks.{i}.mlp.gate.weight": ("blk.{i}.ffn_gate.weight", ""),
+    "trunk.blocks.{i}.mlp.up.weight": ("blk.{i}.ffn_up.weight", ""),
+    "trunk.blocks.{i}.mlp.down.weight": ("blk.{i}.ffn_down.weight", ""),
+    "trunk.norm.weight": ("output_norm.weight", ""),
     "head.weight": ("output.weight", ""),  # absent in GGUF files of tied models
 }
 
@@ -79,7 +80,7 @@ def model_config_from_gguf(reader: Any, path: Path) -> ModelConfig:
     if head_dim != dim // heads:
         raise CheckpointError(f"{path}: llama.rope.dimension_count = {head_dim}; largo rotates whole heads ({dim // heads})")
     vocab = field(reader, "llama.vocab_size") or len(field(reader, "tokenizer.ggml.tokens"))
-    return ModelConfig(
+    return GPTConfig(
         vocab_size=int(vocab), dim=int(dim), n_layers=int(field(reader, "llama.block_count")), n_heads=int(heads),
         n_kv_heads=int(field(reader, "llama.attention.head_count_kv", heads)),
         mlp_hidden=int(field(reader, "llama.feed_forward_length")),

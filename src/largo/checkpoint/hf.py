@@ -17,26 +17,29 @@ import torch
 from torch import nn
 
 from largo.checkpoint.restore import restore
-from largo.checkpoint.store import check_shapes, load_tensors, save_checkpoint
+from largo.checkpoint.checkpointer import write_replicated
+from largo.checkpoint.store import check_shapes, load_tensors
 from largo.config import RunConfig, RunSection
 from largo.data.prepare import EOT
 from largo.errors import CheckpointError
 from largo.fileio import read_json, write_json_atomic
+from largo.models import get_spec
 from largo.models.config import ModelConfig
+from largo.models.gpt import GPTConfig
 
 # largo parameter name -> Hugging Face LlamaForCausalLM name; {i} is the block index.
 LLAMA_NAMES: dict[str, str] = {
     "tok_emb.weight": "model.embed_tokens.weight",
-    "blocks.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
-    "blocks.{i}.attn.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "blocks.{i}.attn.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "blocks.{i}.attn.wv.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "blocks.{i}.attn.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "blocks.{i}.mlp_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "blocks.{i}.mlp.gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "blocks.{i}.mlp.up.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "blocks.{i}.mlp.down.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "norm.weight": "model.norm.weight",
+    "trunk.blocks.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "trunk.blocks.{i}.attn.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "trunk.blocks.{i}.attn.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "trunk.blocks.{i}.attn.wv.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "trunk.blocks.{i}.attn.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "trunk.blocks.{i}.mlp_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "trunk.blocks.{i}.mlp.gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "trunk.blocks.{i}.mlp.up.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "trunk.blocks.{i}.mlp.down.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "trunk.norm.weight": "model.norm.weight",
     "head.weight": "lm_head.weight",  # untied models only
 }
 
@@ -59,8 +62,10 @@ def expand_names(table: dict[str, Any], n_layers: int, *, tied: bool) -> dict[st
 
 def llama_config(cfg: ModelConfig, *, eot_id: int | None) -> dict[str, Any]:
     """config.json of the equivalent LlamaForCausalLM; refuses options Llama cannot express."""
-    if cfg.arch != "gpt":
-        raise CheckpointError(f"model.arch = {cfg.arch!r} has no Llama equivalent; --format hf exports 'gpt' language models (use --format onnx or safetensors)")
+    spec = get_spec(cfg.arch)
+    if "hf" not in spec.export_formats:
+        raise CheckpointError(f"model.arch = {cfg.arch!r} has no Llama equivalent; --format hf exports language models "
+                              f"(use --format {' or '.join(spec.export_formats)})")
     defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
     for key, value in dataclasses.asdict(cfg).items():
         if key not in _MAPPED and value != defaults.get(key):
@@ -113,7 +118,7 @@ def model_config_from_llama(hf: dict[str, Any], source: Path) -> ModelConfig:
     dim, heads = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, dim // heads):
         raise _refuse(source, "head_dim", hf["head_dim"], f"head_dim = hidden_size / num_attention_heads ({dim // heads})")
-    return ModelConfig(
+    return GPTConfig(
         vocab_size=hf["vocab_size"], dim=dim, n_layers=hf["num_hidden_layers"], n_heads=heads,
         n_kv_heads=hf.get("num_key_value_heads") or heads, mlp_hidden=hf["intermediate_size"],
         max_seq_len=hf.get("max_position_embeddings", 2048), rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
@@ -201,9 +206,9 @@ def save_imported(run_dir: str | Path, model_cfg: ModelConfig, weights: dict[str
     check_shapes(build_model(model_cfg, "meta").state_dict(), weights, Path(source))
     cfg = RunConfig(run=RunSection(name=run_dir.name, out_dir=str(run_dir.parent)), model=model_cfg)
     extra = {"tokenizer.json": tokenizer_json} if tokenizer_json is not None else {}
-    return save_checkpoint(run_dir / "checkpoints", 0, model_state=weights, optimizers=[], schedulers=[],
-                           trainer_state={"data": {"samples_seen": 0}, "config": cfg.to_dict(), "imported_from": source},
-                           keep_last=1, extra_files=extra)
+    state = {"optimizer_groups": [], "optimizer_scalars": {}, "schedulers": [], "data": {"samples_seen": 0},
+             "config": cfg.to_dict(), "imported_from": source}
+    return write_replicated(run_dir / "checkpoints", 0, weights, {}, state, keep_last=1, files=extra)
 
 
 def import_hf(hf_dir: str | Path, run_dir: str | Path) -> Path:
@@ -240,7 +245,7 @@ def hf_model(model: nn.Module, cfg: ModelConfig) -> nn.Module:
 @torch.no_grad()
 def logits_parity(model: nn.Module, ref: nn.Module, tokens: torch.Tensor, *, new_tokens: int = 8) -> dict[str, Any]:
     """Max |logit difference| on tokens (b, t) and whether greedy continuations of row 0 agree."""
-    from largo.generate import generate
+    from largo.models.generate import generate
 
     ours = model(tokens).float()
     theirs = ref(input_ids=tokens).logits.float()  # (b, t, vocab)

@@ -17,6 +17,8 @@ from torch import nn
 from largo.checkpoint.restore import resolve_checkpoint, restore
 from largo.errors import CheckpointError, LargoError
 from largo.fileio import write_json_atomic
+from largo.config import RunConfig
+from largo.models import get_spec
 from largo.models.config import ModelConfig
 
 LOGIT_ATOL = 1e-4  # fp32 parity bound against transformers
@@ -112,13 +114,11 @@ def export_onnx_checked(checkpoint: str | Path, out: Path, log: Callable[[str], 
     return path
 
 
-def real_inputs(cfg) -> tuple[torch.Tensor, torch.Tensor]:
+def real_inputs(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Two held-out input batches of the run's own data: 2 rows to trace, 4 others to check."""
-    from largo.dist.env import DistEnv
-    from largo.train.tasks import build_task
-
+    spec = get_spec(cfg.model.arch)
     try:
-        task = build_task(cfg, DistEnv(), log=lambda _m: None)
+        task = spec.task(cfg, spec.prepare(cfg, log=lambda _m: None))
         batches = task.dataset.eval_batches(2, 3)
         first, second, third = (x for x, _ in batches)
     except (LargoError, ValueError) as e:

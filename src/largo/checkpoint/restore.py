@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections.abc import Callable
@@ -11,8 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from largo.checkpoint.sharded import load_model_sharded, newest_intact, verify_checkpoint
-from largo.checkpoint.store import STATE, load_model_weights
+from largo.checkpoint.checkpointer import load_weights
+from largo.checkpoint.store import STATE, newest_intact, verify_checkpoint
 from largo.config import RunConfig, build_config
 from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
@@ -51,24 +52,23 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     except (ConfigError, KeyError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{ckpt}/{STATE}: its config is not valid for this largo ({e})") from None
     model = build_model(cfg.model, device)
-    if state.get("sharded"):  # an FSDP run's DCP shards, gathered into this one plain model
-        load_model_sharded(ckpt, model)
-    else:
-        load_model_weights(model, ckpt)
+    load_weights(model, ckpt, state)
     return model.eval(), cfg, ckpt
 
 
-# Fields that change what the weights compute without changing their shapes: they must match.
-_INIT_MUST_MATCH = ("arch", "n_heads", "kv_heads", "rope_theta", "norm_eps", "tie_embeddings")
+# Fields free to differ from the source model: how it was initialised or fine-tuned, and the context length
+# (the rotary table is rebuilt); the MLP width and kv heads are compared through what they resolve to.
+_INIT_FREE = {"init_from", "init_std", "max_seq_len", "mlp_hidden", "multiple_of", "n_kv_heads"}
 
 
 def load_init_weights(model: nn.Module, cfg: ModelConfig) -> Path:
     """Copy cfg.init_from's weights into `model` (fine-tuning), refusing a model that computes differently."""
     ckpt, state = resolve_checkpoint(cfg.init_from)
     theirs = build_config(state["config"]).model
-    for key in _INIT_MUST_MATCH:
-        a, b = getattr(theirs, key), getattr(cfg, key)
-        if a != b and not (isinstance(a, float) and math.isclose(a, b, rel_tol=1e-6)):  # 1e-6: float32-stored values
-            raise CheckpointError(f"model.init_from {ckpt}: its model.{key} is {getattr(theirs, key)!r}, this run's is {getattr(cfg, key)!r}; set them equal")
-    load_model_weights(model, ckpt)
+    keys = ["arch"] + [f.name for f in dataclasses.fields(theirs) if f.name not in _INIT_FREE | {"arch"}] + ["hidden", "kv_heads"]
+    for key in keys:
+        a, b = getattr(theirs, key), getattr(cfg, key, None)
+        if a != b and not (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6)):  # float32-stored values
+            raise CheckpointError(f"model.init_from {ckpt}: its model.{key} is {a!r}, this run's is {b!r}; set them equal")
+    load_weights(model, ckpt, state)
     return ckpt

@@ -94,6 +94,11 @@ def check_schema(state: dict[str, Any], path: Path, folder_step: int | None) -> 
     _check_rng(state.get("rng"), path)
     if not isinstance(state.get("config"), dict):
         raise _bad(path, "'config' must be an object")
+    groups, scalars = state.get("optimizer_groups"), state.get("optimizer_scalars")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+        raise _bad(path, "'optimizer_groups' must be a list of parameter groups, each with its params")
+    if not isinstance(scalars, dict):
+        raise _bad(path, "'optimizer_scalars' must map parameter names to their non-tensor state")
     scheds = state.get("schedulers")
     if not isinstance(scheds, list) or not all(isinstance(s, dict) and _is_int(s.get("last_epoch"), 0, step) for s in scheds):
         raise _bad(path, "'schedulers' must be a list of states whose last_epoch is at most the step")
@@ -143,8 +148,10 @@ def check_like(saved: Any, live: Any, where: str) -> None:
         for key, value in live.items():
             check_like(saved.get(key, saved.get(str(key))), value, f"{where}.{key}")
     elif isinstance(live, (list, tuple)):
-        if not isinstance(saved, list) or len(saved) != len(live):
+        if not isinstance(saved, list):
             raise CheckpointError(f"{where}: expected a list of {len(live)}")
+        if len(saved) != len(live):
+            raise CheckpointError(f"{where}: {len(saved)} saved where this run has {len(live)}")
         for i, (s, v) in enumerate(zip(saved, live)):
             check_like(s, v, f"{where}[{i}]")
     elif isinstance(live, bool) or isinstance(live, str):

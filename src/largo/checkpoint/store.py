@@ -14,8 +14,9 @@ Resuming takes the most recently written complete checkpoint: state.json's `gene
 in the run directory, so after a resume from an earlier checkpoint its continuation wins over the
 abandoned later steps (which are then pruned like any older checkpoint). The pointer may lag one
 rename behind and is not consulted.
-Sharded (FSDP) checkpoints use the same folders and state.json, with DCP files instead of
-model/optim.safetensors (see sharded.py).
+Sharded (FSDP) checkpoints use the same folders and state.json, with DCP files in dcp/ instead of
+model/optim.safetensors (see sharded.py). What goes into a checkpoint, and how a run restores from
+one, is checkpointer.py's; this module keeps the folders whole.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,16 +34,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from largo.checkpoint.state_schema import FORMAT, check_like, check_scalars, load_state_json, signed
+from largo.checkpoint.dcp_index import read_index
+from largo.checkpoint.state_schema import FORMAT, load_state_json, signed
 from largo.errors import CheckpointError
 from largo.fileio import fsync_dir, sha256_file, write_json_atomic
 
 STATE = "state.json"
 LATEST = "latest"
+DCP_DIR = "dcp"  # a sharded checkpoint's DCP files and JSON index
 PREFIX = "step_"
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A safetensors file, fsync'ed (contiguous CPU copies of the tensors)."""
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
     with open(path, "rb") as f:
         os.fsync(f.fileno())
@@ -69,60 +74,6 @@ def set_rng_state(state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> No
         torch.cuda.set_rng_state_all(cuda)
 
 
-def optimizer_split(optimizers: list[torch.optim.Optimizer]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """Optimizer state dicts split into JSON (groups, scalars) and flat tensors 'i.param.key'."""
-    meta, tensors = [], {}
-    for i, opt in enumerate(optimizers):
-        sd = opt.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for pid, st in sd["state"].items():
-            for key, value in st.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"{i}.{pid}.{key}"] = value
-                else:
-                    scalars.setdefault(str(pid), {})[key] = value
-        meta.append({"param_groups": sd["param_groups"], "scalars": scalars})
-    return meta, tensors
-
-
-def check_param_groups(saved: Any, opt: torch.optim.Optimizer, where: str) -> None:
-    """Saved param groups must hold this optimizer's hyperparameters, typed alike (torch checks the params lists)."""
-    live = [{k: v for k, v in g.items() if k != "params"} for g in opt.state_dict()["param_groups"]]
-    if not isinstance(saved, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in saved):
-        raise CheckpointError(f"{where}: param_groups must be a list of groups with params")
-    check_like([{k: v for k, v in g.items() if k != "params"} for g in saved], live, where)
-
-
-def restore_schedulers_and_rng(path: Path, state: dict[str, Any], schedulers: list[Any]) -> None:
-    """Schedulers (checked against the live ones first) and RNG streams, shared by every resume path."""
-    if len(state["schedulers"]) != len(schedulers):
-        raise CheckpointError(f"{len(state['schedulers'])} scheduler states for {len(schedulers)} optimizers")
-    for i, (sched, sd) in enumerate(zip(schedulers, state["schedulers"])):
-        check_like(sd, sched.state_dict(), f"schedulers[{i}]")
-        sched.load_state_dict(sd)
-    tensors = load_tensors(path / "rng.safetensors")
-    cpu = tensors.get("torch_cpu")
-    if cpu is None or cpu.dtype != torch.uint8 or cpu.shape != torch.get_rng_state().shape:
-        raise CheckpointError(f"rng.safetensors holds no torch CPU generator state of {tuple(torch.get_rng_state().shape)} bytes")
-    set_rng_state(state["rng"], tensors)
-
-
-def optimizer_join(meta: list[dict[str, Any]], tensors: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-    """Inverse of optimizer_split: one torch state dict per optimizer."""
-    out = []
-    for i, m in enumerate(meta):
-        check_scalars(m["scalars"], f"optimizers[{i}].scalars")
-        state: dict[int, dict[str, Any]] = {}
-        for name, value in tensors.items():
-            idx, pid, key = name.split(".", 2)
-            if int(idx) == i:
-                state.setdefault(int(pid), {})[key] = value
-        for pid, scalars in m["scalars"].items():
-            state.setdefault(int(pid), {}).update(scalars)
-        out.append({"state": state, "param_groups": m["param_groups"]})
-    return out
-
-
 def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step:07d}"
 
@@ -133,43 +84,7 @@ def _previous(root: Path) -> str:
     return f"{found.name} is intact" if found else "there is no earlier checkpoint"
 
 
-def save_checkpoint(
-    root: Path,
-    step: int,
-    *,
-    model_state: dict[str, torch.Tensor],
-    optimizers: list[torch.optim.Optimizer],
-    schedulers: list[Any],
-    trainer_state: dict[str, Any],
-    keep_last: int,
-    extra_files: dict[str, Path] | None = None,
-    is_main: bool = True,
-) -> Path:
-    """Write checkpoint `step` atomically under root, move `latest` to it, prune beyond keep_last.
-
-    In a job of several ranks holding the same (replicated) state, only rank 0 writes (is_main);
-    the others wait for it, so no rank runs ahead of a checkpoint still being written.
-    """
-    final = root / checkpoint_name(step)
-    if is_main:
-        tmp = begin_checkpoint(root, step, os.getpid())
-        try:
-            optim_meta, optim_tensors = optimizer_split(optimizers)
-            _save_tensors(tmp / "model.safetensors", model_state)
-            _save_tensors(tmp / "optim.safetensors", optim_tensors)
-        except (OSError, SafetensorError) as e:  # a full disk: one line, nothing half-written left
-            raise _failed_save(e, tmp, final) from None
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        commit_checkpoint(tmp, root, step, state={"optimizers": optim_meta, "schedulers": [s.state_dict() for s in schedulers],
-                                                   **trainer_state}, keep_last=keep_last, extra_files=extra_files)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    return final
-
-
-def _failed_save(e: BaseException, tmp: Path, final: Path) -> CheckpointError:
+def failed_save(e: BaseException, tmp: Path, final: Path) -> CheckpointError:
     """Remove what a failed save wrote and say in one line what survives."""
     shutil.rmtree(tmp, ignore_errors=True)
     (final.parent / f".{LATEST}.tmp").unlink(missing_ok=True)
@@ -185,7 +100,7 @@ def begin_checkpoint(root: Path, step: int, owner_pid: int) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as e:
-        raise _failed_save(e, tmp, root / checkpoint_name(step)) from None
+        raise failed_save(e, tmp, root / checkpoint_name(step)) from None
     return tmp
 
 
@@ -196,7 +111,7 @@ def commit_checkpoint(tmp: Path, root: Path, step: int, *, state: dict[str, Any]
     try:
         generation = 1 + max((_generation(p) for p in checkpoint_candidates(root)), default=0)
         rng_json, rng_tensors = rng_state()
-        _save_tensors(tmp / "rng.safetensors", rng_tensors)
+        save_tensors(tmp / "rng.safetensors", rng_tensors)
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
         _pause_for_tests("save", step)
@@ -219,7 +134,7 @@ def commit_checkpoint(tmp: Path, root: Path, step: int, *, state: dict[str, Any]
         _pause_for_tests("prune", step)
         prune(root, keep_last)
     except (OSError, SafetensorError) as e:  # a full disk, an unwritable folder: one line, nothing half-written left
-        raise _failed_save(e, tmp, final) from None
+        raise failed_save(e, tmp, final) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -341,6 +256,31 @@ def read_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def verify_checkpoint(path: Path) -> dict[str, Any]:
+    """state.json (digest, schema, file hashes) and, for a sharded checkpoint, its JSON index: what "intact" means."""
+    state = read_state(path)
+    if state.get("sharded"):
+        read_index(path / DCP_DIR)
+    return state
+
+
+def newest_intact(root: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """(checkpoint, verified state) of the newest intact checkpoint under root; each damaged newer one is named in a warning.
+
+    None when root holds no complete checkpoint; an error when every one of them is damaged.
+    """
+    damaged = []
+    for ckpt in checkpoint_candidates(root):
+        try:
+            return ckpt, verify_checkpoint(ckpt)
+        except CheckpointError as e:
+            log(f"warning: {e}; trying an older checkpoint")
+            damaged.append(ckpt.name)
+    if damaged:
+        raise CheckpointError(f"{root}: every checkpoint is damaged ({', '.join(damaged)}); move them away to start over")
+    return None
+
+
 def _inside(folder: Path, name: str) -> bool:
     """Whether `name` is a relative path to somewhere within folder: no '..', not absolute, no link leading out."""
     parts = PurePosixPath(name).parts
@@ -380,32 +320,3 @@ def check_shapes(expected: dict[str, torch.Tensor], found: dict[str, torch.Tenso
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         raise CheckpointError(f"{source}: checkpoint does not fit this model: {shown}")
-
-
-def load_model_weights(model: torch.nn.Module, path: Path) -> None:
-    """Copy a checkpoint's model.safetensors into `model`, refusing a different shape."""
-    weights = load_tensors(path / "model.safetensors")
-    check_shapes(model.state_dict(), weights, path)
-    model.load_state_dict(weights)
-
-
-def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
-    *, state: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Restore model, optimizers, schedulers and RNG from `path`; return its state.json (pass it if already read)."""
-    state = state if state is not None else read_state(path)
-    missing = [f for f in ("model.safetensors", "optim.safetensors", "rng.safetensors") if f not in state["files"]]
-    if missing:
-        raise CheckpointError(f"{path}: {STATE} does not list {', '.join(missing)}; not a resumable largo checkpoint")
-    load_model_weights(model, path)
-    try:
-        joined = optimizer_join(state["optimizers"], load_tensors(path / "optim.safetensors"))
-        for i, (opt, sd) in enumerate(zip(optimizers, joined, strict=True)):
-            check_param_groups(sd["param_groups"], opt, f"optimizers[{i}]")
-            opt.load_state_dict(sd)
-        restore_schedulers_and_rng(path, state, schedulers)
-    except (ValueError, KeyError, TypeError, IndexError, RuntimeError, CheckpointError) as e:  # e.g. optim.name changed
-        raise CheckpointError(f"{path}: optimizer, scheduler or RNG state does not fit this run "
-                              f"(was optim.name changed?): {' '.join(str(e).splitlines())}") from None
-    return state

@@ -19,15 +19,41 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from largo.config import RunConfig
 from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
 from largo.data.images import class_folders
 from largo.data.prepare import is_validation
-from largo.errors import DataError
+from largo.data.config import ClassDataConfig, check_non_negative
+from largo.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # the run config is handed in at run time; only its [data] and [model] fields are read
+    from largo.config import RunConfig
+
+@dataclass
+class AudioDataConfig(ClassDataConfig):
+    """Audio clips: spoken digits synthesised offline, or a folder with one subfolder of .wav files per class."""
+
+    source: str = "espeak-digits"  # "espeak-digits", or a folder with one subfolder of .wav files per class
+    dir: str = "data/audio"
+    clip_seconds: float = 1.0  # clips are trimmed of silence, centred, and padded or cut to this length
+    time_shift_s: float = 0.0  # shift training clips in time by up to this many seconds
+    noise_snr_db: float = 0.0  # add noise to training clips at a random SNR down to this many dB; 0 = none
+    band_limit_hz: float = 0.0  # pass half the training clips through a channel cut off at random above this (Hz); 0 = none
+    spec_masks: int = 0  # silenced time spans (<= 60 ms) and removed frequency bands (<= 300 Hz) per training clip (SpecAugment)
+    speed_perturb: float = 0.0  # play training clips faster or slower by up to this fraction (tempo, pitch and formants move together)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "time_shift_s", "noise_snr_db", "band_limit_hz", "speed_perturb", "spec_masks")
+        if self.speed_perturb >= 0.5:
+            raise ConfigError(f"data.speed_perturb ({self.speed_perturb}) must be in [0, 0.5)")
+        if not 0.0 < self.clip_seconds <= 30.0:
+            raise ConfigError(f"data.clip_seconds ({self.clip_seconds}) must be in (0, 30]")
+
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")

@@ -7,22 +7,40 @@ training set's per-channel mean and std, and augments training rows only.
 from __future__ import annotations
 
 import gzip
+from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from largo.config import RunConfig
 from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
 from largo.data.prepare import is_validation
+from largo.data.config import ClassDataConfig, check_non_negative
 from largo.errors import DataError
+
+if TYPE_CHECKING:  # the run config is handed in at run time; only its [data] and [model] fields are read
+    from largo.config import RunConfig
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _VERSION = 1  # bump when the preparation below changes what it stores
+
+
+@dataclass
+class ImageDataConfig(ClassDataConfig):
+    """Images: Fashion-MNIST, scikit-learn's digits or a folder with one subfolder of images per class."""
+
+    source: str = "fashion-mnist"  # "fashion-mnist", "digits", or a folder with one subfolder per class
+    dir: str = "data/images"
+    shift_px: int = 0  # translate training images by up to this many pixels (zero fill)
+    hflip: bool = False  # mirror half of the training images left-right
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_non_negative(self, "shift_px")
 
 
 def read_idx(path: Path) -> np.ndarray:

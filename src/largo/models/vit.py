@@ -1,41 +1,109 @@
-"""Vision transformer: patchify stem + learned positions, then the shared encoder trunk."""
+"""Vision transformer: a patchify stem and learned positions before the bidirectional trunk; images from data/images.py."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from largo.models.config import ModelConfig
-from largo.models.encoder import EncoderTrunk
+from largo.data.arrays import Prepared, Transform
+from largo.data.images import ImageDataConfig, image_transform, prepare_images
+from largo.errors import ConfigError
+from largo.models.classifier import ClassifierConfig, ClassifierSpec, StemTerms
+from largo.models.spec import register, resolved_field
+from largo.precision import Layout
+
+if TYPE_CHECKING:
+    from largo.config import RunConfig
 
 
-class ViT(nn.Module):
-    """Images (b, channels, size, size), already normalised -> class logits (b, num_classes)."""
+@dataclass
+class ViTConfig(ClassifierConfig):
+    """A ViT: square images cut into square patches."""
 
-    def __init__(self, cfg: ModelConfig):
+    arch: str = "vit"
+    image_size: int = 0  # square input side in pixels; 0 = the data's own size
+    in_channels: int = 0  # image channels; 0 = the data's (1 grey, 3 colour)
+    patch_size: int = 4  # side of the square patches cut by the stem; must divide image_size
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("image_size", "in_channels"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"model.{key} ({getattr(self, key)}) must be >= 0 (0 = from the data)")
+        if self.patch_size < 1:
+            raise ConfigError(f"model.patch_size ({self.patch_size}) must be >= 1")
+        if self.image_size and self.image_size % self.patch_size:
+            raise ConfigError(f"model.image_size ({self.image_size}) must divide by model.patch_size ({self.patch_size})")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class PatchStem(nn.Module):
+    """Images (b, channels, size, size), already normalised -> patch states (b, patches, dim)."""
+
+    def __init__(self, cfg: ViTConfig):
         super().__init__()
         if cfg.image_size < 1 or cfg.in_channels < 1:
-            raise ValueError("ModelConfig.image_size and in_channels must be resolved (> 0) before building a ViT")
-        self.cfg = cfg
+            raise ValueError("ViTConfig.image_size and in_channels must be resolved (> 0) before building a ViT")
+        self.fan_in = cfg.in_channels * cfg.patch_size**2
         # A convolution with stride = kernel = patch is the linear patch embedding of ViT.
         self.patch = nn.Conv2d(cfg.in_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.pos = nn.Parameter(torch.empty(cfg.num_patches + (1 if cfg.pooling == "cls" else 0), cfg.dim))
-        self.trunk = EncoderTrunk(cfg)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch(images).flatten(2).transpose(1, 2)  # (b, dim, h/p, w/p) -> (b, patches, dim)
-        x = self.trunk.add_class_token(x) + self.pos.to(x.dtype)  # (b, [1 +] patches, dim)
-        return self.trunk(x)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.patch(images).flatten(2).transpose(1, 2), None  # (b, dim, h/p, w/p) -> (b, patches, dim)
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Patch embedding as a linear layer of fan-in in_channels * patch^2 (unit-scale outputs for normalised pixels).
-
-        Positions start at that same scale, not ViT's 0.02: with small positions a short run first
-        learns a bag of patches and finds out late where they are (measured on digits and Fashion-MNIST).
-        """
-        fan_in = self.cfg.in_channels * self.cfg.patch_size**2
-        nn.init.normal_(self.patch.weight, std=fan_in**-0.5)
+        """As a linear layer of fan-in in_channels * patch^2: unit-scale outputs for normalised pixels."""
+        nn.init.normal_(self.patch.weight, std=self.fan_in**-0.5)
         nn.init.zeros_(self.patch.bias)
-        nn.init.normal_(self.pos, std=1.0)
-        self.trunk.init_weights()
+
+
+class ViTSpec(ClassifierSpec):
+    """Image classification: Fashion-MNIST, scikit-learn's digits or an image folder."""
+
+    name = "vit"
+    model_config = ViTConfig
+    data_config = ImageDataConfig
+    about = "vision transformer (patch stem, learned positions) on images"
+    # Positions start at the patch embedding's unit scale, not ViT's 0.02: with small positions a short
+    # run first learns a bag of patches and finds out late where they are (measured on digits and Fashion-MNIST).
+    positions_std = 1.0
+
+    def stem(self, cfg: ViTConfig) -> nn.Module:
+        return PatchStem(cfg)
+
+    def learned_positions(self, cfg: ViTConfig) -> int:
+        return cfg.num_patches
+
+    def prepare(self, run: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
+        return prepare_images(run, force=force, log=log)
+
+    def resolve_fields(self, cfg: ViTConfig, prepared: Prepared) -> dict[str, Any]:
+        x = prepared.arrays["train_x"]  # (n, channels, size, size)
+        return {"image_size": resolved_field("image_size", cfg.image_size, x.shape[-1]),
+                "in_channels": resolved_field("in_channels", cfg.in_channels, x.shape[1])}
+
+    def stem_positions(self, cfg: ViTConfig, prepared: Prepared) -> int:
+        return cfg.num_patches
+
+    def transform(self, run: RunConfig, prepared: Prepared) -> Transform:
+        return image_transform(prepared.meta["mean"], prepared.meta["std"], shift_px=run.data.shift_px, hflip=run.data.hflip)
+
+    def stem_matmul_params(self, cfg: ViTConfig) -> int:
+        return cfg.in_channels * cfg.patch_size**2 * cfg.dim
+
+    def stem_terms(self, cfg: ViTConfig, micro_batch: int, seq_len: int, layout: Layout) -> StemTerms:
+        pixels = cfg.in_channels * cfg.image_size**2
+        bf16_pixels = 2 * micro_batch * pixels if layout.compute_bytes == 2 else 0  # the conv's bf16 input (fp32: the batch itself)
+        weight_cast = 2 * self.stem_matmul_params(cfg) if layout.autocast else 0  # bf16 patch weight
+        return StemTerms(input_bytes=4 * pixels, saved=bf16_pixels + weight_cast, bf16_residual=True)
+
+
+register(ViTSpec())

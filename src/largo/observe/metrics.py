@@ -30,12 +30,6 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
-    def flush(self) -> None:
-        """Every record is on disk once write() returns (kept for callers that flush)."""
-
-    def close(self) -> None:
-        """Nothing to release (kept for callers that close the log)."""
-
 
 def _step(line: str) -> float:
     try:

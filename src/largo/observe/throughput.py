@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from largo.hardware import spec_for_cuda_name  # the one table of published GPU peaks
+
 _CACHE = Path(os.environ.get("LARGO_CACHE", Path.home() / ".cache" / "largo")) / "peak_flops.json"
 
 
@@ -64,8 +66,6 @@ def peak_flops(device: torch.device, precision: str, configured_tflops: float = 
     if configured_tflops > 0:
         return configured_tflops * 1e12
     if device.type == "cuda":
-        from largo.plan.devices import spec_for_cuda_name  # the one table of published GPU peaks
-
         spec = spec_for_cuda_name(torch.cuda.get_device_name(device))
         if spec is not None:
             return spec.peak_bf16 if precision == "bf16" else spec.peak_fp32

@@ -8,8 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from largo.models import get_spec, trainable
+from largo.observe.throughput import attention_speed, record_mfu
 from largo.plan import estimate as est
 from largo.plan.devices import CPU, spec_for_cuda_name
+from largo.plan.planner import default_mfu
 from largo.plan.report import comparison_rows, format_rows, write_comparison
 
 
@@ -35,19 +38,15 @@ def _run_strategy(cfg: Any, world: int) -> tuple[str, bool]:
 
 def _step_flops(cfg: Any, seq_len: int, device: torch.device) -> tuple[float, float, float]:
     """(FLOPs, attention FLOPs) of one optimizer step, and attention's speed relative to GEMMs on this device."""
-    from largo.observe.throughput import attention_speed
-
     tokens = seq_len * cfg.train.global_batch
     attention = 12 * cfg.model.n_layers * cfg.model.dim * seq_len * tokens
     speed = 1.0 if cfg.train.peak_tflops else attention_speed(device, cfg.train.precision)  # a configured peak: unknown device
-    return float(cfg.model.flops_per_token(seq_len) * tokens), float(attention), speed
+    return float(get_spec(cfg.model.arch).flops_per_token(cfg.model, seq_len) * tokens), float(attention), speed
 
 
 def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device, peak_flops_per_device: float,
                  seq_len: int) -> dict[str, Any]:
     """What `largo plan` predicts for this run: params, peak bytes per device, step time and MFU."""
-    from largo.plan.planner import default_mfu
-
     strategy, checkpointing = _run_strategy(cfg, world)
     layout = est.layout_for(cfg.train.precision)
     counts = est.count_params(cfg.model)
@@ -65,20 +64,18 @@ def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device
 def check_run(cfg: Any, run_dir: Path, *, model: nn.Module, world: int, device: torch.device, peak_flops_per_device: float,
               seq_len: int, peak_bytes: int | None, memory_method: str, step_s: float, mfu: float, steps_run: int) -> list[dict[str, Any]]:
     """Write plan_vs_measured.json/.md, record this run's MFU for future plans, return the rows."""
-    from largo.observe.throughput import record_mfu
-
     estimate = estimate_run(cfg, model=model, world=world, device=device, peak_flops_per_device=peak_flops_per_device, seq_len=seq_len)
     context = estimate.pop("context")
-    measured = {"params": sum(p.numel() for p in model.parameters() if p.requires_grad), "peak_bytes": peak_bytes,
+    measured = {"params": trainable(model), "peak_bytes": peak_bytes,
                 "step_s": step_s, "mfu": mfu}
     rows = comparison_rows(estimate, measured)
     context |= {"memory_method": memory_method, "steps": steps_run, "device": device_type(device), "world": world,
                 "step_s": "mean over all steps of this run (the first includes warm-up)"}
     write_comparison(run_dir, rows, context)
     # Short runs say little about throughput; an MFU against a configured peak is not comparable with the table's.
-    # The history feeds GPT plans (keyed by device and precision only): a classifier's stem and pooled head run
-    # at another MFU, so only GPT runs record theirs.
-    if steps_run >= 5 and not cfg.train.peak_tflops and cfg.model.arch == "gpt":
+    # The history feeds language-model plans (keyed by device and precision only): a classifier's stem and pooled
+    # head run at another MFU, so only architectures whose spec says so record theirs.
+    if steps_run >= 5 and not cfg.train.peak_tflops and get_spec(cfg.model.arch).feeds_mfu_history:
         flops, attention, speed = _step_flops(cfg, seq_len, device)
         record_mfu(device_type(device), cfg.train.precision, est.dense_mfu(mfu, flops, attention, speed), est.count_params(cfg.model).total)
     return rows

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from largo.distributed.env import DistEnv
 from largo.errors import ConfigError
+from largo.models import get_spec
 from largo.models.config import ModelConfig
+from largo.observe.throughput import measured_mfu
 from largo.plan import estimate as est
 from largo.plan.devices import CPU, DeviceSpec
 from largo.plan.estimate import Layout, ParamCount
@@ -61,8 +64,6 @@ def default_mfu(device_type: str, precision: str, given: float | None, params: i
         if not 0 < given <= 1:
             raise ConfigError(f"--mfu ({given}) must be in (0, 1]")
         return given, "given with --mfu"
-    from largo.observe.throughput import measured_mfu
-
     measured = measured_mfu(device_type, precision, params)
     if measured:
         return measured, f"measured on the {device_type} {precision} run of the nearest model size"
@@ -70,32 +71,12 @@ def default_mfu(device_type: str, precision: str, given: float | None, params: i
     return assumed, "assumed: no measured run on this device type yet"
 
 
-def _dataset(data_dir: str) -> tuple[int | None, int | None]:
-    """(vocab size, train tokens) of a prepared data folder, or (None, None) before `largo prepare`."""
-    from largo.data.prepare import read_manifest
-    from largo.errors import DataError
-
-    if not (Path(data_dir) / "manifest.json").is_file():
-        return None, None
-    try:
-        manifest = read_manifest(data_dir)
-    except DataError:
-        return None, None
-    return int(manifest["tokenizer"]["vocab_size"]), int(manifest["splits"]["train"]["tokens"])
-
-
 def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: float | None = None, mfu: float | None = None,
                          layout: str | None = None, optimizer: str | None = None) -> Workload:
-    """A RunConfig as a workload: vocabulary from the prepared data (or data.vocab_size), budget from steps."""
-    positions = 0
-    if cfg.model.is_classifier:  # classes, image size, vocabulary come from the prepared data
-        model, positions, dataset_tokens = _classifier_shape(cfg)
-    else:
-        vocab, dataset_tokens = _dataset(cfg.data.dir)
-        model = cfg.model
-        if model.vocab_size == 0:
-            model = dataclasses.replace(model, vocab_size=vocab or cfg.data.vocab_size)
-    seq = positions or model.max_seq_len
+    """A RunConfig as a workload: the fields the data decides from the prepared data (its spec says how), budget from steps."""
+    shape = get_spec(cfg.model.arch).data_shape(cfg)
+    model, positions, dataset_tokens = shape.model, shape.positions, shape.dataset_positions
+    seq = positions
     if tokens is None:
         n_tokens, source = cfg.train.steps * cfg.train.global_batch * seq, "config: train.steps x global_batch x seq_len"
     else:
@@ -104,19 +85,6 @@ def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: 
     m, m_source = default_mfu(device.name, "fp32" if lay.name == "fp32" else "bf16", mfu, est.count_params(model).total)
     return Workload(str(cfg.run.name), model, cfg.train.global_batch, 0, n_tokens, source, lay,
                     optimizer or cfg.optim.name, devices, device, m, m_source, dataset_tokens, cfg.train.micro_batch, positions)
-
-
-def _classifier_shape(cfg: Any) -> tuple[ModelConfig, int, int]:
-    """(model with its data-decided fields, positions per example, training positions in the data) of a classifier config."""
-    from largo.train.classify import positions_per_sample, prepare_classification, resolve_model
-
-    if not (Path(cfg.data.dir) / "manifest.json").is_file():
-        raise ConfigError(f"model.arch = {cfg.model.arch!r} takes its classes and input shape from the data; "
-                          f"run `largo prepare` on this config first (data.dir {cfg.data.dir} is not prepared)")
-    prepared = prepare_classification(cfg, log=lambda _m: None)  # the cache: a memmap open
-    model = resolve_model(cfg, prepared)
-    positions = positions_per_sample(model, prepared)
-    return model, positions, positions * len(prepared.arrays["train_y"])
 
 
 def workload_from_size(name: str, *, devices: int, device: DeviceSpec, tokens: float | None = None, mfu: float | None = None,
@@ -228,7 +196,7 @@ def build_plan(w: Workload) -> dict[str, Any]:
     return {
         "workload": w.name,
         "model": {k: getattr(w.model, k) for k in ("arch", "dim", "n_layers", "n_heads", "kv_heads", "hidden", "vocab_size",
-                                                    "max_seq_len", "tie_embeddings")},
+                                                    "max_seq_len", "tie_embeddings", "num_classes") if hasattr(w.model, k)},
         "params": {"total": counts.total, "embedding": counts.embedding, "non_embedding": counts.total - counts.embedding,
                    "per_block": counts.per_block, "counted_on": "meta device"},
         "flops": fl,
@@ -245,3 +213,38 @@ def build_plan(w: Workload) -> dict[str, Any]:
         "time": None if time is None else {**time, "mfu": w.mfu, "mfu_source": w.mfu_source, "attention_speed": w.attention_speed},
         "configured": configured,
     }
+
+
+def device_memory_bytes(env: DistEnv) -> int:
+    """Memory one rank may use: its GPU's, or this node's RAM shared by the node's ranks."""
+    if env.device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(env.device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, env.local_world)
+
+
+def choose_strategy(cfg: Any, *, positions: int, env: DistEnv) -> tuple[str, str]:
+    """(strategy, reason) for a run: 'auto' is none on one process, ddp when a replica's planned peak fits, else fsdp.
+
+    The replica's peak is the planner's memory model of this very run (weights, gradients, optimizer
+    states, activations at the configured micro-batch, the DDP buckets): one memory model for both.
+    """
+    p = cfg.parallel
+    if env.world == 1:
+        asked = "" if p.strategy in ("auto", "none") else f"; parallel.strategy = {p.strategy!r} needs >= 2 processes"
+        return "none", f"1 process{asked}"
+    if p.strategy == "none":
+        raise ConfigError(f"parallel.strategy = 'none' with {env.world} processes would train {env.world} unrelated copies; "
+                          "use 'auto', 'ddp' or 'fsdp', or launch 1 process")
+    if p.strategy != "auto":
+        return p.strategy, "parallel.strategy"
+    t = cfg.train
+    accum = max(1, t.global_batch // (t.micro_batch * env.world))
+    need = est.memory(cfg.model, seq_len=positions, micro_batch=t.micro_batch, accum_steps=accum, layout=est.layout_for(t.precision),
+                      optimizer=cfg.optim.name, strategy="ddp", shards=env.world, checkpointing=p.ac != "none").peak
+    have = device_memory_bytes(env)
+    share = f"a replica's planned peak {need / 2**30:.2f} GiB = {100 * need / have:.1f}% of {have / 2**30:.1f} GiB per rank"
+    if need <= p.ddp_memory_fraction * have:
+        return "ddp", f"auto: {share} <= {100 * p.ddp_memory_fraction:.0f}%"
+    return "fsdp", f"auto: {share} > {100 * p.ddp_memory_fraction:.0f}%, shard it over {env.world} ranks"

@@ -68,8 +68,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     bpp = lay["bytes_per_param"]
     lines = [
         f"largo plan: {plan['workload']} on {dev['count']} x {dev['type']} ({dev['precision']}, layout {lay['name']}, {lay['optimizer']})",
-        f"model          d={m['dim']} layers={m['n_layers']} heads={m['n_heads']}/{m['kv_heads']}kv mlp={m['hidden']} "
-        f"vocab={m['vocab_size']} seq={m['max_seq_len']}",
+        f"model          {m['arch']}: d={m['dim']} layers={m['n_layers']} heads={m['n_heads']}/{m['kv_heads']}kv mlp={m['hidden']} "
+        + (f"vocab={m['vocab_size']} " if "vocab_size" in m else "") + (f"classes={m['num_classes']} " if "num_classes" in m else "")
+        + f"seq={m['max_seq_len']}",
         f"parameters     {p['total']:,} (embedding {p['embedding']:,}; {p['per_block']:,} per block) counted on the meta device",
         f"FLOPs/token    {_si(f['per_token'])} (forward {_si(f['forward_per_token'])}, backward {_si(f['backward_per_token'])}; "
         f"attention {_si(f['attention_per_token'])})",

@@ -5,20 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from largo.errors import ConfigError
-from largo.models.config import ModelConfig
+from largo.models.gpt import GPTConfig
 
 
 @dataclass(frozen=True)
 class ModelSize:
     """A named shape plus the training batch its reference recipe used."""
 
-    model: ModelConfig
+    model: GPTConfig
     global_batch: int  # sequences per optimizer step
     source: str  # where the shape comes from
 
 
-def _m(dim: int, layers: int, heads: int, hidden: int, vocab: int, seq: int, *, kv: int = 0, tied: bool = False) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab, dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv, mlp_hidden=hidden,
+def _m(dim: int, layers: int, heads: int, hidden: int, vocab: int, seq: int, *, kv: int = 0, tied: bool = False) -> GPTConfig:
+    return GPTConfig(vocab_size=vocab, dim=dim, n_layers=layers, n_heads=heads, n_kv_heads=kv, mlp_hidden=hidden,
                        max_seq_len=seq, tie_embeddings=tied)
 
 

@@ -1,4 +1,4 @@
-"""Evaluation: summed cross-entropy and accuracy over held-out batches, one printed line."""
+"""Evaluation: loss, perplexity and accuracy over held-out batches (sharded over ranks, all-reduced), one printed line."""
 
 from __future__ import annotations
 
@@ -7,24 +7,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from largo.data import Batch
 from largo.errors import DataError
-
-IGNORE = -100  # target value that takes no part in loss or accuracy
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast when asked for (params stay fp32), else a no-op context."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def summed_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy summed over every non-ignored target (the caller divides by the global count)."""
-    return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-
+from largo.precision import autocast
+from largo.train.loss import IGNORE, summed_loss
 
 Score = Callable[[Any, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (outputs, targets) -> loss sum, correct, count
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from largo.dist.env import DistEnv
+from largo.distributed.env import DistEnv
 from largo.errors import DivergedError
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped by a signal after writing a checkpoint; rerun with --resume auto
@@ -97,8 +97,6 @@ class StepGuard:
             for p in params:
                 if p.grad is not None:
                     p.grad.mul_(float("nan"))  # a real poisoned update, so a missed skip would show in the weights
-        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP
-            grad_norm = grad_norm.full_tensor()
         # One vector, one host sync; summed over ranks, a non-finite entry anywhere stays non-finite.
         flags = torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(()).to(loss.device),
                              torch.tensor(float(self.signal_name is not None), device=loss.device)])

@@ -9,17 +9,13 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from largo.config import OptimConfig
-
-
-def _is_hidden_matrix(name: str, p: nn.Parameter) -> bool:
-    """2-D weights inside the blocks; embeddings and heads stay on AdamW (as Muon's authors advise)."""
-    return p.dim() == 2 and ".blocks." in f".{name}"
+from largo.models import is_hidden_matrix
 
 
 def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Optimizer]:
     """AdamW (weight decay on >= 2-D weights only); with 'muon', Muon takes the hidden matrices."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    muon_params = [p for n, p in params if cfg.name == "muon" and _is_hidden_matrix(n, p)]
+    muon_params = [p for n, p in params if cfg.name == "muon" and is_hidden_matrix(n, p)]
     taken = {id(p) for p in muon_params}
     decay = [p for _, p in params if p.dim() >= 2 and id(p) not in taken]
     no_decay = [p for _, p in params if p.dim() < 2]

@@ -1,17 +1,21 @@
-"""The run directory: one run at a time (an OS lock), never two runs mixed, the resolved config beside the checkpoints."""
+"""The run directory: one run at a time (an OS lock), never two runs mixed, the resolved config beside the checkpoints,
+and which of its checkpoints a run resumes from."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from largo.checkpoint.store import newest_intact, verify_checkpoint
 from largo.config import RunConfig
-from largo.errors import RunDirError
+from largo.errors import CheckpointError, RunDirError
 from largo.fileio import write_json_atomic
 
 CONFIG = "config.json"
@@ -96,3 +100,23 @@ def _open_as_main(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: boo
     except BaseException:
         release_run_dir(run_dir)
         raise
+
+
+def resume_point(run_dir: Path, resume: str | None, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]] | None:
+    """(checkpoint, its verified state) to resume from: None, 'auto' (newest intact one, if any) or an explicit folder."""
+    if resume is None:
+        return None
+    root = run_dir / "checkpoints"
+    if resume == "auto":
+        linked = sorted(p.name for p in root.glob("step_*") if p.is_symlink()) if root.is_dir() else []
+        if linked:  # largo renames, replaces and prunes these folders; a link would be followed into someone else's files
+            raise CheckpointError(f"{root / linked[0]}: a symbolic link; largo writes and prunes its checkpoint folders itself, "
+                                  f"so replace the link with a copy of the folder")
+        return newest_intact(root, log)  # digest, schema, hashes: a checkpoint damaged or edited is passed over
+    path = Path(resume)
+    if path.is_file():
+        raise CheckpointError(f"--resume {resume}: a file, not a checkpoint folder; largo resumes only from its own "
+                              f"safetensors checkpoint folders (it never loads pickle files)")
+    if not path.is_dir():
+        raise CheckpointError(f"--resume {resume}: no such checkpoint folder (or use --resume auto)")
+    return path, verify_checkpoint(path)

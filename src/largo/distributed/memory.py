@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from largo.dist.env import DistEnv
+from largo.distributed.env import DistEnv
 from largo.observe.metrics import MetricsLog
 
 

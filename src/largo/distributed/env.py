@@ -33,7 +33,7 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
 
 
 def init_env(requested_device: str = "auto", timeout_s: float = 600.0) -> DistEnv:
-    """Read torchrun's variables; start the process group (NCCL on CUDA, gloo on CPU) if world > 1.
+    """Read torchrun's variables; start the process group (NCCL on CUDA, gloo on CPU) if world > 1 (see start_env).
 
     timeout_s bounds every collective: a rank that dies or hangs fails its peers after that long.
     """
@@ -47,12 +47,7 @@ def init_env(requested_device: str = "auto", timeout_s: float = 600.0) -> DistEn
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), device_id=device if backend == "nccl" else None)
-    env = DistEnv(rank, local_rank, world, device, local_world)
-    if world > 1:
-        from largo.dist.health import start_heartbeat
-
-        start_heartbeat(env)  # lets a failed collective name the rank that died or hung
-    return env
+    return DistEnv(rank, local_rank, world, device, local_world)
 
 
 def restart_count() -> int:

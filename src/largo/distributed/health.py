@@ -17,7 +17,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from largo.dist.env import DistEnv, restart_count
+from largo.distributed.env import DistEnv, restart_count
 
 _beat: Heartbeat | None = None  # this process's heartbeat, once the process group is up
 

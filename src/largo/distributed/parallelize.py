@@ -7,7 +7,6 @@ that list and on the root, never inside the model code.
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 
@@ -20,36 +19,9 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from largo.config import ParallelConfig, RunConfig
-from largo.dist.env import DistEnv
+from largo.distributed.env import DistEnv
 from largo.errors import ConfigError
 from largo.models import build_model
-
-BYTES_PER_PARAM = 16  # fp32 params 4 + grads 4 + AdamW m and v 8 (DESIGN.md section 5); activations come on top
-
-
-def device_memory_bytes(env: DistEnv) -> int:
-    """Memory one rank may use: its GPU's, or this node's RAM shared by the node's ranks."""
-    if env.device.type == "cuda":
-        return torch.cuda.get_device_properties(env.device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, env.local_world)
-
-
-def choose_strategy(cfg: ParallelConfig, *, num_params: int, env: DistEnv) -> tuple[str, str]:
-    """(strategy, reason): 'auto' is none on one process, ddp when the states fit comfortably, else fsdp."""
-    if env.world == 1:
-        asked = "" if cfg.strategy in ("auto", "none") else f"; parallel.strategy = {cfg.strategy!r} needs >= 2 processes"
-        return "none", f"1 process{asked}"
-    if cfg.strategy == "none":
-        raise ConfigError(f"parallel.strategy = 'none' with {env.world} processes would train {env.world} unrelated copies; "
-                          "use 'auto', 'ddp' or 'fsdp', or launch 1 process")
-    if cfg.strategy != "auto":
-        return cfg.strategy, "parallel.strategy"
-    need, have = BYTES_PER_PARAM * num_params, device_memory_bytes(env)
-    share = f"params+grads+AdamW states {need / 2**30:.2f} GiB = {100 * need / have:.1f}% of {have / 2**30:.1f} GiB per rank"
-    if need <= cfg.ddp_memory_fraction * have:
-        return "ddp", f"auto: {share} <= {100 * cfg.ddp_memory_fraction:.0f}%"
-    return "fsdp", f"auto: {share} > {100 * cfg.ddp_memory_fraction:.0f}%, shard them over {env.world} ranks"
-
 
 def blocks_of(model: nn.Module) -> nn.ModuleList | None:
     """The model's repeated blocks (the unit of recompute, compile and sharding), if it exposes them."""
@@ -154,11 +126,6 @@ def unwrap(model: nn.Module) -> nn.Module:
         if inner is None:
             return model
         model = inner
-
-
-def is_sharded(model: nn.Module) -> bool:
-    """Whether the model's parameters are FSDP2 shards."""
-    return isinstance(model, FSDPModule)
 
 
 @contextlib.contextmanager

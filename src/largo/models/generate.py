@@ -27,7 +27,7 @@ def generate(
     device = next(model.parameters()).device
     gen = torch.Generator(device=device).manual_seed(seed)
     tokens = torch.tensor([prompt], dtype=torch.long, device=device)  # (1, t)
-    n_layers = len(model.blocks)
+    n_layers = len(model.trunk.blocks)
     cache: list[KVCache] = []
     for _ in range(max_new_tokens):
         if not cache or cache[0].length >= max_seq_len:

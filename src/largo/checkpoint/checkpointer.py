@@ -1,0 +1,182 @@
+"""One Checkpointer per run: what a checkpoint holds, written replicated or sharded, and restored into any layout.
+
+Both layouts hold the same state, taken with torch.distributed.checkpoint's state-dict helpers, so
+parameters and optimizer states are keyed by parameter name whatever wraps the model (DDP, FSDP2,
+compile, activation checkpointing):
+  replicated  rank 0 writes model.safetensors (weights) and optim.safetensors ("<name>/<key>" tensors)
+  sharded     every rank writes its shards through DCP (dcp/, see sharded.py)
+and state.json holds the rest: optimizer param groups and non-tensor state, schedulers, RNG, the
+data position and the config (store.py writes the folder atomically). A checkpoint of either layout
+loads into a run of either layout, on any number of ranks: DCP reshards, and a replicated
+checkpoint is split into shards by set_state_dict.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors import SafetensorError
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict,
+)
+
+from largo.checkpoint.sharded import dcp_load, dcp_save
+from largo.checkpoint.state_schema import SHARDED_FORMAT, check_like, check_scalars
+from largo.checkpoint.store import (
+    begin_checkpoint, check_shapes, checkpoint_name, commit_checkpoint, failed_save, load_tensors, save_tensors, set_rng_state,
+)
+from largo.distributed.env import DistEnv
+from largo.errors import CheckpointError
+
+_SEP = "/"  # optim.safetensors keys: "<parameter name>/<state key>" (names hold dots, never slashes)
+
+
+def _split(state: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, Any]]]:
+    """Optimizer state keyed by parameter name -> (its tensors, its JSON scalars)."""
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for fqn, st in state.items():
+        for key, value in st.items():
+            (tensors if isinstance(value, torch.Tensor) else scalars).setdefault(fqn, {})[key] = value
+    return tensors, scalars
+
+
+def _without_params(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in g.items() if k != "params"} for g in groups]
+
+
+def _does_not_fit(path: Path, e: BaseException) -> CheckpointError:
+    """One line for optimizer/scheduler/RNG state that does not fit the live run."""
+    return CheckpointError(f"{path}: optimizer, scheduler or RNG state does not fit this run "
+                           f"(was optim.name changed?): {' '.join(str(e).splitlines())}")
+
+
+class Checkpointer:
+    """Saves and restores one run's training state under root (checkpoints/), replicated or sharded."""
+
+    def __init__(self, root: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
+                 env: DistEnv, sharded: bool, keep_last: int, files: dict[str, Path] | None = None):
+        self.root, self.model, self.optimizers, self.schedulers = root, model, optimizers, schedulers
+        self.env, self.sharded, self.keep_last, self.files = env, sharded, keep_last, files or {}
+
+    def _state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(model state, optimizer state) keyed by parameter name, in this run's layout (DTensor shards when sharded)."""
+        if not self.optimizers:
+            return get_model_state_dict(self.model), {"state": {}, "param_groups": []}
+        return get_state_dict(self.model, self.optimizers)
+
+    # ---- save
+    def save(self, step: int, trainer_state: dict[str, Any]) -> Path:
+        """Write checkpoint `step` (a collective under several ranks: call on every rank)."""
+        model_sd, optim_sd = self._state_dicts()
+        tensors, scalars = _split(optim_sd["state"])
+        state = {"optimizer_groups": optim_sd["param_groups"], "optimizer_scalars": scalars,
+                 "schedulers": [s.state_dict() for s in self.schedulers], **trainer_state}
+        if self.sharded:
+            self._save_sharded(step, model_sd, tensors, {**state, "sharded": {"format": SHARDED_FORMAT, "world": self.env.world}})
+        elif self.env.is_main:  # replicas hold the same state: rank 0 writes it
+            self._save_replicated(step, model_sd, tensors, state)
+        if self.env.world > 1:
+            dist.barrier()  # nobody runs ahead of a checkpoint that is not yet in place
+        return self.root / checkpoint_name(step)
+
+    def _save_replicated(self, step: int, model_sd: dict[str, torch.Tensor], tensors: dict[str, dict[str, torch.Tensor]],
+                         state: dict[str, Any]) -> None:
+        write_replicated(self.root, step, model_sd, tensors, state, keep_last=self.keep_last, files=self.files)
+
+    def _save_sharded(self, step: int, model_sd: dict[str, Any], tensors: dict[str, Any], state: dict[str, Any]) -> None:
+        """Every rank writes its shards into one temporary folder (named after rank 0's pid); rank 0 commits it."""
+        pid = torch.tensor([os.getpid()], dtype=torch.int64, device=self.env.device)
+        if self.env.world > 1:
+            dist.broadcast(pid, src=0)
+        tmp = self.root / f".tmp-{checkpoint_name(step)}-{int(pid.item())}"
+        if self.env.is_main:
+            begin_checkpoint(self.root, step, int(pid.item()))
+        if self.env.world > 1:
+            dist.barrier()  # the folder exists before anyone writes into it
+        dcp_save(tmp, {"model": model_sd, "optim": tensors})
+        if self.env.is_main:  # dcp_save returns once every rank's shards and the index are written
+            commit_checkpoint(tmp, self.root, step, state=state, keep_last=self.keep_last, extra_files=self.files)
+
+    # ---- load
+    def load(self, path: Path, state: dict[str, Any]) -> int:
+        """Restore model, optimizers, schedulers and RNG from a verified checkpoint of either layout; its step."""
+        model_sd, optim_sd = self._state_dicts()  # templates laid out like this run's model
+        live_tensors, _ = _split(optim_sd["state"])
+        try:  # the JSON halves must look like this run's before torch reads them
+            check_like(_without_params(state["optimizer_groups"]), _without_params(optim_sd["param_groups"]), "optimizer_groups")
+            check_scalars(state["optimizer_scalars"], "optimizer_scalars")
+        except CheckpointError as e:
+            raise _does_not_fit(path, e) from None
+        if state.get("sharded"):
+            target = {"model": model_sd, "optim": live_tensors}
+            dcp_load(target, path)  # resharded to this run's layout
+            weights, tensors, options = target["model"], target["optim"], StateDictOptions()
+        else:
+            weights = load_tensors(path / "model.safetensors")
+            check_shapes(model_sd, weights, path)  # DTensor shapes are the full (global) shapes
+            tensors = {}
+            for name, value in load_tensors(path / "optim.safetensors").items():
+                fqn, _, key = name.rpartition(_SEP)
+                tensors.setdefault(fqn, {})[key] = value
+            options = StateDictOptions(full_state_dict=True)  # each rank keeps its shards of the full tensors
+        scalars = state["optimizer_scalars"]
+        optim_state = {fqn: {**tensors.get(fqn, {}), **scalars.get(fqn, {})} for fqn in set(tensors) | set(scalars)}
+        try:
+            if self.optimizers:
+                set_state_dict(self.model, self.optimizers, model_state_dict=weights, options=options,
+                               optim_state_dict={"state": optim_state, "param_groups": state["optimizer_groups"]})
+            else:
+                set_model_state_dict(self.model, weights, options=options)
+            restore_schedulers_and_rng(path, state, self.schedulers)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError, CheckpointError) as e:
+            raise _does_not_fit(path, e) from None
+        return int(state["step"])
+
+
+def write_replicated(root: Path, step: int, weights: dict[str, torch.Tensor], optim_tensors: dict[str, dict[str, torch.Tensor]],
+                     state: dict[str, Any], *, keep_last: int, files: dict[str, Path]) -> Path:
+    """A replicated checkpoint from this process: model.safetensors, optim.safetensors, then store.py's commit."""
+    tmp = begin_checkpoint(root, step, os.getpid())
+    try:
+        save_tensors(tmp / "model.safetensors", weights)
+        save_tensors(tmp / "optim.safetensors", {f"{fqn}{_SEP}{k}": v for fqn, st in optim_tensors.items() for k, v in st.items()})
+    except (OSError, SafetensorError) as e:  # a full disk: one line, nothing half-written left
+        raise failed_save(e, tmp, root / checkpoint_name(step)) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return commit_checkpoint(tmp, root, step, state=state, keep_last=keep_last, extra_files=files)
+
+
+def restore_schedulers_and_rng(path: Path, state: dict[str, Any], schedulers: list[Any]) -> None:
+    """Schedulers (checked against the live ones first) and RNG streams."""
+    if len(state["schedulers"]) != len(schedulers):
+        raise CheckpointError(f"{len(state['schedulers'])} scheduler states for {len(schedulers)} optimizers")
+    for i, (sched, sd) in enumerate(zip(schedulers, state["schedulers"])):
+        check_like(sd, sched.state_dict(), f"schedulers[{i}]")
+        sched.load_state_dict(sd)
+    tensors = load_tensors(path / "rng.safetensors")
+    cpu = tensors.get("torch_cpu")
+    if cpu is None or cpu.dtype != torch.uint8 or cpu.shape != torch.get_rng_state().shape:
+        raise CheckpointError(f"rng.safetensors holds no torch CPU generator state of {tuple(torch.get_rng_state().shape)} bytes")
+    set_rng_state(state["rng"], tensors)
+
+
+def load_weights(model: nn.Module, path: Path, state: dict[str, Any]) -> None:
+    """Only the weights of a verified checkpoint of either layout, into a plain model (eval, generate, export, fine-tuning)."""
+    if state.get("sharded"):  # an FSDP run's DCP shards, gathered into this one plain model
+        target = {"model": model.state_dict()}
+        dcp_load(target, path)
+        model.load_state_dict(target["model"])
+        return
+    weights = load_tensors(path / "model.safetensors")
+    check_shapes(model.state_dict(), weights, path)
+    model.load_state_dict(weights)
+

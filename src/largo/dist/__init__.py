@@ -1,1 +1,0 @@
-"""Distributed execution on torch.distributed: the process environment and parallelisation steps."""

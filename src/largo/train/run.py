@@ -1,0 +1,144 @@
+"""One training run from a config: prepare the data, build the model, resume, run the loop, report at the end.
+
+    1) data preprocessing   the architecture's spec prepares (and caches) the data on rank 0 first
+    2) model init           meta build, parallelize (ac -> compile -> fsdp | ddp), materialise, init or resume
+    3-6) the loop           forward, loss, backward, optimizer step (train/loop.py)
+    then                    final evaluation and checkpoint, classifier reports, plan vs measured (train/report.py)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from largo.checkpoint.checkpointer import Checkpointer
+from largo.checkpoint.restore import load_init_weights
+from largo.config import RunConfig
+from largo.data import Batch, rank_samples
+from largo.distributed import start_env
+from largo.distributed.env import DistEnv
+from largo.distributed.memory import log_memory, report_after_steps
+from largo.distributed.parallelize import build_parallel_model, unwrap
+from largo.errors import ConfigError, RunDirError
+from largo.models import Task, get_spec, trainable
+from largo.observe.memory import PeakMemory
+from largo.observe.metrics import MetricsLog
+from largo.observe.throughput import peak_flops
+from largo.plan.planner import choose_strategy
+from largo.train.evaluate import evaluate
+from largo.train.loop import LoopParts, run_steps, seed_everything
+from largo.train.loss import IGNORE, summed_loss
+from largo.train.optim import build_optimizers, build_schedulers
+from largo.train.report import end_of_run
+from largo.train.run_dir import open_run_dir, release_run_dir, resume_point
+
+T = TypeVar("T")
+
+
+def on_main_first(env: DistEnv, fn: Callable[[], T]) -> T:
+    """Run fn on rank 0 while the others wait, then let the others run it (a cache hit for them)."""
+    if env.world > 1 and not env.is_main:
+        dist.barrier()
+    out = fn()
+    if env.world > 1 and env.is_main:
+        dist.barrier()
+    return out
+
+
+def build_task(cfg: RunConfig, env: DistEnv, log: Callable[[str], None] = print) -> Task:
+    """1) data preprocessing: the architecture's data, prepared once (rank 0 first) and cached on disk."""
+    spec = get_spec(cfg.model.arch)
+    return spec.task(cfg, on_main_first(env, lambda: spec.prepare(cfg, log=log)))
+
+
+def global_target_count(batches: list[Batch], env: DistEnv) -> float:
+    """The loss divisor: non-ignored targets in the whole global batch (all micro-steps, all ranks) / world.
+
+    DDP and FSDP average gradients over ranks, so dividing each rank's summed loss by count / world
+    makes that average the gradient of the global batch's mean loss, whatever the world size.
+    """
+    count = torch.tensor(float(sum(int((y != IGNORE).sum()) for _, y in batches)), device=env.device)
+    if env.world > 1:
+        torch.distributed.all_reduce(count)
+    return max(1.0, count.item()) / env.world
+
+
+def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False, stop_at: int | None = None,
+          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train cfg to cfg.train.steps (resuming if asked) and return the summary.
+
+    stop_at ends the run early after that step, with a checkpoint, as a preemption would.
+    """
+    env = start_env(cfg.train.device, cfg.parallel.timeout_s)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    t = cfg.train
+    if t.global_batch % env.world:
+        raise ConfigError(f"train.global_batch ({t.global_batch}) must divide by the number of processes ({env.world})")
+    seed_everything(cfg.run.seed)
+    say = log if env.is_main else (lambda _msg: None)
+
+    task = build_task(cfg, env, log=say)
+    cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
+    strategy, why = choose_strategy(cfg, positions=task.positions, env=env)
+    say(f"parallel: {strategy} ({why})")
+    resumed = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
+    if resumed is not None and resumed[1]["step"] >= t.steps:
+        raise RunDirError(f"{cfg.run_dir} already finished at step {resumed[1]['step']} (train.steps = {t.steps}); "
+                          f"nothing to do: raise --train.steps to train further")
+    run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)  # locked until the end
+    try:
+        return _train_in(run_dir, task, env, strategy, resumed, stop_at=stop_at, say=say)
+    finally:
+        release_run_dir(run_dir)
+
+
+def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, resumed: tuple[Path, dict[str, Any]] | None, *,
+              stop_at: int | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """Everything after the run directory is opened and locked: model, optimizers, checkpoints, the loop, the reports."""
+    cfg, t = task.cfg, task.cfg.train
+    memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
+    # 2) model init: meta build, parallelize (ac -> compile -> fsdp | ddp), materialise, init from the seed
+    trained = build_parallel_model(cfg, env, strategy, full_init=resumed is None)
+    model = unwrap(trained)
+    if cfg.model.init_from:  # fine-tuning: start from these weights; optimizer, schedule and step start fresh
+        if strategy == "fsdp":
+            raise ConfigError("model.init_from works with parallel.strategy none or ddp; export the weights with largo import first")
+        say(f"initialised from {load_init_weights(model, cfg.model)}")
+    optimizers = build_optimizers(model, cfg.optim)
+    schedulers = build_schedulers(optimizers, cfg.optim, t.steps)
+    checkpoints = Checkpointer(run_dir / "checkpoints", model=model, optimizers=optimizers, schedulers=schedulers, env=env,
+                               sharded=strategy == "fsdp", keep_last=cfg.checkpoint.keep_last, files=task.files)
+    start_step = 0
+    if resumed is not None:
+        start_step = checkpoints.load(*resumed)
+        say(f"resumed from {resumed[0]} at step {start_step}")
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if env.is_main else None
+    report_after_steps(optimizers[0], {1, t.steps - start_step}, model, optimizers, env,
+                       lambda n, record: log_memory(start_step + n, record, metrics, say if n == 1 else None))
+    confusion = torch.zeros(len(task.classes), len(task.classes), dtype=torch.long) if task.classes else None
+
+    parts = LoopParts(
+        model=trained, optimizers=optimizers, schedulers=schedulers,
+        micro_batches=lambda step: [task.dataset.train_rows(s) for s in
+                                    rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=env.rank, world=env.world)],
+        normaliser=lambda batches: global_target_count(batches, env),
+        loss=lambda logits, y, norm: summed_loss(logits, y) / norm,
+        evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device,
+                                  precision=t.precision, rank=env.rank, world=env.world,
+                                  confusion=confusion.zero_() if confusion is not None else None),
+        save=lambda step: checkpoints.save(step, {"data": {"samples_seen": step * t.global_batch}, "config": cfg.to_dict()}),
+        tokens_per_step=t.global_batch * task.positions,
+        flops_per_step=t.global_batch * task.flops_per_sample,
+        peak_flops=peak_flops(env.device, t.precision, t.peak_tflops) * env.world,
+    )
+    say(f"model: {trainable(model):,} params | {parts.tokens_per_step:,} tokens/step | "
+        f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
+    memory.start()
+    progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
+    return end_of_run(parts, task, progress, model=model, run_dir=run_dir, env=env, memory=memory, confusion=confusion,
+                      metrics=metrics, say=say)
