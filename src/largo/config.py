@@ -133,7 +133,7 @@ class ParallelConfig:
     """How the job spreads over processes (torchrun): data parallelism, sharding, recompute."""
 
     strategy: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: none on 1 process, ddp if states fit, else fsdp
-    ddp_memory_fraction: float = 0.4  # auto picks ddp when params+grads+AdamW states take at most this share of a device
+    ddp_memory_fraction: float = 0.4  # auto picks ddp when the planner's peak of a replica takes at most this share of a device
     fsdp_reshard_after_forward: bool = True  # free gathered params after forward (less memory, one more all-gather)
     ac: Literal["none", "full", "every_k"] = "none"  # activation checkpointing: recompute blocks' activations in backward
     ac_every: int = 2  # every_k: checkpoint every k-th block
