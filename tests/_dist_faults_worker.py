@@ -25,8 +25,8 @@ def run(rank: int, world: int, rendezvous: str, out: str) -> None:
         if step == 2 and rank == 1:
             guard.signal_name = "SIGTERM"  # what the handler sets
         loss = torch.tensor(float("nan") if step == 3 and rank == 0 else 1.0)
-        v = guard.check(step, loss, torch.tensor(0.5), iter(()))
-        verdicts.append([v.apply, v.stop])
+        guard.non_finite(step, loss, torch.tensor(0.5), iter(()))
+        verdicts.append([not guard.settle(), guard.stop_requested()])
         guard.signal_name = None
     Path(out, f"rank{rank}.json").write_text(json.dumps(verdicts))
     dist.destroy_process_group()

@@ -317,7 +317,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
      "trunk.blocks.0.mlp.up.weight (192, 64) vs model (128, 64); trunk.blocks.0.mlp.down.weight (64, 192) vs model (64, 128); "
      "trunk.blocks.1.mlp.gate.weight (192, 64) vs model (128, 64); and 2 more", 2),
     ("resume with another optimizer", lambda w: (w.run(), ["train", w.config(), "--resume", "auto", "--optim.name", "muon"])[1],
-     f"{CKPT}: optimizer, scheduler or RNG state does not fit this run (was optim.name changed?): optimizer_groups: 2 saved where this run has 3", 2),
+     f"{CKPT}: optimizer, schedule or RNG state does not fit this run (was optim.name changed?): optimizer_groups: 2 saved where this run has 3", 2),
     ("eval of a run without a checkpoint", lambda w: ((w.tmp / "runs/empty/checkpoints").mkdir(parents=True), ["eval", str(w.tmp / "runs/empty")])[1],
      "{tmp}/runs/empty: neither a checkpoint folder nor a run directory with a complete checkpoint", 2),
     ("every checkpoint damaged", lambda w: ([truncate(c / "rng.safetensors", 1) for c in (w.run() / "checkpoints").glob("step_*")],
@@ -366,7 +366,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
     # --- state.json edited: by hand (digest) or by a forger who re-signs it (schema) --------------------------------------
     ("state.json step edited", lambda w: _state_edit(w, lambda s: s.update(step=100), sign=False),
      f"{CKPT}/state.json: its digest does not match its content{EDITED}", 2),
-    ("state.json scheduler edited", lambda w: _state_edit(w, lambda s: s["schedulers"][0].update(last_epoch=1), sign=False),
+    ("state.json schedule edited", lambda w: _state_edit(w, lambda s: s["schedule"].update(applied_steps=1), sign=False),
      f"{CKPT}/state.json: its digest does not match its content{EDITED}", 2),
     ("state.json step forged", lambda w: _state_edit(w, lambda s: s.update(step=100), sign=True),
      f"{CKPT}/state.json: 'step' is 100, but the folder is step 2{EDITED}", 2),
@@ -374,8 +374,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
      f"{CKPT}/state.json: 'step' is True, but the folder is step 2{EDITED}", 2),
     ("state.json step negative", lambda w: _state_edit(w, lambda s: s.update(step=-3), sign=True),
      f"{CKPT}/state.json: 'step' is -3, but the folder is step 2{EDITED}", 2),
-    ("state.json scheduler garbage", lambda w: _state_edit(w, lambda s: s.update(schedulers=[{"last_epoch": "x"}]), sign=True),
-     f"{CKPT}/state.json: 'schedulers' must be a list of states whose last_epoch is at most the step{EDITED}", 2),
+    ("state.json schedule garbage", lambda w: _state_edit(w, lambda s: s.update(schedule={"applied_steps": "x"}), sign=True),
+     f"{CKPT}/state.json: 'schedule' must hold applied_steps, at most the step{EDITED}", 2),
     ("state.json lists no files", lambda w: _state_edit(w, lambda s: s.update(files={}), sign=True),
      f"{CKPT}/state.json: 'files' does not list model.safetensors{EDITED}", 2),
     ("state.json nested 100,000 deep", _nested_state, f"{CKPT}/state.json: not valid JSON", 2),
@@ -564,12 +564,12 @@ def sharded_run(tmp_path_factory: pytest.TempPathFactory, trained_run: Path) -> 
     from largo.checkpoint.checkpointer import Checkpointer
     from largo.checkpoint.restore import restore
     from largo.distributed.env import DistEnv
-    from largo.train.optim import build_optimizers, build_schedulers
+    from largo.train.optim import Schedule, build_optimizers
 
     model, cfg, ckpt = restore(trained_run)
     optimizers = build_optimizers(model.train(), cfg.optim)
     root = tmp_path_factory.mktemp("sharded") / "runs" / "t" / "checkpoints"
-    Checkpointer(root, model=model, optimizers=optimizers, schedulers=build_schedulers(optimizers, cfg.optim, 2), env=DistEnv(),
+    Checkpointer(root, model=model, optimizers=optimizers, schedule=Schedule(optimizers, cfg.optim, 2, torch.device("cpu")), env=DistEnv(),
                  sharded=True, keep_last=2, files={"tokenizer.json": ckpt / "tokenizer.json"}).save(
         2, {"data": {"samples_seen": 16}, "config": cfg.to_dict()})
     return root.parent

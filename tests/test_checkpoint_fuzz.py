@@ -28,7 +28,7 @@ from largo.checkpoint.state_schema import signed
 from largo.cli import main
 from largo.distributed.env import DistEnv
 from largo.train.run import train
-from largo.train.optim import build_optimizers, build_schedulers
+from largo.train.optim import Schedule, build_optimizers
 from tests.conftest import tiny_config
 
 CASES_PER_KIND = 100
@@ -47,7 +47,7 @@ def pristine(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> dict[
     for step in (1, 2):
         model, rcfg, ckpt = restore(cfg.run_dir / "checkpoints" / f"step_000000{step}")
         opts = build_optimizers(model.train(), rcfg.optim)
-        Checkpointer(sharded / "checkpoints", model=model, optimizers=opts, schedulers=build_schedulers(opts, rcfg.optim, 2),
+        Checkpointer(sharded / "checkpoints", model=model, optimizers=opts, schedule=Schedule(opts, rcfg.optim, 2, torch.device("cpu")),
                      env=DistEnv(), sharded=True, keep_last=5, files={"tokenizer.json": ckpt / "tokenizer.json"}).save(
             step, {"data": {"samples_seen": 8 * step}, "config": rcfg.to_dict()})
     config = tmp / "cfg.json"

@@ -13,8 +13,15 @@ from largo.errors import ConfigError
 
 
 def test_overrides_are_typed() -> None:
-    cfg = build_config({"model": {"dim": 128}}, {"optim.lr": "3e-4", "train.steps": "1e3", "train.compile": "true"})
-    assert (cfg.model.dim, cfg.optim.lr, cfg.train.steps, cfg.train.compile) == (128, 3e-4, 1000, True)
+    cfg = build_config({"model": {"dim": 128}}, {"optim.lr": "3e-4", "train.steps": "1e3", "model.tie_embeddings": "false"})
+    assert (cfg.model.dim, cfg.optim.lr, cfg.train.steps, cfg.model.tie_embeddings) == (128, 3e-4, 1000, False)
+
+
+def test_compile_takes_toml_booleans_and_auto() -> None:
+    assert [build_config({"train": {"compile": v}}).train.compile for v in (True, False, "auto")] == ["true", "false", "auto"]
+    assert build_config({}, {"train.compile": "true"}).train.compile == "true"
+    with pytest.raises(ConfigError, match="train.compile = 'sometimes' is not valid; choose one of 'auto', 'true', 'false'"):
+        build_config({"train": {"compile": "sometimes"}})
 
 
 def test_parse_overrides_both_forms() -> None:

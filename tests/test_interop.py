@@ -48,7 +48,7 @@ def checkpoint_with_random_weights(tmp_path: Path, data_dir: Path, **model: obje
     with torch.no_grad():
         for name, p in net.named_parameters():
             p.copy_(1 + 0.2 * torch.randn_like(p)) if "norm" in name else p.normal_(0, 1 / math.sqrt(p.shape[-1]))
-    ckpt = Checkpointer(cfg.run_dir / "checkpoints", model=net, optimizers=[], schedulers=[], env=DistEnv(), sharded=False,
+    ckpt = Checkpointer(cfg.run_dir / "checkpoints", model=net, optimizers=[], schedule=None, env=DistEnv(), sharded=False,
                         keep_last=1, files={"tokenizer.json": data_dir / "tokenizer.json"}).save(
         1, {"config": cfg.to_dict(), "data": {"samples_seen": 0}})
     return ckpt, cfg
@@ -153,7 +153,7 @@ def test_unsupported_options_are_refused(tmp_path: Path) -> None:
 
 
 def test_init_from_starts_training_at_the_imported_weights(tmp_path: Path, tiny_data: Path) -> None:
-    from largo.train.loss import summed_loss
+    from largo.models.loss import summed_loss
     from largo.train.run import train
     from largo.train.run import build_task
 

@@ -78,3 +78,43 @@ def test_greedy_generation_with_cache_equals_recomputation() -> None:
         tokens.append(int(model(torch.tensor([tokens[-16:]]))[0, -1].argmax()))
     assert out[:3 + 13] == tokens[:3 + 13]  # identical while the context fits the window
     assert len(out) == 33
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_chunked_linear_cross_entropy_equals_the_plain_one(precision: str) -> None:
+    """The head and loss in 8 chunks give the loss and both gradients of logits -> cross-entropy (ignored targets too)."""
+    from largo.models.loss import IGNORE, linear_cross_entropy, summed_loss
+
+    torch.manual_seed(0)
+    h = torch.randn(300, 32, requires_grad=True)
+    w = (0.1 * torch.randn(500, 32)).requires_grad_()
+    t = torch.randint(0, 500, (300,))
+    t[::7] = IGNORE
+    results = []
+    for budget in (None, 4 * 500 * 40):  # one piece, then 40 rows per chunk
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = summed_loss(torch.nn.functional.linear(h, w), t) if budget is None else linear_cross_entropy(h, w, t, budget_bytes=budget)
+        loss.backward()
+        results.append((loss.detach(), h.grad.clone(), w.grad.clone()))
+        h.grad = w.grad = None
+    (la, ha, wa), (lb, hb, wb) = results
+    tol = dict(rtol=1e-5, atol=1e-5) if precision == "fp32" else dict(rtol=2e-2, atol=2e-2)  # bf16 matmuls: a rounding apart
+    torch.testing.assert_close(lb, la, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(hb, ha, **tol)
+    torch.testing.assert_close(wb, wa, **tol)
+
+
+@pytest.mark.parametrize("kv", [4, 2])
+def test_math_attention_equals_sdpa(kv: int) -> None:
+    """The matmul form (bf16 on CPU, short sequences) computes what SDPA does: causal, grouped-query and padding masks."""
+    import torch.nn.functional as F
+
+    from largo.models.layers import math_attention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 12, 16), torch.randn(2, kv, 12, 16), torch.randn(2, kv, 12, 16)
+    keep = torch.rand(2, 1, 1, 12) > 0.3
+    keep[..., 0] = True
+    for mask, causal in ((None, True), (keep, False)):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=kv != 4)
+        torch.testing.assert_close(math_attention(q, k, v, mask, causal), want, rtol=1e-5, atol=1e-5)

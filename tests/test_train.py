@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from largo.models.generate import generate
 from largo.models import build_model
 from largo.models.gpt import GPTConfig as ModelConfig
 from largo.observe.metrics import read_metrics
-from largo.train.loss import summed_loss
+from largo.models.loss import summed_loss
 from largo.train.run import train
 from tests.conftest import tiny_config
 
@@ -107,3 +108,70 @@ def test_report_draws_curves(tmp_path: Path, tiny_data: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "largo", "report", str(cfg.run_dir)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "eval @ step 3" in proc.stdout and (cfg.run_dir / "curves.png").stat().st_size > 10_000
+
+
+def _host_reads_per_step(tmp_path: Path, tiny_data: Path, monkeypatch, **optim: object) -> dict[int, int]:
+    """Train 10 steps (logging at 10) counting, per step, every call that copies a tensor's value to the host."""
+    import largo.data.text
+    from largo.config import build_config
+
+    cfg = tiny_config(tmp_path, tiny_data, train={"steps": 10, "log_every": 10}, eval={"every": 0}, checkpoint={"every": 0}, optim=optim)
+    counts: dict[int, int] = {}
+    current = [0]
+    rows = largo.data.text.TextLMData.train_rows
+
+    def train_rows(self, samples: range):
+        current[0] = samples.start // cfg.train.global_batch + 1  # the step whose batch this is (1-based)
+        return rows(self, samples)
+
+    monkeypatch.setattr(largo.data.text.TextLMData, "train_rows", train_rows)
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            counts[current[0]] = counts.get(current[0], 0) + 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    train(build_config(cfg.to_dict()), **quiet)
+    return counts
+
+
+def test_no_host_sync_between_logging_steps(tmp_path: Path, tiny_data: Path, monkeypatch) -> None:
+    """Between logging steps nothing is read back from the device (item, tolist, bool, float, int, index, numpy, cpu
+    are counted per step): steps 2-9 make no read, the logging step 10 does. Step 1 reads the per-rank memory once.
+
+    With an optimizer that cannot skip a step by itself (Muon), the host reads each step's verdict instead.
+    """
+    counts = _host_reads_per_step(tmp_path / "adamw", tiny_data, monkeypatch)
+    assert all(counts.get(step, 0) == 0 for step in range(2, 10)), counts
+    assert counts.get(10, 0) > 0  # the instrumentation sees reads where they happen
+    counts = _host_reads_per_step(tmp_path / "muon", tiny_data, monkeypatch, name="muon")
+    assert all(counts.get(step, 0) > 0 for step in range(2, 10)), counts
+
+
+def test_compile_auto_decides_from_the_run_size(tmp_path: Path, tiny_data: Path) -> None:
+    from largo.models import get_spec
+    from largo.train.run import COMPILE_MIN_FLOPS, compile_mode
+
+    cfg = tiny_config(tmp_path, tiny_data)
+    spec = get_spec("gpt")
+    task = spec.task(cfg, spec.prepare(cfg, log=lambda _m: None))
+    assert compile_mode(task.cfg, task, "none")[0] == "off"  # 6 steps of a 131k-parameter model: never pays back
+    steps = int(COMPILE_MIN_FLOPS / (task.cfg.train.global_batch * task.flops_per_sample)) + 1
+    long = dataclasses.replace(task.cfg, train=dataclasses.replace(task.cfg.train, steps=steps))
+    assert compile_mode(long, task, "none") == ("model", f"auto: {steps * 8 * task.flops_per_sample:.2g} training FLOPs >= 1e+13; "
+                                                         "the model and its loss as one graph")
+    assert compile_mode(long, task, "fsdp")[0] == "blocks"  # FSDP's hooks run between blocks
+    off = dataclasses.replace(long, train=dataclasses.replace(long.train, compile="false"))
+    assert compile_mode(off, task, "none") == ("off", "train.compile = false")
+
+
+def test_compiled_run_trains_like_the_eager_one(tmp_path: Path, tiny_data: Path) -> None:
+    """train.compile = true: the model and its loss as one graph; the same losses as eager (fp32, within rounding)."""
+    runs = {}
+    for mode in ("false", "true"):
+        cfg = tiny_config(tmp_path / mode, tiny_data, train={"steps": 4, "compile": mode})
+        train(cfg, **quiet)
+        runs[mode] = _losses(cfg.run_dir)
+    torch.testing.assert_close(torch.tensor(runs["true"]), torch.tensor(runs["false"]), rtol=1e-4, atol=0)

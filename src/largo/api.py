@@ -29,9 +29,9 @@ from largo.distributed.parallelize import parallelize
 from largo.errors import ConfigError, DataError
 from largo.observe.metrics import MetricsLog
 from largo.observe.throughput import peak_flops
-from largo.train.evaluate import evaluate
+from largo.train.evaluate import call_model, evaluate
 from largo.train.loop import LoopParts, run_steps, seed_everything
-from largo.train.optim import build_optimizers, build_schedulers
+from largo.train.optim import Schedule, build_optimizers
 from largo.train.report import finish
 from largo.train.run_dir import open_run_dir, release_run_dir, resume_point
 
@@ -214,19 +214,19 @@ class Trainer:
         per_epoch = len(loader) // stride if hasattr(loader, "__len__") else None  # this rank's batches per epoch
         cfg.train.steps = self._steps(per_epoch)
         optimizers = [self.make_optimizer(self.model.parameters())] if self.make_optimizer else build_optimizers(self.model, cfg.optim)
-        schedulers = build_schedulers(optimizers, cfg.optim, cfg.train.steps)
+        schedule = Schedule(optimizers, cfg.optim, cfg.train.steps, env.device)
         resumed = resume_point(cfg.run_dir, self.resume, log=self.log)
         run_dir = open_run_dir(cfg, resume=self.resume is not None, overwrite=self.overwrite, is_main=env.is_main)
         try:
-            return self._fit_in(run_dir, loader, stride, per_epoch, optimizers, schedulers, resumed, val_data)
+            return self._fit_in(run_dir, loader, stride, per_epoch, optimizers, schedule, resumed, val_data)
         finally:
             release_run_dir(run_dir)
 
     def _fit_in(self, run_dir: Path, loader: Iterable[Any], stride: int, per_epoch: int | None, optimizers: list[torch.optim.Optimizer],
-                schedulers: list[Any], resumed: tuple[Path, dict[str, Any]] | None, val_data: Any) -> dict[str, Any]:
+                schedule: Schedule, resumed: tuple[Path, dict[str, Any]] | None, val_data: Any) -> dict[str, Any]:
         """The loop over this rank's batches, inside the locked run directory."""
         cfg, env, accum = self.cfg, self.env, self.grad_accum
-        checkpoints = Checkpointer(run_dir / "checkpoints", model=self.model, optimizers=optimizers, schedulers=schedulers,
+        checkpoints = Checkpointer(run_dir / "checkpoints", model=self.model, optimizers=optimizers, schedule=schedule,
                                    env=env, sharded=False, keep_last=cfg.checkpoint.keep_last)
         start = 0
         if resumed is not None:
@@ -239,11 +239,12 @@ class Trainer:
         def save(step: int) -> None:
             checkpoints.save(step, {"data": {"batches_seen": step * accum}, "config": cfg.to_dict(), "user_model": True})
 
+        parts_model = parallelize(self.model, env)
         parts = LoopParts(
-            model=parallelize(self.model, env), optimizers=optimizers, schedulers=schedulers,
+            model=parts_model, optimizers=optimizers, schedule=schedule,
             micro_batches=lambda step: [_split_batch(at(step * accum + i)) for i in range(accum)],
             normaliser=lambda batches: float(len(batches)),  # the user's loss is a mean: average the micro-steps
-            loss=lambda out, y, norm: self.loss_fn(out, y) / norm,
+            forward_loss=lambda x, y: self.loss_fn(call_model(parts_model, x), y),
             evaluate=(lambda: self.evaluate(val_data)) if val_data is not None else None,
             save=save, tokens_per_step=self.batch_size * accum * env.world, flops_per_step=0.0,
             peak_flops=peak_flops(env.device, cfg.train.precision, cfg.train.peak_tflops) * env.world,

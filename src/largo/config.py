@@ -76,7 +76,7 @@ class TrainConfig:
     global_batch: int = 16  # sequences per optimizer step, over all ranks and micro-steps
     micro_batch: int = 16  # sequences per forward/backward on one rank
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast; params and optimizer stay fp32
-    compile: bool = False  # torch.compile the model
+    compile: Literal["auto", "true", "false"] = "auto"  # torch.compile; auto = on for runs of >= 1e13 training FLOPs (see train/run.py)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     log_every: int = 10  # steps between metric lines
     peak_tflops: float = 0.0  # device peak for MFU; 0 = measure a large GEMM once and cache it
@@ -197,6 +197,8 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     if origin is Literal:
         choices = typing.get_args(hint)
+        if isinstance(value, bool) and {"true", "false"} <= set(choices):  # TOML's true/false for a switch with an "auto"
+            value = str(value).lower()
         if value not in choices:
             raise ConfigError(f"{key} = {value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
         return value

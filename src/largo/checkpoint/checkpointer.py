@@ -5,7 +5,7 @@ parameters and optimizer states are keyed by parameter name whatever wraps the m
 compile, activation checkpointing):
   replicated  rank 0 writes model.safetensors (weights) and optim.safetensors ("<name>/<key>" tensors)
   sharded     every rank writes its shards through DCP (dcp/, see sharded.py)
-and state.json holds the rest: optimizer param groups and non-tensor state, schedulers, RNG, the
+and state.json holds the rest: optimizer param groups and non-tensor state, the schedule, RNG, the
 data position and the config (store.py writes the folder atomically). A checkpoint of either layout
 loads into a run of either layout, on any number of ranks: DCP reshards, and a replicated
 checkpoint is split into shards by set_state_dict.
@@ -53,16 +53,16 @@ def _without_params(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _does_not_fit(path: Path, e: BaseException) -> CheckpointError:
     """One line for optimizer/scheduler/RNG state that does not fit the live run."""
-    return CheckpointError(f"{path}: optimizer, scheduler or RNG state does not fit this run "
+    return CheckpointError(f"{path}: optimizer, schedule or RNG state does not fit this run "
                            f"(was optim.name changed?): {' '.join(str(e).splitlines())}")
 
 
 class Checkpointer:
     """Saves and restores one run's training state under root (checkpoints/), replicated or sharded."""
 
-    def __init__(self, root: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedulers: list[Any],
+    def __init__(self, root: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedule: Any | None,
                  env: DistEnv, sharded: bool, keep_last: int, files: dict[str, Path] | None = None):
-        self.root, self.model, self.optimizers, self.schedulers = root, model, optimizers, schedulers
+        self.root, self.model, self.optimizers, self.schedule = root, model, optimizers, schedule
         self.env, self.sharded, self.keep_last, self.files = env, sharded, keep_last, files or {}
 
     def _state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -76,8 +76,9 @@ class Checkpointer:
         """Write checkpoint `step` (a collective under several ranks: call on every rank)."""
         model_sd, optim_sd = self._state_dicts()
         tensors, scalars = _split(optim_sd["state"])
-        state = {"optimizer_groups": optim_sd["param_groups"], "optimizer_scalars": scalars,
-                 "schedulers": [s.state_dict() for s in self.schedulers], **trainer_state}
+        groups = [{k: v.item() if isinstance(v, torch.Tensor) else v for k, v in g.items()} for g in optim_sd["param_groups"]]
+        state = {"optimizer_groups": groups, "optimizer_scalars": scalars,  # a learning rate kept on the device is saved as a number
+                 "schedule": self.schedule.state_dict() if self.schedule else {"applied_steps": 0}, **trainer_state}
         if self.sharded:
             self._save_sharded(step, model_sd, tensors, {**state, "sharded": {"format": SHARDED_FORMAT, "world": self.env.world}})
         elif self.env.is_main:  # replicas hold the same state: rank 0 writes it
@@ -106,7 +107,7 @@ class Checkpointer:
 
     # ---- load
     def load(self, path: Path, state: dict[str, Any]) -> int:
-        """Restore model, optimizers, schedulers and RNG from a verified checkpoint of either layout; its step."""
+        """Restore model, optimizers, schedule and RNG from a verified checkpoint of either layout; its step."""
         model_sd, optim_sd = self._state_dicts()  # templates laid out like this run's model
         live_tensors, _ = _split(optim_sd["state"])
         try:  # the JSON halves must look like this run's before torch reads them
@@ -134,7 +135,7 @@ class Checkpointer:
                                optim_state_dict={"state": optim_state, "param_groups": state["optimizer_groups"]})
             else:
                 set_model_state_dict(self.model, weights, options=options)
-            restore_schedulers_and_rng(path, state, self.schedulers)
+            restore_schedule_and_rng(path, state, self.schedule)
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError, AttributeError, CheckpointError) as e:
             raise _does_not_fit(path, e) from None
         return int(state["step"])
@@ -155,13 +156,10 @@ def write_replicated(root: Path, step: int, weights: dict[str, torch.Tensor], op
     return commit_checkpoint(tmp, root, step, state=state, keep_last=keep_last, extra_files=files)
 
 
-def restore_schedulers_and_rng(path: Path, state: dict[str, Any], schedulers: list[Any]) -> None:
-    """Schedulers (checked against the live ones first) and RNG streams."""
-    if len(state["schedulers"]) != len(schedulers):
-        raise CheckpointError(f"{len(state['schedulers'])} scheduler states for {len(schedulers)} optimizers")
-    for i, (sched, sd) in enumerate(zip(schedulers, state["schedulers"])):
-        check_like(sd, sched.state_dict(), f"schedulers[{i}]")
-        sched.load_state_dict(sd)
+def restore_schedule_and_rng(path: Path, state: dict[str, Any], schedule: Any | None) -> None:
+    """The schedule's position (applied optimizer steps) and the RNG streams."""
+    if schedule is not None:
+        schedule.load_state_dict(state["schedule"])
     tensors = load_tensors(path / "rng.safetensors")
     cpu = tensors.get("torch_cpu")
     if cpu is None or cpu.dtype != torch.uint8 or cpu.shape != torch.get_rng_state().shape:

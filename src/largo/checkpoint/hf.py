@@ -206,7 +206,7 @@ def save_imported(run_dir: str | Path, model_cfg: ModelConfig, weights: dict[str
     check_shapes(build_model(model_cfg, "meta").state_dict(), weights, Path(source))
     cfg = RunConfig(run=RunSection(name=run_dir.name, out_dir=str(run_dir.parent)), model=model_cfg)
     extra = {"tokenizer.json": tokenizer_json} if tokenizer_json is not None else {}
-    state = {"optimizer_groups": [], "optimizer_scalars": {}, "schedulers": [], "data": {"samples_seen": 0},
+    state = {"optimizer_groups": [], "optimizer_scalars": {}, "schedule": {"applied_steps": 0}, "data": {"samples_seen": 0},
              "config": cfg.to_dict(), "imported_from": source}
     return write_replicated(run_dir / "checkpoints", 0, weights, {}, state, keep_last=1, files=extra)
 

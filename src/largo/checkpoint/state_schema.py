@@ -99,9 +99,9 @@ def check_schema(state: dict[str, Any], path: Path, folder_step: int | None) -> 
         raise _bad(path, "'optimizer_groups' must be a list of parameter groups, each with its params")
     if not isinstance(scalars, dict):
         raise _bad(path, "'optimizer_scalars' must map parameter names to their non-tensor state")
-    scheds = state.get("schedulers")
-    if not isinstance(scheds, list) or not all(isinstance(s, dict) and _is_int(s.get("last_epoch"), 0, step) for s in scheds):
-        raise _bad(path, "'schedulers' must be a list of states whose last_epoch is at most the step")
+    schedule = state.get("schedule")
+    if not isinstance(schedule, dict) or set(schedule) != {"applied_steps"} or not _is_int(schedule["applied_steps"], 0, step):
+        raise _bad(path, "'schedule' must hold applied_steps, at most the step")
     for key in ("user_model",):
         if key in state and not isinstance(state[key], bool):
             raise _bad(path, f"'{key}' must be true or false")

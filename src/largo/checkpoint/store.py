@@ -4,7 +4,7 @@ Layout of a run directory:
   checkpoints/step_000100/model.safetensors   model weights
                          optim.safetensors    optimizer tensors (moments, step counters)
                          rng.safetensors      torch RNG states
-                         state.json           step, schedulers, python/numpy RNG, data position,
+                         state.json           step, schedule, python/numpy RNG, data position,
                                               optimizer param groups, sha256 of every file (written last)
   checkpoints/latest                          name of the newest complete checkpoint (for people and tools)
 A checkpoint is written into a hidden temporary folder, fsync'ed, then renamed into place; the

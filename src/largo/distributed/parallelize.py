@@ -45,12 +45,14 @@ def apply_ac(model: nn.Module, mode: str, *, every: int = 1) -> nn.Module:
     return model
 
 
-def apply_compile(model: nn.Module, *, enabled: bool) -> nn.Module:
-    """torch.compile each block in place (repeated blocks reuse one graph); the whole model if it has no blocks."""
-    if not enabled:
-        return model
-    for block in blocks_of(model) or [model]:
-        block.compile()  # in place: parameter names and state-dict keys do not change
+def apply_compile(model: nn.Module, *, mode: str) -> nn.Module:
+    """torch.compile in place (names and state-dict keys do not change): "model" as one graph, its loss included
+    (fewest graph breaks, fastest), "blocks" each block (FSDP hooks run between blocks), "off" nothing."""
+    if mode == "model":
+        model.compile()
+    elif mode == "blocks":
+        for block in blocks_of(model) or [model]:
+            block.compile()  # repeated blocks reuse one graph
     return model
 
 
@@ -73,10 +75,10 @@ def apply_ddp(model: nn.Module, env: DistEnv) -> nn.Module:
 
 
 def parallelize(model: nn.Module, env: DistEnv, *, strategy: str = "ddp", cfg: ParallelConfig | None = None,
-                compile: bool = False, bf16: bool = False) -> nn.Module:
+                compile: str = "off", bf16: bool = False) -> nn.Module:
     """The module the loop trains: apply_ac -> apply_compile -> apply_fsdp | apply_ddp (none on one process)."""
     cfg = cfg or ParallelConfig()
-    model = apply_compile(apply_ac(model, cfg.ac, every=cfg.ac_every), enabled=compile)
+    model = apply_compile(apply_ac(model, cfg.ac, every=cfg.ac_every), mode=compile)
     if env.world == 1 or strategy == "none":
         return model
     if strategy == "fsdp":
@@ -103,13 +105,13 @@ def materialise(model: nn.Module, device: torch.device, full_init: Callable[[], 
         set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
-def build_parallel_model(cfg: RunConfig, env: DistEnv, strategy: str, *, full_init: bool = True) -> nn.Module:
+def build_parallel_model(cfg: RunConfig, env: DistEnv, strategy: str, *, full_init: bool = True, compile: str = "off") -> nn.Module:
     """The module to train under `strategy`; unwrap() it for the model itself.
 
     fsdp: build on the meta device, shard, then materialise (full_init: the 1-process init values,
     else leave the values to a checkpoint about to be loaded). none/ddp: init on the device, then wrap.
     """
-    options = dict(cfg=cfg.parallel, compile=cfg.train.compile, bf16=cfg.train.precision == "bf16")
+    options = dict(cfg=cfg.parallel, compile=compile, bf16=cfg.train.precision == "bf16")
     if strategy != "fsdp":
         return parallelize(build_model(cfg.model, env.device), env, strategy=strategy, **options)
     if cfg.optim.name == "muon":

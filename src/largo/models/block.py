@@ -21,6 +21,7 @@ class BlockConfig:
     hidden: int
     norm_eps: float
     causal: bool
+    attention: str = "auto"  # the attention kernel: "auto", "sdpa" or "math" (models/layers.py)
 
 
 class Block(nn.Module):
@@ -29,7 +30,7 @@ class Block(nn.Module):
     def __init__(self, cfg: BlockConfig):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attn = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, causal=cfg.causal)
+        self.attn = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, causal=cfg.causal, kernel=cfg.attention)
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.dim, cfg.hidden)
 

@@ -210,7 +210,7 @@ class ClassifierSpec(ArchSpec):
             head_saved=pooled_head_bytes(cfg, micro_batch, seq_len, layout, residual=residual, masked=stem.padding_mask),
             output_rows=micro_batch, outputs=cfg.num_classes, head_params=(cfg.dim + 1) * cfg.num_classes,
             residual_bytes=residual, rotary=rotary,
-            mask_bytes=micro_batch * seq_len * layout.compute_bytes if stem.padding_mask else 0,  # SDPA's additive mask (b, 1, 1, t)
+            padding_mask=stem.padding_mask, causal=False,
             extra_phases=stem.extra_phases,
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from largo.errors import ConfigError
 
@@ -22,6 +23,7 @@ class ModelConfig:
     rope_theta: float = 10000.0  # rotary base frequency
     norm_eps: float = 1e-5  # RMSNorm epsilon
     init_std: float = 0.02  # std of weight init; output projections get std / sqrt(2 * n_layers)
+    attention: Literal["auto", "sdpa", "math"] = "auto"  # kernel: sdpa (flash on GPU), math (matmul + softmax); auto = math for bf16 on CPU up to 192 keys
     init_from: str = ""  # fine-tune: start from this checkpoint's (or run's) weights, fresh optimizer; "" = random init
 
     def __post_init__(self) -> None:

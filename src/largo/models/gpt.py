@@ -22,6 +22,7 @@ from largo.data.text import TextLMData
 from largo.errors import ConfigError, DataError
 from largo.models.config import ModelConfig
 from largo.models.layers import KVCache
+from largo.models.loss import chunk_rows, linear_cross_entropy
 from largo.models.spec import ArchSpec, DataShape, MemoryTerms, register
 from largo.models.trunk import Trunk
 from largo.precision import Layout
@@ -61,10 +62,18 @@ class GPT(nn.Module):
         # Tied: the head reuses tok_emb.weight in forward (no aliased Parameter to survive to_empty/FSDP).
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
-    def forward(self, tokens: torch.Tensor, cache: list[KVCache] | None = None) -> torch.Tensor:
-        """Logits for tokens (b, t); with a cache, tokens continue the cached positions."""
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None) -> torch.Tensor:
+        """Logits (b, t, vocab) for tokens (b, t); with targets (b, t), the summed cross-entropy instead.
+
+        With targets the head and the loss run together (models/loss.py), in chunks when the logits
+        would be large, so training never holds (b * t) x vocab logits. With a cache, tokens continue
+        the cached positions.
+        """
         x = self.trunk(self.tok_emb(tokens), cache=cache)  # (b, t, dim)
-        return self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)  # (b, t, vocab)
+        w = self.head.weight if self.head is not None else self.tok_emb.weight  # tied: the embedding is the head
+        if targets is not None:
+            return linear_cross_entropy(x.flatten(0, 1), w, targets.flatten())
+        return F.linear(x, w)  # (b, t, vocab)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -73,6 +82,17 @@ class GPT(nn.Module):
         self.trunk.init_weights()
         if self.head is not None:
             nn.init.normal_(self.head.weight, mean=0.0, std=self.cfg.init_std)
+
+
+def chunked_head_bytes(cfg: GPTConfig, tokens: int, rows: int, layout: Layout) -> dict[str, int]:
+    """Head and loss computed chunk by chunk (models/loss.py): the gradients of the head's input and weight are kept
+    instead of the fp32 log-softmax; at the forward's high point one chunk's logits and one weight-gradient product live."""
+    d, v, c = cfg.dim, cfg.vocab_size, layout.compute_bytes
+    h = 2 if layout.name == "mixed" else 4  # the head's input: the residual dtype
+    grads = tokens * d * h + v * d * 4  # grad_h, grad_w (fp32), saved for the backward
+    saved = tokens * ((HEAD_COEFFS[layout.name] - c) * d + 20) + grads  # the final norm's tensors, targets and ids
+    chunk = rows * v * (4 + (2 * c if c == 2 else 0)) + v * d * (4 + (c if c == 2 else 0))  # logits, bf16 copies, a grad_w product
+    return {"head_saved": saved, "logits": chunk + tokens * d * h, "loss_grads": grads}
 
 
 def head_activation_bytes(cfg: GPTConfig, tokens: int, layout: Layout) -> int:
@@ -107,6 +127,9 @@ class GPTSpec(ArchSpec):
     def dataset(self, run: RunConfig, prepared: TextLMData) -> TextLMData:
         return prepared
 
+    def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return model(inputs, targets=targets)  # the head and the loss together, without materialising large logits
+
     def checkpoint_files(self, run: RunConfig) -> dict[str, Path]:
         return {TOKENIZER: Path(run.data.dir) / TOKENIZER}
 
@@ -127,7 +150,7 @@ class GPTSpec(ArchSpec):
 
     def memory_terms(self, cfg: GPTConfig, micro_batch: int, seq_len: int, layout: Layout) -> MemoryTerms:
         tokens = micro_batch * seq_len
-        return MemoryTerms(
+        terms = MemoryTerms(
             buffers=2 * cfg.max_seq_len * cfg.head_dim * 4,  # the fp32 rotary table
             inputs=0,  # the ids and targets are counted with the head
             stem_saved=0,  # an embedding lookup saves nothing new
@@ -136,6 +159,8 @@ class GPTSpec(ArchSpec):
             # the fp32 embedding output promotes every residual add to fp32, unless the weights themselves are bf16
             residual_bytes=2 if layout.name == "mixed" else 4,
         )
+        rows = chunk_rows(cfg.vocab_size)
+        return terms if tokens <= rows else dataclasses.replace(terms, **chunked_head_bytes(cfg, tokens, rows, layout))
 
 
 register(GPTSpec())

@@ -27,6 +27,7 @@ from largo.data import Batch, Dataset
 from largo.data.config import DataConfig
 from largo.errors import ConfigError
 from largo.models.config import ModelConfig
+from largo.models.loss import summed_loss
 from largo.precision import Layout
 
 if TYPE_CHECKING:  # handed in at run time; config.py imports this module to read [model] and [data]
@@ -68,8 +69,11 @@ class MemoryTerms:
     head_params: int  # the head's parameters (its gradient exists from the first backward on)
     residual_bytes: int = 4  # bytes per element of the residual stream the blocks see
     rotary: bool = True  # the blocks rotate q and k (autocast keeps bf16 casts of the table)
-    mask_bytes: int = 0  # an attention mask the blocks' attention keeps (per block)
+    padding_mask: bool = False  # the blocks' attention keeps a padding mask (b, 1, 1, t)
+    causal: bool = True  # the blocks attend causally (a language model) or both ways (a classifier)
     extra_phases: dict[str, tuple[int, int]] = field(default_factory=dict)  # other peaks: name -> (activations, temporaries)
+    logits: int | None = None  # bytes alive for the outputs at the end of the forward; None = rows x outputs in the compute dtype
+    loss_grads: int | None = None  # temporaries of the loss's backward; None = two fp32 rows x outputs
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,10 @@ class ArchSpec:
     def dataset(self, run: RunConfig, prepared: Any) -> Dataset:
         """The loop's Dataset over the prepared data (batches addressed by sample index)."""
         raise NotImplementedError
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss of one micro-batch, summed over its targets (the loop divides by the global count)."""
+        return summed_loss(model(inputs), targets)
 
     def task(self, run: RunConfig, prepared: Any) -> Task:
         """Everything the loop needs, from the prepared data."""

@@ -20,7 +20,7 @@ class Trunk(nn.Module):
     def __init__(self, cfg: ModelConfig, *, causal: bool, rotary: bool = True, extra_positions: int = 0):
         super().__init__()
         self.cfg, self.extra = cfg, extra_positions  # extra: positions beyond max_seq_len (a class token)
-        block = BlockConfig(cfg.dim, cfg.n_heads, cfg.kv_heads, cfg.hidden, cfg.norm_eps, causal)
+        block = BlockConfig(cfg.dim, cfg.n_heads, cfg.kv_heads, cfg.hidden, cfg.norm_eps, causal, cfg.attention)
         self.blocks = nn.ModuleList(Block(block) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         # Not a parameter and not saved: rebuilt by init_weights(), so the model can be built on meta.

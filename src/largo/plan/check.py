@@ -52,7 +52,8 @@ def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device
     counts = est.count_params(cfg.model)
     accum = max(1, cfg.train.global_batch // (cfg.train.micro_batch * world))
     mem = est.memory(cfg.model, seq_len=seq_len, micro_batch=cfg.train.micro_batch, accum_steps=accum, layout=layout,
-                     optimizer=cfg.optim.name, strategy=strategy, shards=world, checkpointing=checkpointing, counts=counts)
+                     optimizer=cfg.optim.name, strategy=strategy, shards=world, checkpointing=checkpointing, counts=counts,
+                     device_type=device.type)
     mfu, mfu_source = default_mfu(device_type(device), cfg.train.precision, None, counts.total)
     flops, attention, speed = _step_flops(cfg, seq_len, device)
     t = est.timing(flops, steps=1, devices=world, peak_flops=peak_flops_per_device, mfu=mfu, checkpointing=checkpointing,

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from largo.errors import ConfigError
 from largo.models import ParamCount, count_params, get_spec
 from largo.models.config import ModelConfig
+from largo.models.layers import uses_math_attention
 from largo.precision import LAYOUTS, Layout, layout_for
 
 __all__ = ["LAYOUTS", "Layout", "ParamCount", "count_params", "layout_for"]  # re-exported: the planner's vocabulary
@@ -106,14 +107,23 @@ def optimizer_bytes(counts: ParamCount, optimizer: str, layout: Layout) -> int:
 
 
 def block_activation_bytes(cfg: ModelConfig, tokens: int, seq_len: int, layout: Layout, *, residual_bytes: int = 4,
-                           rotary: bool = True, mask_bytes: int = 0) -> int:
-    """Bytes one block saves for backward for `tokens` tokens (b * t); the defaults are a language model's blocks."""
+                           rotary: bool = True, padding_mask: bool = False, causal: bool = True, device_type: str = "cpu") -> int:
+    """Bytes one block saves for backward for `tokens` tokens (b * t); the defaults are a language model's blocks on CPU."""
     c_d, c_kv, c_f = ACT_COEFFS[layout.name]
     if layout.autocast and residual_bytes == 2:
         c_d -= 4  # each norm keeps an fp32 copy (4) and a bf16 output (2) instead of the fp32 residual and an fp32 output (8)
     per_token = c_d * cfg.dim + c_kv * cfg.kv_heads * cfg.head_dim + c_f * cfg.hidden + 4 * cfg.n_heads + 8
     rope_casts = 4 * seq_len * cfg.head_dim * 2 if layout.autocast and rotary else 0  # cos/sin cast to bf16 for q and k
-    return tokens * per_token + rope_casts + mask_bytes
+    c = layout.compute_bytes
+    if not uses_math_attention(cfg.attention, device_type, c == 2, seq_len):  # SDPA: its additive mask in the compute dtype
+        return tokens * per_token + rope_casts + (tokens * c if padding_mask else 0)
+    # The matmul form keeps the scores: an fp32 softmax per (head, query, key) and its bf16 copy, k and v repeated to
+    # every query head, a bool mask (causal t x t, or padding b x t); it keeps no logsumexp (4 bytes per head).
+    samples, heads = tokens // seq_len, cfg.n_heads
+    per_token += 2 * c * (heads - cfg.kv_heads) * cfg.head_dim - 4 * heads
+    scores = samples * heads * seq_len * seq_len * (4 + (2 if c == 2 else 0))
+    mask = (seq_len * seq_len if causal else 0) + (tokens if padding_mask else 0)
+    return tokens * per_token + rope_casts + scores + mask
 
 
 def memory(
@@ -128,8 +138,12 @@ def memory(
     shards: int = 1,
     checkpointing: bool = False,
     counts: ParamCount | None = None,
+    device_type: str = "cpu",
 ) -> MemoryEstimate:
-    """Peak bytes per device: the largest of the forward-end, loss-backward, block-backward and step phases."""
+    """Peak bytes per device: the largest of the forward-end, loss-backward, block-backward and step phases.
+
+    device_type ("cpu" or "cuda") decides the attention kernel "auto" picks, which decides what attention keeps.
+    """
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy {strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
     counts = counts or count_params(cfg)
@@ -145,7 +159,7 @@ def memory(
     # Outputs per micro-batch: one per position over the vocabulary (a language model), or one per sample over the classes.
     rows, outputs = arch.output_rows, arch.outputs
     layer = block_activation_bytes(cfg, T, seq_len, layout, residual_bytes=arch.residual_bytes, rotary=arch.rotary,
-                                   mask_bytes=arch.mask_bytes)
+                                   padding_mask=arch.padding_mask, causal=arch.causal, device_type=device_type)
     head = arch.head_saved
     stem = arch.inputs + arch.stem_saved  # alive until the stem's backward
     casts_block = 2 * counts.block_matmul if layout.autocast else 0  # bf16 weight copies kept by autograd
@@ -156,8 +170,9 @@ def memory(
     saved = stem + cfg.n_layers * kept + head + casts_head
     # autocast caches every weight cast until the forward ends, even those recompute does not keep
     forward_end = saved + (cfg.n_layers * casts_block if checkpointing else 0)
-    logits = rows * outputs * layout.compute_bytes  # freed by the loop once the loss is built
-    loss_grads = 2 * rows * outputs * 4  # d(log_softmax) out and in, fp32
+    # the outputs' logits (freed once the loss is built) and the loss's gradients, unless the spec computes them in pieces
+    logits = rows * outputs * layout.compute_bytes if arch.logits is None else arch.logits
+    loss_grads = 2 * rows * outputs * 4 if arch.loss_grads is None else arch.loss_grads  # d(log_softmax) out and in, fp32
     block_bwd = _block_backward_bytes(cfg, T, layout)
 
     extra = RUNTIME_WORKSPACE_BYTES
@@ -218,13 +233,14 @@ def divisors(n: int) -> list[int]:
 
 def largest_fitting(
     cfg: ModelConfig, *, seq_len: int, per_rank_batch: int, memory_bytes: int, layout: Layout, optimizer: str,
-    strategy: str, shards: int, checkpointing: bool, counts: ParamCount,
+    strategy: str, shards: int, checkpointing: bool, counts: ParamCount, device_type: str = "cpu",
 ) -> MemoryEstimate | None:
     """The largest micro-batch dividing the per-rank batch whose peak fits; None if even 1 does not."""
     best = None
     for mb in divisors(per_rank_batch):  # not monotonic: without accumulation no grads exist in backward
         est = memory(cfg, seq_len=seq_len, micro_batch=mb, accum_steps=per_rank_batch // mb, layout=layout,
-                     optimizer=optimizer, strategy=strategy, shards=shards, checkpointing=checkpointing, counts=counts)
+                     optimizer=optimizer, strategy=strategy, shards=shards, checkpointing=checkpointing, counts=counts,
+                     device_type=device_type)
         if est.peak <= USABLE_FRACTION * memory_bytes:
             best = est
     return best

@@ -111,7 +111,7 @@ def _option(w: Workload, counts: ParamCount, strategy: str, checkpointing: bool)
     """Memory for one strategy and recompute choice: at the configured micro-batch, or the largest that fits."""
     per_rank = w.global_batch // w.devices
     kw = dict(seq_len=w.seq_len, layout=w.layout, optimizer=w.optimizer, strategy=strategy, shards=w.devices,
-              checkpointing=checkpointing, counts=counts)
+              checkpointing=checkpointing, counts=counts, device_type="cpu" if w.device.name == CPU else "cuda")
     usable = int(est.USABLE_FRACTION * w.device.memory_bytes)
     if w.micro_batch:
         m = est.memory(w.model, micro_batch=w.micro_batch, accum_steps=max(1, per_rank // w.micro_batch), **kw)
@@ -242,7 +242,8 @@ def choose_strategy(cfg: Any, *, positions: int, env: DistEnv) -> tuple[str, str
     t = cfg.train
     accum = max(1, t.global_batch // (t.micro_batch * env.world))
     need = est.memory(cfg.model, seq_len=positions, micro_batch=t.micro_batch, accum_steps=accum, layout=est.layout_for(t.precision),
-                      optimizer=cfg.optim.name, strategy="ddp", shards=env.world, checkpointing=p.ac != "none").peak
+                      optimizer=cfg.optim.name, strategy="ddp", shards=env.world, checkpointing=p.ac != "none",
+                      device_type=env.device.type).peak
     have = device_memory_bytes(env)
     share = f"a replica's planned peak {need / 2**30:.2f} GiB = {100 * need / have:.1f}% of {have / 2**30:.1f} GiB per rank"
     if need <= p.ddp_memory_fraction * have:

@@ -12,7 +12,7 @@ from torch import nn
 from largo.data import Batch
 from largo.errors import DataError
 from largo.precision import autocast
-from largo.train.loss import IGNORE, summed_loss
+from largo.models.loss import IGNORE, summed_loss
 
 Score = Callable[[Any, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (outputs, targets) -> loss sum, correct, count
 

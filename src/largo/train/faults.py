@@ -1,24 +1,26 @@
 """What the loop does when things go wrong: preemption signals, non-finite steps, loss spikes.
 
-One `StepGuard` per run. Each step, after backward and clipping, `guard.check(...)` makes one
-host sync (and, with several ranks, one tiny all-reduce) to decide two things every rank agrees on:
-  - apply: False when the loss or the gradient norm is not finite; the loop then zeroes the
-    gradients and steps neither the optimizers nor the schedulers, so a skipped step changes
-    nothing but the data position (the bad batch is not retried);
-  - stop: True once SIGTERM or SIGUSR1 arrived on any rank; the loop finishes this step, writes a
-    checkpoint and ends, and the CLI exits with PREEMPTED_EXIT so a job script can requeue it.
-After `faults.max_bad_steps` consecutive skipped steps the run stops with `DivergedError`
-without writing a checkpoint, so the last good one is what remains.
+One `StepGuard` per run. Each step, after backward and clipping, `guard.non_finite(...)` returns a
+device flag (1.0 when the loss or the gradient norm is not finite on any rank) without reading it
+back: fused AdamW skips its own update on that flag and the schedule does not advance, so a skipped
+step changes nothing but the data position (the bad batch is not retried). The host reads the flags
+of every step since the last read in one go, at the loop's sync points (logging, evaluation,
+checkpoint, preemption), or after every step for optimizers that cannot skip by themselves
+(`settle`). There it logs each skipped step and each loss spike in step order and, after
+`faults.max_bad_steps` consecutive skipped steps, stops the run with `DivergedError` (no checkpoint
+is written at a skipped step, so the last good one is what remains).
+
+SIGTERM or SIGUSR1 sets a flag; one process stops after the step in flight, several processes vote
+at the next sync point (an all-reduce every rank reaches at the same step). The loop writes a
+checkpoint and ends, and the CLI exits with PREEMPTED_EXIT so a job script can requeue it.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,14 +34,6 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what SLURM (--signal) and spo
 INJECT_NAN_ENV = "LARGO_INJECT_NAN_AT_STEP"  # test hook: comma-separated steps whose loss and grads become NaN
 _SPIKE_WARMUP_STEPS = 10  # good steps averaged before spikes are judged (the early loss falls fast)
 _SPIKE_EMA = 0.9  # weight of the past in the running loss average
-
-
-@dataclass
-class Verdict:
-    """The decision for one step, identical on every rank."""
-
-    apply: bool  # step the optimizers and schedulers
-    stop: bool  # checkpoint after this step and end the run (preemption)
 
 
 def _injected_steps() -> set[int]:
@@ -61,6 +55,7 @@ class StepGuard:
         self._good = 0
         self._inject = _injected_steps()
         self._previous: dict[int, Any] = {}
+        self._window: list[tuple[int, torch.Tensor]] = []  # (step, [loss, grad norm, skipped]) not yet read back
 
     # -- signals -------------------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -89,29 +84,45 @@ class StepGuard:
         finally:
             self._restore()
 
-    # -- per-step check ------------------------------------------------------------------
-    def check(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, params: Iterator[torch.nn.Parameter]) -> Verdict:
-        """Decide whether step `step` (1-based) is applied and whether the run stops after it."""
+    # -- per-step flags, read back in batches ---------------------------------------------
+    def non_finite(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor, params: Iterator[torch.nn.Parameter]) -> torch.Tensor:
+        """1.0 if step `step` (1-based) has a non-finite loss or gradient norm on any rank, else 0.0; a device tensor."""
         if step in self._inject:
             loss, grad_norm = loss * float("nan"), grad_norm * float("nan")
             for p in params:
                 if p.grad is not None:
                     p.grad.mul_(float("nan"))  # a real poisoned update, so a missed skip would show in the weights
-        # One vector, one host sync; summed over ranks, a non-finite entry anywhere stays non-finite.
-        flags = torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(()).to(loss.device),
-                             torch.tensor(float(self.signal_name is not None), device=loss.device)])
+        loss, grad_norm = loss.detach().float().reshape(()), grad_norm.detach().float().reshape(()).to(loss.device)
+        bad = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
         if self.env.world > 1:
-            dist.all_reduce(flags)
-        loss_value, norm_value, stop_votes = flags.tolist()
-        finite = math.isfinite(loss_value) and math.isfinite(norm_value)
-        if finite:
-            self.bad_streak = 0
-            self._watch_spike(step, loss_value)
-        else:
-            self._skip(step, loss_value, norm_value)
-        if stop_votes > 0 and self.signal_name is None:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # a collective, not a host read: every rank skips alike
+        self._window.append((step, torch.stack([loss, grad_norm, bad])))
+        return bad
+
+    def settle(self) -> bool:
+        """Read every step's flags since the last call (one host sync), log skips and spikes in order; True if the last step was skipped."""
+        if not self._window:
+            return False
+        steps = [s for s, _ in self._window]
+        values = torch.stack([v for _, v in self._window]).tolist()
+        self._window.clear()
+        for step, (loss_value, norm_value, bad) in zip(steps, values):
+            if bad:
+                self._skip(step, loss_value, norm_value)
+            else:
+                self.bad_streak = 0
+                self._watch_spike(step, loss_value)
+        return bool(values[-1][2])
+
+    def stop_requested(self) -> bool:
+        """Whether a stop signal arrived: this process's flag, or on several ranks a vote all of them take at the same step."""
+        if self.env.world == 1:
+            return self.signal_name is not None
+        votes = torch.tensor([float(self.signal_name is not None)], device=self.env.device)
+        dist.all_reduce(votes)
+        if votes.item() > 0 and self.signal_name is None:
             self.signal_name = "a signal on another rank"
-        return Verdict(apply=finite, stop=stop_votes > 0)
+        return votes.item() > 0
 
     def _skip(self, step: int, loss_value: float, norm_value: float) -> None:
         self.bad_streak += 1

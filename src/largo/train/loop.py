@@ -24,22 +24,23 @@ from largo.distributed.env import DistEnv
 from largo.distributed.parallelize import clip_grad_norm, grad_sync
 from largo.observe.metrics import MetricsLog
 from largo.precision import autocast
-from largo.train.evaluate import call_model, format_result, to_device
+from largo.train.evaluate import format_result, to_device
 from largo.train.faults import StepGuard
+from largo.train.optim import Schedule
 
-LossFn = Callable[[Any, Any, float], torch.Tensor]  # (outputs, targets, normaliser) -> loss to backward
+ForwardLoss = Callable[[Any, Any], torch.Tensor]  # (inputs, targets) -> the micro-batch's loss, before the normaliser
 
 
 @dataclass
 class LoopParts:
     """Everything the loop touches; built from a config (train) or from user objects (Trainer)."""
 
-    model: nn.Module  # what runs forward/backward (may be DDP- or compile-wrapped)
+    model: nn.Module  # what runs backward (may be DDP-wrapped, compiled inside)
     optimizers: list[torch.optim.Optimizer]
-    schedulers: list[Any]
+    schedule: Schedule  # learning rates as a function of applied steps
     micro_batches: Callable[[int], list[Batch]]  # this rank's micro-batches for a step
-    normaliser: Callable[[list[Batch]], float]  # divides each micro-batch loss (global targets, or micro-steps)
-    loss: LossFn
+    normaliser: Callable[[list[Batch]], float | torch.Tensor]  # divides each micro-batch loss (global targets, or micro-steps)
+    forward_loss: ForwardLoss  # forward and loss of one micro-batch (compiled as one graph when compiling)
     evaluate: Callable[[], dict[str, float]] | None  # held-out metrics (loss, accuracy, ...); None = no held-out data
     save: Callable[[int], None]  # checkpoint at a step
     tokens_per_step: int  # tokens (or samples, see throughput_unit) per optimizer step
@@ -57,18 +58,23 @@ def seed_everything(seed: int) -> None:
 
 def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int, stop_at: int | None,
               metrics: MetricsLog | None, say: Callable[[str], None]) -> dict[str, Any]:
-    """The loop itself, from start_step to cfg.train.steps (or stop_at); returns throughput figures."""
+    """The loop itself, from start_step to cfg.train.steps (or stop_at); returns throughput figures.
+
+    Nothing is read back from the device between sync points (a logging, evaluation or checkpoint
+    step, the last one, a stop): losses, gradient norms and skip flags stay on the device until then,
+    so a GPU never waits for the host to queue the next step. Optimizers that cannot skip a step by
+    themselves (Schedule.on_device false) make the host read each step's flag instead.
+    """
     live = env.is_main and sys.stderr.isatty()  # a bar on a terminal; plain lines in logs (CI, nohup, SLURM)
     bar = tqdm(total=cfg.train.steps, initial=start_step, desc="train", disable=not live, dynamic_ncols=True)
-    model, total = parts.model, cfg.train.steps
+    model, total, schedule = parts.model, cfg.train.steps, parts.schedule
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-    train_s, window_s, window_steps, loss_value = 0.0, 0.0, 0, float("nan")
+    train_s, window_steps, loss_value = 0.0, 0, float("nan")
     done = start_step
     guard = StepGuard(max_bad_steps=cfg.faults.max_bad_steps, spike_factor=cfg.faults.spike_factor, env=env, say=say,
                       record=metrics.write if metrics else None)
-    preempted = False
+    preempted, window_start = False, time.perf_counter()
     for step in guard.steps(start_step, total):  # SIGTERM/SIGUSR1 are caught while the loop runs
-        t_step = time.perf_counter()
         # 1) data: a pure function of the step, so a resumed run reads exactly the same batches
         batches = parts.micro_batches(step)
         norm = parts.normaliser(batches)
@@ -77,34 +83,45 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
             x, y = to_device(x, env.device), to_device(y, env.device)
             with grad_sync(model, enabled=i == len(batches) - 1):  # all-reduce on the last micro-step only
                 with autocast(env.device, cfg.train.precision):
-                    outputs = call_model(model, x)  # 3) forward
-                loss = parts.loss(outputs, y, norm)  # 4) loss, normalised over the global batch
-                del outputs  # the logits die now, not when the next micro-step's forward reassigns them
+                    loss = parts.forward_loss(x, y) / norm  # 3) forward, 4) loss normalised over the global batch
                 loss.backward()  # 5) backward: gradients accumulate across micro-steps
             loss_sum += loss.detach()
         grad_norm = clip_grad_norm(model.parameters(), clip)
-        verdict = guard.check(step + 1, loss_sum, grad_norm, model.parameters())  # host sync: finite? preempted?
-        lr = parts.optimizers[0].param_groups[0]["lr"]  # the rate this step used (schedulers move it next)
-        for opt in parts.optimizers:  # 6) optimizer step; a non-finite step is skipped whole (schedulers too)
-            if verdict.apply:
+        skipped = guard.non_finite(step + 1, loss_sum, grad_norm, model.parameters())  # a device flag, not read here
+        lr = schedule.lr()  # the rate this step uses (the schedule moves it after the step)
+        # 6) optimizer step; a non-finite step is skipped whole: no update, the schedule does not advance
+        if schedule.on_device:
+            for opt in parts.optimizers:
+                opt.found_inf = skipped  # fused AdamW skips its own update on this flag
                 opt.step()
+        elif not guard.settle():  # the host decides for optimizers that cannot skip by themselves
+            for opt in parts.optimizers:
+                opt.step()
+        for opt in parts.optimizers:
             opt.zero_grad(set_to_none=True)
-        for sched in parts.schedulers if verdict.apply else []:
-            sched.step()
-        done = step + 1
+        schedule.advance(skipped if schedule.on_device else bool(skipped.item()))
+        done, window_steps = step + 1, window_steps + 1
         bar.update(1)
-        dt_step = time.perf_counter() - t_step  # excludes eval and checkpoint time, for honest tokens/s
-        train_s, window_s, window_steps = train_s + dt_step, window_s + dt_step, window_steps + 1
 
-        if done % cfg.train.log_every == 0 or done == total:
-            if env.world > 1:  # each rank holds its share of the global batch's loss
-                torch.distributed.all_reduce(loss_sum)
-                loss_sum /= env.world
-            loss_value = loss_sum.item()  # host sync, only at log steps
-            dt, window_s, window_steps = window_s / window_steps, 0.0, 0
+        log_now = done % cfg.train.log_every == 0 or done == total
+        eval_now = bool(parts.evaluate and cfg.eval.every and done % cfg.eval.every == 0 and done < total)
+        save_now = bool(cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < total)
+        stop_now = stop_at is not None and stop_at <= done < total
+        if not (log_now or eval_now or save_now or stop_now or (env.world == 1 and guard.signal_name)):
+            continue
+        # ---- a sync point: read the window's flags (skips, spikes, divergence) and the stop vote, then log, evaluate, save
+        guard.settle()
+        stop = guard.stop_requested()  # taken before the logging below: a signal arriving during it stops after the next step
+        if env.world > 1:  # each rank holds its share of the global batch's loss
+            torch.distributed.all_reduce(loss_sum)
+            loss_sum /= env.world
+        loss_value = loss_sum.item()
+        dt = (time.perf_counter() - window_start) / window_steps  # device work included: the settle waited for it
+        train_s, window_steps = train_s + dt * window_steps, 0
+        if log_now:
             record = {
-                "kind": "train", "step": done, "loss": loss_value, "lr": lr,
-                "grad_norm": float(grad_norm), "tokens_per_s": parts.tokens_per_step / dt, "step_time_ms": 1000 * dt,
+                "kind": "train", "step": done, "loss": loss_value, "lr": float(lr), "grad_norm": float(grad_norm),
+                "tokens_per_s": parts.tokens_per_step / dt, "step_time_ms": 1000 * dt,
                 "mfu": parts.flops_per_step / dt / parts.peak_flops, "elapsed_s": train_s,
             }
             if metrics:
@@ -114,21 +131,22 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
                 mfu = f" | MFU {100 * record['mfu']:.1f}%" if parts.flops_per_step else ""
                 say(f"step {done}/{total} | loss {loss_value:.4f} | {record['tokens_per_s']:,.0f} {parts.throughput_unit}/s"
                     f"{mfu} | ETA {(total - done) * dt:.0f}s")
-        if parts.evaluate and cfg.eval.every and done % cfg.eval.every == 0 and done < total:
+        if eval_now:
             result = parts.evaluate()
             if metrics:
                 metrics.write({"kind": "eval", "step": done, **result})
             (bar.write if live else say)(f"step {done}: {format_result(result)}")
-        saved = bool(cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < total and not guard.bad_streak)
+        saved = save_now and not guard.bad_streak
         if saved:  # not at a skipped step: a run of bad steps never pushes good checkpoints out
             parts.save(done)
-        if (verdict.stop or stop_at is not None and stop_at <= done) and done < total:
+        if (stop or stop_now) and done < total:
             if not saved:
                 parts.save(done)
-            preempted = verdict.stop
+            preempted = stop
             if preempted:
                 say(f"step {done}: {guard.signal_name} received; checkpoint written, stopping")
             break
+        window_start = time.perf_counter()  # evaluation and checkpoint time stay out of tokens/s
     bar.close()
     steps_run = done - start_step
     return {

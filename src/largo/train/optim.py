@@ -1,12 +1,12 @@
-"""Optimizers (AdamW with decay groups, Muon for hidden matrices) and warmup + decay schedules."""
+"""Optimizers (AdamW with decay groups, Muon for hidden matrices) and the warmup + decay schedule."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.lr_scheduler import LambdaLR
 
 from largo.config import OptimConfig
 from largo.models import is_hidden_matrix
@@ -29,22 +29,83 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig) -> list[torch.optim.Opt
     return [adamw, muon]
 
 
-def lr_multiplier(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """Linear warmup to 1, then cosine to min_lr_ratio, or warmup-stable-decay, or constant."""
+def lr_multiplier(step: float | torch.Tensor, cfg: OptimConfig, total_steps: int) -> float | torch.Tensor:
+    """Linear warmup to 1, then cosine to min_lr_ratio, or warmup-stable-decay, or constant.
+
+    `step` (applied steps so far) is a number, or a 0-d tensor on the device, so the loop can move the
+    learning rate without reading anything back from the device.
+    """
+    if isinstance(step, torch.Tensor):
+        warm = (step + 1) / (cfg.warmup_steps + 1)
+        return torch.where(step < cfg.warmup_steps, warm, _decayed(step, cfg, total_steps, torch))
     if step < cfg.warmup_steps:
         return (step + 1) / (cfg.warmup_steps + 1)
+    return float(_decayed(step, cfg, total_steps, math))
+
+
+def _decayed(step: Any, cfg: OptimConfig, total_steps: int, ops: Any) -> Any:
+    """The multiplier after warmup; `ops` is math for numbers or torch for tensors (the same formula for both)."""
     if cfg.schedule == "constant":
-        return 1.0
+        return step * 0 + 1.0
     if cfg.schedule == "wsd":
         decay_steps = max(1, int(cfg.decay_fraction * total_steps))
-        into_decay = step - (total_steps - decay_steps)
-        if into_decay <= 0:
-            return 1.0
-        return 1.0 - (1.0 - cfg.min_lr_ratio) * min(1.0, into_decay / decay_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        into_decay = (step - (total_steps - decay_steps)) / decay_steps
+        into_decay = min(max(into_decay, 0.0), 1.0) if ops is math else into_decay.clamp(0.0, 1.0)
+        return 1.0 - (1.0 - cfg.min_lr_ratio) * into_decay
+    progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+    progress = min(progress, 1.0) if ops is math else progress.clamp(max=1.0)
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + ops.cos(math.pi * progress))
 
 
-def build_schedulers(optimizers: list[torch.optim.Optimizer], cfg: OptimConfig, total_steps: int) -> list[LambdaLR]:
-    """One LambdaLR per optimizer, all following the same multiplier of their own peak lr."""
-    return [LambdaLR(opt, lambda step: lr_multiplier(step, cfg, total_steps)) for opt in optimizers]
+def takes_found_inf(opt: torch.optim.Optimizer) -> bool:
+    """Fused Adam/AdamW skip their own update when told a step was not finite (found_inf), and take a tensor lr."""
+    return isinstance(opt, (torch.optim.Adam, torch.optim.AdamW)) and bool(opt.defaults.get("fused"))
+
+
+class Schedule:
+    """Every param group's learning rate as base lr x lr_multiplier(applied steps); a skipped step does not advance it.
+
+    When every optimizer takes found_inf (fused AdamW), the applied-step count and the learning rates
+    live on the device: the loop steps, skips and moves the schedule without waiting for the device.
+    Otherwise (Muon, a user's optimizer) the host decides each step and sets float learning rates.
+    """
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer], cfg: OptimConfig, total_steps: int, device: torch.device):
+        self.optimizers, self.cfg, self.total_steps = optimizers, cfg, total_steps
+        self.on_device = bool(optimizers) and all(takes_found_inf(opt) for opt in optimizers)
+        self.base = [[float(g["lr"]) for g in opt.param_groups] for opt in optimizers]
+        self.applied: int | torch.Tensor = torch.zeros((), dtype=torch.float64, device=device) if self.on_device else 0
+        if self.on_device:
+            for opt in optimizers:
+                for g in opt.param_groups:
+                    g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=device)
+        self.set_lrs()
+
+    def set_lrs(self) -> None:
+        """Every group's learning rate for the next step."""
+        mult = lr_multiplier(self.applied, self.cfg, self.total_steps)
+        for opt, bases in zip(self.optimizers, self.base):
+            for g, base in zip(opt.param_groups, bases):
+                if not self.on_device:
+                    g["lr"] = base * mult
+                elif isinstance(g["lr"], torch.Tensor):
+                    g["lr"].copy_(mult * base)
+                else:  # a checkpoint's load_state_dict put a number back
+                    g["lr"] = (mult * base).to(torch.float32)
+
+    def advance(self, skipped: torch.Tensor | bool) -> None:
+        """After an optimizer step: one more applied step unless it was skipped; set the next rates."""
+        self.applied = self.applied + (1 - skipped.double()) if self.on_device else self.applied + (0 if skipped else 1)
+        self.set_lrs()
+
+    def lr(self) -> float | torch.Tensor:
+        """The first group's learning rate (a device tensor when on the device: read it at a logging step only)."""
+        return self.optimizers[0].param_groups[0]["lr"] if self.optimizers else 0.0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"applied_steps": int(self.applied)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        applied = int(state["applied_steps"])
+        self.applied = self.applied.fill_(applied) if self.on_device else applied
+        self.set_lrs()

@@ -31,8 +31,8 @@ from largo.observe.throughput import peak_flops
 from largo.plan.planner import choose_strategy
 from largo.train.evaluate import evaluate
 from largo.train.loop import LoopParts, run_steps, seed_everything
-from largo.train.loss import IGNORE, summed_loss
-from largo.train.optim import build_optimizers, build_schedulers
+from largo.models.loss import IGNORE
+from largo.train.optim import Schedule, build_optimizers
 from largo.train.report import end_of_run
 from largo.train.run_dir import open_run_dir, release_run_dir, resume_point
 
@@ -55,16 +55,36 @@ def build_task(cfg: RunConfig, env: DistEnv, log: Callable[[str], None] = print)
     return spec.task(cfg, on_main_first(env, lambda: spec.prepare(cfg, log=log)))
 
 
-def global_target_count(batches: list[Batch], env: DistEnv) -> float:
-    """The loss divisor: non-ignored targets in the whole global batch (all micro-steps, all ranks) / world.
+def global_target_count(batches: list[Batch], env: DistEnv) -> torch.Tensor:
+    """The loss divisor, on the device: non-ignored targets in the whole global batch (all micro-steps, all ranks) / world.
 
     DDP and FSDP average gradients over ranks, so dividing each rank's summed loss by count / world
-    makes that average the gradient of the global batch's mean loss, whatever the world size.
+    makes that average the gradient of the global batch's mean loss, whatever the world size. The
+    count never leaves the device (the targets are counted on the host before they move).
     """
-    count = torch.tensor(float(sum(int((y != IGNORE).sum()) for _, y in batches)), device=env.device)
+    count = sum((y != IGNORE).sum() for _, y in batches).to(env.device, torch.float32)
     if env.world > 1:
-        torch.distributed.all_reduce(count)
-    return max(1.0, count.item()) / env.world
+        dist.all_reduce(count)
+    return count.clamp_min(1.0) / env.world
+
+
+# Compiling costs 20-40 s once on a 2-core CPU (a few seconds when inductor's cache has the graphs) and makes
+# a step 1.5-2.5x faster; below about 1e13 training FLOPs (a minute of eager bf16 steps here) a run ends
+# before it pays back.
+COMPILE_MIN_FLOPS = 1e13
+
+
+def compile_mode(cfg: RunConfig, task: Task, strategy: str) -> tuple[str, str]:
+    """("model" | "blocks" | "off", reason): train.compile, with auto deciding from the run's size."""
+    flops = cfg.train.steps * cfg.train.global_batch * task.flops_per_sample
+    if cfg.train.compile == "false":
+        return "off", "train.compile = false"
+    if cfg.train.compile == "auto" and flops < COMPILE_MIN_FLOPS:
+        return "off", f"auto: {flops:.2g} training FLOPs < {COMPILE_MIN_FLOPS:.0e}, too short to pay back compiling"
+    why = "train.compile = true" if cfg.train.compile == "true" else f"auto: {flops:.2g} training FLOPs >= {COMPILE_MIN_FLOPS:.0e}"
+    if strategy == "fsdp":  # FSDP's hooks run between blocks: compile each block
+        return "blocks", f"{why}; each block (FSDP)"
+    return "model", f"{why}; the model and its loss as one graph"
 
 
 def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False, stop_at: int | None = None,
@@ -86,32 +106,34 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
     strategy, why = choose_strategy(cfg, positions=task.positions, env=env)
     say(f"parallel: {strategy} ({why})")
+    compiled, why = compile_mode(cfg, task, strategy)
+    say(f"compile: {compiled} ({why})")
     resumed = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
     if resumed is not None and resumed[1]["step"] >= t.steps:
         raise RunDirError(f"{cfg.run_dir} already finished at step {resumed[1]['step']} (train.steps = {t.steps}); "
                           f"nothing to do: raise --train.steps to train further")
     run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)  # locked until the end
     try:
-        return _train_in(run_dir, task, env, strategy, resumed, stop_at=stop_at, say=say)
+        return _train_in(run_dir, task, env, strategy, compiled, resumed, stop_at=stop_at, say=say)
     finally:
         release_run_dir(run_dir)
 
 
-def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, resumed: tuple[Path, dict[str, Any]] | None, *,
-              stop_at: int | None, say: Callable[[str], None]) -> dict[str, Any]:
+def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, compiled: str, resumed: tuple[Path, dict[str, Any]] | None,
+              *, stop_at: int | None, say: Callable[[str], None]) -> dict[str, Any]:
     """Everything after the run directory is opened and locked: model, optimizers, checkpoints, the loop, the reports."""
-    cfg, t = task.cfg, task.cfg.train
+    cfg, t, spec = task.cfg, task.cfg.train, get_spec(task.cfg.model.arch)
     memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
     # 2) model init: meta build, parallelize (ac -> compile -> fsdp | ddp), materialise, init from the seed
-    trained = build_parallel_model(cfg, env, strategy, full_init=resumed is None)
+    trained = build_parallel_model(cfg, env, strategy, full_init=resumed is None, compile=compiled)
     model = unwrap(trained)
     if cfg.model.init_from:  # fine-tuning: start from these weights; optimizer, schedule and step start fresh
         if strategy == "fsdp":
             raise ConfigError("model.init_from works with parallel.strategy none or ddp; export the weights with largo import first")
         say(f"initialised from {load_init_weights(model, cfg.model)}")
     optimizers = build_optimizers(model, cfg.optim)
-    schedulers = build_schedulers(optimizers, cfg.optim, t.steps)
-    checkpoints = Checkpointer(run_dir / "checkpoints", model=model, optimizers=optimizers, schedulers=schedulers, env=env,
+    schedule = Schedule(optimizers, cfg.optim, t.steps, env.device)
+    checkpoints = Checkpointer(run_dir / "checkpoints", model=model, optimizers=optimizers, schedule=schedule, env=env,
                                sharded=strategy == "fsdp", keep_last=cfg.checkpoint.keep_last, files=task.files)
     start_step = 0
     if resumed is not None:
@@ -123,11 +145,11 @@ def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, resumed: t
     confusion = torch.zeros(len(task.classes), len(task.classes), dtype=torch.long) if task.classes else None
 
     parts = LoopParts(
-        model=trained, optimizers=optimizers, schedulers=schedulers,
+        model=trained, optimizers=optimizers, schedule=schedule,
         micro_batches=lambda step: [task.dataset.train_rows(s) for s in
                                     rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=env.rank, world=env.world)],
         normaliser=lambda batches: global_target_count(batches, env),
-        loss=lambda logits, y, norm: summed_loss(logits, y) / norm,
+        forward_loss=lambda x, y: spec.loss(trained, x, y),
         evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device,
                                   precision=t.precision, rank=env.rank, world=env.world,
                                   confusion=confusion.zero_() if confusion is not None else None),
