@@ -18,6 +18,7 @@ from largo.config import load_config
 from largo.data import audio as audio_data
 from largo.data import images as image_data
 from largo.data.arrays import MANIFEST
+from largo.data.draws import SampleDraws
 from largo.data.text_classes import clean_text, imdb_wheel, read_imdb
 from largo.errors import ConfigError, DataError
 from largo.models.audio import mel_filterbank, power_spectrogram
@@ -105,6 +106,105 @@ def test_parse_wav_streamed_header_and_stereo() -> None:
     stereo = np.stack([x, -x], axis=1).reshape(-1)
     y, _ = audio_data.parse_wav(_wav_bytes(stereo, 8000, channels=2))
     assert np.allclose(y, 0.0, atol=1e-4)  # channels averaged
+
+
+# ---- augmentation: per-sample draws, batched, each effect against its definition ----------------------
+
+def _batch(n_clips: int = 16, n: int = 8000, masks: int = 0, first: int = 0) -> dict[str, torch.Tensor]:
+    """A training batch of noise clips (no exact zeros) for samples first..first + n_clips."""
+    rows = (np.random.default_rng(first).standard_normal((n_clips, n)) * 0.1 + 0.3).astype(np.float16)
+    return audio_data.audio_transform(spec_masks=masks)(rows, SampleDraws(7, np.arange(first, first + n_clips)))
+
+
+def _augment(**kw: float) -> audio_data.AudioAugment:
+    settings = {"rate": 8000, "time_shift_s": 0.0, "noise_snr_db": 0.0, "band_limit_hz": 0.0, **kw}
+    return audio_data.AudioAugment(**settings)
+
+
+def test_sample_draws_depend_only_on_seed_and_sample() -> None:
+    whole = SampleDraws(3, np.arange(1000)).uniform(5, 4)
+    assert np.array_equal(SampleDraws(3, np.arange(200, 300)).uniform(5, 4), whole[200:300])
+    assert not np.array_equal(SampleDraws(4, np.arange(1000)).uniform(5, 4), whole)  # another seed
+    assert not np.array_equal(SampleDraws(3, np.arange(1000)).uniform(6, 4), whole)  # another stream
+    assert whole.min() >= 0.0 and whole.max() < 1.0 and abs(whole.mean() - 0.5) < 0.02
+    assert abs(np.corrcoef(whole[:, 0], whole[:, 1])[0, 1]) < 0.1
+    ints = SampleDraws(3, np.arange(1000)).integers(0, -2, 2)
+    assert set(np.unique(ints)) == {-2, -1, 0, 1, 2}
+
+
+def test_audio_augment_is_the_identity_when_off_and_the_same_in_any_batch() -> None:
+    batch = _batch(masks=2)
+    assert torch.allclose(_augment()(batch), batch["wave"], atol=1e-6)
+    assert torch.equal(_augment()(batch["wave"]), batch["wave"])  # held-out batches pass through
+    everything = _augment(time_shift_s=0.05, noise_snr_db=5.0, band_limit_hz=2000.0, speed_perturb=0.1, spec_masks=2)
+    part = {k: v[5:11] for k, v in batch.items()}  # the same samples in a smaller batch
+    assert torch.equal(everything(part), everything(batch)[5:11])
+
+
+def test_time_shift_is_a_delay_by_the_drawn_whole_samples() -> None:
+    batch, max_shift = _batch(), 80
+    out = _augment(time_shift_s=max_shift / 8000)(batch)
+    for i in range(len(out)):
+        k = int(np.floor(batch["draws"][i, 1].item() * (2 * max_shift + 1))) - max_shift
+        ref = torch.zeros_like(batch["wave"][i])  # the clip delayed by k samples, zeros where it has no sample
+        ref[max(k, 0) : len(ref) + min(k, 0)] = batch["wave"][i, max(-k, 0) : len(ref) - max(k, 0)]
+        assert torch.allclose(out[i], ref, atol=1e-6), f"clip {i}: shift {k}"
+
+
+def test_speed_perturb_scales_a_tone_frequency() -> None:
+    n, rate = 8000, 8000
+    tone = np.sin(2 * np.pi * 440.0 * np.arange(n) / rate).astype(np.float16)[None].repeat(8, 0)
+    batch = audio_data.audio_transform()(tone, SampleDraws(7, np.arange(8)))
+    out = _augment(speed_perturb=0.2)(batch)
+    middle = slice(n // 4, 3 * n // 4)  # away from the edges a faster clip leaves silent
+    for i in range(8):
+        speed = 0.8 + 0.4 * batch["draws"][i, 0].item()
+        peak_hz = np.abs(np.fft.rfft(out[i, middle].numpy())).argmax() * rate / (n // 2)
+        assert abs(peak_hz - 440.0 * speed) <= 2 * rate / (n // 2), f"clip {i}: speed {speed:.3f}, peak {peak_hz} Hz"
+
+
+def test_noise_comes_at_the_drawn_snr() -> None:
+    batch = _batch(32)
+    x = batch["wave"].double()
+    out = _augment(noise_snr_db=5.0)(batch).double()
+    snr = 10 * torch.log10((x**2).mean(1) / ((out - x) ** 2).mean(1))
+    drawn = 5.0 + 35.0 * batch["draws"][:, 4].double()
+    assert torch.allclose(snr, drawn, atol=0.01)
+
+
+def test_telephone_channel_removes_the_band_for_half_the_clips() -> None:
+    batch = _batch(32)
+    out = _augment(band_limit_hz=1000.0)(batch)
+    spec, freqs = torch.fft.rfft(out).abs(), torch.fft.rfftfreq(out.shape[1], 1 / 8000)
+    flagged = batch["draws"][:, 5] < 0.5
+    assert 8 <= int(flagged.sum()) <= 24
+    for i in range(32):
+        if flagged[i]:  # nothing outside the drawn pass band [low, high] and its 50 Hz edges
+            low, high = 300.0 * batch["draws"][i, 6], 1000.0 + 3000.0 * batch["draws"][i, 7]
+            stop = (freqs < low - 50.0) | (freqs > high + 50.0)
+            assert (spec[i] * stop).max() < 1e-3 and (spec[i] * ~stop).max() > 1.0
+        else:
+            assert torch.allclose(out[i], batch["wave"][i], atol=1e-5)
+
+
+def test_spec_masks_silence_spans_of_at_most_60_ms() -> None:
+    batch = _batch(32, masks=2)
+    out = _augment(spec_masks=2)(batch)
+    silent = (out.abs() < 1e-7).sum(1)  # the clips are offset noise: no sample is zero unless masked
+    assert int(silent.max()) <= 2 * 0.06 * 8000 and int((silent > 0).sum()) >= 28
+
+
+def test_image_augmentation_matches_a_per_image_reference() -> None:
+    rows = RNG.integers(0, 255, (16, 3, 9, 7)).astype(np.uint8)
+    draws = SampleDraws(11, np.arange(40, 56))
+    out = image_data.augment_images(rows, draws, shift_px=2, hflip=True)
+    offsets, flips = draws.integers(0, 0, 4, count=2), draws.uniform(1)[:, 0] < 0.5
+    for i in range(16):
+        padded = np.pad(rows[i], ((0, 0), (2, 2), (2, 2)))
+        dy, dx = offsets[i]
+        ref = padded[:, dy : dy + 9, dx : dx + 7]
+        assert np.array_equal(out[i], ref[..., ::-1] if flips[i] else ref)
+    assert 4 <= flips.sum() <= 12 and len({tuple(o) for o in offsets}) > 4
 
 
 # ---- caching, bring-your-own folders, one-line errors ----------------------------------------------

@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from largo.data import Batch
+from largo.data.draws import SampleDraws
 from largo.errors import DataError
 from largo.fileio import write_json_atomic
 
 FORMAT = "largo-arrays-v1"
 MANIFEST = "manifest.json"
-# transform(rows, rngs): a batch of stored rows -> model input; rngs (one per row) only when training
-Transform = Callable[[np.ndarray, list[np.random.Generator] | None], torch.Tensor]
+# transform(rows, draws): a batch of stored rows -> model input; draws (per-row random numbers) only when training
+Transform = Callable[[np.ndarray, SampleDraws | None], torch.Tensor]
 
 
 @dataclass
@@ -149,8 +150,8 @@ class ClassifyData:
     """Training and held-out arrays as a `Dataset`.
 
     Sample s of training is row perm_e[s mod n] with perm_e a permutation seeded by (seed, epoch),
-    and its augmentation is drawn from a generator seeded by (seed, s): a pure function of the
-    index, so a resumed or multi-rank run sees exactly the rows an uninterrupted one sees.
+    and its augmentation draws are a pure function of (seed, s) (data/draws.py): a resumed or
+    multi-rank run sees exactly the rows and augmentations an uninterrupted one sees.
     """
 
     def __init__(self, train: tuple[np.ndarray, np.ndarray], held_out: tuple[np.ndarray, np.ndarray], *, seed: int, transform: Transform):
@@ -158,18 +159,22 @@ class ClassifyData:
         if len(self.train_y) == 0 or len(self.val_y) == 0:
             raise DataError(f"{len(self.train_y)} training and {len(self.val_y)} held-out examples; both splits need at least one")
         self.seed, self.transform = seed, transform
-        self._perm: tuple[int, np.ndarray] | None = None
+        self._perms: dict[int, np.ndarray] = {}  # epoch -> permutation (the two most recent)
 
-    def _row(self, sample: int) -> int:
-        epoch, k = divmod(sample, len(self.train_y))
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.train_y)))
-        return int(self._perm[1][k])
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
+            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.train_y))
+        return self._perms[epoch]
 
     def train_rows(self, samples: range) -> Batch:
-        rows = np.array([self._row(s) for s in samples])
-        rngs = [np.random.default_rng([self.seed, 1 << 20, s]) for s in samples]  # 1 << 20: apart from the (seed, epoch) streams
-        x = self.transform(np.asarray(self.train_x[rows]), rngs)
+        index = np.arange(samples.start, samples.stop)
+        epochs, offsets = np.divmod(index, len(self.train_y))
+        rows = np.concatenate([self._perm(int(e))[offsets[epochs == e]] for e in np.unique(epochs)])
+        order = np.argsort(rows, kind="stable")  # memmaps read fastest in file order; put the batch back afterwards
+        x = np.empty((len(rows), *self.train_x.shape[1:]), dtype=self.train_x.dtype)
+        x[order] = self.train_x[rows[order]]
+        x = self.transform(x, SampleDraws(self.seed, index))
         return x, torch.from_numpy(np.asarray(self.train_y[rows], dtype=np.int64))
 
     def eval_batches(self, micro_batch: int, max_batches: int) -> Iterator[Batch]:

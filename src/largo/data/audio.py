@@ -28,6 +28,7 @@ from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_su
 from largo.data.images import class_folders
 from largo.data.prepare import is_validation
 from largo.data.config import ClassDataConfig, check_non_negative
+from largo.data.draws import SampleDraws
 from largo.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # the run config is handed in at run time; only its [data] and [model] fields are read
@@ -353,86 +354,110 @@ def prepare_audio(cfg: RunConfig, *, force: bool = False, log: Callable[[str], N
     return cached_arrays(d.dir, settings, _build(cfg, clip_samples, log), force=force, log=log)
 
 
-def audio_transform(*, rate: int, time_shift_s: float, noise_snr_db: float, band_limit_hz: float,
-                    speed_perturb: float = 0.0, spec_masks: int = 0) -> Transform:
-    """float16 clips (b, n) -> float32; training clips sped up or slowed, shifted in time, mixed with noise, band-limited."""
-    max_shift = round(time_shift_s * rate)
+NOISE_BANK = 256  # white-noise clips drawn once (seeded); each example colours one of them
+_DRAWS = 10  # uniforms per example besides the 4 per mask: speed, shift, noise row/colour/SNR, channel flag/low/high
 
-    def transform(rows: np.ndarray, rngs: list[np.random.Generator] | None) -> torch.Tensor:
-        x = rows.astype(np.float32)
-        if rngs is not None:
-            x = augment_audio(x, rngs, rate=rate, max_shift=max_shift, noise_snr_db=noise_snr_db, band_limit_hz=band_limit_hz,
-                              speed_perturb=speed_perturb, spec_masks=spec_masks)
-        return torch.from_numpy(x)
+
+def audio_transform(*, spec_masks: int = 0, **_settings: object) -> Transform:
+    """float16 clips (b, n) -> float32; a training batch also carries each clip's draws (b, 10 + 4 * spec_masks), so the
+    augmentation (AudioAugment) runs vectorised on the model's device, where it costs a fraction of a step."""
+
+    def transform(rows: np.ndarray, draws: SampleDraws | None) -> torch.Tensor | dict[str, torch.Tensor]:
+        x = torch.from_numpy(np.asarray(rows, dtype=np.float32))
+        if draws is None:
+            return x
+        return {"wave": x, "draws": torch.from_numpy(draws.uniform(10, _DRAWS + 4 * spec_masks)).float()}
 
     return transform
 
 
-def augment_audio(
-    x: np.ndarray, rngs: list[np.random.Generator], *, rate: int, max_shift: int, noise_snr_db: float, band_limit_hz: float,
-    speed_perturb: float = 0.0, spec_masks: int = 0,
-) -> np.ndarray:
-    """Per clip: played at a speed in [1 - speed_perturb, 1 + speed_perturb]; a shift in [-max_shift, max_shift] samples;
-    noise of random colour at an SNR in [noise_snr_db, 40] dB; then, for half the clips, a channel that passes only
-    [0..300 Hz, band_limit_hz..Nyquist] (a telephone line); last, spec_masks silenced spans and removed bands."""
-    out = np.zeros_like(x)
-    n = x.shape[1]
-    for i, rng in enumerate(rngs):
-        clip = change_speed(x[i], rng.uniform(1 - speed_perturb, 1 + speed_perturb)) if speed_perturb else x[i]
-        shift = int(rng.integers(-max_shift, max_shift + 1)) if max_shift else 0
-        src = clip[max(0, -shift) : n - max(0, shift)]
-        out[i, max(0, shift) : max(0, shift) + len(src)] = src
-        if noise_snr_db:
-            out[i] += coloured_noise(rng, n, float((out[i] ** 2).mean()), rng.uniform(noise_snr_db, 40.0))
-        if band_limit_hz and rng.random() < 0.5:
-            out[i] = band_pass(out[i], rate, rng.uniform(0.0, 300.0), rng.uniform(band_limit_hz, rate / 2))
-        if spec_masks:
-            out[i] = spec_mask(out[i], rng, rate, spec_masks)
-    return out
+class AudioAugment:
+    """A training batch {"wave", "draws"} -> augmented waves, on whatever device they are on; held-out waves pass through.
 
-
-def spec_mask(x: np.ndarray, rng: np.random.Generator, rate: int, count: int, *, max_s: float = 0.06,
-              max_hz: float = 300.0, top_hz: float = 4000.0) -> np.ndarray:
-    """SpecAugment on the waveform: `count` spans of up to max_s silenced and `count` bands of up to max_hz
-    (below top_hz, where speech carries the digits) removed for the whole clip."""
-    spec = np.fft.rfft(x)
-    freqs = np.fft.rfftfreq(len(x), 1.0 / rate)
-    for _ in range(count):
-        low = rng.uniform(0.0, top_hz)
-        spec[(freqs >= low) & (freqs < low + rng.uniform(0.0, max_hz))] = 0.0
-    out = np.fft.irfft(spec, len(x)).astype(np.float32)
-    for _ in range(count):
-        width = int(rng.uniform(0.0, max_s) * rate)
-        start = int(rng.integers(0, max(1, len(x) - width)))
-        out[start : start + width] = 0.0
-    return out
-
-
-def change_speed(x: np.ndarray, factor: float) -> np.ndarray:
-    """x played `factor` times faster, about its centre (linear interpolation), in the same number of samples.
-
-    Like a tape run fast or slow: duration, pitch and formants scale together, the classic
-    speed perturbation that imitates a different speaker (Ko et al., 2015).
+    Each clip, with its own draws: played at a speed in [1 - speed_perturb, 1 + speed_perturb] about its centre
+    and shifted by up to time_shift_s (one resampling); noise of random colour (f^-a, a in [0, 1]) at an SNR
+    in [noise_snr_db, 40] dB; for half the clips a channel that passes only [0..300 Hz, band_limit_hz..Nyquist]
+    (a telephone line, smooth 100 Hz edges); spec_masks removed bands (< 300 Hz wide, below 4 kHz) and
+    silenced spans (< 60 ms). Noise, channel and bands are one pass over the spectrum (one rfft, one irfft).
     """
-    n = len(x)
-    t = (np.arange(n) - n / 2) * factor + n / 2  # output sample i reads input time t[i]
-    return np.interp(t, np.arange(n), x, left=0.0, right=0.0).astype(np.float32)
+
+    def __init__(self, *, rate: int, time_shift_s: float, noise_snr_db: float, band_limit_hz: float,
+                 speed_perturb: float = 0.0, spec_masks: int = 0):
+        self.rate, self.max_shift, self.snr_db, self.band_hz = rate, round(time_shift_s * rate), noise_snr_db, band_limit_hz
+        self.speed, self.masks = speed_perturb, spec_masks
+        self._banks: dict[tuple[int, str], NoiseBank] = {}
+
+    def __call__(self, batch: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        if not isinstance(batch, dict):
+            return batch
+        x, u = batch["wave"], batch["draws"]  # (b, n), (b, draws)
+        b, n = x.shape
+        between = lambda k, lo, hi: lo + (hi - lo) * u[:, k : k + 1]  # noqa: E731  (b, 1)
+        t = (torch.arange(n, device=x.device) - torch.floor(between(1, -self.max_shift, self.max_shift + 1)) - n / 2) \
+            * between(0, 1 - self.speed, 1 + self.speed) + n / 2
+        x = _interpolate(x, t)  # sample j reads time t_j
+        spec = torch.fft.rfft(x)  # (b, freqs)
+        freqs = torch.fft.rfftfreq(n, 1.0 / self.rate, device=x.device)
+        if self.snr_db:
+            key = (n, str(x.device))
+            if key not in self._banks:
+                self._banks[key] = NoiseBank(n, x.device)
+            bank = self._banks[key]
+            spec = spec + bank.coloured(u[:, 2:5], (x**2).mean(dim=1, keepdim=True), self.snr_db)
+        if self.band_hz:
+            low, high = between(6, 0.0, 300.0), between(7, self.band_hz, self.rate / 2)
+            edge = torch.minimum((freqs - low + 50.0) / 100.0, (high + 50.0 - freqs) / 100.0).clamp(0.0, 1.0)
+            gain = edge * edge * (3.0 - 2.0 * edge)  # smoothstep: 0 outside, 1 inside, 100 Hz S-shaped edges
+            spec = spec * torch.where(u[:, 5:6] < 0.5, gain, 1.0)  # half the clips
+        if self.masks:
+            m = self.masks
+            low, width = 4000.0 * u[:, _DRAWS : _DRAWS + m], 300.0 * u[:, _DRAWS + m : _DRAWS + 2 * m]  # (b, masks) Hz
+            spec = spec.masked_fill(_spans(low / self.rate * n, width / self.rate * n, spec.shape[1]), 0.0)
+        x = torch.fft.irfft(spec, n)
+        if self.masks:
+            span = torch.floor(0.06 * self.rate * u[:, _DRAWS + 2 * m : _DRAWS + 3 * m])  # (b, masks) samples
+            start = torch.floor(u[:, _DRAWS + 3 * m :] * (n - span).clamp_min(1.0))
+            x = x.masked_fill(_spans(start, span, n), 0.0)
+        return x
 
 
-def band_pass(x: np.ndarray, rate: int, low_hz: float, high_hz: float) -> np.ndarray:
-    """Zero the spectrum outside [low_hz, high_hz], with 100 Hz raised-cosine edges (an FFT filter)."""
-    spec = np.fft.rfft(x)
-    freqs = np.fft.rfftfreq(len(x), 1.0 / rate)
-    rise = np.clip((freqs - low_hz + 50.0) / 100.0, 0.0, 1.0)
-    fall = np.clip((high_hz + 50.0 - freqs) / 100.0, 0.0, 1.0)
-    gain = 0.5 - 0.5 * np.cos(np.pi * np.minimum(rise, fall))
-    return np.fft.irfft(spec * gain, len(x)).astype(np.float32)
+def _spans(start: torch.Tensor, length: torch.Tensor, n: int) -> torch.Tensor:
+    """(b, n) bool: inside any of each row's [start, start + length) spans (b, spans), by a cumulative sum, not b x spans x n."""
+    marks = torch.zeros(start.shape[0], n + 1, device=start.device)
+    first = start.ceil().clamp(0, n).long()
+    last = (start + length).ceil().clamp(0, n).long()
+    marks.scatter_add_(1, first, torch.ones_like(start)).scatter_add_(1, last, -torch.ones_like(start))
+    return marks.cumsum(dim=1)[:, :n] > 0
 
 
-def coloured_noise(rng: np.random.Generator, n: int, signal_power: float, snr_db: float) -> np.ndarray:
-    """n samples of noise with amplitude spectrum ~ f^-a, a uniform in [0, 1] (white to brown), at the given SNR."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    spec *= np.maximum(np.arange(len(spec)), 1.0) ** -rng.uniform(0.0, 1.0)
-    noise = np.fft.irfft(spec, n)
-    scale = math.sqrt(signal_power / (float((noise**2).mean()) + 1e-12) / 10 ** (snr_db / 10))
-    return (noise * scale).astype(np.float32)
+class NoiseBank:
+    """NOISE_BANK white-noise clips of n samples, kept as spectra, with each one's power per frequency bin."""
+
+    def __init__(self, n: int, device: torch.device | str = "cpu"):
+        white = torch.randn(NOISE_BANK, n, generator=torch.Generator().manual_seed(n))
+        self.spectra = torch.fft.rfft(white).to(device)  # (K, freqs)
+        weight = torch.full((self.spectra.shape[1],), 2.0, device=device)  # one-sided: every bin but DC (and Nyquist) twice
+        weight[0] = 1.0
+        if n % 2 == 0:
+            weight[-1] = 1.0
+        self.power = self.spectra.abs() ** 2 * weight / n**2  # (K, freqs): sums to a clip's mean square (Parseval)
+        self.log_k = torch.arange(self.spectra.shape[1], dtype=torch.float32, device=device).clamp_min(1.0).log()
+
+    def coloured(self, u: torch.Tensor, signal_power: torch.Tensor, snr_floor_db: float) -> torch.Tensor:
+        """(b, freqs) noise spectra from draws u (b, 3): a bank clip, coloured f^-a (a in [0, 1]), at an SNR in [floor, 40] dB."""
+        row = (u[:, 0] * NOISE_BANK).long().clamp_max(NOISE_BANK - 1)
+        tilt = torch.exp(-u[:, 1:2] * self.log_k)  # (b, freqs): f^-a
+        snr_db = snr_floor_db + (40.0 - snr_floor_db) * u[:, 2:3]
+        power = (self.power[row] * tilt**2).sum(dim=1, keepdim=True)
+        return self.spectra[row] * (tilt * torch.sqrt(signal_power / (power + 1e-12) / 10 ** (snr_db / 10)))
+
+
+def _interpolate(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x (b, n) read at fractional times t (b, n) by linear interpolation, zero outside the clip."""
+    n = x.shape[1]
+    padded = torch.nn.functional.pad(x, (1, 1))  # zeros either side: out-of-range reads land on them
+    t = t.clamp(-1.0, float(n))  # beyond the clip both neighbours are the zero pads
+    i0 = t.floor()
+    index = (i0 + 1).long()  # padded index of floor(t), in [0, n + 1]
+    left, right = torch.gather(padded, 1, index), torch.gather(padded, 1, (index + 1).clamp(max=n + 1))
+    return torch.lerp(left, right, t - i0)

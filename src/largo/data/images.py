@@ -18,6 +18,7 @@ import torch
 from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
 from largo.data.prepare import is_validation
 from largo.data.config import ClassDataConfig, check_non_negative
+from largo.data.draws import SampleDraws
 from largo.errors import DataError
 
 if TYPE_CHECKING:  # the run config is handed in at run time; only its [data] and [model] fields are read
@@ -204,22 +205,28 @@ def image_transform(mean: list[float], std: list[float], *, shift_px: int, hflip
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
 
-    def transform(rows: np.ndarray, rngs: list[np.random.Generator] | None) -> torch.Tensor:
-        if rngs is not None and (shift_px or hflip):
-            rows = augment_images(rows, rngs, shift_px=shift_px, hflip=hflip)
-        return (torch.from_numpy(np.array(rows, dtype=np.float32)) - mean_t) / std_t
+    def transform(rows: np.ndarray, draws: SampleDraws | None) -> torch.Tensor:
+        if draws is not None and (shift_px or hflip):
+            rows = augment_images(rows, draws, shift_px=shift_px, hflip=hflip)
+        return (torch.from_numpy(np.asarray(rows, dtype=np.float32)) - mean_t) / std_t
 
     return transform
 
 
-def augment_images(rows: np.ndarray, rngs: list[np.random.Generator], *, shift_px: int, hflip: bool) -> np.ndarray:
-    """Each row translated by its own random (dy, dx) in [-shift_px, shift_px] and mirrored with probability 1/2."""
+def augment_images(rows: np.ndarray, draws: SampleDraws, *, shift_px: int, hflip: bool) -> np.ndarray:
+    """Each row translated by its own (dy, dx) in [-shift_px, shift_px] (zero fill) and mirrored with probability 1/2.
+
+    One gather for the whole batch: output pixel (y, x) of row i reads padded pixel (y + dy_i, x + dx_i),
+    with x reversed first for the mirrored rows.
+    """
     b, _, h, w = rows.shape
     s = shift_px
     padded = np.pad(rows, ((0, 0), (0, 0), (s, s), (s, s)))  # zeros: the background of the built-in sets
-    out = np.empty_like(rows)
-    for i, rng in enumerate(rngs):
-        dy, dx = rng.integers(0, 2 * s + 1, size=2)
-        img = padded[i, :, dy : dy + h, dx : dx + w]
-        out[i] = img[..., ::-1] if hflip and rng.random() < 0.5 else img
-    return out
+    dy, dx = draws.integers(0, 0, 2 * s, count=2).T  # offsets into the padded image, (b,) each
+    cols = np.arange(w)[None, :].repeat(b, 0)
+    if hflip:
+        flip = draws.uniform(1)[:, 0] < 0.5
+        cols[flip] = cols[flip, ::-1]
+    ys = (np.arange(h)[None, :] + dy[:, None])[:, None, :, None]  # (b, 1, h, 1)
+    xs = (cols + dx[:, None])[:, None, None, :]  # (b, 1, 1, w)
+    return padded[np.arange(b)[:, None, None, None], np.arange(rows.shape[1])[None, :, None, None], ys, xs]

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from largo.data.arrays import Prepared, Transform
-from largo.data.audio import AudioDataConfig, audio_transform, prepare_audio
+from largo.data.audio import AudioAugment, AudioDataConfig, audio_transform, prepare_audio
 from largo.errors import ConfigError
 from largo.models.classifier import ClassifierConfig, ClassifierSpec, StemTerms
-from largo.models.spec import register
+from largo.models.spec import Task, register
 from largo.precision import Layout
 
 if TYPE_CHECKING:
@@ -164,9 +164,14 @@ class AudioSpec(ClassifierSpec):
         return cfg.audio_tokens(prepared.arrays["train_x"].shape[1])
 
     def transform(self, run: RunConfig, prepared: Prepared) -> Transform:
+        return audio_transform(spec_masks=run.data.spec_masks)
+
+    def task(self, run: RunConfig, prepared: Prepared) -> Task:
+        task = super().task(run, prepared)
         d = run.data
-        return audio_transform(rate=run.model.sample_rate, time_shift_s=d.time_shift_s, noise_snr_db=d.noise_snr_db,
-                               band_limit_hz=d.band_limit_hz, speed_perturb=d.speed_perturb, spec_masks=d.spec_masks)
+        task.augment = AudioAugment(rate=run.model.sample_rate, time_shift_s=d.time_shift_s, noise_snr_db=d.noise_snr_db,
+                                    band_limit_hz=d.band_limit_hz, speed_perturb=d.speed_perturb, spec_masks=d.spec_masks)
+        return task
 
     def stem_matmul_params(self, cfg: AudioConfig) -> int:
         return 2 * cfg.n_mels * 3 * cfg.dim + 3 * cfg.dim * cfg.dim  # conv1 runs at twice the token rate

@@ -45,6 +45,9 @@ class Task:
     files: dict[str, Path] = field(default_factory=dict)  # copied into every checkpoint (e.g. tokenizer.json)
     classes: list[str] = field(default_factory=list)  # classification: class names; a confusion matrix is written at the end
     test_sets: dict[str, Callable[[int], Iterator[Batch]]] = field(default_factory=dict)  # extra named sets: micro_batch -> batches
+    # A training micro-batch, on the device -> the model's input: augmentation that runs batched where the model runs
+    # (audio's resampling and spectral noise), so the loader only slices rows.
+    augment: Callable[[Any], torch.Tensor] = lambda x: x
 
 
 @dataclass(frozen=True)

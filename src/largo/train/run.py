@@ -149,7 +149,7 @@ def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, compiled: 
         micro_batches=lambda step: [task.dataset.train_rows(s) for s in
                                     rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=env.rank, world=env.world)],
         normaliser=lambda batches: global_target_count(batches, env),
-        forward_loss=lambda x, y: spec.loss(trained, x, y),
+        forward_loss=lambda x, y: spec.loss(trained, task.augment(x), y),
         evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device,
                                   precision=t.precision, rank=env.rank, world=env.world,
                                   confusion=confusion.zero_() if confusion is not None else None),
