@@ -311,7 +311,8 @@ def test_vision_recipe_learns_and_resumes_exactly(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)  # shuffles and shifts are functions of the sample index
 
 
-@pytest.mark.skipif(not image_data.FASHION_DIR.is_dir(), reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
+@pytest.mark.skipif(not image_data.FASHION_DIR.is_dir(),
+                    reason="needs Debian's Fashion-MNIST: apt-get install dataset-fashion-mnist (.ci/run installs it)")
 def test_fashion_recipe_learns_on_a_subset(tmp_path: Path) -> None:
     cfg = recipe("vision_fashion", tmp_path, **{
         "data.max_rows": 2000, "data.shift_px": 0, "data.hflip": "false", "train.steps": 60, "train.global_batch": 64,
@@ -342,6 +343,13 @@ def test_byo_image_folder_learns(tmp_path: Path) -> None:
     assert train(cfg, **quiet)["val_accuracy"] > 0.8  # chance is 1/3
 
 
+SPEECH_PACKAGES = "apt-get install espeak-ng flite asterisk-core-sounds-en-wav"
+needs_speech = pytest.mark.skipif(
+    not (shutil.which("espeak-ng") and shutil.which("flite") and audio_data.ASTERISK_DIGITS.is_dir()),
+    reason=f"needs espeak-ng, flite and Asterisk's digit prompts: {SPEECH_PACKAGES} (.ci/run installs them)")
+
+
+@needs_speech
 def test_speech_recipe_learns_and_reports_the_human_test_set(tmp_path: Path) -> None:
     logs: list[str] = []
     cfg = recipe("speech_digits", tmp_path, **{
@@ -431,7 +439,7 @@ def test_classifiers_export_to_onnx_with_parity(name: str, tmp_path: Path) -> No
 
     tiny = {"model.dim": 32, "model.n_layers": 1, "model.n_heads": 2, "train.steps": 2, "train.global_batch": 8,
             "train.micro_batch": 8, "eval.every": 0, "eval.max_batches": 1}
-    data = {"speech_digits": {"data.max_rows": 20, "data.test_source": ""},
+    data = {"speech_digits": {"data.source": make_audio_folder(tmp_path / "wavs"), "data.test_source": ""},  # no system tools
             "sentiment_imdb": {"data.source": make_review_table(tmp_path / "reviews.csv", rows=60), "data.text_column": "body",
                                "data.label_column": "stars", "data.vocab_size": 300, "model.max_seq_len": 48}}
     cfg = recipe(name, tmp_path, **tiny, **data.get(name, {}))

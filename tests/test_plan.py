@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -342,7 +341,7 @@ def test_peak_memory_sees_a_known_allocation() -> None:
         pytest.skip("no way to read process memory on this platform")
     mem.start()
     block = torch.ones(64 << 18)  # 64 MiB of fp32, written so it is resident
-    time.sleep(0.05)
+    assert mem.wait_for_samples(2)  # a reading that began after the allocation, however busy the machine
     del block
     peak = mem.stop()
     assert 64 << 20 <= peak < (64 + 16) << 20

@@ -71,6 +71,8 @@ class PeakMemory:
         self._peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._samples = 0  # readings taken so far, under _sampled
+        self._sampled = threading.Condition()
         if device.type == "cuda":
             self.method = "cuda max_memory_allocated"
             self._baseline = torch.cuda.memory_allocated(device)
@@ -105,8 +107,17 @@ class PeakMemory:
             t0 = time.perf_counter()
             peak = max(peak, read())
             self._peak = peak
+            with self._sampled:
+                self._samples += 1
+                self._sampled.notify_all()
             base = self.interval_s if time.monotonic() - start < DENSE_S else SPARSE_INTERVAL_S
             wait = max(base, (time.perf_counter() - t0) / MAX_OVERHEAD)
+
+    def wait_for_samples(self, count: int = 2, timeout_s: float = 120.0) -> bool:
+        """Block until the sampling thread has taken `count` more readings (the second one began after this call)."""
+        with self._sampled:
+            target = self._samples + count
+            return self._sampled.wait_for(lambda: self._samples >= target, timeout_s)
 
     def stop(self) -> int | None:
         """Peak bytes above the baseline since start()."""
