@@ -427,3 +427,66 @@ def test_chunked_head_peak_matches_the_allocator(precision: str, accum: int, row
     assert m.peak - est.RUNTIME_WORKSPACE_BYTES == pytest.approx(measured, rel=0.02)
     monkeypatch.undo()  # the same step with the logits in one piece needs more
     assert m.peak < est.memory(TINY, seq_len=32, micro_batch=4, accum_steps=accum, layout=est.layout_for(precision)).peak
+
+
+# ---- the step probe: largo plan times the run's own steps on this machine ------------------------------
+
+def test_plan_times_the_runs_steps_and_the_run_is_compared_with_that(tmp_path: Path, tiny_data: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from largo.observe import throughput
+    from largo.plan.planner import workload_from_config
+    from largo.train import probe
+    from largo.train.run import train
+
+    monkeypatch.setattr(throughput, "_CACHE", tmp_path / "cache" / "peak_flops.json")  # no probe of another test is found
+    cfg = tiny_config(tmp_path, tiny_data, train={"steps": 9, "log_every": 3, "peak_tflops": 0.0})
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    assert main(["plan", str(tmp_path / "cfg.json"), "--json"]) == 0
+    out = capsys.readouterr().out
+    plan = json.loads(out[out.index("{"):])
+    entry = probe.probe_step(cfg, log=lambda _m: None)  # from the cache now
+    assert entry["method"].startswith("measured: median of 4 timed steps of this run's step on this machine, compile off")
+    assert plan["time"]["mfu_source"] == entry["method"]
+    assert plan["time"]["step_s"] == pytest.approx(entry["step_s"], rel=1e-9)  # the configured step: timed, not scaled
+
+    monkeypatch.setattr(probe, "_time_steps", lambda *_a: pytest.fail("measured again instead of reading the cache"))
+    assert probe.probe_step(cfg, log=lambda _m: None) == entry
+    w = workload_from_config(cfg, devices=1, device=get_device("cpu"))
+    assert w.mfu_source == entry["method"]
+    other = workload_from_config(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, micro_batch=8)), devices=1,
+                                 device=get_device("cpu"))
+    assert other.mfu_source != entry["method"]  # another batch split is another step: not this measurement
+
+    train(cfg, log=lambda _m: None)
+    saved = json.loads((cfg.run_dir / "plan_vs_measured.json").read_text())
+    assert saved["mfu_source"] == entry["method"]  # the run's own table compares with the timed prediction
+
+
+def test_a_step_too_slow_to_time_is_scaled_from_a_proxy() -> None:
+    from largo.config import build_config
+    from largo.train.probe import BUDGET_S, TIMED_STEPS, WARM_STEPS, _proxy
+
+    cfg = build_config({"model": {"vocab_size": 512, "n_layers": 8}, "train": {"global_batch": 64, "micro_batch": 16}})
+    per_sample_layer = BUDGET_S / (WARM_STEPS + TIMED_STEPS) / 2  # two sample-layers fill the budget
+    guess = lambda c: per_sample_layer * c.train.global_batch * c.model.n_layers  # noqa: E731
+    probe, changes = _proxy(cfg, 32, guess, lambda _c: True)
+    assert (probe.train.global_batch, probe.train.micro_batch, probe.model.n_layers) == (1, 1, 2)
+    assert changes == ["1 micro-step of 4", "micro-batch 1 of 16", "2 of 8 layers"]
+    same, none = _proxy(cfg, 32, lambda _c: 0.0, lambda _c: True)
+    assert same == cfg and none == []
+    small, why = _proxy(cfg, 32, lambda _c: 0.0, lambda c: c.train.micro_batch <= 4)  # fits in memory only at 4
+    assert (small.train.global_batch, small.train.micro_batch, why) == (4, 4, ["1 micro-step of 4", "micro-batch 4 of 16"])
+
+
+def test_a_proxy_measurement_scales_with_flops_and_recompute() -> None:
+    from largo.plan.measured import measured_dense_mfu
+
+    entry = {"step_s": 2.0, "flops": 1e12, "attention_flops": 1e11, "checkpointing": False, "method": "m"}
+    dense = measured_dense_mfu(entry, 1e12, 0.5)
+    t = est.timing(4e12, steps=1, devices=2, peak_flops=1e12, mfu=dense, checkpointing=False, attention_flops_per_step=4e11,
+                   attention_speed=0.5)
+    assert t["step_s"] == pytest.approx(2.0 * 4 / 2)  # 4x the FLOPs over 2 devices
+    recomputed = measured_dense_mfu({**entry, "checkpointing": True}, 1e12, 0.5)
+    t = est.timing(1e12, steps=1, devices=1, peak_flops=1e12, mfu=recomputed, checkpointing=True, attention_flops_per_step=1e11,
+                   attention_speed=0.5)
+    assert t["step_s"] == pytest.approx(2.0)  # timed with recompute: not counted twice

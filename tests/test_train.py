@@ -152,7 +152,8 @@ def test_no_host_sync_between_logging_steps(tmp_path: Path, tiny_data: Path, mon
 
 def test_compile_auto_decides_from_the_run_size(tmp_path: Path, tiny_data: Path) -> None:
     from largo.models import get_spec
-    from largo.train.run import COMPILE_MIN_FLOPS, compile_mode
+    from largo.plan.estimate import COMPILE_MIN_FLOPS
+    from largo.train.run import compile_mode
 
     cfg = tiny_config(tmp_path, tiny_data)
     spec = get_spec("gpt")

@@ -144,7 +144,10 @@ def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     else:
         from largo.config import load_config
 
-        workload = workload_from_config(load_config(args.config, overrides), **kw)
+        cfg = load_config(args.config, overrides)
+        if args.mfu is None and args.measure and args.layout is None and args.optimizer is None:
+            _measure_step(cfg, device.name, devices=args.devices, tokens=args.tokens)
+        workload = workload_from_config(cfg, **kw)
     if args.micro_batch:
         import dataclasses
 
@@ -152,6 +155,16 @@ def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     plan = build_plan(workload)
     print(plan_json(plan) if args.json else format_plan(plan))
     return 0
+
+
+def _measure_step(cfg: object, device_name: str, *, devices: int, tokens: float | None) -> None:
+    """Time a few of the run's steps when the plan is for this machine's device (cached: later plans read it)."""
+    from largo.distributed.env import pick_device
+    from largo.plan.check import device_type
+    from largo.train.probe import probe_step
+
+    if device_type(pick_device(cfg.train.device, 0)) == device_name:
+        probe_step(cfg, devices=devices, tokens=tokens, log=print)
 
 
 def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
@@ -202,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--device-type", default="cpu", help=f"{', '.join(device_names())} (cpu: this machine, measured)")
     p.add_argument("--tokens", type=float, help="training tokens, e.g. 1.4e11 (default: the config's steps, or Chinchilla's 20/param)")
-    p.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: the last measured run on this device type, else an assumption)")
+    p.add_argument("--mfu", type=float, help="model FLOPs utilisation (default: measured, see --no-measure)")
+    p.add_argument("--no-measure", dest="measure", action="store_false",
+                   help="do not time steps of the config on this machine; use the MFU of the nearest recorded run, else an assumption")
     p.add_argument("--layout", choices=["fp32", "autocast", "mixed"], help="bytes per parameter layout (default: from train.precision)")
     p.add_argument("--optimizer", choices=["adamw", "muon", "sgd"], help="default: the config's optim.name, else adamw")
     p.add_argument("--micro-batch", type=int, default=0, help="fix the micro-batch (default: the largest that fits)")

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from largo.data import Batch
 from largo.data.prepare import checked_tokenizer_file, read_manifest
@@ -32,3 +33,18 @@ class TextLMData:
         windows = np.linspace(0, n - 1, total).round().astype(int) if total < n else np.arange(n)
         for i in range(0, total, micro_batch):
             yield self.val.windows(windows[i : i + micro_batch])
+
+
+class RandomTokens:
+    """Uniform random token windows: a training batch's shape and cost without prepared data (for timing steps)."""
+
+    def __init__(self, vocab_size: int, seq_len: int, seed: int):
+        self.vocab_size, self.seq_len, self.seed = vocab_size, seq_len, seed
+
+    def train_rows(self, samples: range) -> Batch:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + samples.start)
+        tokens = torch.randint(self.vocab_size, (len(samples), self.seq_len + 1), generator=generator)
+        return tokens[:, :-1], tokens[:, 1:]
+
+    def eval_batches(self, micro_batch: int, max_batches: int) -> Iterator[Batch]:
+        return iter(())

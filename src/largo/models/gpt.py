@@ -18,12 +18,12 @@ from torch import nn
 
 from largo.data.config import TextDataConfig
 from largo.data.prepare import prepare, read_manifest
-from largo.data.text import TextLMData
+from largo.data.text import RandomTokens, TextLMData
 from largo.errors import ConfigError, DataError
 from largo.models.config import ModelConfig
 from largo.models.layers import KVCache
 from largo.models.loss import chunk_rows, linear_cross_entropy
-from largo.models.spec import ArchSpec, DataShape, MemoryTerms, register
+from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, register
 from largo.models.trunk import Trunk
 from largo.precision import Layout
 
@@ -144,6 +144,15 @@ class GPTSpec(ArchSpec):
                 pass  # a damaged manifest: plan from the config, `largo prepare` will rebuild it
         model = run.model if run.model.vocab_size else dataclasses.replace(run.model, vocab_size=vocab)
         return DataShape(model, model.max_seq_len, tokens)
+
+    def probe_task(self, run: RunConfig, *, log: Callable[[str], None] = print) -> Task:
+        """Steps cost the same on any tokens: random ones of the planned vocabulary when the corpus is not prepared yet."""
+        if (Path(run.data.dir) / "manifest.json").is_file():
+            return super().probe_task(run, log=log)
+        model = self.data_shape(run).model
+        t = model.max_seq_len
+        return Task(dataclasses.replace(run, model=model), RandomTokens(model.vocab_size, t, run.run.seed), t,
+                    self.flops_per_token(model, t) * t)
 
     def extra_matmul_params(self, cfg: GPTConfig, seq_len: int) -> int:
         return cfg.vocab_size * cfg.dim  # the head (tied or not: the matmul runs either way)

@@ -142,6 +142,10 @@ class ArchSpec:
         """The resolved model and positions for `largo plan`, from the prepared data if there is any."""
         raise NotImplementedError
 
+    def probe_task(self, run: RunConfig, *, log: Callable[[str], None] = print) -> Task:
+        """The Task whose steps `largo plan` times on this machine: the prepared data's (prepared now if need be)."""
+        return self.task(run, self.prepare(run, log=log))
+
     def checkpoint_files(self, run: RunConfig) -> dict[str, Path]:
         """Files copied into every checkpoint beside the weights (a tokenizer)."""
         return {}

@@ -16,6 +16,11 @@ from largo.hardware import spec_for_cuda_name  # the one table of published GPU 
 _CACHE = Path(os.environ.get("LARGO_CACHE", Path.home() / ".cache" / "largo")) / "peak_flops.json"
 
 
+def cache_file(name: str) -> Path:
+    """A file in largo's cache folder ($LARGO_CACHE, else ~/.cache/largo): measurements kept between runs."""
+    return _CACHE.with_name(name)
+
+
 def _device_key(device: torch.device, precision: str) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
     return f"{name}|{precision}"

@@ -12,6 +12,7 @@ from largo.models import get_spec, trainable
 from largo.observe.throughput import attention_speed, record_mfu
 from largo.plan import estimate as est
 from largo.plan.devices import CPU, spec_for_cuda_name
+from largo.plan.measured import compiled_for, step_key
 from largo.plan.planner import default_mfu
 from largo.plan.report import comparison_rows, format_rows, write_comparison
 
@@ -36,7 +37,7 @@ def _run_strategy(cfg: Any, world: int) -> tuple[str, bool]:
     return strategy, checkpointing
 
 
-def _step_flops(cfg: Any, seq_len: int, device: torch.device) -> tuple[float, float, float]:
+def step_flops(cfg: Any, seq_len: int, device: torch.device) -> tuple[float, float, float]:
     """(FLOPs, attention FLOPs) of one optimizer step, and attention's speed relative to GEMMs on this device."""
     tokens = seq_len * cfg.train.global_batch
     attention = 12 * cfg.model.n_layers * cfg.model.dim * seq_len * tokens
@@ -54,8 +55,10 @@ def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device
     mem = est.memory(cfg.model, seq_len=seq_len, micro_batch=cfg.train.micro_batch, accum_steps=accum, layout=layout,
                      optimizer=cfg.optim.name, strategy=strategy, shards=world, checkpointing=checkpointing, counts=counts,
                      device_type=device.type)
-    mfu, mfu_source = default_mfu(device_type(device), cfg.train.precision, None, counts.total)
-    flops, attention, speed = _step_flops(cfg, seq_len, device)
+    key = step_key(cfg, positions=seq_len, devices=world, device_name=device_type(device),
+                   compiled=compiled_for(cfg, seq_len, cfg.train.steps, world))
+    flops, attention, speed = step_flops(cfg, seq_len, device)
+    mfu, mfu_source = default_mfu(device_type(device), cfg.train.precision, None, counts.total, (key, peak_flops_per_device, speed))
     t = est.timing(flops, steps=1, devices=world, peak_flops=peak_flops_per_device, mfu=mfu, checkpointing=checkpointing,
                    attention_flops_per_step=attention, attention_speed=speed)
     return {"params": counts.total, "peak_bytes": mem.peak, "step_s": t["step_s"], "mfu": t["mfu_model"],
@@ -71,13 +74,13 @@ def check_run(cfg: Any, run_dir: Path, *, model: nn.Module, world: int, device: 
                 "step_s": step_s, "mfu": mfu}
     rows = comparison_rows(estimate, measured)
     context |= {"memory_method": memory_method, "steps": steps_run, "device": device_type(device), "world": world,
-                "step_s": "mean over all steps of this run (the first includes warm-up)"}
+                "step_s": "median over the logging windows after the first (compiling and warm-up excluded)"}
     write_comparison(run_dir, rows, context)
     # Short runs say little about throughput; an MFU against a configured peak is not comparable with the table's.
     # The history feeds language-model plans (keyed by device and precision only): a classifier's stem and pooled
     # head run at another MFU, so only architectures whose spec says so record theirs.
     if steps_run >= 5 and not cfg.train.peak_tflops and get_spec(cfg.model.arch).feeds_mfu_history:
-        flops, attention, speed = _step_flops(cfg, seq_len, device)
+        flops, attention, speed = step_flops(cfg, seq_len, device)
         record_mfu(device_type(device), cfg.train.precision, est.dense_mfu(mfu, flops, attention, speed), est.count_params(cfg.model).total)
     return rows
 

@@ -16,6 +16,7 @@ from largo.observe.throughput import measured_mfu
 from largo.plan import estimate as est
 from largo.plan.devices import CPU, DeviceSpec
 from largo.plan.estimate import Layout, ParamCount
+from largo.plan.measured import compiled_for, measured_dense_mfu, measured_step, step_key
 from largo.plan.sizes import model_size
 
 ASSUMED_MFU = {CPU: 0.10, "gpu": 0.40}  # without history: CPU GEMMs of small models; GPU between torchtitan and llm-foundry
@@ -58,17 +59,32 @@ class Workload:
         return self.device.attention_speed_fp32 if self.precision == "fp32" else self.device.attention_speed_bf16
 
 
-def default_mfu(device_type: str, precision: str, given: float | None, params: int) -> tuple[float, str]:
-    """--mfu, else the measured run of the nearest model size on this device type, else a stated assumption."""
+def default_mfu(device_type: str, precision: str, given: float | None, params: int,
+                step: tuple[str, float, float] | None = None) -> tuple[float, str]:
+    """--mfu, else steps of this very run timed on this machine, else the measured run of the nearest model size on this
+    device type, else a stated assumption. `step` = (step key, peak FLOP/s, attention speed) looks up a timed step."""
     if given is not None:
         if not 0 < given <= 1:
             raise ConfigError(f"--mfu ({given}) must be in (0, 1]")
         return given, "given with --mfu"
+    probe = measured_step(step[0]) if step else None
+    if probe is not None:
+        return measured_dense_mfu(probe, step[1], step[2]), str(probe["method"])
     measured = measured_mfu(device_type, precision, params)
     if measured:
         return measured, f"measured on the {device_type} {precision} run of the nearest model size"
     assumed = ASSUMED_MFU[CPU if device_type == CPU else "gpu"]
     return assumed, "assumed: no measured run on this device type yet"
+
+
+def config_step_key(cfg: Any, *, devices: int, device_name: str, tokens: float | None = None) -> str:
+    """The key a timed step of this config is cached under (model resolved from the data, compile mode from the run length)."""
+    shape = get_spec(cfg.model.arch).data_shape(cfg)
+    cfg = dataclasses.replace(cfg, model=shape.model)
+    tokens_per_step = cfg.train.global_batch * shape.positions
+    steps = cfg.train.steps if tokens is None else math.ceil(tokens / tokens_per_step)
+    return step_key(cfg, positions=shape.positions, devices=devices, device_name=device_name,
+                    compiled=compiled_for(cfg, shape.positions, steps, devices))
 
 
 def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: float | None = None, mfu: float | None = None,
@@ -82,7 +98,14 @@ def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: 
     else:
         n_tokens, source = int(tokens), "given (--tokens)"
     lay = est.LAYOUTS[layout] if layout else est.layout_for(cfg.train.precision)
-    m, m_source = default_mfu(device.name, "fp32" if lay.name == "fp32" else "bf16", mfu, est.count_params(model).total)
+    as_configured = (layout is None or lay.name == est.layout_for(cfg.train.precision).name) and optimizer in (None, cfg.optim.name)
+    precision = "fp32" if lay.name == "fp32" else "bf16"
+    step = None
+    if as_configured:
+        peak = device.peak_fp32 if precision == "fp32" else device.peak_bf16
+        speed = device.attention_speed_fp32 if precision == "fp32" else device.attention_speed_bf16
+        step = (config_step_key(cfg, devices=devices, device_name=device.name, tokens=tokens), peak, speed)
+    m, m_source = default_mfu(device.name, precision, mfu, est.count_params(model).total, step)
     return Workload(str(cfg.run.name), model, cfg.train.global_batch, 0, n_tokens, source, lay,
                     optimizer or cfg.optim.name, devices, device, m, m_source, dataset_tokens, cfg.train.micro_batch, positions)
 

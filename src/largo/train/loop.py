@@ -7,6 +7,7 @@ parts from a user's own module and loaders. Both run this one loop.
 from __future__ import annotations
 
 import random
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -70,6 +71,7 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
     model, total, schedule = parts.model, cfg.train.steps, parts.schedule
     clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
     train_s, window_steps, loss_value = 0.0, 0, float("nan")
+    windows: list[float] = []  # seconds per step in each window between sync points
     done = start_step
     guard = StepGuard(max_bad_steps=cfg.faults.max_bad_steps, spike_factor=cfg.faults.spike_factor, env=env, say=say,
                       record=metrics.write if metrics else None)
@@ -118,6 +120,7 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
         loss_value = loss_sum.item()
         dt = (time.perf_counter() - window_start) / window_steps  # device work included: the settle waited for it
         train_s, window_steps = train_s + dt * window_steps, 0
+        windows.append(dt)
         if log_now:
             record = {
                 "kind": "train", "step": done, "loss": loss_value, "lr": float(lr), "grad_norm": float(grad_norm),
@@ -152,6 +155,8 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
     return {
         "step": done, "steps_run": steps_run, "train_s": train_s, "train_loss": loss_value, "preempted": preempted,
         "skipped_steps": guard.skipped,
+        # the steady state: compiling and warm-up fall in the first window, so it is left out when there are others
+        "steady_step_s": statistics.median(windows[1:] or windows) if windows else float("nan"),
         "tokens_per_s": steps_run * parts.tokens_per_step / max(train_s, 1e-9),
         "mfu": steps_run * parts.flops_per_step / max(train_s, 1e-9) / parts.peak_flops,
     }

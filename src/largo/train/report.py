@@ -77,7 +77,8 @@ def end_of_run(parts: LoopParts, task: Task, progress: dict[str, Any], *, model:
         summary["plan_vs_measured"] = check_run(
             cfg, run_dir, model=model, world=env.world, device=env.device, peak_flops_per_device=parts.peak_flops / env.world,
             seq_len=task.positions, peak_bytes=peak_bytes, memory_method=memory.method,
-            step_s=progress["train_s"] / max(progress["steps_run"], 1), mfu=progress["mfu"], steps_run=progress["steps_run"])
+            step_s=progress["steady_step_s"], mfu=parts.flops_per_step / progress["steady_step_s"] / parts.peak_flops,
+            steps_run=progress["steps_run"])
         metrics.write({"kind": "plan_vs_measured", "step": t.steps, "rows": summary["plan_vs_measured"]})
         say(f"plan vs measured ({memory.method}):\n{format_rows(summary['plan_vs_measured'])}")
     return summary

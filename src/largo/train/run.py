@@ -28,6 +28,7 @@ from largo.models import Task, get_spec, trainable
 from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
 from largo.observe.throughput import peak_flops
+from largo.plan.estimate import compile_decision
 from largo.plan.planner import choose_strategy
 from largo.train.evaluate import evaluate
 from largo.train.loop import LoopParts, run_steps, seed_everything
@@ -68,23 +69,9 @@ def global_target_count(batches: list[Batch], env: DistEnv) -> torch.Tensor:
     return count.clamp_min(1.0) / env.world
 
 
-# Compiling costs 20-40 s once on a 2-core CPU (a few seconds when inductor's cache has the graphs) and makes
-# a step 1.5-2.5x faster; below about 1e13 training FLOPs (a minute of eager bf16 steps here) a run ends
-# before it pays back.
-COMPILE_MIN_FLOPS = 1e13
-
-
 def compile_mode(cfg: RunConfig, task: Task, strategy: str) -> tuple[str, str]:
-    """("model" | "blocks" | "off", reason): train.compile, with auto deciding from the run's size."""
-    flops = cfg.train.steps * cfg.train.global_batch * task.flops_per_sample
-    if cfg.train.compile == "false":
-        return "off", "train.compile = false"
-    if cfg.train.compile == "auto" and flops < COMPILE_MIN_FLOPS:
-        return "off", f"auto: {flops:.2g} training FLOPs < {COMPILE_MIN_FLOPS:.0e}, too short to pay back compiling"
-    why = "train.compile = true" if cfg.train.compile == "true" else f"auto: {flops:.2g} training FLOPs >= {COMPILE_MIN_FLOPS:.0e}"
-    if strategy == "fsdp":  # FSDP's hooks run between blocks: compile each block
-        return "blocks", f"{why}; each block (FSDP)"
-    return "model", f"{why}; the model and its loss as one graph"
+    """("model" | "blocks" | "off", reason): train.compile, with auto deciding from the run's training FLOPs."""
+    return compile_decision(cfg.train.compile, cfg.train.steps * cfg.train.global_batch * task.flops_per_sample, strategy)
 
 
 def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False, stop_at: int | None = None,
