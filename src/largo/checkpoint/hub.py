@@ -33,6 +33,15 @@ def check_dtype(dtype: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def check_shard_size(max_shard_size: str | int) -> None:
+    """Refuse a size huggingface_hub cannot read (e.g. '5GB', '500MB', 10**9) before anything is written."""
+    hub = require("huggingface_hub", "writing Hugging Face safetensors shards", CheckpointError)
+    try:
+        hub.split_torch_state_dict_into_shards({"x": torch.empty(1, device="meta")}, max_shard_size=max_shard_size)
+    except ValueError:
+        raise CheckpointError(f"--max-shard-size {max_shard_size!r} is not a size such as '5GB', '500MB' or a number of bytes") from None
+
+
 def write_shards(out: Path, shapes: dict[str, tuple[int, ...]], read: Callable[[list[str]], dict[str, torch.Tensor]], *,
                  dtype: str, max_shard_size: str | int = DEFAULT_SHARD) -> list[str]:
     """Write tensors `shapes` names as model.safetensors, or as model-0000k-of-0000n.safetensors + the index when they

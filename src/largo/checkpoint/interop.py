@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from largo.checkpoint.hub import DEFAULT_SHARD, DTYPE_NAMES, DTYPES, INDEX, check_dtype, model_card
+from largo.checkpoint.hub import DEFAULT_SHARD, DTYPE_NAMES, DTYPES, INDEX, check_dtype, check_shard_size, model_card
 from largo.checkpoint.restore import adapter_base, resolve_checkpoint, restore
 from largo.errors import CheckpointError, LargoError
 from largo.optional import require
@@ -76,6 +76,8 @@ def export(checkpoint: str | Path, out: str | Path, *, fmt: str, log: Callable[[
     check_dtype(dtype)
     if fmt != "hf" and (dtype != "fp32" or str(max_shard_size) != DEFAULT_SHARD):
         raise CheckpointError(f"--dtype and --max-shard-size shape Hugging Face folders (--format hf), not --format {fmt}")
+    if fmt == "hf" and not adapter_only:
+        check_shard_size(max_shard_size)
     if adapter_only:
         return export_adapter_checked(checkpoint, Path(out), fmt, log)
     if fmt == "hf":
@@ -237,11 +239,9 @@ def export_safetensors(checkpoint: str | Path, out: Path, log: Callable[[str], N
 
 
 def model_toml(cfg: ModelConfig, init_from: Path) -> str:
-    """The [model] section a fine-tuning config needs to start from an imported checkpoint."""
-    keys = ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "rope_theta", "norm_eps", "tie_embeddings")
-    value = {bool: lambda v: str(v).lower(), float: repr, int: str}
-    lines = [f'init_from = "{init_from}"'] + [f"{k} = {value[type(getattr(cfg, k))](getattr(cfg, k))}" for k in keys]
-    return "[model]\n" + "\n".join(lines) + f"\nmax_seq_len = {min(256, cfg.max_seq_len)}  # training context; up to {cfg.max_seq_len}"
+    """The [model] section a fine-tuning config needs to start from an imported checkpoint (its shape comes from it)."""
+    return (f'[model]\ninit_from = "{init_from}"  # the model\'s shape (width, depth, heads, vocabulary, ...) comes from it\n'
+            f"max_seq_len = {min(256, cfg.max_seq_len)}  # training context; up to {cfg.max_seq_len}")
 
 
 def import_model(source: str | Path, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:

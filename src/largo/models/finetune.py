@@ -75,6 +75,22 @@ def lora_config(cfg: FinetuneConfig) -> Any:
                            target_modules=list(cfg.target_modules), bias="none")
 
 
+def check_targets(model: nn.Module, cfg: FinetuneConfig) -> None:
+    """Every target_modules entry names (or ends the name of) an nn.Linear of the model, else one line listing them."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    missing = [t for t in cfg.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if missing:
+        raise ConfigError(f"finetune.target_modules {missing} name no nn.Linear of this model; "
+                          f"its nn.Linear names: {', '.join(linear_names(model))}")
+
+
+def check_finetune(model_cfg: ModelConfig, cfg: FinetuneConfig) -> None:
+    """The section's checks that need the model, on a meta-built one (before a run touches its directory)."""
+    if cfg.adapters:
+        with torch.device("meta"):
+            check_targets(get_spec(model_cfg.arch).build(model_cfg), cfg)
+
+
 def apply_finetune(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     """The model to train: itself for "full"; for "lora", a PeftModel whose only trainable weights are the adapters.
 
@@ -83,11 +99,7 @@ def apply_finetune(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
     if not cfg.adapters:
         return model
     peft = require("peft", "finetune.method = 'lora'")
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    missing = [t for t in cfg.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
-    if missing:
-        raise ConfigError(f"finetune.target_modules {missing} name no nn.Linear of this model; "
-                          f"its nn.Linear names: {', '.join(linear_names(model))}")
+    check_targets(model, cfg)
     try:
         return peft.get_peft_model(model, lora_config(cfg))
     except ValueError as e:  # PEFT's own refusals (a module type it cannot adapt), in one line

@@ -126,8 +126,8 @@ def scores(results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """lm-eval's results as {task: {metric: value}} (its 'acc,none' keys shortened; stderr and aliases left out)."""
     out = {}
     for task, values in results.get("results", {}).items():
-        metrics = {k.split(",")[0]: float(v) for k, v in values.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and "stderr" not in k and math.isfinite(float(v))}
+        metrics = {k.split(",")[0]: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and "stderr" not in k and k != "sample_len" and math.isfinite(float(v))}
         out[task] = metrics
     return out
 
@@ -158,6 +158,8 @@ def evaluate_tasks(checkpoint: str | Path, tasks: list[str], *, device: torch.de
                    limit: int | None = None, num_fewshot: int | None = None, batch_size: int = 8,
                    log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
     """Run the harness on a checkpoint's language model; print and record {task: {metric: value}}."""
+    require("lm_eval", "largo eval --tasks")
+    task_names(tasks)  # a missing task file is one line before the model loads
     model, cfg, ckpt = restore(checkpoint, device)
     if not get_spec(cfg.model.arch).generates or not (ckpt / "tokenizer.json").is_file():
         raise CheckpointError(f"{ckpt}: lm-evaluation-harness scores language models with a tokenizer; "

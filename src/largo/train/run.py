@@ -26,7 +26,7 @@ from largo.distributed.memory import log_memory, report_after_steps
 from largo.distributed.parallelize import build_parallel_model, unwrap
 from largo.errors import CheckpointError, ConfigError, RunDirError
 from largo.models import Task, get_spec, trainable
-from largo.models.finetune import apply_finetune
+from largo.models.finetune import apply_finetune, check_finetune
 from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
 from largo.observe.throughput import peak_flops
@@ -89,6 +89,7 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
 
     task = build_task(cfg, env, log=say)
     cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
+    check_finetune(cfg.model, cfg.finetune)  # adapter targets name real modules: checked before the run directory is touched
     strategy, why = choose_strategy(cfg, positions=task.positions, env=env)
     say(f"parallel: {strategy} ({why})")
     resumed = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
