@@ -433,7 +433,20 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize(("name", "setup", "message", "code"), CASES, ids=[c[0] for c in CASES])
+# Cases whose message comes from an optional library's feature: skipped, with the extra to install, where it is absent.
+NEEDS = {"hub dataset name while offline": "datasets", "hf builder without data_files": "datasets",
+         "export --max-shard-size not a size": "huggingface_hub", "eval --tasks of a missing task file": "lm_eval"}
+
+
+def _params() -> list:
+    from largo.optional import EXTRAS, installed
+
+    return [pytest.param(*case, id=case[0], marks=pytest.mark.skipif(
+        case[0] in NEEDS and not installed(NEEDS[case[0]]),
+        reason=f"needs {NEEDS.get(case[0])}: pip install 'largo[{EXTRAS.get(NEEDS.get(case[0], ''), '')}]'")) for case in CASES]
+
+
+@pytest.mark.parametrize(("name", "setup", "message", "code"), _params())
 def test_bad_input_one_line_nothing_damaged(name: str, setup: Callable[[World], list[str]], message: str, code: int,
                                             tmp_path: Path, tiny_data: Path, trained_run: Path,
                                             capsys: pytest.CaptureFixture) -> None:

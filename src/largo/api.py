@@ -7,6 +7,10 @@
 Data may be any re-iterable of (inputs, targets) pairs or of dicts (targets under "labels",
 "targets", "label" or "y"; the other keys become keyword arguments of the model), or NumPy
 arrays / pandas objects given as an (inputs, targets) tuple.
+
+LoRA on a pretrained module: `largo.Trainer(model, finetune={"method": "lora", "rank": 8,
+"target_modules": ["q_proj", "v_proj"]})` freezes the module, trains and checkpoints PEFT's adapters
+only, and `trainer.merged_model()` returns the module with the adapters folded in.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from torch import nn
 from largo.checkpoint.hub import DEFAULT_SHARD, DTYPE_NAMES, DTYPES, INDEX, check_dtype, check_shard_size, model_card
 from largo.checkpoint.restore import adapter_base, resolve_checkpoint, restore
 from largo.errors import CheckpointError, LargoError
-from largo.optional import require
+from largo.optional import hf_offline, require
 from largo.fileio import write_json_atomic
 from largo.config import RunConfig
 from largo.models import get_spec
@@ -29,7 +29,8 @@ _PARITY_TOKENS = 48  # positions compared; the greedy check continues row 0 for 
 
 
 def has(package: str) -> bool:
-    """Whether an optional package is installed (checked without importing it)."""
+    """Whether an optional package is installed (checked without importing it; Hugging Face ones are then imported offline)."""
+    hf_offline()
     found = importlib.util.find_spec(package) is not None
     if found and package == "transformers":
         from transformers.utils import logging

@@ -116,8 +116,8 @@ def build_parallel_model(cfg: RunConfig, env: DistEnv, strategy: str, *, full_in
         model = build_model(cfg.model, env.device)
         return parallelize(adapt(model) if adapt else model, env, strategy=strategy, **options)
     if adapt is not None:
-        raise ConfigError("model.init_from and finetune.method = 'lora' work with parallel.strategy none or ddp; "
-                          "a model that fits one device needs no FSDP to be fine-tuned")
+        raise ConfigError("model.init_from (and finetune.method = 'lora') work with parallel.strategy none or ddp: the "
+                          "source's weights load into the whole model before it is wrapped; use parallel.strategy = 'ddp'")
     if cfg.optim.name == "muon":
         raise ConfigError("optim.name = 'muon' orthogonalises whole matrices, which FSDP shards; use parallel.strategy = 'ddp' or optim.name = 'adamw'")
     model = parallelize(build_model(cfg.model, torch.device("meta")), env, strategy="fsdp", **options)
