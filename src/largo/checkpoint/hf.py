@@ -328,21 +328,15 @@ def hf_model(model: nn.Module, cfg: ModelConfig) -> nn.Module:
 
 
 @torch.no_grad()
-def logits_parity(model: nn.Module, ref: nn.Module, tokens: torch.Tensor, *, new_tokens: int = 8, hf: bool = True) -> dict[str, Any]:
-    """Max |logit difference| on tokens (b, t) and whether greedy continuations of row 0 agree.
-
-    ref is a transformers causal LM, or (hf=False) another largo language model.
-    """
+def logits_parity(model: nn.Module, ref: nn.Module, tokens: torch.Tensor, *, new_tokens: int = 8) -> dict[str, Any]:
+    """Max |logit difference| on tokens (b, t) and whether greedy continuations of row 0 agree."""
     from largo.models.generate import generate
 
     ours = model(tokens).float()
-    theirs = (ref(input_ids=tokens).logits if hf else ref(tokens)).float()  # (b, t, vocab)
+    theirs = ref(input_ids=tokens).logits.float()  # (b, t, vocab)
     max_len = min(model.cfg.max_seq_len, tokens.shape[1] + new_tokens)
     greedy = generate(model, tokens[0].tolist(), max_new_tokens=max_len - tokens.shape[1], max_seq_len=max_len, temperature=0.0)
-    if hf:
-        ref_greedy = ref.generate(tokens[:1], max_new_tokens=max_len - tokens.shape[1], do_sample=False,
-                                  eos_token_id=None, pad_token_id=0, attention_mask=torch.ones_like(tokens[:1]))[0].tolist()
-    else:
-        ref_greedy = generate(ref, tokens[0].tolist(), max_new_tokens=max_len - tokens.shape[1], max_seq_len=max_len, temperature=0.0)
+    ref_greedy = ref.generate(tokens[:1], max_new_tokens=max_len - tokens.shape[1], do_sample=False,
+                              eos_token_id=None, pad_token_id=0, attention_mask=torch.ones_like(tokens[:1]))[0].tolist()
     return {"max_abs_diff": float((ours - theirs).abs().max()), "greedy_equal": greedy == ref_greedy,
             "greedy": greedy, "ref_greedy": ref_greedy}
