@@ -4,6 +4,7 @@ resumes bitwise, lowers held-out loss with a fraction of the optimizer memory, m
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -14,9 +15,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import largo
+import largo.checkpoint.hub
+import largo.models.finetune
+import largo.optional
+import largo.train.harness
 from largo.checkpoint.restore import restore
 from largo.checkpoint.store import load_tensors
 from largo.config import build_config
+from largo.data.prepare import prepare
 from largo.distributed.env import DistEnv
 from largo.errors import ConfigError
 from largo.observe.metrics import read_metrics
@@ -255,3 +261,29 @@ def test_largo_plan_counts_adapters_as_trained_and_the_base_as_held(tmp_path: Pa
     assert (lo["optimizer"], fu["optimizer"]) == (8 * adapters, 8 * base)  # AdamW's two moments (fp32 layout: no master copy)
     assert lo["params"] == fu["params"] + 4 * adapters  # the base is held either way; adapters are fp32
     assert lo["grads"] == 4 * adapters < fu["grads"] == 4 * base
+
+
+@pytest.mark.parametrize(("module", "feature", "expected"), [
+    ("peft", lambda tmp: largo.models.finetune.apply_finetune(nn.Linear(2, 2), largo.models.finetune.FinetuneConfig(
+        method="lora", target_modules=["weight"])), "finetune.method = 'lora' needs peft: pip install 'largo[lora]'"),
+    ("datasets", lambda tmp: prepare(build_config({"data": {"source": "hf:parquet", "data_files": ["x.parquet"],
+                                                            "dir": str(tmp / "d")}}).data, log=lambda _m: None),
+     "data.source 'hf:parquet' needs datasets: pip install 'largo[hfdata]'"),
+    ("lm_eval", lambda tmp: largo.train.harness.evaluate_tasks(tmp, ["t.yaml"], device=torch.device("cpu")),
+     "largo eval --tasks needs lm_eval: pip install 'largo[eval]'"),
+    ("huggingface_hub", lambda tmp: largo.checkpoint.hub.check_shard_size("5GB"),
+     "writing Hugging Face safetensors shards needs huggingface_hub: pip install 'largo[hf]'"),
+])
+def test_a_missing_optional_library_is_one_line_naming_its_extra(module: str, feature, expected: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.import_module
+
+    def absent(name: str, *args: object):
+        if name == module:
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(largo.optional.importlib, "import_module", absent)
+    with pytest.raises(largo.errors.LargoError) as info:
+        feature(tmp_path)
+    assert str(info.value) == expected

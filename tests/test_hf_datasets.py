@@ -62,6 +62,17 @@ def test_lm_reads_every_kind_of_dataset_like_the_plain_file_reader(tmp_path: Pat
         assert len(manifest["settings"]["fingerprint"]) == 64, name
     other = prepare(_lm(f"hf:{tmp_path / 'saved'}", tmp_path / "v", split="validation"), **quiet)
     assert other["source"]["documents"] == 30
+    # data.config: a folder whose README declares two configurations (datasets' own convention for local data)
+    for name, n in (("small", 20), ("large", 40)):
+        (tmp_path / "configs" / name).mkdir(parents=True)
+        pd.DataFrame({"text": _docs(n, offset=1000)}).to_parquet(tmp_path / "configs" / name / "train.parquet")
+    (tmp_path / "configs" / "README.md").write_text("---\nconfigs:\n- config_name: small\n  data_files: small/*.parquet\n"
+                                                    "- config_name: large\n  data_files: large/*.parquet\n---\n")
+    for name, n in (("small", 20), ("large", 40)):
+        found = prepare(_lm(f"hf:{tmp_path / 'configs'}", tmp_path / f"cfg_{name}", config=name), **quiet)
+        assert found["source"]["documents"] == n and found["settings"]["config"] == name
+    with pytest.raises(DataError, match=r"BuilderConfig 'medium' not found. Available: \['small', 'large'\]"):
+        prepare(_lm(f"hf:{tmp_path / 'configs'}", tmp_path / "cfg_medium", config="medium"), **quiet)
     with pytest.raises(DataError, match=r"no split 'test'; it has train, validation \(set data.split\)"):
         prepare(_lm(f"hf:{tmp_path / 'saved'}", tmp_path / "x", split="test"), **quiet)
 
@@ -127,7 +138,7 @@ def test_classifiers_read_hf_datasets_like_their_own_readers(tmp_path: Path) -> 
     """Text, images and audio from datasets equal the same examples read from a table or class folders."""
     from largo.models import get_spec
 
-    sf = pytest.importorskip("soundfile")
+    sf = pytest.importorskip("soundfile", reason="FLAC audio needs soundfile: pip install 'largo[audio]'")
     quiet = {"log": lambda _m: None}
     rng = np.random.default_rng(0)
     classes = ["cat", "dog"]
@@ -187,7 +198,7 @@ def _peak_hz(x: np.ndarray, rate: int) -> float:
 
 
 def test_audio_folders_read_flac_ogg_mp3_and_wav_needs_no_soundfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sf = pytest.importorskip("soundfile")
+    sf = pytest.importorskip("soundfile", reason="FLAC/OGG/MP3 need soundfile: pip install 'largo[audio]'")
     from largo.data import audio
     from largo.data.audio import audio_folder, read_audio
 
