@@ -20,8 +20,11 @@ from largo.data.prepare import prepare
 from largo.data.tokens import TokenShards
 from largo.errors import ConfigError, DataError
 
-datasets = pytest.importorskip("datasets", reason="hf: sources need datasets: pip install 'largo[hfdata]'")
 pd = pytest.importorskip("pandas")
+
+
+def _datasets():
+    return pytest.importorskip("datasets", reason="hf: sources need datasets: pip install 'largo[hfdata]'")
 
 
 def _docs(n: int = 60, offset: int = 0) -> list[str]:
@@ -37,6 +40,7 @@ def _tokens(folder: Path) -> list[int]:
 
 
 def test_lm_reads_every_kind_of_dataset_like_the_plain_file_reader(tmp_path: Path) -> None:
+    datasets = _datasets()
     docs = _docs()
     with open(tmp_path / "docs.jsonl", "w") as f:
         f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
@@ -78,6 +82,7 @@ def test_lm_reads_every_kind_of_dataset_like_the_plain_file_reader(tmp_path: Pat
 
 
 def test_a_changed_dataset_is_prepared_again(tmp_path: Path) -> None:
+    datasets = _datasets()
     quiet = {"log": lambda _m: None}
     pd.DataFrame({"text": _docs()}).to_parquet(tmp_path / "a.parquet")
     cfg = _lm("hf:parquet", tmp_path / "p", data_files=[str(tmp_path / "a.parquet")])
@@ -101,6 +106,7 @@ def test_a_changed_dataset_is_prepared_again(tmp_path: Path) -> None:
 
 
 def test_bad_hf_sources_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _datasets()
     pd.DataFrame({"text": _docs(10)}).to_parquet(tmp_path / "a.parquet")
     cases = [
         ({"source": "hf:someone/corpus"}, "data.source 'hf:someone/corpus': 'someone/corpus' is not a local folder or file, and the "
@@ -136,6 +142,7 @@ def _tone(freq: float, rate: int = 8000, seconds: float = 0.4) -> np.ndarray:
 
 def test_classifiers_read_hf_datasets_like_their_own_readers(tmp_path: Path) -> None:
     """Text, images and audio from datasets equal the same examples read from a table or class folders."""
+    datasets = _datasets()
     from largo.models import get_spec
 
     sf = pytest.importorskip("soundfile", reason="FLAC audio needs soundfile: pip install 'largo[audio]'")
