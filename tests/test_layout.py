@@ -15,7 +15,7 @@ import largo
 SRC = Path(largo.__file__).resolve().parent
 # Lowest first: a module may import its own layer and the ones below, never one above.
 LAYERS = [
-    ("largo.errors", "largo.fileio", "largo.precision", "largo.hardware", "largo.observe"),
+    ("largo.errors", "largo.fileio", "largo.precision", "largo.hardware", "largo.optional", "largo.observe"),
     ("largo.data",),
     ("largo.models",),
     ("largo.config",),

@@ -42,10 +42,14 @@ class Shape:
     context: int
     batch: int
 
-    def model_config(self) -> GPTConfig:
-        """The shape as largo's GPTConfig (exact parameter count and FLOPs per token)."""
+    def model_config(self, attention: str = "sdpa") -> GPTConfig:
+        """The shape as largo's GPTConfig (exact parameter count and FLOPs per token).
+
+        Peers get attention "sdpa": F.scaled_dot_product_attention, what a hand-written model calls; largo's
+        own choice of attention kernel ("auto") is part of what is measured, so it is not lent to them.
+        """
         return GPTConfig(vocab_size=VOCAB, dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=0,
-                           mlp_hidden=self.mlp_hidden, max_seq_len=self.context, tie_embeddings=True)
+                         mlp_hidden=self.mlp_hidden, max_seq_len=self.context, tie_embeddings=True, attention=attention)
 
     @property
     def tokens_per_step(self) -> int:

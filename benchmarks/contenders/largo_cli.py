@@ -5,6 +5,7 @@ warm-up, the shared AdamW settings and `train.log_every = 1`, so every step's `s
 are in metrics.jsonl. largo times a step from the batch read to the optimizer step, before any
 logging; the final evaluation (one batch) and checkpoint come after the last step and are not in
 any step time. `--compile default` leaves train.compile at the config default; true/false set it.
+`--attention sdpa` sets model.attention (default: the config default, auto) for the ablation rows.
 Peak memory is the largo process's own (the largest child this wrapper waited for).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,6 @@ from safetensors import safe_open
 from benchmarks.contenders.common import (BETAS, EPS, GRAD_CLIP, LR, SHAPES, WEIGHT_DECAY, data_settings, parse_args,
                                           peak_rss_bytes, write_result)
 from largo.checkpoint.store import checkpoint_candidates
-from largo.config import TrainConfig
 
 VARIANTS = {"default": "largo", "true": "largo_compile", "false": "largo_eager"}
 
@@ -52,6 +53,8 @@ def write_config(args: argparse.Namespace, out_dir: Path) -> Path:
     }
     if args.compile != "default":
         sections["train"]["compile"] = args.compile == "true"
+    if args.attention != "default":
+        sections["model"]["attention"] = args.attention
     text = "".join(f"[{name}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in keys.items()) + "\n"
                    for name, keys in sections.items())
     path = out_dir / "bench.toml"
@@ -74,7 +77,7 @@ def checkpoint_params(run_dir: Path) -> int:
 
 def run(args: argparse.Namespace) -> None:
     """Train through the CLI, then turn its metrics.jsonl into the contender result."""
-    name = VARIANTS[args.compile]
+    name = VARIANTS[args.compile] + ("" if args.attention == "default" else f"_{args.attention}")
     with tempfile.TemporaryDirectory(prefix="bench-largo-") as tmp:
         config = write_config(args, Path(tmp))
         cmd = [sys.executable, "-m", "largo", "train", str(config), "--overwrite"]
@@ -88,11 +91,14 @@ def run(args: argparse.Namespace) -> None:
         if [r["step"] for r in train] != list(range(1, args.steps + 1)):
             raise SystemExit(f"{name}: metrics.jsonl lacks per-step train records (train.log_every must be 1)")
         params = checkpoint_params(run_dir)
+        decided = re.search(r"^compile: (\S+)", proc.stdout, re.M)  # what train.compile (auto by default) chose
     write_result(args, name, params=params, step_times_s=[r["step_time_ms"] / 1000 for r in train],
                  losses=[r["loss"] for r in train], peak_rss=peak_rss_bytes(children=True), precision="bf16",
-                 compiled=TrainConfig().compile if args.compile == "default" else args.compile == "true")
+                 compiled=decided.group(1) if decided else args.compile)
 
 
 if __name__ == "__main__":
     run(parse_args(__doc__.splitlines()[0], [("--compile", {"choices": sorted(VARIANTS), "default": "default",
-                                                            "help": "train.compile: the config default, true or false"})]))
+                                                            "help": "train.compile: the config default, true or false"}),
+                                             ("--attention", {"choices": ["default", "sdpa", "math"], "default": "default",
+                                                              "help": "model.attention: the config default (auto), sdpa or math"})]))

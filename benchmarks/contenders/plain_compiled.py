@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from benchmarks.contenders.common import parse_args
-from benchmarks.contenders.plain_eager import PRECISION, train
+from benchmarks.contenders.plain_eager import ATTENTION, PRECISION, name_for, train
 
 if __name__ == "__main__":
-    train(parse_args(__doc__.splitlines()[0], [PRECISION]), "plain_compiled", compiled=True)
+    cli = parse_args(__doc__.splitlines()[0], [PRECISION, ATTENTION])
+    train(cli, name_for("plain_compiled", cli), compiled=True)

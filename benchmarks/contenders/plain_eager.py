@@ -1,8 +1,9 @@
 """The classic hand-written PyTorch loop: batch -> forward -> loss -> backward -> clip -> AdamW step.
 
-The model is largo's GPT module (plain PyTorch: RMSNorm, rotary, SwiGLU, SDPA causal attention,
-tied embedding), so this contender differs from `largo` only by the loop around it, and its
-parameter count is the shape's by construction. bf16 autocast like every other contender;
+The model is largo's GPT module with attention = "sdpa" (plain PyTorch: RMSNorm, rotary, SwiGLU,
+F.scaled_dot_product_attention, tied embedding), so its parameter count is the shape's by
+construction; `--attention auto` lends it largo's kernel choice, leaving the loop as the only
+difference from `largo`. bf16 autocast like every other contender;
 `--precision fp32` gives the fp32 loop as a reference point (the `plain_fp32` contender).
 """
 
@@ -35,7 +36,7 @@ def train(args: argparse.Namespace, name: str, *, compiled: bool) -> None:
     """Train the shape for args.steps steps, timing each one (batch read included), and write the result."""
     shape = SHAPES[args.shape]
     torch.manual_seed(args.seed)
-    gpt = GPT(shape.model_config())
+    gpt = GPT(shape.model_config(args.attention))
     gpt.init_weights()
     model = LossModel(gpt)
     step_fn = torch.compile(model) if compiled else model
@@ -59,7 +60,16 @@ def train(args: argparse.Namespace, name: str, *, compiled: bool) -> None:
 
 
 PRECISION = ("--precision", {"choices": ["bf16", "fp32"], "default": "bf16", "help": "bf16 autocast or plain fp32"})
+ATTENTION = ("--attention", {"choices": ["sdpa", "auto"], "default": "sdpa",
+                             "help": "sdpa (a hand-written model's) or auto (largo's kernel choice: the loop alone is compared)"})
+
+
+def name_for(base: str, args: argparse.Namespace) -> str:
+    """The contender's row name: plain_fp32 for the fp32 loop, a _largo_attention suffix with largo's kernel choice."""
+    name = base if args.precision == "bf16" else "plain_fp32"
+    return name + ("_largo_attention" if args.attention == "auto" else "")
+
 
 if __name__ == "__main__":
-    cli = parse_args(__doc__.splitlines()[0], [PRECISION])
-    train(cli, "plain_eager" if cli.precision == "bf16" else "plain_fp32", compiled=False)
+    cli = parse_args(__doc__.splitlines()[0], [PRECISION, ATTENTION])
+    train(cli, name_for("plain_eager", cli), compiled=False)

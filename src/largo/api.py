@@ -7,6 +7,10 @@
 Data may be any re-iterable of (inputs, targets) pairs or of dicts (targets under "labels",
 "targets", "label" or "y"; the other keys become keyword arguments of the model), or NumPy
 arrays / pandas objects given as an (inputs, targets) tuple.
+
+LoRA on a pretrained module: `largo.Trainer(model, finetune={"method": "lora", "rank": 8,
+"target_modules": ["q_proj", "v_proj"]})` freezes the module, trains and checkpoints PEFT's adapters
+only, and `trainer.merged_model()` returns the module with the adapters folded in.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from largo.data import Batch
 from largo.distributed import start_env
 from largo.distributed.parallelize import parallelize
 from largo.errors import ConfigError, DataError
+from largo.models.finetune import FinetuneConfig, apply_finetune, as_finetune, merge_adapters
 from largo.observe.metrics import MetricsLog
 from largo.observe.throughput import peak_flops
 from largo.train.evaluate import call_model, evaluate
@@ -177,6 +182,7 @@ class Trainer:
         checkpoint_every: int = 0,
         log_every: int = 50,
         seed: int = 0,
+        finetune: FinetuneConfig | dict[str, Any] | None = None,
         log: Callable[[str], None] = print,
     ):
         run_dir = Path(run_dir)
@@ -188,9 +194,11 @@ class Trainer:
         })
         if epochs < 1 or (steps is not None and steps < 1):
             raise ConfigError(f"epochs ({epochs}) and steps ({steps}) must be >= 1")
+        self.finetune = as_finetune(finetune)  # e.g. {"method": "lora", "rank": 8, "target_modules": ["q", "v"]}
         self.env = start_env(device)
         seed_everything(seed)
-        self.model = model.to(self.env.device)
+        # LoRA wraps the model in PEFT's PeftModel: the user's weights frozen, adapters trained (and checkpointed) alone
+        self.model = apply_finetune(model.to(self.env.device), self.finetune)
         self.loss_fn = loss or nn.CrossEntropyLoss()
         self.make_optimizer = optimizer
         self.epochs, self.steps, self.grad_accum, self.batch_size = epochs, steps, grad_accum, batch_size
@@ -213,7 +221,8 @@ class Trainer:
         loader, stride = shard_by_rank(as_loader(train_data, batch_size=self.batch_size, shuffle=True), env.rank, env.world)
         per_epoch = len(loader) // stride if hasattr(loader, "__len__") else None  # this rank's batches per epoch
         cfg.train.steps = self._steps(per_epoch)
-        optimizers = [self.make_optimizer(self.model.parameters())] if self.make_optimizer else build_optimizers(self.model, cfg.optim)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        optimizers = [self.make_optimizer(trained)] if self.make_optimizer else build_optimizers(self.model, cfg.optim)
         schedule = Schedule(optimizers, cfg.optim, cfg.train.steps, env.device)
         resumed = resume_point(cfg.run_dir, self.resume, log=self.log)
         run_dir = open_run_dir(cfg, resume=self.resume is not None, overwrite=self.overwrite, is_main=env.is_main)
@@ -227,7 +236,8 @@ class Trainer:
         """The loop over this rank's batches, inside the locked run directory."""
         cfg, env, accum = self.cfg, self.env, self.grad_accum
         checkpoints = Checkpointer(run_dir / "checkpoints", model=self.model, optimizers=optimizers, schedule=schedule,
-                                   env=env, sharded=False, keep_last=cfg.checkpoint.keep_last)
+                                   env=env, sharded=False, keep_last=cfg.checkpoint.keep_last, adapters=self.finetune.adapters)
+        adapters = {"adapters": {"method": self.finetune.method, "base": None}} if self.finetune.adapters else {}
         start = 0
         if resumed is not None:
             start = checkpoints.load(*resumed)
@@ -237,7 +247,7 @@ class Trainer:
         metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start) if env.is_main else None
 
         def save(step: int) -> None:
-            checkpoints.save(step, {"data": {"batches_seen": step * accum}, "config": cfg.to_dict(), "user_model": True})
+            checkpoints.save(step, {"data": {"batches_seen": step * accum}, "config": cfg.to_dict(), "user_model": True, **adapters})
 
         parts_model = parallelize(self.model, env)
         parts = LoopParts(
@@ -252,6 +262,10 @@ class Trainer:
         )
         progress = run_steps(parts, cfg, env, start_step=start, stop_at=None, metrics=metrics, say=self.log)
         return finish(parts, cfg, run_dir, progress, metrics=metrics, say=self.log)
+
+    def merged_model(self) -> nn.Module:
+        """The trained model as a plain module: adapters (finetune LoRA) folded into its weights; the model itself otherwise."""
+        return merge_adapters(self.model)
 
     def evaluate(self, data: Any) -> dict[str, float]:
         """Mean loss (weighted by batch size) and, for class logits, accuracy over `data`; shared by the ranks, all-reduced."""

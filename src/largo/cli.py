@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
-    """Evaluate a run's newest checkpoint (or a given checkpoint) on its held-out split."""
+    """Evaluate a run's newest checkpoint (or a given checkpoint) on its held-out split, or on lm-evaluation-harness tasks."""
     from largo.checkpoint.restore import restore
     from largo.distributed.env import DistEnv, pick_device
     from largo.train.evaluate import evaluate, format_result
@@ -57,6 +57,15 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     if args.max_batches < 0:
         raise ConfigError(f"--max-batches ({args.max_batches}) must be >= 0 (0 = the whole held-out split)")
     device = pick_device(args.device)
+    if args.tasks:  # lm-evaluation-harness
+        from largo.train.harness import evaluate_tasks
+
+        if (args.limit is not None and args.limit < 1) or args.batch_size < 1:
+            raise ConfigError(f"--limit ({args.limit}) and --batch-size ({args.batch_size}) must be >= 1")
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        evaluate_tasks(args.checkpoint, tasks, device=device, include_path=args.include_path, limit=args.limit,
+                       num_fewshot=args.num_fewshot, batch_size=args.batch_size)
+        return 0
     model, cfg, ckpt = restore(args.checkpoint, device)
     task = build_task(cfg, DistEnv(device=device))
     batches = task.dataset.eval_batches(cfg.train.micro_batch, args.max_batches)
@@ -176,7 +185,8 @@ def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"export output {args.out} is a file; give a folder (it is created if missing)")
-    interop.export(args.checkpoint, args.out, fmt=args.format, log=print)
+    interop.export(args.checkpoint, args.out, fmt=args.format, log=print, dtype=args.dtype, max_shard_size=args.max_shard_size,
+                   adapter_only=args.adapter_only)
     return 0
 
 
@@ -228,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="run directory or checkpoint folder")
     p.add_argument("out", help="output folder")
     p.add_argument("--format", required=True, choices=["hf", "onnx", "safetensors"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="hf: the weights' dtype (default fp32)")
+    p.add_argument("--max-shard-size", default="5GB", help="hf: largest safetensors file, e.g. 500MB; above it shards + an index")
+    p.add_argument("--adapter-only", action="store_true", help="a LoRA run: only its adapters, as a PEFT folder")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("import", help="turn a Hugging Face Llama folder or a GGUF file into a largo checkpoint")
@@ -242,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
         if name == "eval":
             p.add_argument("--max-batches", type=int, default=0, help="0 = the whole held-out split")
+            p.add_argument("--tasks", help="lm-evaluation-harness tasks instead: names or task YAML files, comma-separated")
+            p.add_argument("--include-path", action="append", help="--tasks: another folder of task YAML files (repeatable)")
+            p.add_argument("--limit", type=int, help="--tasks: at most this many documents per task")
+            p.add_argument("--num-fewshot", type=int, help="--tasks: few-shot examples per prompt (default: the task's)")
+            p.add_argument("--batch-size", type=int, default=8, help="--tasks: sequences per forward pass")
         else:
             p.add_argument("--prompt", default="def ")
             p.add_argument("--max-new-tokens", type=int, default=200)

@@ -18,8 +18,10 @@ from typing import Any, Literal
 
 from largo.data.config import DataConfig, TextDataConfig
 from largo.errors import ConfigError
+from largo.fileio import read_json
 from largo.models import get_spec, spec_names
 from largo.models.config import ModelConfig
+from largo.models.finetune import FinetuneConfig
 from largo.models.gpt import GPTConfig
 
 if sys.version_info >= (3, 11):
@@ -161,6 +163,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         t = self.train
@@ -195,6 +198,10 @@ def _closest(name: str, valid: list[str]) -> str:
 def _check_value(key: str, value: Any, hint: Any) -> Any:
     """Return value if it fits the annotated type (ints widen to floats), else raise ConfigError."""
     origin = typing.get_origin(hint)
+    if origin is list:  # list[str]: a TOML array of strings
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} = {value!r} must be a list of strings, e.g. [\"a\", \"b\"]")
+        return list(value)
     if origin is Literal:
         choices = typing.get_args(hint)
         if isinstance(value, bool) and {"true", "false"} <= set(choices):  # TOML's true/false for a switch with an "auto"
@@ -212,7 +219,9 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
 
 
 def _parse_override(key: str, text: str, hint: Any) -> Any:
-    """Turn a command-line string into the annotated type of `key`."""
+    """Turn a command-line string into the annotated type of `key` (a list from comma-separated items)."""
+    if typing.get_origin(hint) is list:
+        return [item.strip() for item in text.split(",") if item.strip()]
     base = str if typing.get_origin(hint) is Literal else hint
     try:
         if base is bool:
@@ -244,15 +253,94 @@ def _unknown(section: str, key: str, valid: list[str], arch: str) -> ConfigError
     return ConfigError(f"unknown key {section}.{key}{_closest(key, valid)}")
 
 
+# Model fields that stay the run's own when model.init_from gives the model its shape: how the weights start,
+# their init scale (unused), and the training context (the rotary table is rebuilt for any length).
+_INIT_OWN = ("init_from", "init_std", "max_seq_len")
+# Fields compared through what they resolve to (the MLP width, the kv heads), not as written.
+_INIT_RESOLVED = ("mlp_hidden", "multiple_of", "n_kv_heads")
+
+
+def _source_model(init_from: str) -> dict[str, Any]:
+    """The [model] section of the checkpoint or run directory that model.init_from names, read from its JSON.
+
+    Only the shape is read here; the weights, their hashes and the state's digest are verified when training loads them.
+    """
+    p = Path(init_from)
+    candidates = [p / "state.json", p / "config.json", *sorted((p / "checkpoints").glob("step_*/state.json"), reverse=True)]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise ConfigError(f"model.init_from {init_from!r}: no largo checkpoint folder or run directory there "
+                          f"(a Hugging Face folder or GGUF file becomes one with `largo import`)")
+    data = read_json(found, ConfigError)
+    config = data.get("config") if found.name == "state.json" and isinstance(data, dict) else data
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict):
+        raise ConfigError(f"model.init_from {init_from!r}: {found} holds no [model] section to take the model's shape from "
+                          f"(a Hugging Face folder or GGUF file becomes a largo run with `largo import`)")
+    return model
+
+
+def _explicit_model_keys(raw: dict[str, Any], overrides: dict[str, str]) -> set[str]:
+    return set(raw.get("model", {})) | {k.partition(".")[2] for k in overrides if k.startswith("model.")}
+
+
+def _init_source(raw: dict[str, Any], overrides: dict[str, str]) -> dict[str, Any] | None:
+    """The source's [model] section when model.init_from is set and the config leaves some of its shape to it, else None."""
+    model = raw.get("model", {})
+    init_from = overrides.get("model.init_from", model.get("init_from", ""))
+    if not init_from or not isinstance(init_from, str):
+        return None
+    arch = overrides.get("model.arch", model.get("arch"))
+    if isinstance(arch, str):  # every field written out (a saved run's config): nothing to take, the weights are checked on load
+        shape = {f.name for f in dataclasses.fields(get_spec(arch).model_config)} - set(_INIT_OWN)
+        if shape <= _explicit_model_keys(raw, overrides):
+            return None
+    return _source_model(init_from)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal, floats within float32 round-off (a source's config may hold float32-stored values)."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-6)
+    return a == b
+
+
+def _contradiction(key: str, mine: Any, theirs: Any, init_from: str) -> ConfigError:
+    return ConfigError(f"model.{key} = {mine!r} contradicts model.init_from {init_from!r}, whose model.{key} is {theirs!r}; "
+                       f"drop the key (the model's shape comes from the source) or set it to {theirs!r}")
+
+
+def _with_source(model: dict[str, Any], source: dict[str, Any], cls: type[ModelConfig], init_from: str) -> dict[str, Any]:
+    """The [model] keys with every shape field the config leaves out taken from the source; a written one must agree."""
+    fields = [f.name for f in dataclasses.fields(cls) if f.name not in _INIT_OWN and f.name in source]
+    for key in fields:
+        if key in model and key not in _INIT_RESOLVED and not _same(model[key], source[key]):
+            raise _contradiction(key, model[key], source[key], init_from)
+    return {**{k: source[k] for k in fields if k not in model}, **model}
+
+
+def _check_resolved(built: ModelConfig, source: dict[str, Any], init_from: str) -> None:
+    """The MLP width and kv heads must resolve as the source's do (mlp_hidden 0 + multiple_of may equal an explicit width)."""
+    theirs = type(built)(**{k: v for k, v in source.items() if k in _hints(type(built))})
+    for key, field_name in (("hidden", "mlp_hidden"), ("kv_heads", "n_kv_heads")):
+        if getattr(built, key) != getattr(theirs, key):
+            raise _contradiction(field_name, getattr(built, field_name), getattr(theirs, field_name), init_from)
+
+
 def build_config(raw: dict[str, Any], overrides: dict[str, str] | None = None) -> RunConfig:
-    """Validate a nested dict (from TOML) plus dotted overrides into a RunConfig."""
+    """Validate a nested dict (from TOML) plus dotted overrides into a RunConfig.
+
+    With model.init_from, the [model] keys the config leaves out come from the source checkpoint's config.
+    """
     for name, table in raw.items():
         if name not in _sections():
             raise ConfigError(f"unknown section [{name}]{_closest(name, list(_sections()))}")
         if not isinstance(table, dict):
             raise ConfigError(f"[{name}] must be a table of keys, got {table!r}")
     overrides = overrides or {}
-    arch = overrides.get("model.arch", raw.get("model", {}).get("arch", GPTConfig.arch))
+    source = _init_source(raw, overrides)
+    default_arch = source.get("arch", GPTConfig.arch) if source else GPTConfig.arch
+    arch = overrides.get("model.arch", raw.get("model", {}).get("arch", default_arch))
     sections = _arch_sections(arch)
     merged: dict[str, dict[str, Any]] = {name: dict(table) for name, table in raw.items()}
     for dotted, text in overrides.items():
@@ -263,6 +351,8 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str] | None = None) -
         if key not in hints:
             raise _unknown(section, key, list(hints), arch)
         merged.setdefault(section, {})[key] = _parse_override(dotted, text, hints[key])
+    if source is not None:
+        merged["model"] = _with_source(merged.get("model", {}), source, sections["model"], merged["model"]["init_from"])
     built = {}
     for name, cls in sections.items():
         hints = _hints(cls)
@@ -272,6 +362,8 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str] | None = None) -
                 raise _unknown(name, key, list(hints), arch)
             values[key] = _check_value(f"{name}.{key}", value, hints[key])
         built[name] = cls(**values)
+    if source is not None:
+        _check_resolved(built["model"], source, built["model"].init_from)
     return RunConfig(**built)
 
 

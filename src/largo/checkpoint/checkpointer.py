@@ -6,7 +6,9 @@ compile, activation checkpointing):
   replicated  rank 0 writes model.safetensors (weights) and optim.safetensors ("<name>/<key>" tensors)
   sharded     every rank writes its shards through DCP (dcp/, see sharded.py)
 and state.json holds the rest: optimizer param groups and non-tensor state, the schedule, RNG, the
-data position and the config (store.py writes the folder atomically). A checkpoint of either layout
+data position and the config (store.py writes the folder atomically). A run that trains adapters over
+frozen weights (finetune.method = "lora") saves only the trainable tensors: the frozen base is
+model.init_from's, named with its digest in state.json's `adapters`. A checkpoint of either layout
 loads into a run of either layout, on any number of ranks: DCP reshards, and a replicated
 checkpoint is split into shards by set_state_dict.
 """
@@ -61,15 +63,21 @@ class Checkpointer:
     """Saves and restores one run's training state under root (checkpoints/), replicated or sharded."""
 
     def __init__(self, root: Path, *, model: nn.Module, optimizers: list[torch.optim.Optimizer], schedule: Any | None,
-                 env: DistEnv, sharded: bool, keep_last: int, files: dict[str, Path] | None = None):
+                 env: DistEnv, sharded: bool, keep_last: int, files: dict[str, Path] | None = None, adapters: bool = False):
         self.root, self.model, self.optimizers, self.schedule = root, model, optimizers, schedule
         self.env, self.sharded, self.keep_last, self.files = env, sharded, keep_last, files or {}
+        # adapters: the model's weights in a checkpoint are only its trainable ones (the frozen base comes from elsewhere)
+        self.trained = {name for name, p in model.named_parameters() if p.requires_grad} if adapters else None
 
     def _state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(model state, optimizer state) keyed by parameter name, in this run's layout (DTensor shards when sharded)."""
         if not self.optimizers:
-            return get_model_state_dict(self.model), {"state": {}, "param_groups": []}
-        return get_state_dict(self.model, self.optimizers)
+            model_sd, optim_sd = get_model_state_dict(self.model), {"state": {}, "param_groups": []}
+        else:
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizers)
+        if self.trained is not None:
+            model_sd = {k: v for k, v in model_sd.items() if k in self.trained}
+        return model_sd, optim_sd
 
     # ---- save
     def save(self, step: int, trainer_state: dict[str, Any]) -> Path:
@@ -126,7 +134,8 @@ class Checkpointer:
             for name, value in load_tensors(path / "optim.safetensors").items():
                 fqn, _, key = name.rpartition(_SEP)
                 tensors.setdefault(fqn, {})[key] = value
-            options = StateDictOptions(full_state_dict=True)  # each rank keeps its shards of the full tensors
+            # each rank keeps its shards of the full tensors; adapters: the frozen base is already in place
+            options = StateDictOptions(full_state_dict=True, strict=self.trained is None)
         scalars = state["optimizer_scalars"]
         optim_state = {fqn: {**tensors.get(fqn, {}), **scalars.get(fqn, {})} for fqn in set(tensors) | set(scalars)}
         try:
@@ -167,14 +176,18 @@ def restore_schedule_and_rng(path: Path, state: dict[str, Any], schedule: Any | 
     set_rng_state(state["rng"], tensors)
 
 
-def load_weights(model: nn.Module, path: Path, state: dict[str, Any]) -> None:
-    """Only the weights of a verified checkpoint of either layout, into a plain model (eval, generate, export, fine-tuning)."""
+def load_weights(model: nn.Module, path: Path, state: dict[str, Any], *, only: set[str] | None = None) -> None:
+    """Only the weights of a verified checkpoint of either layout, into a plain model (eval, generate, export, fine-tuning).
+
+    only: the names the checkpoint holds when it is not the whole model (an adapter checkpoint's trainable tensors).
+    """
+    expected = model.state_dict() if only is None else {k: v for k, v in model.state_dict().items() if k in only}
     if state.get("sharded"):  # an FSDP run's DCP shards, gathered into this one plain model
-        target = {"model": model.state_dict()}
+        target = {"model": expected}
         dcp_load(target, path)
-        model.load_state_dict(target["model"])
+        model.load_state_dict(target["model"], strict=only is None)
         return
     weights = load_tensors(path / "model.safetensors")
-    check_shapes(model.state_dict(), weights, path)
-    model.load_state_dict(weights)
+    check_shapes(expected, weights, path)
+    model.load_state_dict(weights, strict=only is None)
 

@@ -16,13 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from largo.checkpoint.restore import restore
+from largo.checkpoint.hub import DEFAULT_SHARD, DTYPE_NAMES, check_dtype, write_shards
+from largo.checkpoint.restore import resolve_checkpoint, restore
 from largo.checkpoint.checkpointer import write_replicated
+from largo.checkpoint.sharded import WeightReader
 from largo.checkpoint.store import check_shapes, load_tensors
-from largo.config import RunConfig, RunSection
+from largo.config import RunConfig, RunSection, build_config
 from largo.data.prepare import EOT
-from largo.errors import CheckpointError
+from largo.errors import CheckpointError, LargoError
 from largo.fileio import read_json, write_json_atomic
+from largo.optional import require
 from largo.models import get_spec
 from largo.models.config import ModelConfig
 from largo.models.gpt import GPTConfig
@@ -60,7 +63,7 @@ def expand_names(table: dict[str, Any], n_layers: int, *, tied: bool) -> dict[st
     return out
 
 
-def llama_config(cfg: ModelConfig, *, eot_id: int | None) -> dict[str, Any]:
+def llama_config(cfg: ModelConfig, *, eot_id: int | None, dtype: str = "float32") -> dict[str, Any]:
     """config.json of the equivalent LlamaForCausalLM; refuses options Llama cannot express."""
     spec = get_spec(cfg.arch)
     if "hf" not in spec.export_formats:
@@ -94,7 +97,8 @@ def llama_config(cfg: ModelConfig, *, eot_id: int | None) -> dict[str, Any]:
         "initializer_range": cfg.init_std,
         "bos_token_id": eot_id,
         "eos_token_id": eot_id,
-        "torch_dtype": "float32",
+        "torch_dtype": dtype,  # transformers < 5 reads this key ...
+        "dtype": dtype,  # ... and >= 5 this one
         "use_cache": True,
     }
 
@@ -160,21 +164,102 @@ def write_tokenizer_files(tokenizer_json: Path, out_dir: Path, *, max_seq_len: i
     return eot_id
 
 
-def export_hf(checkpoint: str | Path, out_dir: str | Path) -> Path:
-    """Write a Llama folder (config, weights, generation config, tokenizer) for a GPT checkpoint."""
-    from safetensors.torch import save_file
+def checkpoint_config(ckpt: Path, state: dict[str, Any]) -> RunConfig:
+    """The run config a verified checkpoint holds, or one line saying it does not fit this largo."""
+    if state.get("user_model"):
+        raise CheckpointError(f"{ckpt}: holds a user's own nn.Module, which has no Llama equivalent")
+    try:
+        return build_config(state["config"])
+    except (LargoError, KeyError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{ckpt}/state.json: its config is not valid for this largo ({e})") from None
 
-    model, cfg, ckpt = restore(checkpoint)
+
+def export_hf(checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "fp32", max_shard_size: str | int = DEFAULT_SHARD) -> Path:
+    """Write a Llama folder (config, weights, generation config, tokenizer) for a GPT checkpoint.
+
+    Weights are written in `dtype`, in shards of at most max_shard_size with an index above it. A plain
+    checkpoint (replicated or FSDP-sharded) is converted one shard at a time, never the whole model in memory;
+    an adapter checkpoint is merged first (its base fits one process: it was fine-tuned in one).
+    """
+    ckpt, state = resolve_checkpoint(checkpoint)
+    cfg = checkpoint_config(ckpt, state)
+    check_dtype(dtype)
     llama_config(cfg.model, eot_id=None)  # refuse before writing anything
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     eot_id = None
     if (ckpt / "tokenizer.json").is_file():
         eot_id = write_tokenizer_files(ckpt / "tokenizer.json", out, max_seq_len=cfg.model.max_seq_len)
-    write_json_atomic(out / "config.json", llama_config(cfg.model, eot_id=eot_id))
+    write_json_atomic(out / "config.json", llama_config(cfg.model, eot_id=eot_id, dtype=DTYPE_NAMES[dtype]))
     write_json_atomic(out / "generation_config.json", {"bos_token_id": eot_id, "eos_token_id": eot_id})
-    save_file(to_hf_weights(model.state_dict(), cfg.model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    names = expand_names(LLAMA_NAMES, cfg.model.n_layers, tied=cfg.model.tie_embeddings)  # ours -> theirs
+    ours = {theirs: mine for mine, theirs in names.items()}
+    if state.get("adapters"):
+        merged = restore(ckpt)[0].state_dict()
+        shapes, read = {n: tuple(t.shape) for n, t in merged.items()}, (lambda wanted: {n: merged[n] for n in wanted})
+    else:
+        reader = WeightReader(ckpt, state)
+        shapes, read = {n: spec[0] for n, spec in reader.specs.items()}, reader.read
+    missing = [n for n in names if n not in shapes]
+    if missing:
+        raise CheckpointError(f"{ckpt}: holds no weight {missing[0]!r} of its model")
+
+    def read_theirs(wanted: list[str]) -> dict[str, torch.Tensor]:
+        got = read([ours[t] for t in wanted])
+        return {t: got[ours[t]] for t in wanted}
+
+    write_shards(out, {theirs: shapes[mine] for mine, theirs in names.items()}, read_theirs, dtype=dtype, max_shard_size=max_shard_size)
     return out
+
+
+def hf_module_name(module: str, n_layers: int) -> str:
+    """A largo module path (trunk.blocks.3.attn.wq) as its Llama path (model.layers.3.self_attn.q_proj)."""
+    table = expand_names(LLAMA_NAMES, n_layers, tied=False)
+    theirs = table.get(f"{module}.weight")
+    if theirs is None:
+        raise CheckpointError(f"adapter on {module!r}: the module has no Llama equivalent")
+    return theirs[: -len(".weight")]
+
+
+def export_adapter(checkpoint: str | Path, out_dir: str | Path, *, fmt: str) -> tuple[Path, nn.Module, nn.Module, RunConfig]:
+    """A PEFT adapter folder (adapter_config.json + adapter_model.safetensors) of a LoRA checkpoint.
+
+    fmt "hf": named for the Llama export of its base (load with PeftModel.from_pretrained over that folder);
+    fmt "safetensors": named for largo's own model. Returns (folder, the unmerged model, the base, config).
+    """
+    import copy
+
+    from safetensors.torch import save_file
+
+    ckpt, state = resolve_checkpoint(checkpoint)
+    cfg = checkpoint_config(ckpt, state)
+    if not state.get("adapters"):
+        raise CheckpointError(f"{ckpt}: holds no adapters (finetune.method = {cfg.finetune.method!r}); export the whole model "
+                              f"without --adapter-only")
+    if fmt not in ("hf", "safetensors"):
+        raise CheckpointError(f"--adapter-only writes a PEFT folder for --format hf or safetensors, not {fmt!r}")
+    if fmt == "hf":
+        llama_config(cfg.model, eot_id=None)
+    peft = require("peft", "--adapter-only", CheckpointError)
+    model, _, _ = restore(ckpt, merge=False)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = peft.get_peft_model_state_dict(model)  # base_model.model.<module>.lora_A.weight, ...
+    adapter_cfg = copy.deepcopy(model.peft_config["default"])
+    adapter_cfg.base_model_name_or_path = None
+    if fmt == "hf":
+        prefix, renamed = "base_model.model.", {}
+        for key, value in weights.items():
+            module, _, leaf = key[len(prefix):].rpartition(".lora_")
+            renamed[f"{prefix}{hf_module_name(module, cfg.model.n_layers)}.lora_{leaf}"] = value
+        modules = {key[len(prefix):].rpartition(".lora_")[0] for key in renamed}
+        adapter_cfg.target_modules = sorted({m.rsplit(".", 1)[-1] for m in modules})
+        adapter_cfg.task_type = "CAUSAL_LM"
+        weights = renamed
+    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(out / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    adapter_cfg.save_pretrained(str(out))
+    return out, model, model.get_base_model(), cfg
 
 
 def _plain_name(name: str) -> bool:
@@ -231,7 +316,7 @@ def hf_model(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     except ImportError:
         from transformers.modeling_utils import no_init_weights
 
-    config = {k: v for k, v in llama_config(cfg, eot_id=None).items() if k not in ("architectures", "model_type", "torch_dtype")}
+    config = {k: v for k, v in llama_config(cfg, eot_id=None).items() if k not in ("architectures", "model_type", "torch_dtype", "dtype")}
     with no_init_weights():  # every weight is overwritten below; random init of a large model costs seconds
         ref = LlamaForCausalLM(LlamaConfig(**config)).float().eval()
     missing, unexpected = ref.load_state_dict(to_hf_weights(model.state_dict(), cfg), strict=False)

@@ -14,20 +14,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from largo.checkpoint.restore import resolve_checkpoint, restore
+from largo.checkpoint.hub import DEFAULT_SHARD, DTYPE_NAMES, DTYPES, INDEX, check_dtype, check_shard_size, model_card
+from largo.checkpoint.restore import adapter_base, resolve_checkpoint, restore
 from largo.errors import CheckpointError, LargoError
+from largo.optional import hf_offline, require
 from largo.fileio import write_json_atomic
 from largo.config import RunConfig
 from largo.models import get_spec
 from largo.models.config import ModelConfig
 
 LOGIT_ATOL = 1e-4  # fp32 parity bound against transformers
+MERGE_RTOL = 1e-5  # merged vs unmerged adapters, relative to the largest logit (W + s*B@A sums in another order)
 ONNX_ATOL = 1e-3  # onnxruntime's kernels sum in another order than PyTorch's
 _PARITY_TOKENS = 48  # positions compared; the greedy check continues row 0 for 8 more
 
 
 def has(package: str) -> bool:
-    """Whether an optional package is installed (checked without importing it)."""
+    """Whether an optional package is installed (checked without importing it; Hugging Face ones are then imported offline)."""
+    hf_offline()
     found = importlib.util.find_spec(package) is not None
     if found and package == "transformers":
         from transformers.utils import logging
@@ -60,37 +64,127 @@ def check_parity(model: nn.Module, ref: nn.Module, tokens: torch.Tensor, what: s
     return result["max_abs_diff"]
 
 
-def export(checkpoint: str | Path, out: str | Path, *, fmt: str, log: Callable[[str], None] = print) -> Path:
-    """Write `checkpoint` in format hf | onnx | safetensors under the folder `out`, then check it."""
+def export(checkpoint: str | Path, out: str | Path, *, fmt: str, log: Callable[[str], None] = print, dtype: str = "fp32",
+           max_shard_size: str | int = DEFAULT_SHARD, adapter_only: bool = False) -> Path:
+    """Write `checkpoint` in format hf | onnx | safetensors under the folder `out`, then check it.
+
+    hf: weights in `dtype`, sharded above max_shard_size, with a README.md model card. adapter_only: a LoRA
+    checkpoint's adapters as a PEFT folder (named for the hf export of its base, or for largo's model).
+    """
     writers = {"hf": export_hf_checked, "onnx": export_onnx_checked, "safetensors": export_safetensors}
     if fmt not in writers:
         raise CheckpointError(f"--format {fmt!r} is not valid; choose one of {', '.join(writers)}")
+    check_dtype(dtype)
+    if fmt != "hf" and (dtype != "fp32" or str(max_shard_size) != DEFAULT_SHARD):
+        raise CheckpointError(f"--dtype and --max-shard-size shape Hugging Face folders (--format hf), not --format {fmt}")
+    if fmt == "hf" and not adapter_only:
+        check_shard_size(max_shard_size)
+    if adapter_only:
+        return export_adapter_checked(checkpoint, Path(out), fmt, log)
+    if fmt == "hf":
+        return export_hf_checked(checkpoint, Path(out), log, dtype=dtype, max_shard_size=max_shard_size)
     return writers[fmt](checkpoint, Path(out), log)
 
 
-def export_hf_checked(checkpoint: str | Path, out: Path, log: Callable[[str], None]) -> Path:
-    """Hugging Face Llama folder; when transformers is installed, reload it and compare."""
+def _rounded(model: nn.Module, dtype: str) -> nn.Module:
+    """The model with its weights rounded to `dtype` and back (what a bf16 export holds), computing in fp32."""
+    if dtype != "fp32":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.to(DTYPES[dtype]).float())
+    return model
+
+
+def export_hf_checked(checkpoint: str | Path, out: Path, log: Callable[[str], None], *, dtype: str = "fp32",
+                      max_shard_size: str | int = DEFAULT_SHARD) -> Path:
+    """Hugging Face Llama folder + model card; when transformers is installed, reload it and compare logits.
+
+    bf16: transformers loads the bf16 weights upcast to fp32 and is compared with largo's model holding the same
+    rounded weights (the conversion must be exact; the rounding itself is reported, not bounded).
+    """
     from largo.checkpoint.hf import export_hf
 
-    export_hf(checkpoint, out)
-    log(f"wrote {out}: config.json, model.safetensors, generation_config.json" + (", tokenizer.json, tokenizer_config.json" if (out / "tokenizer.json").exists() else ""))
-    if not has("transformers"):
-        log("transformers is not installed: parity not checked (pip install 'largo[hf]')")
-        return out
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
+    export_hf(checkpoint, out, dtype=dtype, max_shard_size=max_shard_size)
+    ckpt, state = resolve_checkpoint(checkpoint)
+    files = sorted(p.name for p in out.glob("model*.safetensors"))
+    sizes = sum((out / f).stat().st_size for f in files)
+    log(f"wrote {out}: config.json, {len(files)} safetensors file(s) of {DTYPE_NAMES[dtype]} ({sizes / 2**20:.1f} MiB)"
+        + (", model.safetensors.index.json" if (out / INDEX).exists() else "") + ", generation_config.json"
+        + (", tokenizer.json, tokenizer_config.json" if (out / "tokenizer.json").exists() else ""))
     model, cfg, _ = restore(checkpoint)
-    tokens = sample_tokens(out / "tokenizer.json", cfg.model.vocab_size, cfg.model.max_seq_len)
-    ref = LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
-    check_parity(model, ref, tokens, f"transformers LlamaForCausalLM.from_pretrained({str(out)!r})", log)
-    if (out / "tokenizer.json").exists():
-        from tokenizers import Tokenizer
+    parity = "not checked (transformers not installed)"
+    if has("transformers"):
+        from transformers import AutoTokenizer, LlamaForCausalLM
 
-        text = Path(__file__).read_text()[:4000]
-        same = AutoTokenizer.from_pretrained(str(out))(text, verbose=False)["input_ids"] == Tokenizer.from_file(str(out / "tokenizer.json")).encode(text).ids
-        log(f"AutoTokenizer encodes {'like' if same else 'DIFFERENTLY from'} largo's tokenizer")
-        if not same:
-            raise CheckpointError(f"{out}: AutoTokenizer does not encode like the checkpoint's tokenizer.json")
+        tokens = sample_tokens(out / "tokenizer.json", cfg.model.vocab_size, cfg.model.max_seq_len)
+        if state.get("adapters"):  # merging reorders fp32 sums: bounded relative to the logits' scale
+            adapted, _, _ = restore(checkpoint, merge=False)
+            with torch.no_grad():
+                merged_logits, unmerged = model(tokens).float(), adapted(tokens).float()
+            diff, bound = (merged_logits - unmerged).abs().max().item(), max(LOGIT_ATOL, MERGE_RTOL * unmerged.abs().max().item())
+            log(f"merged adapters: max |logit difference| vs the unmerged model (PEFT) {diff:.2e} (bound {bound:.1e})")
+            if diff > bound:
+                raise CheckpointError(f"merging the adapters changed the logits by {diff:.2e} (bound {bound:.1e})")
+        if dtype != "fp32":
+            with torch.no_grad():
+                full = model(tokens).float()
+            model = _rounded(model, dtype)
+            with torch.no_grad():
+                log(f"rounding to {DTYPE_NAMES[dtype]}: max |logit difference| vs the fp32 weights "
+                    f"{(model(tokens).float() - full).abs().max().item():.2e} (reported, not bounded)")
+        ref = LlamaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+        diff = check_parity(model, ref, tokens, f"transformers LlamaForCausalLM.from_pretrained({str(out)!r})", log)
+        parity = (f"logits equal transformers' `LlamaForCausalLM` loading this folder within {diff:.1e} "
+                  f"(fp32 compute{', on the same ' + DTYPE_NAMES[dtype] + ' weights' if dtype != 'fp32' else ''}); greedy tokens identical")
+        if (out / "tokenizer.json").exists():
+            from tokenizers import Tokenizer
+
+            text = Path(__file__).read_text()[:4000]
+            same = AutoTokenizer.from_pretrained(str(out))(text, verbose=False)["input_ids"] == Tokenizer.from_file(str(out / "tokenizer.json")).encode(text).ids
+            log(f"AutoTokenizer encodes {'like' if same else 'DIFFERENTLY from'} largo's tokenizer")
+            if not same:
+                raise CheckpointError(f"{out}: AutoTokenizer does not encode like the checkpoint's tokenizer.json")
+    else:
+        log("transformers is not installed: parity not checked (pip install 'largo[hf]')")
+    card = model_card(cfg, ckpt, state, dtype=dtype, files=files, params=sum(p.numel() for p in model.parameters()), parity=parity)
+    (out / "README.md").write_text(card)
+    log(f"wrote {out / 'README.md'} (model card)")
+    return out
+
+
+def export_adapter_checked(checkpoint: str | Path, out: Path, fmt: str, log: Callable[[str], None]) -> Path:
+    """A LoRA checkpoint's adapters as a PEFT folder; PEFT loads it over the base and must compute what largo does."""
+    from largo.checkpoint.hf import export_adapter, hf_model
+
+    out, adapted, base, cfg = export_adapter(checkpoint, out, fmt=fmt)
+    ckpt, state = resolve_checkpoint(checkpoint)
+    log(f"wrote {out}: adapter_config.json, adapter_model.safetensors ({(out / 'adapter_model.safetensors').stat().st_size / 2**10:.1f} KiB)")
+    peft = require("peft", "--adapter-only", CheckpointError)
+    tokens = sample_tokens(ckpt / "tokenizer.json", cfg.model.vocab_size, cfg.model.max_seq_len)
+    with torch.no_grad():
+        expected = adapted(tokens).float()
+    fresh_base, _, _ = restore(adapter_base(ckpt, state)[0])  # the base alone, without adapters
+    if fmt == "hf":
+        if not has("transformers"):
+            log("transformers is not installed: the adapter folder is not checked (pip install 'largo[hf]')")
+            return out
+        ref = peft.PeftModel.from_pretrained(hf_model(fresh_base, cfg.model), str(out)).eval()
+        what = "PeftModel.from_pretrained(transformers' Llama holding the base, the folder)"
+        with torch.no_grad():
+            got = ref(input_ids=tokens).logits.float()
+    else:
+        ref = peft.PeftModel.from_pretrained(fresh_base, str(out)).eval()
+        what = "PeftModel.from_pretrained(largo's base, the folder)"
+        with torch.no_grad():
+            got = ref(tokens).float()
+    diff = (got - expected).abs().max().item()
+    log(f"parity vs {what}: max |logit difference| {diff:.2e}")
+    if diff > LOGIT_ATOL:
+        raise CheckpointError(f"parity check failed against {what}: max |logit difference| {diff:.2e} (bound {LOGIT_ATOL})")
+    card = model_card(cfg, ckpt, state, dtype="fp32", files=["adapter_model.safetensors"],
+                      params=sum(v.numel() for v in peft.get_peft_model_state_dict(adapted).values()),
+                      parity=f"PEFT over the base computes largo's logits within {diff:.1e}", adapters_only=True)
+    (out / "README.md").write_text(card)
     return out
 
 
@@ -127,12 +221,22 @@ def real_inputs(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def export_safetensors(checkpoint: str | Path, out: Path, log: Callable[[str], None]) -> Path:
-    """Plain largo weights in one model.safetensors (FSDP shards gathered), the resolved config and the tokenizer."""
+    """Plain largo weights in one model.safetensors (FSDP shards gathered, adapters merged), the resolved config and the tokenizer."""
+    from safetensors.torch import save_file
+
     from largo.checkpoint.sharded import consolidate
 
     ckpt, state = resolve_checkpoint(checkpoint)
-    consolidate(ckpt, out / "model.safetensors", state)
-    write_json_atomic(out / "config.json", state["config"])
+    config = state["config"]
+    if state.get("adapters"):  # the merged weights: a plain model, trained "full" as far as anyone loading it can tell
+        model, cfg, _ = restore(ckpt)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "model.safetensors"),
+                  metadata={"largo_checkpoint": str(ckpt), "step": str(state["step"]), "merged": "lora"})
+        config = {**config, "finetune": {}}
+    else:
+        consolidate(ckpt, out / "model.safetensors", state)
+    write_json_atomic(out / "config.json", config)
     if (ckpt / "tokenizer.json").is_file():
         (out / "tokenizer.json").write_bytes((ckpt / "tokenizer.json").read_bytes())
     log(f"wrote {out}: model.safetensors, config.json")
@@ -140,11 +244,9 @@ def export_safetensors(checkpoint: str | Path, out: Path, log: Callable[[str], N
 
 
 def model_toml(cfg: ModelConfig, init_from: Path) -> str:
-    """The [model] section a fine-tuning config needs to start from an imported checkpoint."""
-    keys = ("dim", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "rope_theta", "norm_eps", "tie_embeddings")
-    value = {bool: lambda v: str(v).lower(), float: repr, int: str}
-    lines = [f'init_from = "{init_from}"'] + [f"{k} = {value[type(getattr(cfg, k))](getattr(cfg, k))}" for k in keys]
-    return "[model]\n" + "\n".join(lines) + f"\nmax_seq_len = {min(256, cfg.max_seq_len)}  # training context; up to {cfg.max_seq_len}"
+    """The [model] section a fine-tuning config needs to start from an imported checkpoint (its shape comes from it)."""
+    return (f'[model]\ninit_from = "{init_from}"  # the model\'s shape (width, depth, heads, vocabulary, ...) comes from it\n'
+            f"max_seq_len = {min(256, cfg.max_seq_len)}  # training context; up to {cfg.max_seq_len}")
 
 
 def import_model(source: str | Path, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:

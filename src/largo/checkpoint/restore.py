@@ -18,6 +18,7 @@ from largo.config import RunConfig, build_config
 from largo.errors import CheckpointError, ConfigError
 from largo.models import build_model
 from largo.models.config import ModelConfig
+from largo.models.finetune import adapter_state, apply_finetune, merge_adapters
 
 
 def _warn(message: str) -> None:
@@ -42,8 +43,12 @@ def resolve_checkpoint(path: str | Path, log: Callable[[str], None] = _warn) -> 
     return found
 
 
-def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, RunConfig, Path]:
-    """(model with trained weights in eval mode, the run's config, the checkpoint folder)."""
+def restore(path: str | Path, device: torch.device | str = "cpu", *, merge: bool = True) -> tuple[nn.Module, RunConfig, Path]:
+    """(model with trained weights in eval mode, the run's config, the checkpoint folder).
+
+    An adapter checkpoint (finetune.method = "lora") is its base's weights plus the adapters: merged into
+    plain weights (merge=True, what eval, generate and export use), or left as the PeftModel (merge=False).
+    """
     ckpt, state = resolve_checkpoint(path)
     if state.get("user_model"):
         raise CheckpointError(f"{ckpt}: holds a user's own nn.Module; load it with largo.Trainer(model, resume={str(ckpt)!r})")
@@ -52,8 +57,32 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
     except (ConfigError, KeyError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{ckpt}/{STATE}: its config is not valid for this largo ({e})") from None
     model = build_model(cfg.model, device)
-    load_weights(model, ckpt, state)
-    return model.eval(), cfg, ckpt
+    if not state.get("adapters"):
+        load_weights(model, ckpt, state)
+        return model.eval(), cfg, ckpt
+    base, base_state = adapter_base(ckpt, state)
+    load_weights(model, base, base_state)
+    model = apply_finetune(model, cfg.finetune)
+    load_weights(model, ckpt, state, only=set(adapter_state(model)))
+    return (merge_adapters(model) if merge else model).eval(), cfg, ckpt
+
+
+def adapter_base(ckpt: Path, state: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """(base checkpoint, its verified state) an adapter checkpoint was trained over: the one recorded, else model.init_from's;
+    refused unless its state.json digest is the recorded one (adapters over other weights compute something else)."""
+    recorded = state["adapters"]["base"] or {}
+    where = recorded.get("checkpoint", "")
+    init_from = state["config"].get("model", {}).get("init_from", "")
+    candidates = [p for p in (where, init_from) if p and Path(p).exists()]
+    if not candidates:
+        raise CheckpointError(f"{ckpt}: holds LoRA adapters over the base {where or init_from or '(none recorded)'}, which is gone; "
+                              f"put the base checkpoint back (model.init_from) to use them")
+    for candidate in candidates:
+        base, base_state = resolve_checkpoint(candidate)
+        if base_state["digest"] == recorded.get("digest"):
+            return base, base_state
+    raise CheckpointError(f"{ckpt}: holds LoRA adapters trained over {where} (state.json digest {str(recorded.get('digest'))[:12]}...), "
+                          f"but {candidates[-1]} now holds other weights; restore the original base")
 
 
 # Fields free to differ from the source model: how it was initialised or fine-tuned, and the context length
@@ -61,8 +90,8 @@ def restore(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Mo
 _INIT_FREE = {"init_from", "init_std", "max_seq_len", "mlp_hidden", "multiple_of", "n_kv_heads"}
 
 
-def load_init_weights(model: nn.Module, cfg: ModelConfig) -> Path:
-    """Copy cfg.init_from's weights into `model` (fine-tuning), refusing a model that computes differently."""
+def load_init_weights(model: nn.Module, cfg: ModelConfig) -> tuple[Path, dict[str, Any]]:
+    """Copy cfg.init_from's weights into `model` (fine-tuning), refusing a model that computes differently; (checkpoint, state)."""
     ckpt, state = resolve_checkpoint(cfg.init_from)
     theirs = build_config(state["config"]).model
     keys = ["arch"] + [f.name for f in dataclasses.fields(theirs) if f.name not in _INIT_FREE | {"arch"}] + ["hidden", "kv_heads"]
@@ -70,5 +99,9 @@ def load_init_weights(model: nn.Module, cfg: ModelConfig) -> Path:
         a, b = getattr(theirs, key), getattr(cfg, key, None)
         if a != b and not (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6)):  # float32-stored values
             raise CheckpointError(f"model.init_from {ckpt}: its model.{key} is {a!r}, this run's is {b!r}; set them equal")
+    if state.get("adapters"):  # a LoRA run: start from its merged weights
+        merged, _, _ = restore(ckpt)
+        model.load_state_dict(merged.state_dict())
+        return ckpt, state
     load_weights(model, ckpt, state)
-    return ckpt
+    return ckpt, state

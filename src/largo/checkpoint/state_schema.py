@@ -105,6 +105,18 @@ def check_schema(state: dict[str, Any], path: Path, folder_step: int | None) -> 
     for key in ("user_model",):
         if key in state and not isinstance(state[key], bool):
             raise _bad(path, f"'{key}' must be true or false")
+    if "adapters" in state:
+        _check_adapters(state["adapters"], path)
+
+
+def _check_adapters(adapters: Any, path: Path) -> None:
+    """An adapter checkpoint (only trainable tensors saved): its method and the base it was trained over, if a checkpoint."""
+    base = adapters.get("base") if isinstance(adapters, dict) else None
+    ok = (isinstance(adapters, dict) and set(adapters) == {"method", "base"} and adapters["method"] == "lora"
+          and (base is None or isinstance(base, dict) and set(base) == {"checkpoint", "digest"}
+               and isinstance(base["checkpoint"], str) and _is_sha(base["digest"])))
+    if not ok:
+        raise _bad(path, "'adapters' must hold method 'lora' and its base: null or {checkpoint, digest}")
 
 
 def _check_data(data: Any, path: Path) -> None:

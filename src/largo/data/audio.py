@@ -1,4 +1,5 @@
-"""Audio: WAV reading, resampling, silence trimming; spoken digits synthesised offline; audio folders.
+"""Audio: WAV (and, with soundfile, FLAC/OGG/MP3) reading, resampling, silence trimming; spoken digits synthesised offline;
+audio folders and "hf:" datasets with an audio column.
 
 "espeak-digits" synthesises "zero".."nine" with espeak-ng (every English accent x every voice
 variant, each at its own speed and pitch) and flite's voices at several speeds and pitches.
@@ -9,6 +10,7 @@ Clips are stored as float16 (n, clip_samples) at model.sample_rate, speech centr
 
 from __future__ import annotations
 
+import io
 import math
 import shutil
 import struct
@@ -25,21 +27,24 @@ import numpy as np
 import torch
 
 from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
+from largo.data.hf import fingerprint, hf_source, is_hf, read_hf_media
 from largo.data.images import class_folders
 from largo.data.prepare import is_validation
 from largo.data.config import ClassDataConfig, check_non_negative
 from largo.data.draws import SampleDraws
 from largo.errors import ConfigError, DataError
+from largo.optional import require
 
 if TYPE_CHECKING:  # the run config is handed in at run time; only its [data] and [model] fields are read
     from largo.config import RunConfig
 
 @dataclass
 class AudioDataConfig(ClassDataConfig):
-    """Audio clips: spoken digits synthesised offline, or a folder with one subfolder of .wav files per class."""
+    """Audio clips: spoken digits synthesised offline, a folder with one subfolder of audio files per class, or a dataset."""
 
-    source: str = "espeak-digits"  # "espeak-digits", or a folder with one subfolder of .wav files per class
+    source: str = "espeak-digits"  # "espeak-digits", a folder with one subfolder of .wav/.flac/.ogg/.mp3 files per class, or "hf:NAME"
     dir: str = "data/audio"
+    audio_column: str = "audio"  # hf: sources: column holding the audio (encoded files, decoded by largo)
     clip_seconds: float = 1.0  # clips are trimmed of silence, centred, and padded or cut to this length
     time_shift_s: float = 0.0  # shift training clips in time by up to this many seconds
     noise_snr_db: float = 0.0  # add noise to training clips at a random SNR down to this many dB; 0 = none
@@ -61,6 +66,7 @@ ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbc
 FLITE_VOICES = ("kal", "kal16", "awb", "rms", "slt")  # awb_time is left out: it only speaks clock times
 FLITE_RENDITIONS = 24  # (speed, pitch) draws per flite voice
 ASTERISK_DIGITS = Path("/usr/share/asterisk/sounds/en_US_f_Allison/digits")
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3"}  # .wav read here; the rest through soundfile (libsndfile)
 PEAK = 0.5  # stored clips are scaled to this peak amplitude
 _VERSION = 1  # bump when the preparation below changes what it stores
 
@@ -114,6 +120,34 @@ def read_wav(path: Path) -> tuple[np.ndarray, int]:
         return parse_wav(path.read_bytes(), str(path))
     except (OSError, struct.error) as e:
         raise DataError(f"{path}: not a readable WAV file ({e})") from None
+
+
+def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and the rate of an encoded file: WAV here, FLAC/OGG/MP3 (and more) with soundfile."""
+    if data[:4] == b"RIFF":
+        try:
+            return parse_wav(data, name)
+        except struct.error as e:
+            raise DataError(f"{name}: not a readable WAV file ({e})") from None
+    sf = require("soundfile", f"{name}: reading FLAC, OGG or MP3 audio", DataError)
+    try:
+        x, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (samples, channels)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
+        raise DataError(f"{name}: not a readable audio file ({' '.join(str(e).split())})") from None
+    return x.mean(axis=1), int(rate)
+
+
+def read_audio(ref: Path | bytes, name: str | None = None) -> tuple[np.ndarray, int]:
+    """An audio file (.wav read by largo's parser, others by soundfile) or encoded bytes, as mono float32 and its rate."""
+    if isinstance(ref, Path):
+        if ref.suffix.lower() == ".wav":
+            return read_wav(ref)
+        try:
+            data = ref.read_bytes()
+        except OSError as e:
+            raise DataError(f"{ref}: cannot read ({e.strerror})") from None
+        return decode_audio(data, name or str(ref))
+    return decode_audio(ref, name or "<audio>")
 
 
 def resample(x: np.ndarray, orig: int, new: int, *, zeros: int = 16, rolloff: float = 0.99) -> np.ndarray:
@@ -298,10 +332,26 @@ def asterisk_digits(rate: int, clip_samples: int) -> tuple[np.ndarray, np.ndarra
 
 
 def audio_folder(root: Path, rate: int, clip_samples: int) -> tuple[np.ndarray, list[str]]:
-    """Every .wav under root/<class>/ as a clip, and its class name."""
-    files = class_folders(root, {".wav"}, "audio")
-    clips = [to_clip(*read_wav(f), rate, clip_samples) for f, _ in files]
+    """Every audio file under root/<class>/ as a clip, and its class name."""
+    files = class_folders(root, AUDIO_SUFFIXES, "audio")
+    clips = [to_clip(*read_audio(f), rate, clip_samples) for f, _ in files]
     return np.stack(clips).astype(np.float16), [c for _, c in files]
+
+
+def audio_clips(source: str, cfg: RunConfig, rate: int, clip_samples: int, *, test: bool = False) -> tuple[np.ndarray, list[str]]:
+    """A folder or a dataset split with an audio column: clips and their class names."""
+    if not is_hf(source):
+        return audio_folder(Path(source), rate, clip_samples)
+    d = cfg.data
+    refs, names = read_hf_media(hf_source(d, test=test), d.audio_column, "audio", d.label_column, "audio_column")
+    clips = [to_clip(*read_audio(r, f"{source} row {i}"), rate, clip_samples) for i, r in enumerate(refs)]
+    return np.stack(clips).astype(np.float16), names
+
+
+def _fingerprint(source: str, cfg: RunConfig, *, test: bool = False) -> str:
+    if is_hf(source):
+        return fingerprint(hf_source(cfg.data, test=test))
+    return files_fingerprint(_source_files(source))
 
 
 def _source_files(source: str) -> list[Path]:
@@ -311,7 +361,7 @@ def _source_files(source: str) -> list[Path]:
         return [f for f in (ASTERISK_DIGITS / f"{d}.wav" for d in range(10)) if f.is_file()]
     path = Path(source)
     if not path.is_dir():
-        raise DataError(f"data.source {source!r}: use 'espeak-digits' or a folder with one subfolder of .wav files per class")
+        raise DataError(f"data.source {source!r}: use 'espeak-digits', a folder with one subfolder of audio files per class, or 'hf:NAME'")
     return [p for p in path.rglob("*") if p.is_file()]
 
 
@@ -322,7 +372,7 @@ def _build(cfg: RunConfig, clip_samples: int, log: Callable[[str], None]) -> Cal
         if d.source == "espeak-digits":
             arrays, classes = espeak_digits(cfg, clip_samples, log)
         else:
-            x, names = audio_folder(Path(d.source), rate, clip_samples)
+            x, names = audio_clips(d.source, cfg, rate, clip_samples)
             y, classes = labels_to_ids(names)
             val = np.array([is_validation(i, d.val_fraction) for i in range(len(y))], dtype=bool)
             keep = np.flatnonzero(~val)[even_subset(int((~val).sum()), d.max_rows)]
@@ -331,7 +381,7 @@ def _build(cfg: RunConfig, clip_samples: int, log: Callable[[str], None]) -> Cal
             if d.test_source == "asterisk-digits":
                 tx, names = asterisk_digits(rate, clip_samples)[0], [DIGITS[i] for i in range(10)]
             else:
-                tx, names = audio_folder(Path(d.test_source), rate, clip_samples)
+                tx, names = audio_clips(d.test_source, cfg, rate, clip_samples, test=True)
             unknown = sorted(set(names) - set(classes))
             if unknown:
                 raise DataError(f"data.test_source {d.test_source!r}: classes {unknown} are not among the training classes {classes}")
@@ -345,10 +395,10 @@ def prepare_audio(cfg: RunConfig, *, force: bool = False, log: Callable[[str], N
     """Prepare (or load from the cache) the audio clips for cfg."""
     d = cfg.data
     clip_samples = round(d.clip_seconds * cfg.model.sample_rate)
-    files = _source_files(d.source) + (_source_files(d.test_source) if d.test_source else [])
+    test = _fingerprint(d.test_source, cfg, test=True) if d.test_source else ""
     settings = {
         "kind": "audio", "version": _VERSION, "source": d.source, "test_source": d.test_source,
-        "fingerprint": files_fingerprint(files), "val_fraction": d.val_fraction, "max_rows": d.max_rows,
+        "fingerprint": _fingerprint(d.source, cfg) + test, "val_fraction": d.val_fraction, "max_rows": d.max_rows,
         "sample_rate": cfg.model.sample_rate, "clip_samples": clip_samples,
     }
     return cached_arrays(d.dir, settings, _build(cfg, clip_samples, log), force=force, log=log)

@@ -6,7 +6,7 @@ the classifiers' (images, audio, labelled text) extend ClassDataConfig next to t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from largo.errors import ConfigError
 
@@ -22,22 +22,30 @@ def check_non_negative(section: object, *keys: str) -> None:
 class DataConfig:
     """Where the data comes from and where its prepared form is cached."""
 
-    source: str = ""  # what to read: a built-in name, a folder, a glob or a file (each architecture lists its own)
+    source: str = ""  # what to read: a built-in name, a folder, a glob, a file (each architecture lists its own), or "hf:NAME"
     dir: str = "data/prepared"  # prepared data folder (cache + manifest)
     val_fraction: float = 0.02  # share of the examples held out for validation
+    # "hf:NAME" sources, read with Hugging Face `datasets`: NAME is a folder written by save_to_disk, a builder
+    # (parquet, json, csv, text, imagefolder, audiofolder, ...) reading data.data_files, or a hub name (offline: refused)
+    split: str = "train"  # hf: the split to read (largo holds out its own validation share from it)
+    config: str = ""  # hf: the dataset's configuration (subset) name; "" = its default
+    data_files: list[str] = field(default_factory=list)  # hf builders: files or globs read as data.split
+    streaming: bool = False  # hf: stream the rows (no Arrow cache is built first): for corpora larger than memory or disk
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 0.5:
             raise ConfigError(f"data.val_fraction ({self.val_fraction}) must be in (0, 0.5)")
+        if self.data_files and not self.source.startswith("hf:"):
+            raise ConfigError(f"data.data_files is read by 'hf:' sources (e.g. source = \"hf:parquet\"); data.source is {self.source!r}")
 
 
 @dataclass
 class TextDataConfig(DataConfig):
     """A text corpus prepared into BPE token shards for language modelling."""
 
-    source: str = "stdlib"  # "stdlib", a folder, a glob, or a .jsonl/.csv/.parquet file
+    source: str = "stdlib"  # "stdlib", a folder, a glob, a .jsonl/.csv/.parquet file, or "hf:NAME" (Hugging Face datasets)
     dir: str = "data/stdlib"  # prepared data folder (tokenizer, shards, manifest)
-    text_column: str = "text"  # column holding the text in .jsonl/.csv/.parquet sources
+    text_column: str = "text"  # column holding the text in .jsonl/.csv/.parquet and hf: sources
     vocab_size: int = 4096  # BPE vocabulary size, special tokens included
     tokenizer: str = ""  # encode with this existing tokenizer.json (e.g. an imported model's); "" = train a BPE
     max_bytes: int = 0  # stop reading the source after this many bytes; 0 = all
@@ -57,8 +65,10 @@ class TextDataConfig(DataConfig):
 class ClassDataConfig(DataConfig):
     """Labelled examples cached as arrays for classification."""
 
-    label_column: str = "label"  # .csv/.parquet sources: column holding the class label
+    label_column: str = "label"  # .csv/.parquet and hf: sources: column holding the class label
     test_source: str = ""  # an extra labelled test set reported on its own at the end; "" = none
+    test_split: str = "test"  # an hf: test_source: the split to read
+    test_files: list[str] = field(default_factory=list)  # an hf: builder test_source: files or globs read as data.test_split
     max_rows: int = 0  # keep at most this many training examples; 0 = all (quick runs, tests)
 
     def __post_init__(self) -> None:

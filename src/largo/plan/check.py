@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from largo.models import get_spec, trainable
+from largo.models.finetune import finetune_counts
 from largo.observe.throughput import attention_speed, record_mfu
 from largo.plan import estimate as est
 from largo.plan.devices import CPU, spec_for_cuda_name
@@ -50,7 +51,7 @@ def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device
     """What `largo plan` predicts for this run: params, peak bytes per device, step time and MFU."""
     strategy, checkpointing = _run_strategy(cfg, world)
     layout = est.layout_for(cfg.train.precision)
-    counts = est.count_params(cfg.model)
+    counts = finetune_counts(cfg.model, cfg.finetune)  # with adapters: they train, the base is held frozen
     accum = max(1, cfg.train.global_batch // (cfg.train.micro_batch * world))
     mem = est.memory(cfg.model, seq_len=seq_len, micro_batch=cfg.train.micro_batch, accum_steps=accum, layout=layout,
                      optimizer=cfg.optim.name, strategy=strategy, shards=world, checkpointing=checkpointing, counts=counts,
@@ -61,16 +62,20 @@ def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device
     mfu, mfu_source = default_mfu(device_type(device), cfg.train.precision, None, counts.total, (key, peak_flops_per_device, speed))
     t = est.timing(flops, steps=1, devices=world, peak_flops=peak_flops_per_device, mfu=mfu, checkpointing=checkpointing,
                    attention_flops_per_step=attention, attention_speed=speed)
-    return {"params": counts.total, "peak_bytes": mem.peak, "step_s": t["step_s"], "mfu": t["mfu_model"],
+    return {"params": counts.total, "optimizer_bytes": mem.optimizer, "peak_bytes": mem.peak, "step_s": t["step_s"], "mfu": t["mfu_model"],
             "context": {"strategy": strategy, "layout": layout.name, "peak_phase": mem.peak_phase, "mfu_source": mfu_source}}
 
 
 def check_run(cfg: Any, run_dir: Path, *, model: nn.Module, world: int, device: torch.device, peak_flops_per_device: float,
-              seq_len: int, peak_bytes: int | None, memory_method: str, step_s: float, mfu: float, steps_run: int) -> list[dict[str, Any]]:
-    """Write plan_vs_measured.json/.md, record this run's MFU for future plans, return the rows."""
+              seq_len: int, peak_bytes: int | None, memory_method: str, step_s: float, mfu: float, steps_run: int,
+              optimizer_bytes: int | None = None) -> list[dict[str, Any]]:
+    """Write plan_vs_measured.json/.md, record this run's MFU for future plans, return the rows.
+
+    optimizer_bytes: what the optimizers' states hold on this rank at the end (moments, step counters).
+    """
     estimate = estimate_run(cfg, model=model, world=world, device=device, peak_flops_per_device=peak_flops_per_device, seq_len=seq_len)
     context = estimate.pop("context")
-    measured = {"params": trainable(model), "peak_bytes": peak_bytes,
+    measured = {"params": trainable(model), "optimizer_bytes": optimizer_bytes, "peak_bytes": peak_bytes,
                 "step_s": step_s, "mfu": mfu}
     rows = comparison_rows(estimate, measured)
     context |= {"memory_method": memory_method, "steps": steps_run, "device": device_type(device), "world": world,

@@ -148,9 +148,9 @@ def memory(
         raise ConfigError(f"strategy {strategy!r} is unknown; valid: {', '.join(STRATEGIES)}")
     counts = counts or count_params(cfg)
     arch = get_spec(cfg.arch).memory_terms(cfg, micro_batch, seq_len, layout)  # stem, head, inputs, buffers
-    n = counts.total
+    n = counts.total  # trained: gradients and optimizer states
     shard = shards if strategy == "fsdp" else 1
-    params = math.ceil(layout.param_bytes * n / shard)
+    params = math.ceil(layout.param_bytes * (n + counts.frozen) / shard)  # frozen weights (under adapters) are held too
     grads = math.ceil(layout.grad_bytes * n / shard)
     optim = math.ceil(optimizer_bytes(counts, optimizer, layout) / shard)
     static = params + optim + arch.buffers  # + the fp32 rotary table (and an audio frontend's tables)
@@ -185,7 +185,7 @@ def memory(
 
     # grads exist during backward only from the 2nd micro-batch on (set_to_none after each step)
     grads_in_bwd = grads if accum_steps > 1 else 0
-    head_grad = math.ceil(layout.grad_bytes * arch.head_params / shard)
+    head_grad = 0 if counts.frozen else math.ceil(layout.grad_bytes * arch.head_params / shard)  # adapters: a frozen head
     block_grad = math.ceil(layout.grad_bytes * counts.per_block / shard)
     # backward of the k-th block from the top: k blocks' grads exist, L - k blocks' activations remain;
     # both are linear in k, so the high point is the top (k = 0) or the bottom (k = L - 1) block

@@ -12,6 +12,7 @@ from largo.distributed.env import DistEnv
 from largo.errors import ConfigError
 from largo.models import get_spec
 from largo.models.config import ModelConfig
+from largo.models.finetune import FinetuneConfig, finetune_counts
 from largo.observe.throughput import measured_mfu
 from largo.plan import estimate as est
 from largo.plan.devices import CPU, DeviceSpec
@@ -41,6 +42,7 @@ class Workload:
     dataset_tokens: int | None = None  # train tokens of the prepared data, when it exists
     configured_micro_batch: int = 0  # the config's train.micro_batch, shown next to the planner's choice
     positions: int = 0  # classifiers: transformer positions per example (patches, audio frames, tokens); 0 = max_seq_len
+    finetune: FinetuneConfig | None = None  # what trains: adapters (LoRA) hold gradients and optimizer states, the base is frozen
 
     @property
     def seq_len(self) -> int:
@@ -107,7 +109,8 @@ def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: 
         step = (config_step_key(cfg, devices=devices, device_name=device.name, tokens=tokens), peak, speed)
     m, m_source = default_mfu(device.name, precision, mfu, est.count_params(model).total, step)
     return Workload(str(cfg.run.name), model, cfg.train.global_batch, 0, n_tokens, source, lay,
-                    optimizer or cfg.optim.name, devices, device, m, m_source, dataset_tokens, cfg.train.micro_batch, positions)
+                    optimizer or cfg.optim.name, devices, device, m, m_source, dataset_tokens, cfg.train.micro_batch, positions,
+                    cfg.finetune)
 
 
 def workload_from_size(name: str, *, devices: int, device: DeviceSpec, tokens: float | None = None, mfu: float | None = None,
@@ -201,7 +204,7 @@ def build_plan(w: Workload) -> dict[str, Any]:
         raise ConfigError(f"global batch ({w.global_batch}) must divide by --devices ({w.devices})")
     if w.micro_batch and (w.global_batch // w.devices) % w.micro_batch:
         raise ConfigError(f"per-device batch ({w.global_batch // w.devices}) must divide by train.micro_batch ({w.micro_batch})")
-    counts = est.count_params(w.model)
+    counts = finetune_counts(w.model, w.finetune) if w.finetune else est.count_params(w.model)
     tokens_per_step = w.global_batch * w.seq_len
     steps = math.ceil(w.tokens / tokens_per_step)
     fl = est.flops(w.model, w.seq_len, w.tokens)
@@ -221,10 +224,10 @@ def build_plan(w: Workload) -> dict[str, Any]:
         "model": {k: getattr(w.model, k) for k in ("arch", "dim", "n_layers", "n_heads", "kv_heads", "hidden", "vocab_size",
                                                     "max_seq_len", "tie_embeddings", "num_classes") if hasattr(w.model, k)},
         "params": {"total": counts.total, "embedding": counts.embedding, "non_embedding": counts.total - counts.embedding,
-                   "per_block": counts.per_block, "counted_on": "meta device"},
+                   "per_block": counts.per_block, "frozen": counts.frozen, "counted_on": "meta device"},
         "flops": fl,
         "batch": {"global_batch": w.global_batch, "seq_len": w.seq_len, "tokens_per_step": tokens_per_step, "steps": steps},
-        "data": {**est.data_budget(counts.total, w.tokens, w.dataset_tokens, fl["total"]), "tokens_source": w.tokens_source},
+        "data": {**est.data_budget(counts.total + counts.frozen, w.tokens, w.dataset_tokens, fl["total"]), "tokens_source": w.tokens_source},
         "device": {"type": w.device.name, "count": w.devices, "memory_bytes": w.device.memory_bytes,
                    "usable_bytes": int(est.USABLE_FRACTION * w.device.memory_bytes), "peak_flops": w.peak_flops, "precision": w.precision},
         "layout": {"name": lay.name, "about": lay.about,
@@ -266,7 +269,7 @@ def choose_strategy(cfg: Any, *, positions: int, env: DistEnv) -> tuple[str, str
     accum = max(1, t.global_batch // (t.micro_batch * env.world))
     need = est.memory(cfg.model, seq_len=positions, micro_batch=t.micro_batch, accum_steps=accum, layout=est.layout_for(t.precision),
                       optimizer=cfg.optim.name, strategy="ddp", shards=env.world, checkpointing=p.ac != "none",
-                      device_type=env.device.type).peak
+                      device_type=env.device.type, counts=finetune_counts(cfg.model, cfg.finetune)).peak
     have = device_memory_bytes(env)
     share = f"a replica's planned peak {need / 2**30:.2f} GiB = {100 * need / have:.1f}% of {have / 2**30:.1f} GiB per rank"
     if need <= p.ddp_memory_fraction * have:

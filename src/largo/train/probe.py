@@ -20,7 +20,6 @@ from typing import Any
 from largo.config import RunConfig
 from largo.data import rank_samples
 from largo.distributed import start_env
-from largo.distributed.parallelize import build_parallel_model
 from largo.models import get_spec
 from largo.observe.throughput import peak_flops
 from largo.plan import estimate as est
@@ -29,7 +28,7 @@ from largo.plan.measured import compiled_for, measured_step, record_step
 from largo.plan.planner import config_step_key, default_mfu, device_memory_bytes
 from largo.train.loop import LoopParts, run_steps, seed_everything
 from largo.train.optim import Schedule, build_optimizers
-from largo.train.run import global_target_count
+from largo.train.run import build_trained_model, global_target_count
 
 WARM_STEPS = 3  # the first compiles; inductor's workers still warm up for a step or two after it
 TIMED_STEPS = 4  # their median is the measurement
@@ -117,7 +116,7 @@ def _time_steps(cfg: RunConfig, task: Any, env: Any, compiled: str, peak: float)
     """Median seconds per optimizer step over TIMED_STEPS steps of the real loop, after WARM_STEPS."""
     spec, t = get_spec(cfg.model.arch), cfg.train
     seed_everything(cfg.run.seed)
-    model = build_parallel_model(cfg, env, "none", compile=compiled)
+    model = build_trained_model(cfg, env, "none", full_init=True, compiled=compiled, say=lambda _m: None)[0]  # adapters too
     optimizers = build_optimizers(model, cfg.optim)
     total = WARM_STEPS + TIMED_STEPS
     run = dataclasses.replace(cfg, train=dataclasses.replace(t, steps=total, log_every=1),

@@ -16,6 +16,7 @@ from torch import nn
 
 from largo.config import RunConfig
 from largo.distributed.env import DistEnv
+from largo.distributed.memory import local_bytes, optimizer_tensors
 from largo.models import Task
 from largo.observe.confusion import write_confusion
 from largo.observe.memory import PeakMemory
@@ -78,7 +79,7 @@ def end_of_run(parts: LoopParts, task: Task, progress: dict[str, Any], *, model:
             cfg, run_dir, model=model, world=env.world, device=env.device, peak_flops_per_device=parts.peak_flops / env.world,
             seq_len=task.positions, peak_bytes=peak_bytes, memory_method=memory.method,
             step_s=progress["steady_step_s"], mfu=parts.flops_per_step / progress["steady_step_s"] / parts.peak_flops,
-            steps_run=progress["steps_run"])
+            steps_run=progress["steps_run"], optimizer_bytes=local_bytes(optimizer_tensors(parts.optimizers)))
         metrics.write({"kind": "plan_vs_measured", "step": t.steps, "rows": summary["plan_vs_measured"]})
         say(f"plan vs measured ({memory.method}):\n{format_rows(summary['plan_vs_measured'])}")
     return summary

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from largo.checkpoint.checkpointer import Checkpointer
 from largo.checkpoint.restore import load_init_weights
@@ -23,8 +24,9 @@ from largo.distributed import start_env
 from largo.distributed.env import DistEnv
 from largo.distributed.memory import log_memory, report_after_steps
 from largo.distributed.parallelize import build_parallel_model, unwrap
-from largo.errors import ConfigError, RunDirError
+from largo.errors import CheckpointError, ConfigError, RunDirError
 from largo.models import Task, get_spec, trainable
+from largo.models.finetune import apply_finetune, check_finetune
 from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
 from largo.observe.throughput import peak_flops
@@ -88,9 +90,13 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
         raise ConfigError(f"train.global_batch ({t.global_batch}) must divide by the number of processes ({env.world})")
     seed_everything(cfg.run.seed)
     say = log if env.is_main else (lambda _msg: None)
+    if cfg.finetune.adapters and not cfg.model.init_from:
+        raise ConfigError("finetune.method = 'lora' trains adapters over pretrained weights; set model.init_from "
+                          "(a run directory or checkpoint, e.g. one made by largo import)")
 
     task = build_task(cfg, env, log=say)
     cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
+    check_finetune(cfg.model, cfg.finetune)  # adapter targets name real modules: checked before the run directory is touched
     strategy, why = choose_strategy(cfg, positions=task.positions, env=env)
     say(f"parallel: {strategy} ({why})")
     compiled, why = compile_mode(cfg, task, strategy)
@@ -106,24 +112,47 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
         release_run_dir(run_dir)
 
 
+def build_trained_model(cfg: RunConfig, env: DistEnv, strategy: str, *, full_init: bool, compiled: str,
+                        say: Callable[[str], None]) -> tuple[nn.Module, nn.Module, dict[str, str] | None]:
+    """2) model init: meta build, materialise, init from the seed; fine-tuning: model.init_from's weights, then adapters;
+    parallelize (ac -> compile -> fsdp | ddp). Returns the module to train, the model inside it, and the base it adapts."""
+    base: dict[str, str] = {}
+
+    def adapt(model: nn.Module) -> nn.Module:
+        if cfg.model.init_from:  # optimizer, schedule and step start fresh
+            ckpt, state = load_init_weights(model, cfg.model)
+            base.update(checkpoint=str(ckpt.resolve()), digest=state["digest"])
+            say(f"initialised from {ckpt}")
+        return apply_finetune(model, cfg.finetune)
+
+    fine_tuning = bool(cfg.model.init_from) or cfg.finetune.adapters
+    trained = build_parallel_model(cfg, env, strategy, full_init=full_init, compile=compiled, adapt=adapt if fine_tuning else None)
+    model = unwrap(trained)
+    if cfg.finetune.adapters:
+        total = sum(p.numel() for p in model.parameters())
+        say(f"finetune: LoRA rank {cfg.finetune.rank} on {', '.join(cfg.finetune.target_modules)}: {trainable(model):,} of "
+            f"{total:,} parameters train ({100 * trainable(model) / total:.2f}%); only they are checkpointed")
+    return trained, model, base or None
+
+
 def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, compiled: str, resumed: tuple[Path, dict[str, Any]] | None,
               *, stop_at: int | None, say: Callable[[str], None]) -> dict[str, Any]:
     """Everything after the run directory is opened and locked: model, optimizers, checkpoints, the loop, the reports."""
     cfg, t, spec = task.cfg, task.cfg.train, get_spec(task.cfg.model.arch)
     memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
-    # 2) model init: meta build, parallelize (ac -> compile -> fsdp | ddp), materialise, init from the seed
-    trained = build_parallel_model(cfg, env, strategy, full_init=resumed is None, compile=compiled)
-    model = unwrap(trained)
-    if cfg.model.init_from:  # fine-tuning: start from these weights; optimizer, schedule and step start fresh
-        if strategy == "fsdp":
-            raise ConfigError("model.init_from works with parallel.strategy none or ddp; export the weights with largo import first")
-        say(f"initialised from {load_init_weights(model, cfg.model)}")
+    trained, model, base = build_trained_model(cfg, env, strategy, full_init=resumed is None, compiled=compiled, say=say)
     optimizers = build_optimizers(model, cfg.optim)
     schedule = Schedule(optimizers, cfg.optim, t.steps, env.device)
     checkpoints = Checkpointer(run_dir / "checkpoints", model=model, optimizers=optimizers, schedule=schedule, env=env,
-                               sharded=strategy == "fsdp", keep_last=cfg.checkpoint.keep_last, files=task.files)
+                               sharded=strategy == "fsdp", keep_last=cfg.checkpoint.keep_last, files=task.files,
+                               adapters=cfg.finetune.adapters)
+    extra_state = {"adapters": {"method": cfg.finetune.method, "base": base}} if cfg.finetune.adapters else {}
     start_step = 0
     if resumed is not None:
+        trained_over = (resumed[1].get("adapters") or {}).get("base") or {}
+        if cfg.finetune.adapters and trained_over.get("digest") != (base or {}).get("digest"):
+            raise CheckpointError(f"{resumed[0]}: its adapters were trained over another base than the one model.init_from "
+                                  f"({cfg.model.init_from}) holds now; their state.json digests differ")
         start_step = checkpoints.load(*resumed)
         say(f"resumed from {resumed[0]} at step {start_step}")
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if env.is_main else None
@@ -140,7 +169,7 @@ def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, compiled: 
         evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device,
                                   precision=t.precision, rank=env.rank, world=env.world,
                                   confusion=confusion.zero_() if confusion is not None else None),
-        save=lambda step: checkpoints.save(step, {"data": {"samples_seen": step * t.global_batch}, "config": cfg.to_dict()}),
+        save=lambda step: checkpoints.save(step, {"data": {"samples_seen": step * t.global_batch}, "config": cfg.to_dict(), **extra_state}),
         tokens_per_step=t.global_batch * task.positions,
         flops_per_step=t.global_batch * task.flops_per_sample,
         peak_flops=peak_flops(env.device, t.precision, t.peak_tflops) * env.world,
