@@ -105,3 +105,20 @@ def test_global_batch_is_the_same_for_any_world_size(tiny_data: Path) -> None:
 
 def torch_equal_shift(x, y) -> bool:
     return bool((x[:, 1:] == y[:, :-1]).all())
+
+
+def test_prepare_reports_progress_as_plain_lines_in_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from largo.observe import progress
+
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # a line after every encoded batch
+    src = tmp_path / "docs"
+    src.mkdir()
+    for i in range(40):
+        (src / f"{i:02d}.txt").write_text(f"document {i} " * 4000)  # ~50 KB each: several encoding batches
+    lines: list[str] = []
+    cfg = build_config({"data": {"source": str(src), "dir": str(tmp_path / "out"), "vocab_size": 300, "val_fraction": 0.1}})
+    prepare(cfg.data, log=lines.append)
+    progress_lines = [ln for ln in lines if ln.startswith("prepare: encoding: ")]
+    total_mb = sum(p.stat().st_size for p in src.iterdir()) / 1e6
+    assert progress_lines and f"% of {total_mb:,.1f} MB, ETA " in progress_lines[0]
+    assert "100% of" in progress_lines[-1] and "40 documents" in progress_lines[-1]

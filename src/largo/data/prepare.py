@@ -14,6 +14,7 @@ import hashlib
 import math
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -24,8 +25,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from largo.data.config import TextDataConfig
 from largo.data.hf import fingerprint, hf_source, is_hf
-from largo.data.sources import SourceStats, iter_documents
+from largo.data.sources import SourceStats, iter_documents, source_bytes
 from largo.errors import DataError
+from largo.observe.progress import Progress
 from largo.fileio import read_json, sha256_file, write_json_atomic
 
 EOT = "<|endoftext|>"
@@ -83,7 +85,7 @@ def train_tokenizer(texts: Iterator[str], vocab_size: int) -> Tokenizer:
         vocab_size=vocab_size,
         special_tokens=[EOT],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=sys.stderr.isatty(),  # tokenizers' own bar on a terminal
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return tok
@@ -192,12 +194,16 @@ def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str,
     log(f"prepare: encoding into {dtype.name} shards in {out}")
     stats = SourceStats()
     writers = {s: ShardWriter(out, s, dtype, cfg.shard_tokens, vocab) for s in ("train", "val")}
-    index = 0
+    index, tokens = 0, 0
+    total = source_bytes(cfg.source)
+    progress = Progress("prepare: encoding", min(total, cfg.max_bytes) if total and cfg.max_bytes else total, log=log)
     for batch in _batched(iter_documents(cfg.source, cfg.text_column, stats, cfg.max_bytes, dataset=dataset)):
         for enc in tok.encode_batch([t for _, t in batch]):
             split = "val" if is_validation(index, cfg.val_fraction) else "train"
             writers[split].write(np.asarray(enc.ids + [eot], dtype=np.int64))
-            index += 1
+            index, tokens = index + 1, tokens + len(enc.ids) + 1
+        progress.update(stats.documents, stats.bytes, tokens)
+    progress.close()
     splits = {s: w.finish() for s, w in writers.items()}
     for s, info in splits.items():
         if info["tokens"] < 2:

@@ -63,6 +63,16 @@ def _resolve_files(source: str) -> list[tuple[Path, str]]:
     return [(p, str(p)) for p in matches]
 
 
+def source_bytes(source: str) -> int | None:
+    """Expected bytes of text in a source (its files' sizes), for progress; None for datasets and compressed tables."""
+    if is_hf(source):
+        return None
+    files = _resolve_files(source)
+    if any(p.suffix == ".parquet" for p, _ in files):
+        return None
+    return sum(p.stat().st_size for p, _ in files)
+
+
 def _file_pieces(path: Path, stats: SourceStats) -> Iterator[str]:
     """A text file in pieces of about PIECE_BYTES, cut after a newline, so huge files stream."""
     try:
