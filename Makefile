@@ -7,10 +7,13 @@ PIP := $(PYTHON) -m pip
 # CPU torch 2.13.0 first: an unpinned torch would pull a multi-GB CUDA build.
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	# the distribution was renamed largo -> largo-train: an old editable install would shadow the package
+	$(PIP) show largo 2>/dev/null | grep -qx "Editable project location: $(CURDIR)" && $(PIP) uninstall -y -q largo || true
 	$(PIP) install -q -e ".[data,test]"
 
 demo: install
-	largo train configs/text_tiny.toml --overwrite
+	largo plan text_tiny
+	largo train text_tiny --overwrite
 	largo generate runs/text_tiny --prompt "def " --max-new-tokens 120
 
 test: install

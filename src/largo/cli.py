@@ -176,6 +176,27 @@ def _measure_step(cfg: object, device_name: str, *, devices: int, tokens: float 
         probe_step(cfg, devices=devices, tokens=tokens, log=print)
 
 
+def cmd_presets(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """List the presets shipped with largo, one line each."""
+    from largo.presets import preset_about, preset_names
+
+    names = preset_names()
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {preset_about(name)}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Print a config resolved (preset or file, plus overrides): every key with its type, default and comment."""
+    from largo.config import load_config
+    from largo.config_keys import show
+
+    print(f"# {args.config}" + (f" with {' '.join(f'--{k} {v}' for k, v in overrides.items())}" if overrides else ""))
+    print(show(load_config(args.config, overrides)), end="")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Write a checkpoint as a Hugging Face Llama folder, an ONNX file or plain safetensors, then check it."""
     from pathlib import Path
@@ -200,8 +221,12 @@ def cmd_import(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags; --section.key overrides pass through untouched."""
-    parser = argparse.ArgumentParser(prog="largo", description="Train, scale and evaluate large models on PyTorch.")
+    parser = argparse.ArgumentParser(
+        prog="largo", description="Train, scale and evaluate large models on PyTorch.",
+        epilog="prepare, train, plan and config show take any config key as --section.key value (e.g. --optim.lr 3e-4); "
+               "`largo config show CONFIG` lists every key with its type, default and comment; `largo presets` the recipes.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="prepare a config's data: token shards or cached arrays")
@@ -210,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_prepare)
 
     p = sub.add_parser("train", help="train from a TOML config")
-    p.add_argument("config", help="TOML config, e.g. configs/text_tiny.toml")
+    p.add_argument("config", help="a preset name (largo presets) or a TOML file")
     p.add_argument("--resume", help="'auto' (newest complete checkpoint of the run) or a checkpoint folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the run directory")
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (starts torchrun)")
@@ -269,7 +294,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="summarise a run and plot its curves")
     p.add_argument("run", help="run directory")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("presets", help="list the recipes shipped with largo (use a name wherever a config goes)")
+    p.set_defaults(fn=cmd_presets)
+
+    p = sub.add_parser("config", help="show a config resolved: every key with its type, default and comment")
+    p.add_argument("action", choices=["show"])
+    p.add_argument("config", help="a preset name or a TOML file; --section.key overrides apply")
+    p.set_defaults(fn=cmd_config_show, takes_overrides=True)
+    for name in ("prepare", "train", "plan"):
+        sub.choices[name].set_defaults(takes_overrides=True)
     return parser
+
+
+def version_line() -> str:
+    """largo's version and the torch it would run with (read without importing torch)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from largo import __version__
+
+    try:
+        torch = version("torch")
+    except PackageNotFoundError:
+        torch = "not installed"
+    return f"largo {__version__} (torch {torch})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     run: Callable[[argparse.Namespace, dict[str, str]], int] = args.fn
     try:
         from largo.config import parse_overrides
+        from largo.errors import ConfigError
 
+        if rest and not getattr(args, "takes_overrides", False):  # silently ignoring them would run something else than asked
+            raise ConfigError(f"largo {args.command} does not take {rest[0]!r}: --section.key overrides apply to prepare, train, "
+                              f"plan and config show; `largo {args.command} --help` lists its options")
         return run(args, parse_overrides(rest))
     except LargoError as e:
         if args.debug:

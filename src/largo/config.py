@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from largo.data.config import DataConfig, TextDataConfig
+from largo.presets import preset_names, preset_path
 from largo.errors import ConfigError
 from largo.fileio import read_json
 from largo.models import get_spec, spec_names
@@ -368,12 +369,16 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str] | None = None) -
 
 
 def load_config(path: str | Path | None, overrides: dict[str, str] | None = None) -> RunConfig:
-    """Read a TOML (or a run's config.json) and apply dotted overrides."""
+    """Read a TOML (or a run's config.json), or a preset by name (`text_tiny`), and apply dotted overrides."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+            preset = preset_path(str(path))
+            if preset is None:
+                raise ConfigError(f"config {path}: no such file, and no preset of that name; presets: {', '.join(preset_names())} "
+                                  f"(largo presets lists them)")
+            p = preset
         kind = "JSON" if p.suffix == ".json" else "TOML"
         try:
             raw = json.loads(p.read_text()) if p.suffix == ".json" else tomllib.loads(p.read_text())

@@ -38,10 +38,10 @@ def installed(module: str) -> bool:
 
 
 def require(module: str, what: str, error: type[LargoError] = ConfigError) -> ModuleType:
-    """Import `module` for `what`, or raise one line: `<what> needs <module>: pip install 'largo[<extra>]'`."""
+    """Import `module` for `what`, or raise one line: `<what> needs <module>: pip install 'largo-train[<extra>]'`."""
     if module in _HF:
         hf_offline()
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise error(f"{what} needs {module}: pip install 'largo[{EXTRAS.get(module, module)}]'") from None
+        raise error(f"{what} needs {module}: pip install 'largo-train[{EXTRAS.get(module, module)}]'") from None

@@ -49,7 +49,7 @@ def open_gguf(path: str | Path) -> Any:
     try:
         import gguf
     except ImportError:
-        raise CheckpointError("reading GGUF files needs the gguf package: pip install 'largo[hf]'") from None
+        raise CheckpointError("reading GGUF files needs the gguf package: pip install 'largo-train[hf]'") from None
     try:
         return gguf.GGUFReader(str(path))
     except (OSError, ValueError) as e:

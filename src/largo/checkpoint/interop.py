@@ -145,7 +145,7 @@ def export_hf_checked(checkpoint: str | Path, out: Path, log: Callable[[str], No
             if not same:
                 raise CheckpointError(f"{out}: AutoTokenizer does not encode like the checkpoint's tokenizer.json")
     else:
-        log("transformers is not installed: parity not checked (pip install 'largo[hf]')")
+        log("transformers is not installed: parity not checked (pip install 'largo-train[hf]')")
     card = model_card(cfg, ckpt, state, dtype=dtype, files=files, params=sum(p.numel() for p in model.parameters()), parity=parity)
     (out / "README.md").write_text(card)
     log(f"wrote {out / 'README.md'} (model card)")
@@ -166,7 +166,7 @@ def export_adapter_checked(checkpoint: str | Path, out: Path, fmt: str, log: Cal
     fresh_base, _, _ = restore(adapter_base(ckpt, state)[0])  # the base alone, without adapters
     if fmt == "hf":
         if not has("transformers"):
-            log("transformers is not installed: the adapter folder is not checked (pip install 'largo[hf]')")
+            log("transformers is not installed: the adapter folder is not checked (pip install 'largo-train[hf]')")
             return out
         ref = peft.PeftModel.from_pretrained(hf_model(fresh_base, cfg.model), str(out)).eval()
         what = "PeftModel.from_pretrained(transformers' Llama holding the base, the folder)"
@@ -199,7 +199,7 @@ def export_onnx_checked(checkpoint: str | Path, out: Path, log: Callable[[str], 
         (out / "tokenizer.json").write_bytes((ckpt / "tokenizer.json").read_bytes())
     log(f"wrote {path} (input {tuple(traced.shape)} {traced.dtype}, batch dynamic)")
     if not has("onnxruntime"):
-        log("onnxruntime is not installed: outputs not checked (pip install 'largo[onnx]')")
+        log("onnxruntime is not installed: outputs not checked (pip install 'largo-train[onnx]')")
         return path
     diff = onnx_max_abs_diff(path, model, checked)
     log(f"parity vs onnxruntime on {tuple(checked.shape)} held-out inputs: max |output difference| {diff:.2e}")
@@ -273,7 +273,7 @@ def import_model(source: str | Path, run_dir: str | Path, *, log: Callable[[str]
         else:
             check_parity(model, hf_model(model, cfg.model), tokens, "transformers LlamaForCausalLM holding the dequantized weights", log)
     else:
-        log("transformers is not installed: parity not checked (pip install 'largo[hf]')")
+        log("transformers is not installed: parity not checked (pip install 'largo-train[hf]')")
     tok = ckpt / "tokenizer.json"
     log("fine-tune from it with a config holding:\n" + model_toml(cfg.model, run_dir)
         + (f'\n[data]\ntokenizer = "{tok}"' if tok.is_file() else ""))

@@ -28,7 +28,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, *, ma
     try:
         import onnxscript  # noqa: F401  (the exporter's op library; checked here for a clear message)
     except ImportError:
-        raise CheckpointError("ONNX export needs onnx and onnxscript: pip install 'largo[onnx]'") from None
+        raise CheckpointError("ONNX export needs onnx and onnxscript: pip install 'largo-train[onnx]'") from None
     if example.shape[0] < 2:
         raise CheckpointError(f"ONNX export needs an example batch of >= 2 rows (got {example.shape[0]}) to keep the batch size dynamic")
     path = Path(path)
@@ -46,7 +46,7 @@ def onnx_max_abs_diff(path: str | Path, model: nn.Module, inputs: torch.Tensor) 
     try:
         import onnxruntime as ort
     except ImportError:
-        raise CheckpointError("checking an ONNX file needs onnxruntime: pip install 'largo[onnx]'") from None
+        raise CheckpointError("checking an ONNX file needs onnxruntime: pip install 'largo-train[onnx]'") from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run([OUTPUT], {INPUT: inputs.cpu().numpy()})[0]
     with torch.no_grad():

@@ -127,7 +127,7 @@ def _csv_texts(path: Path, column: str) -> Iterator[str]:
     try:
         import pandas as pd
     except ImportError:
-        raise DataError(f"{path}: reading .csv needs pandas: pip install 'largo[data]'") from None
+        raise DataError(f"{path}: reading .csv needs pandas: pip install 'largo-train[data]'") from None
     for chunk in pd.read_csv(path, chunksize=10_000, encoding_errors="replace"):
         if column not in chunk.columns:
             raise DataError(f"{path}: no column {column!r} (data.text_column); has {list(chunk.columns)}")
@@ -139,7 +139,7 @@ def _parquet_texts(path: Path, column: str) -> Iterator[str]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install 'largo[data]'") from None
+        raise DataError(f"{path}: reading .parquet needs pyarrow: pip install 'largo-train[data]'") from None
     table = pq.ParquetFile(path)
     if column not in table.schema_arrow.names:
         raise DataError(f"{path}: no column {column!r} (data.text_column); has {table.schema_arrow.names}")

@@ -83,7 +83,7 @@ def _pandas():
     try:
         import pandas as pd
     except ImportError:
-        raise DataError("labelled text needs pandas; install it with: pip install 'largo[data]'") from None
+        raise DataError("labelled text needs pandas; install it with: pip install 'largo-train[data]'") from None
     return pd
 
 

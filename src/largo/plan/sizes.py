@@ -24,7 +24,7 @@ def _m(dim: int, layers: int, heads: int, hidden: int, vocab: int, seq: int, *, 
 
 # One table; shapes as published (hidden = SwiGLU width), batches as in the papers (tokens = batch * seq).
 MODEL_SIZES: dict[str, ModelSize] = {
-    "124m": ModelSize(_m(768, 12, 12, 2048, 50257, 1024, tied=True), 512, "configs/gpt2_124m.toml (GPT-2 small shape)"),
+    "124m": ModelSize(_m(768, 12, 12, 2048, 50257, 1024, tied=True), 512, "the gpt2_124m preset (GPT-2 small shape)"),
     "350m": ModelSize(_m(1024, 24, 16, 2816, 50257, 1024, tied=True), 512, "GPT-2 medium shape, SwiGLU at 8/3 d"),
     "1b": ModelSize(_m(2048, 22, 32, 5632, 32000, 2048, kv=4), 1024, "TinyLlama-1.1B"),
     "7b": ModelSize(_m(4096, 32, 32, 11008, 32000, 4096), 1024, "Llama-2 7B"),
