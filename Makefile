@@ -4,10 +4,10 @@ PIP := $(PYTHON) -m pip
 
 .PHONY: install demo test bench
 
-# CPU torch 2.13.0 first: an unpinned torch would pull a multi-GB CUDA build.
+# CPU torch 2.13.0 first: an unpinned torch would pull a multi-GB CUDA build. The distribution was renamed
+# largo -> largo-train: an old editable install of this checkout would shadow the package, so it goes.
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	# the distribution was renamed largo -> largo-train: an old editable install would shadow the package
 	$(PIP) show largo 2>/dev/null | grep -qx "Editable project location: $(CURDIR)" && $(PIP) uninstall -y -q largo || true
 	$(PIP) install -q -e ".[data,test]"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,52 @@ def test_cli_reports_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_presets_load() -> None:
     for path in sorted(PRESETS.glob("*.toml")):
         load_config(path)
+
+
+# ---- the command line a newcomer meets: presets by name, every key shown, nothing silently ignored -------
+
+def _largo(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "largo", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_presets_load_by_name_from_any_folder(tmp_path: Path) -> None:
+    by_name = load_config("text_tiny", {"train.steps": "7"})
+    assert by_name.train.steps == 7 and by_name == load_config(PRESETS / "text_tiny.toml", {"train.steps": "7"})
+    assert load_config("text_tiny.toml") == load_config("text_tiny")
+    with pytest.raises(ConfigError, match=r"config text_tnyi: no such file, and no preset of that name; presets: gpt2_124m, "):
+        load_config("text_tnyi")
+    listing = _largo("presets", cwd=tmp_path)  # another folder: presets come from the package, not the checkout
+    names = [line.split()[0] for line in listing.stdout.splitlines()]
+    assert listing.returncode == 0 and names == sorted(p.stem for p in PRESETS.glob("*.toml")) and "text_tiny" in names
+    assert all(len(line.split(maxsplit=1)) == 2 for line in listing.stdout.splitlines())  # one line each, with what it trains
+
+
+def test_config_show_prints_every_key_with_type_default_and_comment(tmp_path: Path) -> None:
+    from largo.config_keys import show
+
+    cfg = load_config("vision_digits", {"optim.lr": "0.003"})
+    text = show(cfg)
+    assert "lr = 0.003" in text and "# float, default 0.001: peak learning rate" in text  # changed: the default is shown
+    assert "patch_size = " in text and "[model]  # " in text  # the architecture's own keys, with its section's docstring
+    import dataclasses
+
+    for section in ("run", "data", "model", "optim", "train", "eval", "checkpoint", "faults", "parallel"):
+        for f in dataclasses.fields(getattr(cfg, section)):  # every key is listed
+            assert f"\n{f.name} = " in text, f"{section}.{f.name} missing"
+    proc = _largo("config", "show", "text_tiny", "--train.steps", "20", cwd=tmp_path)
+    assert proc.returncode == 0 and "steps = 20" in proc.stdout and "default 200" in proc.stdout
+
+
+def test_commands_refuse_overrides_they_would_ignore_and_print_their_version(tmp_path: Path) -> None:
+    for cmd in (["report", "runs/x"], ["eval", "runs/x"], ["generate", "runs/x"], ["presets"]):
+        proc = _largo(*cmd, "--train.steps", "3", cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"largo: error: largo {cmd[0]} does not take '--train.steps': --section.key overrides apply to prepare, train, "
+            f"plan and config show; `largo {cmd[0]} --help` lists its options"]
+    version = _largo("--version")
+    from largo import __version__
+
+    assert version.returncode == 0 and version.stdout.startswith(f"largo {__version__} (torch ")
+    assert "largo config show CONFIG" in _largo("--help").stdout
