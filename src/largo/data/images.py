@@ -124,16 +124,21 @@ def read_image_folder(root: Path, size: int, channels: int, *, multiple_of: int 
             size = size or max(1, round(first.size[0] / multiple_of)) * multiple_of
         grey = all(_is_grey(Image, f) for f, _ in files)
         channels = channels or (1 if grey else 3)
-    mode = "L" if channels == 1 else "RGB"
     out = np.empty((len(files), channels, size, size), dtype=np.uint8)
     for i, (f, _) in enumerate(files):
-        try:
-            with Image.open(f) as img:
-                pixels = np.asarray(img.convert(mode).resize((size, size), Image.BILINEAR))
-        except OSError as e:
-            raise DataError(f"{f}: not a readable image ({e})") from None
-        out[i] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+        out[i] = read_image(f, size, channels)
     return out, [c for _, c in files], size, channels
+
+
+def read_image(path: Path, size: int, channels: int) -> np.ndarray:
+    """One image file as uint8 (channels, size, size): converted to grey (1) or RGB (3), resized bilinearly."""
+    Image = _pillow()
+    try:
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR))
+    except OSError as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
 def _is_grey(Image: Any, path: Path) -> bool:

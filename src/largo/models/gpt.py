@@ -12,17 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch import nn
 
 from largo.data.config import TextDataConfig
-from largo.data.prepare import prepare, read_manifest
+from largo.data.prepare import prepare, read_manifest, read_text_input, token_pieces
 from largo.data.text import TextLMData
 from largo.errors import ConfigError, DataError
 from largo.models.config import ModelConfig
 from largo.models.layers import KVCache
-from largo.models.spec import ArchSpec, DataShape, MemoryTerms, register
+from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, register
 from largo.models.trunk import Trunk
 from largo.precision import Layout
 
@@ -121,6 +123,24 @@ class GPTSpec(ArchSpec):
                 pass  # a damaged manifest: plan from the config, `largo prepare` will rebuild it
         model = run.model if run.model.vocab_size else dataclasses.replace(run.model, vocab_size=vocab)
         return DataShape(model, model.max_seq_len, tokens)
+
+    # ---- explanations: a next token attributed to the prompt's token embeddings (layer integrated gradients)
+    example_suffixes = (".txt", ".py", ".md")
+
+    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
+        """A text file or the text itself as token ids, its last max_seq_len tokens at most."""
+        ids = Tokenizer.from_file(str(ckpt / TOKENIZER)).encode(read_text_input(source)).ids
+        if not ids:
+            raise DataError(f"{source!r}: encodes to no tokens; give some text")
+        return np.array(ids[-run.model.max_seq_len :], dtype=np.int64)
+
+    def token_pieces(self, ckpt: Path, ids: list[int]) -> list[str]:
+        return token_pieces(Tokenizer.from_file(str(ckpt / TOKENIZER)), ids)
+
+    def attribution(self, model: GPT, inputs: torch.Tensor, blank: torch.Tensor) -> Attribution:
+        """Scores = the logits of the token after the prompt; baseline = <|endoftext|> (id 0) at every position."""
+        return Attribution("tokens", lambda ids: model(ids)[:, -1].float(), inputs, blank, lambda a: a.sum(-1),
+                           layer=model.tok_emb, rollout=lambda r: r[:, -1])  # causal: the last position's row
 
     def extra_matmul_params(self, cfg: GPTConfig, seq_len: int) -> int:
         return cfg.vocab_size * cfg.dim  # the head (tied or not: the matmul runs either way)
