@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from largo.checkpoint.checkpointer import Checkpointer
 from largo.checkpoint.restore import load_init_weights
@@ -27,6 +28,7 @@ from largo.errors import ConfigError, RunDirError
 from largo.models import Task, get_spec, trainable
 from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
+from largo.observe.trackers import open_metrics
 from largo.observe.throughput import peak_flops
 from largo.plan.planner import choose_strategy
 from largo.train.evaluate import evaluate
@@ -117,7 +119,22 @@ def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, resumed: t
     if resumed is not None:
         start_step = checkpoints.load(*resumed)
         say(f"resumed from {resumed[0]} at step {start_step}")
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if env.is_main else None
+    metrics = open_metrics(run_dir, trackers=cfg.observe.trackers, config=cfg.to_dict(), project=cfg.observe.project,
+                           start_step=start_step) if env.is_main else None
+    try:
+        return _loop_and_report(task, env, trained, model, optimizers, schedulers, checkpoints, memory, metrics, start_step,
+                                stop_at=stop_at, say=say)
+    finally:
+        if metrics:
+            metrics.close()  # the trackers flush
+
+
+def _loop_and_report(task: Task, env: DistEnv, trained: nn.Module, model: nn.Module, optimizers: list[torch.optim.Optimizer],
+                     schedulers: list[Any], checkpoints: Checkpointer, memory: PeakMemory, metrics: MetricsLog | None,
+                     start_step: int, *, stop_at: int | None, say: Callable[[str], None]) -> dict[str, Any]:
+    """The loop's parts, the loop, and the end-of-run reports."""
+    cfg, t = task.cfg, task.cfg.train
+    run_dir = cfg.run_dir
     report_after_steps(optimizers[0], {1, t.steps - start_step}, model, optimizers, env,
                        lambda n, record: log_memory(start_step + n, record, metrics, say if n == 1 else None))
     confusion = torch.zeros(len(task.classes), len(task.classes), dtype=torch.long) if task.classes else None
