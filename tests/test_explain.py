@@ -123,7 +123,9 @@ def test_image_attribution_finds_the_decisive_patch() -> None:
     assert result.completeness_error.max() <= COMPLETENESS_TOLERANCE
     # The criterion tells models apart: an untrained model's attributions spread over the three patterns.
     _, control = explained("vit", untrained, x)
-    assert (share_in_patch(control.maps, corners) >= 0.8).mean() < 0.5
+    chance = float((share_in_patch(control.maps, corners) >= 0.8).mean())
+    print(f"image control: untrained model {100 * chance:.0f}%")
+    assert chance < 0.5
 
 
 # ---- text: one keyword among random tokens ----------------------------------------------------------
@@ -161,7 +163,9 @@ def test_text_attribution_finds_the_keyword() -> None:
     assert found >= 0.9
     assert result.completeness_error.max() <= COMPLETENESS_TOLERANCE
     _, control = explained("text_classifier", untrained, x)
-    assert (control.maps.argmax(-1).numpy() == where).mean() < 0.5
+    chance = float((control.maps.argmax(-1).numpy() == where).mean())
+    print(f"text control: untrained model {100 * chance:.0f}%")
+    assert chance < 0.5
 
 
 # ---- audio: a tone burst at a random time -----------------------------------------------------------
@@ -297,8 +301,8 @@ def test_explain_image_run_for_files_and_a_split(tmp_path: Path, capsys: pytest.
     folder = tmp_path / "inputs" / prepared.classes[int(prepared.arrays["val_y"][0])]  # a folder named after the class
     folder.mkdir(parents=True)
     Image.fromarray(np.asarray(prepared.arrays["val_x"][0, 0])).save(folder / "first.png")
-    out = tmp_path / "explained"
-    assert main(["explain", str(cfg.run_dir), str(tmp_path / "inputs"), "--split", "val", "--limit", "3", "--out", str(out)]) == 0
+    out = cfg.run_dir / "explain"  # the default output folder
+    assert main(["explain", str(cfg.run_dir), str(tmp_path / "inputs"), "--split", "val", "--limit", "3"]) == 0
     printed = capsys.readouterr().out
     assert "completeness: max error" in printed and f"index: {out / 'index.html'}" in printed
     summary = json.loads((out / "explain.json").read_text())
@@ -309,6 +313,11 @@ def test_explain_image_run_for_files_and_a_split(tmp_path: Path, capsys: pytest.
     assert all(_png_size(out / r["file"]) == (960, 360) for r in inputs)  # input | integrated gradients | rollout
     index = (out / "index.html").read_text()
     assert _referenced(index) and all((out / ref).is_file() for ref in _referenced(index))
+    # the run's report shows its confusion matrix and the first three explanation images, embedded
+    assert main(["report", str(cfg.run_dir)]) == 0
+    page = (cfg.run_dir / "report.html").read_text()
+    assert "Confusion matrix" in page and page.count('src="data:image/png;base64,') == 2 + 1 + 3
+    assert _referenced(page) == ["explain/index.html"]
 
 
 def test_explain_text_run_finds_the_cue_word_through_the_tokenizer(tmp_path: Path) -> None:

@@ -270,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=16, help="inputs taken from a split or from each folder")
     p.add_argument("--target", help="class name (classifiers) or next-token text (language models); default: the prediction")
     p.add_argument("--steps", type=int, default=64, help="integration steps of integrated gradients")
-    p.add_argument("--max-steps", type=int, default=4096, help="steps are doubled up to this while an input's completeness error is above 5%%")
+    p.add_argument("--max-steps", type=int, default=4096,
+                   help="steps are doubled up to this while an input's completeness error is above 5%%")
     p.add_argument("--top-k", type=int, default=5, help="language models: next-token predictions listed per position")
     p.add_argument("--out", help="output folder (default: RUN/explain)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

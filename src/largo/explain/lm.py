@@ -5,6 +5,7 @@ Also the few samples `largo report` shows for a language-model run.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,9 @@ def explain_lm(model: nn.Module, cfg: RunConfig, ckpt: Path, spec: ArchSpec, sou
                   "attribution_sum": float(result.total[0]), "completeness_error": float(result.completeness_error[0])}
         stem = output_name(i, name, "")
         pieces = spec.token_pieces(ckpt, row.tolist())
-        (out_dir / f"{stem}.html").write_text(lm_page(stem, pieces, losses, probs, top, tok, record,
-                                                      result.maps[0].cpu().numpy(), None if rolled is None else rolled[0].cpu().numpy()))
+        rolled_map = None if rolled is None else rolled[0].cpu().numpy()
+        (out_dir / f"{stem}.html").write_text(lm_page(stem, pieces, losses, probs, top, tok, record, result.maps[0].cpu().numpy(),
+                                                      rolled_map))
         record["file"] = f"{stem}.html"
         records.append(record)
         log(f"{name}: {len(row)} tokens | mean loss {mean_loss:.3f} | next token {record['next_token']!r} | completeness: "
@@ -91,12 +93,12 @@ def lm_page(title: str, pieces: list[str], losses: torch.Tensor, probs: torch.Te
     notes = ["(first token)"] + [f"loss {v:.2f} nats | predicted here: {guesses(k)}" for k, v in enumerate(losses.tolist())]
     nxt = record["next_token"]
     body = [
-        f"<p>{render.html.escape(record['input'])}: {record['tokens']} tokens | mean loss {record['mean_loss']:.3f} nats/token | "
+        f"<p>{html.escape(record['input'])}: {record['tokens']} tokens | mean loss {record['mean_loss']:.3f} nats/token | "
         f"perplexity {record['perplexity']:.2f}</p>",
         "<h2>Per-token loss</h2><p class=\"small\">red = the model found the token surprising (loss in nats; hover for the "
         "top predictions before it)</p>",
         render.token_spans(pieces, [-v for v in loss], notes=notes),
-        f"<h2>Next token {render.html.escape(repr(nxt))} (p = {record['next_token_probability']:.3f}) attributed to the prompt</h2>",
+        f"<h2>Next token {html.escape(repr(nxt))} (p = {record['next_token_probability']:.3f}) attributed to the prompt</h2>",
         f"<p class=\"small\">layer integrated gradients on the token embeddings from &lt;|endoftext|&gt; everywhere; completeness: "
         f"sum {record['attribution_sum']:.4f} vs logit difference {record['score'] - record['baseline_score']:.4f} "
         f"({100 * record['completeness_error']:.2f}%)</p>",

@@ -7,6 +7,7 @@ see lm.py. Every call writes index.html and explain.json (the figures per input)
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,15 @@ BATCH = 8  # inputs attributed together (each becomes steps x BATCH forwards)
 
 
 def explain(checkpoint: str | Path, sources: list[str], *, out: str | Path | None = None, split: str | None = None,
-            limit: int = 16, target: str | None = None, steps: int = 64, max_steps: int = 4096, top_k: int = 5, device: torch.device | str = "cpu",
+            limit: int = 16, target: str | None = None, steps: int = 64, max_steps: int = 4096, top_k: int = 5,
+            device: torch.device | str = "cpu",
             log: Callable[[str], None] = print) -> Path:
     """Explain each input (or the first `limit` of a split); returns the index page."""
     if not sources and split is None:
         raise ConfigError("largo explain needs inputs (files, folders or text) or --split val|test")
     if not 2 <= steps <= max_steps or limit < 1 or top_k < 1:
-        raise ConfigError(f"--steps ({steps}) must be in [2, --max-steps ({max_steps})], --limit ({limit}) and --top-k ({top_k}) >= 1")
+        raise ConfigError(f"--steps ({steps}) must be in [2, --max-steps ({max_steps})], "
+                          f"--limit ({limit}) and --top-k ({top_k}) >= 1")
     captum_attr()  # fail first, in one line, when Captum is missing
     model, cfg, ckpt = restore(checkpoint, device)
     model.requires_grad_(False)  # gradients flow to the inputs only
@@ -133,7 +136,7 @@ def draw(spec: ArchSpec, ckpt: Path, att: Attribution, result: Attributed, rolle
         ids = att.inputs[j].tolist()
         real = [k for k in range(len(ids)) if att.shown is None or att.shown[j, k]]
         pieces = spec.token_pieces(ckpt, [ids[k] for k in real])
-        body = f"<p>{render.html.escape(title)}</p><h2>Integrated gradients</h2>{render.token_spans(pieces, a[real])}"
+        body = f"<p>{html.escape(title)}</p><h2>Integrated gradients</h2>{render.token_spans(pieces, a[real])}"
         if r is not None:
             body += f"<h2>Attention rollout</h2>{render.token_spans(pieces, r[real])}"
         (out_dir / f"{stem}.html").write_text(render.page(stem, body))
@@ -153,20 +156,18 @@ def write_index(out_dir: Path, ckpt: Path, cfg: RunConfig, records: list[dict[st
     write_json_atomic(out_dir / "explain.json", summary)
     rows = []
     for i, r in enumerate(records):
-        link = f'<a href="{render.html.escape(r["file"])}">{render.html.escape(r["file"])}</a>'
-        if r["file"].endswith(".png"):
-            link += f'<br><img src="{render.html.escape(r["file"])}" height="120">'
-        shown = {k: v for k, v in r.items() if k not in ("file", "input", "completeness_error")}
-        rows.append([i, r["input"], render.html.escape(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                                 for k, v in shown.items() if v is not None)),
-                     f"{100 * r['completeness_error']:.2f}%", f"<div>{link}</div>"])
-    body = (f"<p class=\"small\">{render.html.escape(str(ckpt))} | model.arch = {cfg.model.arch} | {summary['method']}; "
+        name = html.escape(r["file"])
+        link = f'<a href="{name}">{name}</a>' + (f'<br><img src="{name}" height="120">' if r["file"].endswith(".png") else "")
+        shown = {k: v for k, v in r.items() if k not in ("file", "input", "completeness_error") and v is not None}
+        figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+        rows.append([i, r["input"], figures, f"{100 * r['completeness_error']:.2f}%", f"<div>{link}</div>"])
+    body = (f"<p class=\"small\">{html.escape(str(ckpt))} | model.arch = {cfg.model.arch} | {summary['method']}; "
             f"completeness = |sum of attributions - (score - baseline score)| / |score - baseline score|</p>"
             + render.table(["#", "input", "figures", "completeness error", "view"], rows))
     index = out_dir / "index.html"
     index.write_text(render.page("largo explain", body))
     worst = summary["completeness_max_error"]
-    flag = "" if worst <= COMPLETENESS_TOLERANCE else f" (above {100 * COMPLETENESS_TOLERANCE:.0f}%: raise --steps)"
+    flag = "" if worst <= COMPLETENESS_TOLERANCE else f" (above {100 * COMPLETENESS_TOLERANCE:.0f}%: raise --max-steps)"
     log(f"completeness: max error {100 * worst:.2f}% over {len(records)} inputs{flag}")
     log(f"index: {index}")
     return index

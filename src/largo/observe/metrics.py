@@ -20,7 +20,8 @@ class Sink(Protocol):
 
 
 class MetricsLog:
-    """Appends {"step": ..., ...} lines to metrics.jsonl and hands each record to the sinks; on resume drops lines past the resumed step."""
+    """Appends {"step": ..., ...} lines to metrics.jsonl and hands each record to the sinks (experiment trackers);
+    on resume drops lines past the resumed step."""
 
     def __init__(self, path: Path, *, resume_step: int | None = None, sinks: list[Sink] | None = None):
         self.path, self.sinks = path, list(sinks or [])

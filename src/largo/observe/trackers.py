@@ -45,7 +45,8 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     elif kind == "eval":
         out = {f"val/{k}": _number(record.get(k)) for k in ("loss", "perplexity", "accuracy") if _number(record.get(k)) is not None}
     elif kind == "test_set":
-        out = {f"test/{record.get('name')}/{k}": _number(record.get(k)) for k in ("loss", "accuracy") if _number(record.get(k)) is not None}
+        out = {f"test/{record.get('name')}/{k}": _number(record.get(k)) for k in ("loss", "accuracy")
+               if _number(record.get(k)) is not None}
     elif kind == "memory":
         for key, name in (("rank_param_bytes", "params"), ("rank_optim_bytes", "optimizer"), ("rank_peak_bytes", "peak")):
             values = [v for v in record.get(key) or [] if _number(v) is not None]
