@@ -23,6 +23,7 @@ LAYERS = [
     ("largo.checkpoint",),
     ("largo.plan",),
     ("largo.train",),
+    ("largo.explain",),
     ("largo.api",),
     ("largo.cli", "largo.__main__", "largo"),
 ]

@@ -32,7 +32,7 @@ from largo.distributed import start_env
 from largo.distributed.parallelize import parallelize
 from largo.errors import ConfigError, DataError
 from largo.models.finetune import FinetuneConfig, apply_finetune, as_finetune, merge_adapters
-from largo.observe.metrics import MetricsLog
+from largo.observe.trackers import open_metrics
 from largo.observe.throughput import peak_flops
 from largo.train.evaluate import call_model, evaluate
 from largo.train.loop import LoopParts, run_steps, seed_everything
@@ -183,6 +183,7 @@ class Trainer:
         log_every: int = 50,
         seed: int = 0,
         finetune: FinetuneConfig | dict[str, Any] | None = None,
+        trackers: Iterable[str] = (),
         log: Callable[[str], None] = print,
     ):
         run_dir = Path(run_dir)
@@ -190,7 +191,7 @@ class Trainer:
             "run": {"name": run_dir.name, "out_dir": str(run_dir.parent), "seed": seed},
             "optim": {"lr": lr, "schedule": "constant", "warmup_steps": 0, "grad_clip": grad_clip},
             "train": {"precision": precision, "device": device, "log_every": log_every, "global_batch": grad_accum, "micro_batch": 1},
-            "eval": {"every": eval_every}, "checkpoint": {"every": checkpoint_every},
+            "eval": {"every": eval_every}, "checkpoint": {"every": checkpoint_every}, "observe": {"trackers": list(trackers)},
         })
         if epochs < 1 or (steps is not None and steps < 1):
             raise ConfigError(f"epochs ({epochs}) and steps ({steps}) must be >= 1")
@@ -244,7 +245,8 @@ class Trainer:
             self.log(f"resumed from {resumed[0]} at step {start}")
         stream = BatchStream(loader, cfg.run.seed)
         at = (lambda q: stream.at(q, per_epoch)) if stride == 1 else (lambda q: stream.at(q * stride + env.rank, per_epoch * stride if per_epoch else None))
-        metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start) if env.is_main else None
+        metrics = open_metrics(run_dir, trackers=cfg.observe.trackers, config=cfg.to_dict(), project=cfg.observe.project,
+                               start_step=start) if env.is_main else None
 
         def save(step: int) -> None:
             checkpoints.save(step, {"data": {"batches_seen": step * accum}, "config": cfg.to_dict(), "user_model": True, **adapters})
@@ -260,8 +262,12 @@ class Trainer:
             peak_flops=peak_flops(env.device, cfg.train.precision, cfg.train.peak_tflops) * env.world,
             throughput_unit="samples",
         )
-        progress = run_steps(parts, cfg, env, start_step=start, stop_at=None, metrics=metrics, say=self.log)
-        return finish(parts, cfg, run_dir, progress, metrics=metrics, say=self.log)
+        try:
+            progress = run_steps(parts, cfg, env, start_step=start, stop_at=None, metrics=metrics, say=self.log)
+            return finish(parts, cfg, run_dir, progress, metrics=metrics, say=self.log)
+        finally:
+            if metrics:
+                metrics.close()  # the trackers flush
 
     def merged_model(self) -> nn.Module:
         """The trained model as a plain module: adapters (finetune LoRA) folded into its weights; the model itself otherwise."""

@@ -32,6 +32,7 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
     from largo.config import load_config
     from largo.distributed.env import restart_count
+    from largo.observe.trackers import check_names
     from largo.train.faults import PREEMPTED_EXIT
     from largo.train.run import train
 
@@ -40,7 +41,9 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         resume = "auto"
     # record: under torchrun, a failing rank's error goes into torchrun's summary next to its rank
     run = record(train) if "TORCHELASTIC_RUN_ID" in os.environ else train
-    summary = run(load_config(args.config, overrides), resume=resume, overwrite=args.overwrite)
+    cfg = load_config(args.config, overrides)
+    cfg.observe.trackers = check_names(cfg.observe.trackers + args.tracker)  # --tracker adds to the config's
+    summary = run(cfg, resume=resume, overwrite=args.overwrite)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()  # a clean exit (NCCL warns and may hang at exit otherwise)
     return PREEMPTED_EXIT if summary.get("preempted") else 0
@@ -105,25 +108,40 @@ def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 
 
 def cmd_report(args: argparse.Namespace, overrides: dict[str, str]) -> int:
-    """Summarise a run from its metrics.jsonl and draw its curves to curves.png."""
+    """Summarise runs from their metrics.jsonl: curves.png per run, and report.html + report.md (all runs overlaid)."""
     from pathlib import Path
 
-    from largo.errors import RunDirError
+    from largo.errors import ConfigError, RunDirError
     from largo.observe.metrics import read_metrics
     from largo.observe.plots import plot_run
+    from largo.observe.report import labels_for, write_report
 
-    run_dir = Path(args.run)
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise RunDirError(f"{run_dir}: no metrics.jsonl; give a run directory such as runs/text_tiny")
-    train, evals = read_metrics(run_dir / "metrics.jsonl", "train"), read_metrics(run_dir / "metrics.jsonl", "eval")
-    if train:
-        last = train[-1]
-        print(f"{run_dir}: step {last.get('step')} | train loss {_num(last, 'loss'):.4f} | {_num(last, 'tokens_per_s'):,.0f} tok/s | "
-              f"MFU {100 * _num(last, 'mfu'):.1f}%")
-    for r in evals:
-        print(f"  eval @ step {r.get('step')}: loss {_num(r, 'loss'):.4f} | accuracy {100 * _num(r, 'accuracy'):.2f}%")
-    png = plot_run(run_dir)
-    print(f"curves: {png}" if png else "curves: not drawn (install matplotlib)")
+    run_dirs = [Path(r) for r in args.runs]
+    for run_dir in run_dirs:
+        if not (run_dir / "metrics.jsonl").is_file():
+            raise RunDirError(f"{run_dir}: no metrics.jsonl; give a run directory such as runs/text_tiny")
+    if args.samples < 0:
+        raise ConfigError(f"--samples ({args.samples}) must be >= 0")
+    for run_dir in run_dirs:
+        train, evals = read_metrics(run_dir / "metrics.jsonl", "train"), read_metrics(run_dir / "metrics.jsonl", "eval")
+        if train:
+            last = train[-1]
+            print(f"{run_dir}: step {last.get('step')} | train loss {_num(last, 'loss'):.4f} | {_num(last, 'tokens_per_s'):,.0f} tok/s | "
+                  f"MFU {100 * _num(last, 'mfu'):.1f}%")
+        for r in evals:
+            print(f"  eval @ step {r.get('step')}: loss {_num(r, 'loss'):.4f} | accuracy {100 * _num(r, 'accuracy'):.2f}%")
+        png = plot_run(run_dir)
+        print(f"curves: {png}" if png else "curves: not drawn (install matplotlib)")
+    samples = {}
+    if args.samples:
+        from largo.explain.lm import sample_texts
+
+        for label, run_dir in zip(labels_for(run_dirs), run_dirs):
+            if (run_dir / "checkpoints").is_dir():
+                samples[label] = sample_texts(run_dir, count=args.samples)
+    out = Path(args.out) if args.out else run_dirs[0] if len(run_dirs) == 1 else run_dirs[0].parent / "report"
+    html, md = write_report(run_dirs, out, samples=samples)
+    print(f"report: {html} (and {md.name})")
     return 0
 
 
@@ -131,6 +149,16 @@ def _num(record: dict, key: str) -> float:
     """A number from a metrics record, NaN when absent or not a number (a hand-edited file must not crash the report)."""
     value = record.get(key)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
+def cmd_explain(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Attributions (integrated gradients, with the completeness check) and attention rollout for inputs or a split."""
+    from largo.distributed.env import pick_device
+    from largo.explain.run import explain
+
+    explain(args.checkpoint, args.inputs, out=args.out, split=args.split, limit=args.limit, target=args.target,
+            steps=args.steps, max_steps=args.max_steps, top_k=args.top_k, device=pick_device(args.device))
+    return 0
 
 
 def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
@@ -240,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a run already in the run directory")
     p.add_argument("--nproc", type=int, default=1, help="processes on this machine (starts torchrun)")
     p.add_argument("--max-restarts", type=int, default=0, help="with --nproc: torchrun restarts after a failure, resuming")
+    p.add_argument("--tracker", action="append", default=[], metavar="NAME",
+                   help="also log to tensorboard | wandb | mlflow | trackio (repeatable; adds to observe.trackers)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("plan", help="how much compute, memory and data a run needs, before training")
@@ -291,8 +321,24 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.8)
             p.add_argument("--top-k", type=int, default=50)
             p.add_argument("--seed", type=int, default=0)
-    p = sub.add_parser("report", help="summarise a run and plot its curves")
-    p.add_argument("run", help="run directory")
+    p = sub.add_parser("explain", help="why a model predicts what it does: attributions checked for completeness, attention rollout")
+    p.add_argument("checkpoint", help="run directory or checkpoint folder")
+    p.add_argument("inputs", nargs="*", help="files or folders (images, .wav, .txt), or for text models the text itself")
+    p.add_argument("--split", help="explain the first --limit examples of the prepared data's split: val or test")
+    p.add_argument("--limit", type=int, default=16, help="inputs taken from a split or from each folder")
+    p.add_argument("--target", help="class name (classifiers) or next-token text (language models); default: the prediction")
+    p.add_argument("--steps", type=int, default=64, help="integration steps of integrated gradients")
+    p.add_argument("--max-steps", type=int, default=4096,
+                   help="steps are doubled up to this while an input's completeness error is above 5%%")
+    p.add_argument("--top-k", type=int, default=5, help="language models: next-token predictions listed per position")
+    p.add_argument("--out", help="output folder (default: RUN/explain)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(fn=cmd_explain)
+
+    p = sub.add_parser("report", help="summarise runs, overlay their curves, write report.html and report.md")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (several: compared on the same axes)")
+    p.add_argument("--out", help="report folder (default: the run directory for one run, else report/ beside the first run)")
+    p.add_argument("--samples", type=int, default=2, help="samples generated per language-model run (0 = none)")
     p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("presets", help="list the recipes shipped with largo (use a name wherever a config goes)")

@@ -24,6 +24,7 @@ from largo.models import get_spec, spec_names
 from largo.models.config import ModelConfig
 from largo.models.finetune import FinetuneConfig
 from largo.models.gpt import GPTConfig
+from largo.observe.trackers import check_names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -152,6 +153,21 @@ class ParallelConfig:
 
 
 @dataclass
+class ObserveConfig:
+    """Experiment trackers: every metrics record also goes to these (rank 0 only); metrics.jsonl stays the record."""
+
+    # any of "tensorboard" (event files in the run directory), "wandb" (offline), "mlflow" (local file store under
+    # the run directory), "trackio"; all but tensorboard are optional installs. CLI: largo train ... --tracker NAME
+    trackers: list[str] = field(default_factory=list)
+    project: str = "largo"  # the project (W&B, trackio) or experiment (MLflow) the run is filed under
+
+    def __post_init__(self) -> None:
+        self.trackers = check_names(self.trackers)
+        if not self.project:
+            raise ConfigError("observe.project must not be empty")
+
+
+@dataclass
 class RunConfig:
     """A whole run: one field per TOML section."""
 
@@ -165,6 +181,7 @@ class RunConfig:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    observe: ObserveConfig = field(default_factory=ObserveConfig)
 
     def __post_init__(self) -> None:
         t = self.train
@@ -210,6 +227,11 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{key} = {value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
         return value
+    if origin is list:  # list[str]: a TOML array
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise ConfigError(f"{key} = {value!r} must be a list of {item.__name__}, e.g. [\"a\", \"b\"]")
+        return list(value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ConfigError(f"{key} = {value!r} is not a finite number")
@@ -220,9 +242,9 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
 
 
 def _parse_override(key: str, text: str, hint: Any) -> Any:
-    """Turn a command-line string into the annotated type of `key` (a list from comma-separated items)."""
-    if typing.get_origin(hint) is list:
-        return [item.strip() for item in text.split(",") if item.strip()]
+    """Turn a command-line string into the annotated type of `key`."""
+    if typing.get_origin(hint) is list:  # --observe.trackers tensorboard,wandb
+        return [part.strip() for part in text.split(",") if part.strip()]
     base = str if typing.get_origin(hint) is Literal else hint
     try:
         if base is bool:

@@ -27,3 +27,7 @@ class DivergedError(LargoError):
     """Training hit too many consecutive non-finite steps; the last good checkpoint is kept."""
 
     exit_code = 3
+
+
+class MissingDependencyError(LargoError):
+    """An optional package a command needs is not installed; the message names the pip command that adds it."""

@@ -16,7 +16,7 @@ from largo.errors import ConfigError, LargoError
 
 # module -> the largo extra that installs it (pyproject.toml's [project.optional-dependencies])
 EXTRAS = {"datasets": "hfdata", "peft": "lora", "lm_eval": "eval", "soundfile": "audio", "huggingface_hub": "hf",
-          "transformers": "hf", "gguf": "hf"}
+          "transformers": "hf", "gguf": "hf", "captum.attr": "explain", "tensorboard": "explain"}
 _HF = {"datasets", "peft", "lm_eval", "huggingface_hub", "transformers"}
 
 

@@ -163,6 +163,11 @@ def _is_grey(Image: Any, ref: ImageRef, name: str) -> bool:
         return img.mode in ("1", "L", "LA", "I", "I;16", "F")
 
 
+def read_image(path: Path, size: int, channels: int) -> np.ndarray:
+    """One image file as uint8 (channels, size, size): converted to grey (1) or RGB (3), resized bilinearly."""
+    return read_images([path], size, channels)[0][0]
+
+
 def _read_source(source: str, cfg: RunConfig, size: int, channels: int, *, test: bool = False) -> tuple[np.ndarray, list[str]]:
     """A folder or a dataset split: uint8 images and their class names."""
     if is_hf(source):

@@ -67,6 +67,22 @@ def load_existing_tokenizer(path: str) -> Tokenizer:
     return tok
 
 
+def token_pieces(tok: Tokenizer, ids: list[int]) -> list[str]:
+    """The text each token stands for, decoded one token at a time (a piece of a multi-byte character shows as U+FFFD)."""
+    return [tok.decode([i], skip_special_tokens=False) for i in ids]
+
+
+def read_text_input(source: str) -> str:
+    """`largo explain`'s text input: the contents of a file, or the argument itself when no such file exists."""
+    p = Path(source)
+    if p.is_file():
+        try:
+            return p.read_text(errors="replace")
+        except OSError as e:
+            raise DataError(f"{p}: unreadable ({e.strerror})") from None
+    return source
+
+
 def is_validation(index: int, val_fraction: float) -> bool:
     """Systematic split: document i is held out when (i + 1) * f crosses an integer.
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from largo.data.arrays import Prepared, Transform
-from largo.data.audio import AudioAugment, AudioDataConfig, audio_transform, prepare_audio
+from largo.data.audio import AudioAugment, AudioDataConfig, audio_transform, prepare_audio, read_wav, to_clip
 from largo.errors import ConfigError
-from largo.models.classifier import ClassifierConfig, ClassifierSpec, StemTerms
-from largo.models.spec import Task, register
+from largo.models.classifier import Classifier, ClassifierConfig, ClassifierSpec, StemTerms, pooled_relevance
+from largo.models.spec import Attribution, Task, register
 from largo.precision import Layout
 
 if TYPE_CHECKING:
@@ -117,8 +119,15 @@ class AudioStem(nn.Module):
         self.conv2 = nn.Conv1d(cfg.dim, cfg.dim, kernel_size=3, stride=2, padding=1)
 
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, None]:
-        with torch.autocast(wave.device.type, enabled=False):  # features in fp32, whatever the training precision
-            feats = log_mel(wave, self.window, self.filterbank, self.cfg.hop_length)  # (b, n_mels, frames)
+        return self.encode(self.features(wave))
+
+    def features(self, wave: torch.Tensor) -> torch.Tensor:
+        """Waveforms (b, samples) -> log-mel frames (b, n_mels, frames), in fp32 whatever the training precision."""
+        with torch.autocast(wave.device.type, enabled=False):
+            return log_mel(wave, self.window, self.filterbank, self.cfg.hop_length)
+
+    def encode(self, feats: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """Log-mel frames (b, n_mels, frames) -> token states (b, tokens, dim): the two convolutions."""
         x = F.gelu(self.conv1(feats))
         return F.gelu(self.conv2(x)).transpose(1, 2), None  # (b, tokens, dim)
 
@@ -175,6 +184,25 @@ class AudioSpec(ClassifierSpec):
 
     def stem_matmul_params(self, cfg: AudioConfig) -> int:
         return 2 * cfg.n_mels * 3 * cfg.dim + 3 * cfg.dim * cfg.dim  # conv1 runs at twice the token rate
+
+    # ---- explanations: integrated gradients on the log-mel frames, drawn over the spectrogram
+    example_suffixes = (".wav",)
+
+    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
+        clip_samples = round(run.data.clip_seconds * run.model.sample_rate)
+        return to_clip(*read_wav(Path(source)), run.model.sample_rate, clip_samples)  # as the data's clips are made
+
+    def attribution(self, model: Classifier, inputs: torch.Tensor, blank: torch.Tensor) -> Attribution:
+        cfg, stem = model.cfg, model.stem
+        feats = stem.features(inputs)  # (b, n_mels, frames): what is attributed
+
+        def to_frames(r: torch.Tensor) -> torch.Tensor:  # rollout over tokens -> (b, frames): a token covers two frames
+            return pooled_relevance(cfg, r, None).repeat_interleave(2, dim=1)[:, : feats.shape[-1]]
+
+        # The baseline is the feature floor (80 dB under the clip's peak) at every bin: silence as the model sees it.
+        # (The blank clip, all zeros, is no baseline here: per-clip scaling makes a silent clip's features its own peak.)
+        return Attribution("spectrogram", lambda f: model.forward_states(*stem.encode(f)), feats, torch.full_like(feats, -1.0),
+                           lambda a: a, rollout=to_frames, seconds_per_column=cfg.hop_length / cfg.sample_rate)
 
     def stem_terms(self, cfg: AudioConfig, micro_batch: int, seq_len: int, layout: Layout) -> StemTerms:
         c, d = layout.compute_bytes, cfg.dim

@@ -22,7 +22,7 @@ from largo.data.arrays import ClassifyData, Prepared, Transform, fixed_batches
 from largo.data.config import ClassDataConfig
 from largo.errors import ConfigError
 from largo.models.config import ModelConfig
-from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, resolved_field
+from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Task, resolved_field
 from largo.models.trunk import Trunk
 from largo.precision import Layout
 
@@ -68,7 +68,13 @@ class Classifier(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        x, keep = self.stem(inputs)  # (b, t, dim), (b, t) or None
+        return self.forward_states(*self.stem(inputs))
+
+    def forward_states(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Everything after the stem: token states (b, t, dim) and real positions (b, t) or None -> logits (b, classes).
+
+        Explanations enter here with states they made themselves (from log-mel frames, or a fixed padding mask).
+        """
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)  # (b, 1 + t, dim)
             keep = None if keep is None else torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
@@ -127,6 +133,20 @@ def test_set_name(test_source: str) -> str:
     return Path(test_source).stem or test_source
 
 
+def pooled_relevance(cfg: ClassifierConfig, rollout: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Attention rollout (b, T, T) -> how much each stem position feeds the pooled vector (b, T - class token).
+
+    The head sees the class token's row, or the mean of the real positions' rows; the class token's own column is dropped.
+    """
+    if cfg.pooling == "cls":
+        rows = rollout[:, 0]
+    else:
+        w = torch.ones(rollout.shape[:2], device=rollout.device) if keep is None else keep.float()
+        w = torch.cat([w.new_ones(w.shape[0], cfg.extra_positions), w], dim=1) if cfg.extra_positions else w
+        rows = (rollout * w[:, :, None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1.0)  # (b, T)
+    return rows[:, cfg.extra_positions:]
+
+
 class ClassifierSpec(ArchSpec):
     """Classification on cached arrays; a subclass supplies the stem, the preparation and the stem's planner terms."""
 
@@ -160,6 +180,13 @@ class ClassifierSpec(ArchSpec):
     def stem_matmul_params(self, cfg: ClassifierConfig) -> int:
         """Stem weights multiplied per transformer position (0 for a lookup)."""
         return 0
+
+    def attribution(self, model: Classifier, inputs: torch.Tensor, blank: torch.Tensor) -> Attribution:
+        """By default: integrated gradients on the model inputs from the blank input; a map per stem position."""
+        def to_positions(a: torch.Tensor) -> torch.Tensor:
+            return a.flatten(2).sum(-1) if a.dim() > 2 else a  # (b, positions)
+        return Attribution("values", model, inputs, blank, to_positions,
+                           rollout=lambda r: pooled_relevance(model.cfg, r, None))
 
     # ---- what every classifier shares
     def build(self, cfg: ClassifierConfig) -> nn.Module:

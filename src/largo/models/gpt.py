@@ -12,18 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from torch import nn
 
 from largo.data.config import TextDataConfig
-from largo.data.prepare import prepare, read_manifest
+from largo.data.prepare import prepare, read_manifest, read_text_input, token_pieces
 from largo.data.text import RandomTokens, TextLMData
 from largo.errors import ConfigError, DataError
 from largo.models.config import ModelConfig
 from largo.models.layers import KVCache
 from largo.models.loss import chunk_rows, linear_cross_entropy
-from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, register
+from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Task, register
 from largo.models.trunk import Trunk
 from largo.precision import Layout
 
@@ -153,6 +155,24 @@ class GPTSpec(ArchSpec):
         t = model.max_seq_len
         return Task(dataclasses.replace(run, model=model), RandomTokens(model.vocab_size, t, run.run.seed), t,
                     self.flops_per_token(model, t) * t)
+
+    # ---- explanations: a next token attributed to the prompt's token embeddings (layer integrated gradients)
+    example_suffixes = (".txt", ".py", ".md")
+
+    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
+        """A text file or the text itself as token ids, its last max_seq_len tokens at most."""
+        ids = Tokenizer.from_file(str(ckpt / TOKENIZER)).encode(read_text_input(source)).ids
+        if not ids:
+            raise DataError(f"{source!r}: encodes to no tokens; give some text")
+        return np.array(ids[-run.model.max_seq_len :], dtype=np.int64)
+
+    def token_pieces(self, ckpt: Path, ids: list[int]) -> list[str]:
+        return token_pieces(Tokenizer.from_file(str(ckpt / TOKENIZER)), ids)
+
+    def attribution(self, model: GPT, inputs: torch.Tensor, blank: torch.Tensor) -> Attribution:
+        """Scores = the logits of the token after the prompt; baseline = <|endoftext|> (id 0) at every position."""
+        return Attribution("tokens", lambda ids: model(ids)[:, -1].float(), inputs, blank, lambda a: a.sum(-1),
+                           layer=model.tok_emb, rollout=lambda r: r[:, -1])  # causal: the last position's row
 
     def extra_matmul_params(self, cfg: GPTConfig, seq_len: int) -> int:
         return cfg.vocab_size * cfg.dim  # the head (tied or not: the matmul runs either way)

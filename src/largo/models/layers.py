@@ -117,6 +117,25 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(b, t, -1))  # (b, t, dim)
 
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor, rope: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention weights forward() lets SDPA keep to itself, recomputed from q and k: (b, heads, t, t), rows sum to 1.
+
+        For explanations (attention rollout) of a whole sequence, without a cache; fp32 whatever the weights' dtype.
+        """
+        b, t, _ = x.shape
+        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2).float()  # (b, h, t, d)
+        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2).float()  # (b, kv, t, d)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)  # (b, h, t, d): each kv head serves its group
+        scores = q @ k.transpose(-1, -2) / self.head_dim**0.5  # (b, h, t, t)
+        if self.causal:
+            scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool, device=x.device).tril(), float("-inf"))
+        if mask is not None:  # True = attend, broadcast over heads and queries
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(dim=-1)
+
 
 class SwiGLU(nn.Module):
     """Gated MLP: down(silu(gate(x)) * up(x))."""

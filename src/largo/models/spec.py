@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -77,6 +78,26 @@ class MemoryTerms:
     extra_phases: dict[str, tuple[int, int]] = field(default_factory=dict)  # other peaks: name -> (activations, temporaries)
     logits: int | None = None  # bytes alive for the outputs at the end of the forward; None = rows x outputs in the compute dtype
     loss_grads: int | None = None  # temporaries of the loss's backward; None = two fp32 rows x outputs
+
+
+@dataclass
+class Attribution:
+    """What `largo explain` attributes for one batch of an architecture's inputs, and how the result is drawn.
+
+    The spec decides the modality's part (which tensor, the baseline, the map, the view); largo/explain does the rest
+    (integrated gradients with Captum, the completeness check, attention rollout, rendering) for any spec.
+    """
+
+    view: Literal["image", "spectrogram", "tokens", "values"]  # how a map is drawn: over the image, the spectrogram, the text
+    forward: Callable[..., torch.Tensor]  # (inputs, *extra) -> scores (b, outputs): class logits, or next-token logits
+    inputs: torch.Tensor  # (b, ...) what is attributed: pixels, log-mel frames, token ids (for `layer`)
+    baseline: torch.Tensor  # like inputs: where the integration path starts (a black image, the mel floor, padding tokens)
+    to_map: Callable[[torch.Tensor], torch.Tensor]  # attributions -> the drawn map (b, ...): channels or embedding summed
+    layer: nn.Module | None = None  # attribute to this module's output (a token embedding: layer integrated gradients)
+    extra: tuple[Any, ...] = ()  # further forward arguments, held fixed along the path (a padding mask)
+    rollout: Callable[[torch.Tensor], torch.Tensor] | None = None  # trunk rollout (b, T, T) -> scores on the map's grid
+    shown: torch.Tensor | None = None  # (b, positions): where a token map is drawn (padding left out); None = everywhere
+    seconds_per_column: float = 0.0  # spectrogram: time per frame, for the axis
 
 
 @dataclass(frozen=True)
@@ -163,6 +184,21 @@ class ArchSpec:
 
     def memory_terms(self, cfg: ModelConfig, micro_batch: int, seq_len: int, layout: Layout) -> MemoryTerms:
         """What the stem, head, inputs and buffers hold for one micro-batch (see plan/estimate.py)."""
+        raise NotImplementedError
+
+    # ---- explanations (`largo explain`)
+    example_suffixes: ClassVar[tuple[str, ...]] = ()  # input files `largo explain` picks out of a folder
+
+    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
+        """One input as the data stores it (an image's uint8 pixels, a clip, token ids), from a file or literal text."""
+        raise ConfigError(f"model.arch = {self.name!r} does not read single inputs for `largo explain`; use --split")
+
+    def attribution(self, model: nn.Module, inputs: torch.Tensor, blank: torch.Tensor) -> Attribution:
+        """What to attribute for a batch of model inputs; blank = the inputs of all-zero stored examples."""
+        raise ConfigError(f"model.arch = {self.name!r} has no explanation view; its spec does not define attribution()")
+
+    def token_pieces(self, ckpt: Path, ids: list[int]) -> list[str]:
+        """The text of each token, for token views (architectures whose checkpoints carry a tokenizer)."""
         raise NotImplementedError
 
 

@@ -7,14 +7,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from largo.data.arrays import Prepared, Transform
-from largo.data.text_classes import PAD_ID, TOKENIZER, TextClassDataConfig, prepare_text_classes, token_transform
+from largo.data.prepare import read_text_input, token_pieces
+from largo.data.text_classes import (
+    PAD_ID, TOKENIZER, TextClassDataConfig, clean_text, encode_rows, prepare_text_classes, token_transform,
+)
 from largo.errors import ConfigError
-from largo.models.classifier import ClassifierConfig, ClassifierSpec, StemTerms
-from largo.models.spec import register, resolved_field
+from largo.models.classifier import Classifier, ClassifierConfig, ClassifierSpec, StemTerms, pooled_relevance
+from largo.models.spec import Attribution, register, resolved_field
 from largo.precision import Layout
 
 if TYPE_CHECKING:
@@ -74,6 +79,28 @@ class TextClassifierSpec(ClassifierSpec):
 
     def checkpoint_files(self, run: RunConfig) -> dict[str, Path]:
         return {TOKENIZER: Path(run.data.dir) / TOKENIZER}
+
+    # ---- explanations: layer integrated gradients on the token embeddings, drawn over the text
+    example_suffixes = (".txt",)
+
+    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
+        """A .txt file or the text itself, cleaned and encoded as the data's rows are (head and tail kept, padded)."""
+        tok = Tokenizer.from_file(str(ckpt / TOKENIZER))
+        return encode_rows(tok, [clean_text(read_text_input(source))], run.model.max_seq_len)[0]
+
+    def token_pieces(self, ckpt: Path, ids: list[int]) -> list[str]:
+        return token_pieces(Tokenizer.from_file(str(ckpt / TOKENIZER)), ids)
+
+    def attribution(self, model: Classifier, inputs: torch.Tensor, blank: torch.Tensor) -> Attribution:
+        # The input's own padding mask, held fixed along the path (the blank is all padding). Padding positions have the
+        # same embedding at the input and the baseline, so their attributions are exactly zero.
+        keep = inputs != PAD_ID
+
+        def forward(ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+            return model.forward_states(model.stem.tok_emb(ids), keep)
+
+        return Attribution("tokens", forward, inputs, blank, lambda a: a.sum(-1), layer=model.stem.tok_emb, extra=(keep,), shown=keep,
+                           rollout=lambda r: pooled_relevance(model.cfg, r, keep))
 
     def stem_terms(self, cfg: TextClassifierConfig, micro_batch: int, seq_len: int, layout: Layout) -> StemTerms:
         positions = seq_len - cfg.extra_positions

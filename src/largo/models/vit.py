@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from largo.data.arrays import Prepared, Transform
-from largo.data.images import ImageDataConfig, image_transform, prepare_images
+from largo.data.images import IMAGE_SUFFIXES, ImageDataConfig, image_transform, prepare_images, read_image
 from largo.errors import ConfigError
-from largo.models.classifier import ClassifierConfig, ClassifierSpec, StemTerms
-from largo.models.spec import register, resolved_field
+from largo.models.classifier import Classifier, ClassifierConfig, ClassifierSpec, StemTerms, pooled_relevance
+from largo.models.spec import Attribution, register, resolved_field
 from largo.precision import Layout
 
 if TYPE_CHECKING:
@@ -98,6 +100,23 @@ class ViTSpec(ClassifierSpec):
 
     def stem_matmul_params(self, cfg: ViTConfig) -> int:
         return cfg.in_channels * cfg.patch_size**2 * cfg.dim
+
+    # ---- explanations: integrated gradients on the (normalised) pixels from a black image, drawn over the image
+    example_suffixes = tuple(sorted(IMAGE_SUFFIXES))
+
+    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
+        return read_image(Path(source), run.model.image_size, run.model.in_channels)
+
+    def attribution(self, model: Classifier, inputs: torch.Tensor, blank: torch.Tensor) -> Attribution:
+        cfg = model.cfg
+        side, p = cfg.image_size // cfg.patch_size, cfg.patch_size
+
+        def to_pixels(r: torch.Tensor) -> torch.Tensor:  # rollout over patches -> (b, size, size), each patch's score on its pixels
+            grid = pooled_relevance(cfg, r, None).reshape(-1, side, side)
+            return grid.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)
+
+        # blank: the normalised all-zero (black) image, the background of Fashion-MNIST and digits
+        return Attribution("image", model, inputs, blank, lambda a: a.sum(1), rollout=to_pixels)
 
     def stem_terms(self, cfg: ViTConfig, micro_batch: int, seq_len: int, layout: Layout) -> StemTerms:
         pixels = cfg.in_channels * cfg.image_size**2

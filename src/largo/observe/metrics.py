@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from largo.errors import DataError
 
 
-class MetricsLog:
-    """Appends {"step": ..., ...} lines to metrics.jsonl; on resume drops lines past the resumed step."""
+class Sink(Protocol):
+    """Where MetricsLog copies each record besides the file: an experiment tracker (observe/trackers.py)."""
 
-    def __init__(self, path: Path, *, resume_step: int | None = None):
-        self.path = path
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MetricsLog:
+    """Appends {"step": ..., ...} lines to metrics.jsonl and hands each record to the sinks (experiment trackers);
+    on resume drops lines past the resumed step."""
+
+    def __init__(self, path: Path, *, resume_step: int | None = None, sinks: list[Sink] | None = None):
+        self.path, self.sinks = path, list(sinks or [])
         if resume_step is not None and path.exists():
             self.truncate_after(resume_step)
 
@@ -29,6 +39,22 @@ class MetricsLog:
         # Opened per record: nothing stays open when a run dies with an error (a few lines per second at most).
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:  # the file first: it is the record, a tracker only shows it
+            sink.write(record)
+
+    def close(self) -> None:
+        """Close the sinks (flush trackers); the file needs nothing."""
+        for sink in self.sinks:
+            sink.close()
+        self.sinks = []
+
+
+def last_step(path: Path) -> int:
+    """The largest integer step any record of a metrics file holds (0 when there is none)."""
+    if not path.exists():
+        return 0
+    steps = [_step(line) for line in path.read_text(errors="replace").splitlines()]
+    return max((int(s) for s in steps if math.isfinite(s)), default=0)
 
 
 def _step(line: str) -> float:

@@ -28,7 +28,7 @@ from largo.errors import CheckpointError, ConfigError, RunDirError
 from largo.models import Task, get_spec, trainable
 from largo.models.finetune import apply_finetune, check_finetune
 from largo.observe.memory import PeakMemory
-from largo.observe.metrics import MetricsLog
+from largo.observe.trackers import open_metrics
 from largo.observe.throughput import peak_flops
 from largo.plan.estimate import compile_decision
 from largo.plan.planner import choose_strategy
@@ -155,28 +155,33 @@ def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, compiled: 
                                   f"({cfg.model.init_from}) holds now; their state.json digests differ")
         start_step = checkpoints.load(*resumed)
         say(f"resumed from {resumed[0]} at step {start_step}")
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if env.is_main else None
-    report_after_steps(optimizers[0], {1, t.steps - start_step}, model, optimizers, env,
-                       lambda n, record: log_memory(start_step + n, record, metrics, say if n == 1 else None))
-    confusion = torch.zeros(len(task.classes), len(task.classes), dtype=torch.long) if task.classes else None
+    metrics = open_metrics(run_dir, trackers=cfg.observe.trackers, config=cfg.to_dict(), project=cfg.observe.project,
+                           start_step=start_step) if env.is_main else None
+    try:
+        report_after_steps(optimizers[0], {1, t.steps - start_step}, model, optimizers, env,
+                           lambda n, record: log_memory(start_step + n, record, metrics, say if n == 1 else None))
+        confusion = torch.zeros(len(task.classes), len(task.classes), dtype=torch.long) if task.classes else None
 
-    parts = LoopParts(
-        model=trained, optimizers=optimizers, schedule=schedule,
-        micro_batches=lambda step: [task.dataset.train_rows(s) for s in
-                                    rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=env.rank, world=env.world)],
-        normaliser=lambda batches: global_target_count(batches, env),
-        forward_loss=lambda x, y: spec.loss(trained, task.augment(x), y),
-        evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device,
-                                  precision=t.precision, rank=env.rank, world=env.world,
-                                  confusion=confusion.zero_() if confusion is not None else None),
-        save=lambda step: checkpoints.save(step, {"data": {"samples_seen": step * t.global_batch}, "config": cfg.to_dict(), **extra_state}),
-        tokens_per_step=t.global_batch * task.positions,
-        flops_per_step=t.global_batch * task.flops_per_sample,
-        peak_flops=peak_flops(env.device, t.precision, t.peak_tflops) * env.world,
-    )
-    say(f"model: {trainable(model):,} params | {parts.tokens_per_step:,} tokens/step | "
-        f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
-    memory.start()
-    progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
-    return end_of_run(parts, task, progress, model=model, run_dir=run_dir, env=env, memory=memory, confusion=confusion,
-                      metrics=metrics, say=say)
+        parts = LoopParts(
+            model=trained, optimizers=optimizers, schedule=schedule,
+            micro_batches=lambda step: [task.dataset.train_rows(s) for s in
+                                        rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=env.rank, world=env.world)],
+            normaliser=lambda batches: global_target_count(batches, env),
+            forward_loss=lambda x, y: spec.loss(trained, task.augment(x), y),
+            evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device,
+                                      precision=t.precision, rank=env.rank, world=env.world,
+                                      confusion=confusion.zero_() if confusion is not None else None),
+            save=lambda step: checkpoints.save(step, {"data": {"samples_seen": step * t.global_batch}, "config": cfg.to_dict(), **extra_state}),
+            tokens_per_step=t.global_batch * task.positions,
+            flops_per_step=t.global_batch * task.flops_per_sample,
+            peak_flops=peak_flops(env.device, t.precision, t.peak_tflops) * env.world,
+        )
+        say(f"model: {trainable(model):,} params | {parts.tokens_per_step:,} tokens/step | "
+            f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
+        memory.start()
+        progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
+        return end_of_run(parts, task, progress, model=model, run_dir=run_dir, env=env, memory=memory, confusion=confusion,
+                          metrics=metrics, say=say)
+    finally:
+        if metrics:
+            metrics.close()  # the trackers flush
