@@ -3,7 +3,8 @@
 Usage: python benchmarks/loader.py [text_tiny | CONFIG.toml ...]    (default: every preset but gpt2_124m)
 
 For each recipe, in one process:
-  loader    `train_rows` for 30 global batches in step order (what the loop calls each step), on one thread
+  loader    `train_rows` for 300 global batches in step order (what the loop calls each step), on one thread,
+            after 10 untimed ones (first touches of the memmaps)
   training  a short run of the recipe as configured (its precision, micro-batching and compile decision for
             the full run), 2 x W steps with the step time taken from the second W-step window (compiling
             and warm-up excluded)
@@ -28,7 +29,8 @@ from largo.presets import preset_names
 from largo.observe.metrics import read_metrics
 from largo.train.run import compile_mode, train
 
-LOADER_STEPS = 30
+LOADER_WARM_STEPS = 10  # first touches of the memmaps (page cache) and lazy set-up, as a run's first steps pay them
+LOADER_STEPS = 300
 
 
 def loader_rate(cfg, dataset) -> float:
@@ -37,8 +39,9 @@ def loader_rate(cfg, dataset) -> float:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        start = time.perf_counter()
-        for step in range(LOADER_STEPS):
+        start = 0.0
+        for step in range(LOADER_WARM_STEPS + LOADER_STEPS):
+            start = time.perf_counter() if step == LOADER_WARM_STEPS else start
             for samples in rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=0, world=1):
                 dataset.train_rows(samples)
         return LOADER_STEPS * t.global_batch / (time.perf_counter() - start)

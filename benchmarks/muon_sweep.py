@@ -1,7 +1,7 @@
 """Does Muon reach AdamW's validation loss in at most 75% of the steps? A learning-rate sweep of each, on one recipe.
 
 Usage: python benchmarks/muon_sweep.py [--config text_tiny] [--steps 400] [--fraction 0.75]
-                                       [--adamw-lrs 1e-3,2e-3,4e-3] [--muon-lrs 2e-3,4e-3,8e-3] [--out FILE.json]
+                                       [--adamw-lrs 1e-3,2e-3,4e-3] [--muon-lrs 2e-3,4e-3,8e-3,1.6e-2] [--out FILE.json]
 
 Every run is the recipe as configured (same model, batch, schedule shape, seed and data order) except
 optim.name, optim.lr and train.steps: AdamW runs the full `--steps`, Muon `fraction` of them with its
@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--fraction", type=float, default=0.75)
     p.add_argument("--adamw-lrs", default="1e-3,2e-3,4e-3")
-    p.add_argument("--muon-lrs", default="2e-3,4e-3,8e-3")
+    p.add_argument("--muon-lrs", default="2e-3,4e-3,8e-3,1.6e-2")
     p.add_argument("--eval-batches", type=int, default=50)
     p.add_argument("--out", default="")
     a = p.parse_args()
@@ -52,11 +52,11 @@ def main() -> None:
         row = run(a.config, name, lr, steps, a.eval_batches)
         rows.append(row)
         curve = "  ".join(f"{s}: {v:.3f}" for s, v in row["curve"])
-        print(f"{name:<6} {lr:>8.0e} {steps:>5} {row['val_loss']:>9.4f}  {curve}", flush=True)
+        print(f"{name:<6} {lr:>8.3g} {steps:>5} {row['val_loss']:>9.4f}  {curve}", flush=True)
     best = {n: min((r for r in rows if r["optim"] == n), key=lambda r: r["val_loss"]) for n in ("adamw", "muon")}
     target, reached = best["adamw"]["val_loss"], best["muon"]["val_loss"] <= best["adamw"]["val_loss"]
-    print(f"target: AdamW lr {best['adamw']['lr']:.0e}, {a.steps} steps -> {target:.4f}; "
-          f"Muon lr {best['muon']['lr']:.0e}, {muon_steps} steps ({100 * a.fraction:.0f}%) -> {best['muon']['val_loss']:.4f}: "
+    print(f"target: AdamW lr {best['adamw']['lr']:.3g}, {a.steps} steps -> {target:.4f}; "
+          f"Muon lr {best['muon']['lr']:.3g}, {muon_steps} steps ({100 * a.fraction:.0f}%) -> {best['muon']['val_loss']:.4f}: "
           f"{'reached' if reached else 'NOT reached'}")
     if a.out:
         Path(a.out).write_text(json.dumps({"config": a.config, "rows": rows, "reached": reached}, indent=1) + "\n")
