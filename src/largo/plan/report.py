@@ -92,11 +92,14 @@ def format_plan(plan: dict[str, Any]) -> str:
                      f"{'fits' if c['fits'] else 'does NOT fit'}")
     rec, t = plan["recommendation"], plan["time"]
     if t:
+        # t["mfu"] is the dense-matmul utilisation (attention FLOPs weighted by their measured speed): the planner's unit,
+        # above 100% where attention is slow; a user compares the plain MFU (all FLOPs / step / peak) with the run's
         lines.append(f"time           step {duration_str(t['step_s'])}, total {duration_str(t['wall_s'])}, "
-                     f"{t['device_hours']:.4g} device-hours at {_si(dev['peak_flops'], 'FLOP/s')} peak and MFU {100 * t['mfu']:.3g}% ({t['mfu_source']})")
+                     f"{t['device_hours']:.4g} device-hours at {_si(dev['peak_flops'], 'FLOP/s')} peak and MFU {100 * t['mfu_model']:.3g}% "
+                     f"({t['mfu_source']})")
         if t["attention_speed"] != 1.0:
-            lines.append(f"               attention FLOPs run at {t['attention_speed']:.2f}x the GEMM rate here (measured), "
-                         f"so the expected MFU is {100 * t['mfu_model']:.3g}%")
+            dense = f"; the dense matmuls at {100 * t['mfu']:.3g}% of peak" if t["mfu"] <= 1 else ""  # past 1: the speed is off
+            lines.append(f"               attention FLOPs run at {t['attention_speed']:.2f}x the GEMM rate here (measured){dense}")
     lines.append("recommendation")
     if rec["fits"]:
         lines.append(f"  strategy {rec['strategy']}: {rec['reasons']['strategy']}")
