@@ -446,7 +446,7 @@ def test_plan_times_the_runs_steps_and_the_run_is_compared_with_that(tmp_path: P
     out = capsys.readouterr().out
     plan = json.loads(out[out.index("{"):])
     entry = probe.probe_step(cfg, log=lambda _m: None)  # from the cache now
-    assert entry["method"].startswith("measured: median of 4 timed steps of this run's step on this machine, compile off")
+    assert entry["method"].startswith("measured: median of 5 timed steps of this run's step on this machine, compile off")
     assert plan["time"]["mfu_source"] == entry["method"]
     assert plan["time"]["step_s"] == pytest.approx(entry["step_s"], rel=1e-9)  # the configured step: timed, not scaled
 
