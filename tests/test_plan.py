@@ -458,9 +458,14 @@ def test_plan_times_the_runs_steps_and_the_run_is_compared_with_that(tmp_path: P
                                  device=get_device("cpu"))
     assert other.mfu_source != entry["method"]  # another batch split is another step: not this measurement
 
+    assert entry["peak_bytes"] > 0 and plan["configured"]["measured_peak"] == entry["peak_bytes"]  # memory measured too
+
     train(cfg, log=lambda _m: None)
     saved = json.loads((cfg.run_dir / "plan_vs_measured.json").read_text())
     assert saved["mfu_source"] == entry["method"]  # the run's own table compares with the timed prediction
+    assert saved["peak_source"].startswith("measured by largo plan") and saved["modelled_peak_bytes"] > 0
+    peak = next(r for r in saved["rows"] if r["quantity"] == "peak_bytes")
+    assert peak["estimate"] == entry["peak_bytes"]
 
 
 def test_a_step_too_slow_to_time_is_scaled_from_a_proxy() -> None:

@@ -13,7 +13,7 @@ from largo.models.finetune import finetune_counts
 from largo.observe.throughput import attention_speed, record_mfu
 from largo.plan import estimate as est
 from largo.plan.devices import CPU, spec_for_cuda_name
-from largo.plan.measured import compiled_for, step_key
+from largo.plan.measured import compiled_for, measured_step, step_key
 from largo.plan.planner import default_mfu
 from largo.plan.report import comparison_rows, format_rows, write_comparison
 
@@ -62,8 +62,13 @@ def estimate_run(cfg: Any, *, model: nn.Module, world: int, device: torch.device
     mfu, mfu_source = default_mfu(device_type(device), cfg.train.precision, None, counts.total, (key, peak_flops_per_device, speed))
     t = est.timing(flops, steps=1, devices=world, peak_flops=peak_flops_per_device, mfu=mfu, checkpointing=checkpointing,
                    attention_flops_per_step=attention, attention_speed=speed)
-    return {"params": counts.total, "optimizer_bytes": mem.optimizer, "peak_bytes": mem.peak, "step_s": t["step_s"], "mfu": t["mfu_model"],
-            "context": {"strategy": strategy, "layout": layout.name, "peak_phase": mem.peak_phase, "mfu_source": mfu_source}}
+    probe = measured_step(key)
+    peak, peak_source = mem.peak, "the memory model (plan/estimate.py)"
+    if probe and isinstance(probe.get("peak_bytes"), int) and probe["peak_bytes"] > 0:  # largo plan timed this very step
+        peak, peak_source = probe["peak_bytes"], "measured by largo plan's timed steps of this configuration"
+    return {"params": counts.total, "optimizer_bytes": mem.optimizer, "peak_bytes": peak, "step_s": t["step_s"], "mfu": t["mfu_model"],
+            "context": {"strategy": strategy, "layout": layout.name, "peak_phase": mem.peak_phase, "mfu_source": mfu_source,
+                        "peak_source": peak_source, "modelled_peak_bytes": mem.peak}}
 
 
 def check_run(cfg: Any, run_dir: Path, *, model: nn.Module, world: int, device: torch.device, peak_flops_per_device: float,

@@ -43,6 +43,7 @@ class Workload:
     configured_micro_batch: int = 0  # the config's train.micro_batch, shown next to the planner's choice
     positions: int = 0  # classifiers: transformer positions per example (patches, audio frames, tokens); 0 = max_seq_len
     finetune: FinetuneConfig | None = None  # what trains: adapters (LoRA) hold gradients and optimizer states, the base is frozen
+    measured_peak: int | None = None  # peak bytes of the configured step, measured by the step probe (plan/measured.py)
 
     @property
     def seq_len(self) -> int:
@@ -108,9 +109,10 @@ def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: 
         speed = device.attention_speed_fp32 if precision == "fp32" else device.attention_speed_bf16
         step = (config_step_key(cfg, devices=devices, device_name=device.name, tokens=tokens), peak, speed)
     m, m_source = default_mfu(device.name, precision, mfu, est.count_params(model).total, step)
+    probe = measured_step(step[0]) if step else None
     return Workload(str(cfg.run.name), model, cfg.train.global_batch, 0, n_tokens, source, lay,
                     optimizer or cfg.optim.name, devices, device, m, m_source, dataset_tokens, cfg.train.micro_batch, positions,
-                    cfg.finetune)
+                    cfg.finetune, probe.get("peak_bytes") if probe else None)
 
 
 def workload_from_size(name: str, *, devices: int, device: DeviceSpec, tokens: float | None = None, mfu: float | None = None,
@@ -213,6 +215,7 @@ def build_plan(w: Workload) -> dict[str, Any]:
     configured = None
     if w.configured_micro_batch and not w.micro_batch:
         configured = _option(dataclasses.replace(w, micro_batch=w.configured_micro_batch), counts, strategies(w.devices)[0], False)
+        configured["measured_peak"] = w.measured_peak
     time = None
     if rec["fits"]:
         time = est.timing(fl["per_token"] * tokens_per_step, steps=steps, devices=w.devices, peak_flops=w.peak_flops,

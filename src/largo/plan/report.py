@@ -88,8 +88,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines += _memory_table(plan)
     if plan.get("configured"):
         c = plan["configured"]
-        lines.append(f"  configured micro-batch {c['micro_batch']} x {c['accum_steps']} ({c['strategy']}): peak {bytes_str(c['peak'])}, "
-                     f"{'fits' if c['fits'] else 'does NOT fit'}")
+        measured = f" (measured in the timed steps: {bytes_str(c['measured_peak'])})" if c.get("measured_peak") else ""
+        lines.append(f"  configured micro-batch {c['micro_batch']} x {c['accum_steps']} ({c['strategy']}): peak {bytes_str(c['peak'])}"
+                     f"{measured}, {'fits' if c['fits'] else 'does NOT fit'}")
     rec, t = plan["recommendation"], plan["time"]
     if t:
         # t["mfu"] is the dense-matmul utilisation (attention FLOPs weighted by their measured speed): the planner's unit,

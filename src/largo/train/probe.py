@@ -21,6 +21,7 @@ from largo.config import RunConfig
 from largo.data import rank_samples
 from largo.distributed import start_env
 from largo.models import get_spec
+from largo.observe.memory import PeakMemory
 from largo.observe.throughput import peak_flops
 from largo.plan import estimate as est
 from largo.plan.check import device_type, step_flops
@@ -103,17 +104,21 @@ def probe_step(cfg: RunConfig, *, devices: int = 1, tokens: float | None = None,
     what = "this run's step" if not changes else f"a proxy step ({', '.join(changes)})"
     log(f"plan: timing {WARM_STEPS + TIMED_STEPS} steps of {what} on {device_type(env.device)} "
         f"(compile {compiled}; cached for the next plan and the run's plan-vs-measured)")
-    step_s = _time_steps(probe, task, env, compiled, peak)
+    step_s, peak_bytes = _time_steps(probe, task, env, compiled, peak)
     flops, attention, _ = step_flops(probe, positions, env.device)
     entry = {"step_s": step_s, "flops": flops, "attention_flops": attention, "checkpointing": probe.parallel.ac != "none",
              "when": time.strftime("%Y-%m-%d %H:%M"),
              "method": f"measured: median of {TIMED_STEPS} timed steps of {what} on this machine, compile {compiled}"}
+    if not changes and peak_bytes is not None:  # the configured step itself: its peak is the run's (a proxy's is not)
+        entry["peak_bytes"] = peak_bytes
     record_step(key, entry)
     return entry
 
 
-def _time_steps(cfg: RunConfig, task: Any, env: Any, compiled: str, peak: float) -> float:
-    """Median seconds per optimizer step over TIMED_STEPS steps of the real loop, after WARM_STEPS."""
+def _time_steps(cfg: RunConfig, task: Any, env: Any, compiled: str, peak: float) -> tuple[float, int | None]:
+    """Median seconds per optimizer step over TIMED_STEPS steps of the real loop, after WARM_STEPS, and the peak memory
+    above the baseline before the model was built (measured as a run measures it; None where it cannot be)."""
+    memory = PeakMemory(env.device)
     spec, t = get_spec(cfg.model.arch), cfg.train
     seed_everything(cfg.run.seed)
     model = build_trained_model(cfg, env, "none", full_init=True, compiled=compiled, say=lambda _m: None)[0]  # adapters too
@@ -131,5 +136,9 @@ def _time_steps(cfg: RunConfig, task: Any, env: Any, compiled: str, peak: float)
         flops_per_step=0.0, peak_flops=peak,
     )
     records = _Records()
-    run_steps(parts, run, env, start_step=0, stop_at=None, metrics=records, say=lambda _m: None)
-    return statistics.median(r["step_time_ms"] for r in records.records[WARM_STEPS:]) / 1000
+    memory.start()
+    try:
+        run_steps(parts, run, env, start_step=0, stop_at=None, metrics=records, say=lambda _m: None)
+    finally:
+        peak_bytes = memory.stop()
+    return statistics.median(r["step_time_ms"] for r in records.records[WARM_STEPS:]) / 1000, peak_bytes
