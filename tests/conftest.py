@@ -22,6 +22,15 @@ from largo.data.prepare import prepare
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread; a second one mostly spins while the shared cores are busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """~250 KB of the standard library, a 512-token BPE, prepared once per test session."""

@@ -41,14 +41,7 @@ from tests.conftest import tiny_config  # noqa: E402
 
 quiet = dict(log=lambda _m: None)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; a second one mostly spins while the shared cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit(model: torch.nn.Module, batches, steps: int, lr: float = 3e-3, smoothing: float = 0.0) -> torch.nn.Module:

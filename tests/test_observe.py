@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from largo.cli import main
 from largo.config import load_config
@@ -21,14 +20,7 @@ from tests.conftest import tiny_config
 
 quiet = dict(log=lambda _m: None)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; a second one mostly spins while the shared cores are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def interrupted_and_resumed(cfg) -> None:
