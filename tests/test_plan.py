@@ -441,6 +441,9 @@ def test_plan_times_the_runs_steps_and_the_run_is_compared_with_that(tmp_path: P
 
     monkeypatch.setattr(throughput, "_CACHE", tmp_path / "cache" / "peak_flops.json")  # no probe of another test is found
     cfg = tiny_config(tmp_path, tiny_data, train={"steps": 9, "log_every": 3, "peak_tflops": 0.0})
+    said: list[str] = []
+    train(dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name="unplanned")), log=said.append)
+    assert said[-1].endswith("`largo plan` on this config first times its steps here")  # not measured yet: says how
     (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
     assert main(["plan", str(tmp_path / "cfg.json"), "--json"]) == 0
     out = capsys.readouterr().out
@@ -460,7 +463,9 @@ def test_plan_times_the_runs_steps_and_the_run_is_compared_with_that(tmp_path: P
 
     assert entry["peak_bytes"] > 0 and plan["configured"]["measured_peak"] == entry["peak_bytes"]  # memory measured too
 
-    train(cfg, log=lambda _m: None)
+    said: list[str] = []
+    train(cfg, log=said.append)
+    assert "largo plan` on this config first times" not in said[-1]  # measured: nothing to suggest
     saved = json.loads((cfg.run_dir / "plan_vs_measured.json").read_text())
     assert saved["mfu_source"] == entry["method"]  # the run's own table compares with the timed prediction
     assert saved["peak_source"].startswith("measured by largo plan") and saved["modelled_peak_bytes"] > 0

@@ -7,6 +7,7 @@ and the plan next to what was measured.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,9 @@ def end_of_run(parts: LoopParts, task: Task, progress: dict[str, Any], *, model:
             step_s=progress["steady_step_s"], mfu=parts.flops_per_step / progress["steady_step_s"] / parts.peak_flops,
             steps_run=progress["steps_run"], optimizer_bytes=local_bytes(optimizer_tensors(parts.optimizers)))
         metrics.write({"kind": "plan_vs_measured", "step": t.steps, "rows": summary["plan_vs_measured"]})
-        say(f"plan vs measured ({memory.method}):\n{format_rows(summary['plan_vs_measured'])}")
+        source = str(json.loads((run_dir / "plan_vs_measured.json").read_text()).get("mfu_source", ""))
+        hint = "" if source.startswith("measured: ") else f"\nstep time planned from {source}: `largo plan` on this config first times its steps here"
+        say(f"plan vs measured ({memory.method}):\n{format_rows(summary['plan_vs_measured'])}{hint}")
     return summary
 
 
