@@ -7,7 +7,10 @@
 Method
 - Every contender trains the same Llama-style decoder (shape A: 4 layers, width 256, 4 heads, SwiGLU
   683, context 128, batch 16, vocabulary 8192, tied: 5,246,208 parameters; shape B: 8 layers, width
-  512, 8 heads, SwiGLU 1365, context 512, batch 8: 29,364,736), with bf16 autocast (plain_fp32 aside),
+  512, 8 heads, SwiGLU 1365, context 512, batch 8: 29,364,736), in one precision for all (plain_fp32 aside):
+  --precision auto (default) is largo's measured choice for this CPU (bf16 autocast where a bf16 matmul of
+  shape A's MLP runs >= 1.2x fp32, else fp32; the choice, the CPU's AVX-512/AMX flags and each row's
+  precision are recorded),
   fused AdamW (lr 1e-3, betas 0.9/0.95, weight decay 0.1 on matrices, constant rate), clipping at 1.0,
   on the same token stream: the Python standard library prepared once by `largo prepare` (BPE 8192),
   read as largo's loader reads it, so step k sees the same windows in every contender.
@@ -18,8 +21,8 @@ Method
 - A run's figure is its median step time after the first --warmup steps (compilation, inductor's
   compile workers starting up in the background for a few steps after it, allocator warm-up);
   tokens/s = tokens per step / that median; the table gives each round and the median of the rounds. MFU = training FLOPs per step (the language model spec's flops_per_token: 6 N + 12 L d T per token,
-  embedding lookup excluded, tied head included) / median step time / this CPU's bf16 GEMM peak
-  (largo.observe.throughput: a 2048^3 bf16 matmul, timed before and after the runs; the largest value
+  embedding lookup excluded, tied head included) / median step time / this CPU's GEMM peak in that precision
+  (largo.observe.throughput: a matmul of up to 2048^3, timed before and after the runs; the largest value
   ever measured on this CPU is kept, since a GEMM timed while other jobs run reads low).
 - Step time is what the trainer spends on a step: largo's own step_time_ms and the plain loops time
   batch read + forward + backward + clip + AdamW; the HF and Lightning callbacks start when the batch
@@ -71,17 +74,17 @@ class Contender:
 
 _COMPILE_DEFAULT = TrainConfig().compile
 CONTENDERS = {
-    "plain_eager": Contender("plain_eager", (), "hand-written loop, bf16 autocast, eager", True),
+    "plain_eager": Contender("plain_eager", (), "hand-written loop, autocast to the harness precision, eager", True),
     "plain_fp32": Contender("plain_eager", ("--precision", "fp32"), "hand-written loop, fp32, eager (reference)", True),
-    "plain_compiled": Contender("plain_compiled", (), "hand-written loop, bf16, torch.compile(model + loss)", True),
-    "hf_trainer": Contender("hf_trainer", (), "transformers.Trainer + LlamaForCausalLM, bf16, torch_compile", True),
-    "lightning_trainer": Contender("lightning_trainer", (), "Lightning Trainer, bf16-mixed, compiled model + loss", True),
+    "plain_compiled": Contender("plain_compiled", (), "hand-written loop, torch.compile(model + loss)", True),
+    "hf_trainer": Contender("hf_trainer", (), "transformers.Trainer + LlamaForCausalLM, torch_compile", True),
+    "lightning_trainer": Contender("lightning_trainer", (), "Lightning Trainer (bf16-mixed or 32-true), compiled model + loss", True),
     "plain_compiled_largo_attention": Contender("plain_compiled", ("--attention", "auto"),
                                                 "plain_compiled with largo's attention choice: the loop alone vs largo", False),
-    "largo": Contender("largo_cli", (), f"largo train, config defaults (compile {_COMPILE_DEFAULT}), bf16", False),
-    "largo_compile": Contender("largo_cli", ("--compile", "true"), "largo train --train.compile true, bf16", False),
-    "largo_eager": Contender("largo_cli", ("--compile", "false"), "largo train --train.compile false, bf16", False),
-    "largo_sdpa": Contender("largo_cli", ("--attention", "sdpa"), "largo train --model.attention sdpa, bf16", False),
+    "largo": Contender("largo_cli", (), f"largo train, config defaults (compile {_COMPILE_DEFAULT})", False),
+    "largo_compile": Contender("largo_cli", ("--compile", "true"), "largo train --train.compile true", False),
+    "largo_eager": Contender("largo_cli", ("--compile", "false"), "largo train --train.compile false", False),
+    "largo_sdpa": Contender("largo_cli", ("--attention", "sdpa"), "largo train --model.attention sdpa", False),
 }
 DEFAULT_CONTENDERS = "plain_eager,plain_compiled,hf_trainer,lightning_trainer,plain_compiled_largo_attention,largo"
 # Long enough that train.compile = auto compiles (>= 1e13 training FLOPs: about 150 steps of A, 13 of B), as a user's run would.
@@ -102,6 +105,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for every run; 0 = leave unset (torch's default)")
     p.add_argument("--timeout", type=float, default=3600, help="seconds before a run is killed and marked failed")
     p.add_argument("--quick", action="store_true", help="smoke run: shape A, 1 round, 16 steps, warm-up 6")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="one precision for every contender; auto = largo's measured choice for this CPU at shape A's MLP matmul")
     a = p.parse_args()
     a.shape = a.shape or ("A" if a.quick else "all")
     a.rounds = a.rounds or (1 if a.quick else 3)
@@ -120,15 +125,26 @@ def parse_args() -> argparse.Namespace:
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, cores, torch and Python versions: the line every figure needs next to it."""
-    model = platform.processor() or platform.machine()
+    """CPU model, its matmul-relevant flags, cores, torch and Python versions: the line every figure needs next to it."""
+    model, flags = platform.processor() or platform.machine(), []
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), model)
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    except OSError:
         pass
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    isa = sorted(f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
+    return {"cpu": model, "cpu_flags": isa, "aten_isa": torch.backends.cpu.get_cpu_capability(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def choose_precision(asked: str) -> tuple[str, str]:
+    """(precision, why): the asked one, or largo's measured auto choice at shape A's MLP matmul (rows = batch x context)."""
+    from largo.precision import choose
+
+    a = SHAPES["A"]
+    choice = choose(asked, torch.device("cpu"), (a.batch * a.context, a.dim, a.mlp_hidden), log=print)
+    return choice.precision, choice.line + (f" | {choice.warning}" if choice.warning else "")
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -181,7 +197,8 @@ def run_once(name: str, shape: str, rnd: int, args: argparse.Namespace, env: dic
     """One contender, one round, in a fresh process; its result plus round, wall time and load."""
     c = CONTENDERS[name]
     stem = log_dir / f"{shape}_r{rnd}_{name}"
-    cmd = [sys.executable, "-m", f"benchmarks.contenders.{c.module}", *c.args, "--shape", shape,
+    # the harness's precision first: a contender's own --precision (plain_fp32's) comes after it and wins
+    cmd = [sys.executable, "-m", f"benchmarks.contenders.{c.module}", "--precision", args.precision, *c.args, "--shape", shape,
            "--steps", str(args.steps_for[shape]), "--warmup", str(args.warmup), "--data", str(args.data_dir),
            "--json", f"{stem}.json"]
     Path(f"{stem}.json").unlink(missing_ok=True)
@@ -225,6 +242,7 @@ def summarize(results: list[dict[str, Any]], shape: str, names: list[str], peak:
         row: dict[str, Any] = {"contender": name, "peer": CONTENDERS[name].peer, "what": CONTENDERS[name].what,
                                "rounds": [r["stats"]["tokens_per_s"] if "stats" in r else None for r in runs],
                                "loads": [r["load"] for r in runs], "others": [r.get("others_cpu") for r in runs],
+                               "precision": "/".join(sorted({str(r.get("precision", "?")) for r in good})) or "-",
                                "problem": next((f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r['error']}"
                                             for r in runs if "stats" not in r), None)}
         if good:
@@ -252,7 +270,8 @@ def _x(value: float | None) -> str:
 def table(rows: list[dict[str, Any]], rounds: int) -> str:
     """The rows as a Markdown table (also readable as plain text)."""
     head = (["contender"] + [f"tok/s r{i + 1}" for i in range(rounds)] +
-            ["median tok/s", "vs best peer", "vs largo", "MFU", "peak RSS MiB", "final loss", "run wall s", "load", "others' CPU", "params"])
+            ["median tok/s", "vs best peer", "vs largo", "precision", "MFU", "peak RSS MiB", "final loss", "run wall s", "load",
+             "others' CPU", "params"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         per_round = [f"{v:,.0f}" if v is not None else "-" for v in r["rounds"]] + ["-"] * (rounds - len(r["rounds"]))
@@ -263,19 +282,19 @@ def table(rows: list[dict[str, Any]], rounds: int) -> str:
         params = f"{r['params']:,} {'ok' if r['params_ok'] else 'MISMATCH'}"
         loads = "/".join(f"{v:.1f}" for v in r["loads"])
         others = "/".join("-" if v is None else f"{100 * v:.0f}%" for v in r["others"])
-        cells = [r["contender"], *per_round, f"{r['tokens_per_s']:,.0f}", _x(r["vs_best_peer"]), _x(r["vs_largo"]),
+        cells = [r["contender"], *per_round, f"{r['tokens_per_s']:,.0f}", _x(r["vs_best_peer"]), _x(r["vs_largo"]), r["precision"],
                  f"{100 * r['mfu']:.1f}%", f"{r['peak_rss_mib']:,.0f}", f"{r['final_loss']:.3f}", f"{r['wall_s']:.0f}", loads, others, params]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def shape_line(shape: str, steps: int, warmup: int, peak: float) -> str:
+def shape_line(shape: str, steps: int, warmup: int, peak: float, precision: str) -> str:
     """What was measured: the shape, the steps and the MFU yardstick."""
     s, cfg = SHAPES[shape], SHAPES[shape].model_config()
     return (f"Shape {shape}: {s.n_layers} layers, width {s.dim}, {s.n_heads} heads, SwiGLU {s.mlp_hidden}, context {s.context}, "
             f"batch {s.batch}, vocabulary {VOCAB}, tied: {count_params(cfg).total:,} parameters, {s.tokens_per_step:,} tokens/step, "
             f"{get_spec('gpt').flops_per_token(cfg, s.context) / 1e6:.1f} MFLOP/token | {steps} steps per run, first {warmup} excluded | "
-            f"MFU against the bf16 GEMM peak {peak / 1e9:,.0f} GFLOP/s")
+            f"MFU against the {precision} GEMM peak {peak / 1e9:,.0f} GFLOP/s")
 
 
 def main() -> None:
@@ -286,11 +305,13 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     env = child_env(args.threads)
     info = machine()
+    args.precision, why = choose_precision(args.precision)
     # A GEMM timed while another job runs reads low (MFU above 100%), so the peak is measured before and after
     # the runs and the largest value seen on this CPU (largo's cache keeps it) is the yardstick.
-    peak = remeasure_peak(torch.device("cpu"), "bf16")
-    print(f"{info['cpu']}, {info['cores']} cores | torch {info['torch']} ({info['torch_threads']} threads) | "
-          f"Python {info['python']} | bf16 GEMM peak {peak / 1e9:,.0f} GFLOP/s (largest measured so far)", flush=True)
+    peak = remeasure_peak(torch.device("cpu"), args.precision)
+    print(f"{info['cpu']} ({', '.join(info['cpu_flags']) or 'no AVX2'}; ATen {info['aten_isa']}), {info['cores']} cores | "
+          f"torch {info['torch']} ({info['torch_threads']} threads) | Python {info['python']} | {why} | "
+          f"{args.precision} GEMM peak {peak / 1e9:,.0f} GFLOP/s (largest measured so far)", flush=True)
     prepare_data(args.data_dir, env, log_dir)
     results: list[dict[str, Any]] = []
     skipped: set[tuple[str, str]] = set()
@@ -310,18 +331,20 @@ def main() -> None:
                 others = "-" if r["others_cpu"] is None else f"{100 * r['others_cpu']:.0f}%"
                 print(f"[{shape} round {rnd}/{args.rounds}] {name}: {figure} | load {r['load']:.1f}, others' CPU {others} | "
                       f"{r['wall_s']:.0f} s", flush=True)
-    peak = remeasure_peak(torch.device("cpu"), "bf16")
+    peak = remeasure_peak(torch.device("cpu"), args.precision)
     sections, summary = [], {}
     for shape in args.shapes:
         summary[shape] = summarize(results, shape, args.names, peak)
-        sections.append(f"{shape_line(shape, args.steps_for[shape], args.warmup, peak)}\n\n{table(summary[shape], args.rounds)}")
+        sections.append(f"{shape_line(shape, args.steps_for[shape], args.warmup, peak, args.precision)}\n\n"
+                        f"{table(summary[shape], args.rounds)}")
     legend = "\n".join(f"- {n}: {CONTENDERS[n].what}" for n in args.names)
-    header = (f"{info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
-              f"Python {info['python']} | {args.rounds} interleaved round(s) | {time.strftime('%Y-%m-%d %H:%M')}")
+    header = (f"{info['cpu']} ({', '.join(info['cpu_flags']) or 'no AVX2'}; ATen {info['aten_isa']}), {info['cores']} cores, "
+              f"torch {info['torch']} ({info['torch_threads']} threads), Python {info['python']} | {why} | "
+              f"{args.rounds} interleaved round(s) | {time.strftime('%Y-%m-%d %H:%M')}")
     report = f"{header}\n\n" + "\n\n".join(sections) + f"\n\n{legend}\n"
     print("\n" + report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": info, "peak_flops_bf16": peak, "rounds": args.rounds, "warmup": args.warmup,
+    args.out.write_text(json.dumps({"machine": info, "precision": args.precision, "precision_why": why, f"peak_flops_{args.precision}": peak, "rounds": args.rounds, "warmup": args.warmup,
                                     "steps": args.steps_for, "summary": summary, "runs": results}, indent=1))
     args.out.with_suffix(".md").write_text(report)
     print(f"raw results: {args.out} | table: {args.out.with_suffix('.md')} | logs: {log_dir}")

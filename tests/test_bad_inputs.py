@@ -273,7 +273,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
      "train.global_batch (10) must divide by train.micro_batch (4)", 2),
     ("override not a number", lambda w: ["train", w.config(), "--optim.lr", "fast"], "--optim.lr 'fast' is not a valid float", 2),
     ("override not a choice", lambda w: ["train", w.config(), "--train.precision", "fp16"],
-     "train.precision = 'fp16' is not valid; choose one of 'fp32', 'bf16'", 2),
+     "train.precision = 'fp16' is not valid; choose one of 'auto', 'fp32', 'bf16'", 2),
     ("negative learning rate", lambda w: ["train", w.config(), "--optim.lr", "-1"], "optim.lr (-1.0) must be > 0", 2),
     ("max_bad_steps zero", lambda w: ["train", w.config(), "--faults.max_bad_steps", "0"], "faults.max_bad_steps (0) must be >= 1", 2),
     ("missing config file", lambda w: ["train", str(w.tmp / "nope.toml")], "config {tmp}/nope.toml: no such file, and no preset of that name; presets: gpt2_124m, sentiment_imdb, speech_digits, text_tiny, vision_digits, vision_fashion (largo presets lists them)", 2),

@@ -36,7 +36,7 @@ def test_parse_overrides_both_forms() -> None:
         ({"model": {"n_layer": 2}}, {}, "unknown key model.n_layer; did you mean 'n_layers'?"),
         ({"modle": {}}, {}, "unknown section [modle]; did you mean 'model'?"),
         ({"model": {"dim": "wide"}}, {}, "model.dim = 'wide' has type str; expected int"),
-        ({"train": {"precision": "fp16"}}, {}, "train.precision = 'fp16' is not valid; choose one of 'fp32', 'bf16'"),
+        ({"train": {"precision": "fp16"}}, {}, "train.precision = 'fp16' is not valid; choose one of 'auto', 'fp32', 'bf16'"),
         ({"train": {"steps": 0}}, {}, "train.steps (0) must be >= 1"),
         ({"model": {"dim": 100, "n_heads": 3}}, {}, "model.n_heads (3) must divide model.dim (100)"),
         ({"train": {"global_batch": 10, "micro_batch": 4}}, {}, "train.global_batch (10) must divide by train.micro_batch (4)"),

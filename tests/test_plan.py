@@ -375,6 +375,7 @@ def test_mfu_history_uses_the_nearest_model_size(tmp_path: Path, monkeypatch: py
     assert throughput.measured_mfu("cpu", "bf16", 5_000_000) == 0.40
     assert throughput.measured_mfu("cpu", "bf16", 50_000) == 0.002
     assert throughput.measured_mfu("cpu", "fp32", 5_000_000) is None
+    assert throughput.measured_mfu("cpu", "bf16", 135_000_000) is None  # 30x the nearest run: the assumption, not its MFU
 
 
 @pytest.mark.parametrize("arch", ["gpt", "vit"])

@@ -135,6 +135,8 @@ def parse_args(description: str, extra: list[tuple[str, dict[str, Any]]] = ()) -
     parser.add_argument("--data", required=True, help="prepared data folder (largo prepare, vocabulary 8192)")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--json", required=True, help="where to write the result")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                        help="bf16 autocast (fp32 weights) or plain fp32; the harness passes the one it chose for this CPU")
     for flag, options in extra:
         parser.add_argument(flag, **options)
     args = parser.parse_args()

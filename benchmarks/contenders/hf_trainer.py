@@ -1,4 +1,4 @@
-"""Hugging Face `transformers.Trainer` training `LlamaForCausalLM` of the shape, bf16 on CPU, torch.compile on.
+"""Hugging Face `transformers.Trainer` training `LlamaForCausalLM` of the shape, bf16 (or fp32) on CPU, torch.compile on.
 
 The Llama config is the shape exactly (multi-head attention, SwiGLU width, tied embeddings, no
 biases, RMSNorm eps 1e-5, rope theta 10000), so its parameter count equals largo's. Batches are the
@@ -88,14 +88,14 @@ def run(args: argparse.Namespace) -> None:
         training = TrainingArguments(
             output_dir=out, max_steps=args.steps, per_device_train_batch_size=shape.batch, learning_rate=LR,
             adam_beta1=BETAS[0], adam_beta2=BETAS[1], adam_epsilon=EPS, weight_decay=WEIGHT_DECAY, max_grad_norm=GRAD_CLIP,
-            lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch_fused", bf16=True, use_cpu=True,
+            lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch_fused", bf16=args.precision == "bf16", use_cpu=True,
             torch_compile=True, dataloader_num_workers=0, logging_steps=1, save_strategy="no", eval_strategy="no",
             report_to=[], disable_tqdm=True, seed=args.seed, remove_unused_columns=False)
         trainer = InOrderTrainer(model=model, args=training, train_dataset=data, callbacks=[timer])
         trainer.train()
     losses = [float(r["loss"]) for r in trainer.state.log_history if "loss" in r]
     write_result(args, NAME, params=count_params(model), step_times_s=timer.times, losses=losses, peak_rss=peak_rss_bytes(),
-                 precision="bf16", compiled=True, transformers=transformers.__version__)
+                 precision=args.precision, compiled=True, transformers=transformers.__version__)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """largo itself: the real `python -m largo train` on a config written for the shape, read back from metrics.jsonl.
 
-The config sets the shape, the shared prepared data folder, bf16, a constant learning rate without
+The config sets the shape, the shared prepared data folder, the harness's precision, a constant learning rate without
 warm-up, the shared AdamW settings and `train.log_every = 1`, so every step's `step_time_ms` and loss
 are in metrics.jsonl. largo times a step from the batch read to the optimizer step, before any
 logging; the final evaluation (one batch) and checkpoint come after the last step and are not in
@@ -46,7 +46,7 @@ def write_config(args: argparse.Namespace, out_dir: Path) -> Path:
                   "max_seq_len": s.context, "tie_embeddings": True, "norm_eps": 1e-5, "rope_theta": 10000.0},
         "optim": {"name": "adamw", "lr": LR, "beta1": BETAS[0], "beta2": BETAS[1], "eps": EPS, "weight_decay": WEIGHT_DECAY,
                   "grad_clip": GRAD_CLIP, "warmup_steps": 0, "schedule": "constant"},
-        "train": {"steps": args.steps, "global_batch": s.batch, "micro_batch": s.batch, "precision": "bf16",
+        "train": {"steps": args.steps, "global_batch": s.batch, "micro_batch": s.batch, "precision": args.precision,
                   "device": "cpu", "log_every": 1},
         "eval": {"every": 0, "max_batches": 1},
         "checkpoint": {"every": 0, "keep_last": 1},
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> None:
         params = checkpoint_params(run_dir)
         decided = re.search(r"^compile: (\S+)", proc.stdout, re.M)  # what train.compile (auto by default) chose
     write_result(args, name, params=params, step_times_s=[r["step_time_ms"] / 1000 for r in train],
-                 losses=[r["loss"] for r in train], peak_rss=peak_rss_bytes(children=True), precision="bf16",
+                 losses=[r["loss"] for r in train], peak_rss=peak_rss_bytes(children=True), precision=args.precision,
                  compiled=decided.group(1) if decided else args.compile)
 
 

@@ -76,12 +76,12 @@ def run(args: argparse.Namespace) -> None:
     logging.getLogger("lightning").setLevel(logging.ERROR)  # banner lines about GPUs/TPUs this CPU run has no use for
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # in-memory windows need no workers
     module, timer = GPTModule(), StepTimer()
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=args.steps,
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="bf16-mixed" if args.precision == "bf16" else "32-true", max_steps=args.steps,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, callbacks=[timer])
     trainer.fit(module, loader)
     write_result(args, NAME, params=count_params(module), step_times_s=timer.times, losses=[float(v) for v in module.losses],
-                 peak_rss=peak_rss_bytes(), precision="bf16", compiled=True, lightning=L.__version__)
+                 peak_rss=peak_rss_bytes(), precision=args.precision, compiled=True, lightning=L.__version__)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ def train(args: argparse.Namespace, name: str, *, compiled: bool) -> None:
                  peak_rss=peak_rss_bytes(), precision=args.precision, compiled=compiled)
 
 
-PRECISION = ("--precision", {"choices": ["bf16", "fp32"], "default": "bf16", "help": "bf16 autocast or plain fp32"})
 ATTENTION = ("--attention", {"choices": ["sdpa", "auto"], "default": "sdpa",
                              "help": "sdpa (a hand-written model's) or auto (largo's kernel choice: the loop alone is compared)"})
 
@@ -71,5 +70,5 @@ def name_for(base: str, args: argparse.Namespace) -> str:
 
 
 if __name__ == "__main__":
-    cli = parse_args(__doc__.splitlines()[0], [PRECISION, ATTENTION])
+    cli = parse_args(__doc__.splitlines()[0], [ATTENTION])
     train(cli, name_for("plain_eager", cli), compiled=False)

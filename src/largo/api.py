@@ -34,6 +34,7 @@ from largo.errors import ConfigError, DataError
 from largo.models.finetune import FinetuneConfig, apply_finetune, as_finetune, merge_adapters
 from largo.observe.trackers import open_metrics
 from largo.observe.throughput import peak_flops
+from largo.precision import choose as choose_precision
 from largo.train.evaluate import call_model, evaluate
 from largo.train.loop import LoopParts, run_steps, seed_everything
 from largo.train.optim import Schedule, build_optimizers
@@ -158,6 +159,17 @@ class BatchStream:
         return batch
 
 
+def _precision(asked: str, model: nn.Module, batch_size: int, device: torch.device, log: Callable[[str], None]) -> str:
+    """precision='auto' decided on the model's largest matrix (a batch of rows through it), as a config-built run decides."""
+    if asked != "auto":
+        return asked
+    matrices = [p for p in model.parameters() if p.dim() == 2]
+    out_dim, in_dim = max((p.shape for p in matrices), key=lambda s: s[0] * s[1], default=(1024, 1024))
+    choice = choose_precision(asked, device, (max(batch_size, 256), in_dim, out_dim), log=log)
+    log(choice.line)
+    return choice.precision
+
+
 class Trainer:
     """Fit a user's nn.Module with largo's loop: checkpoints/resume, accumulation, precision, DDP, metrics."""
 
@@ -172,7 +184,7 @@ class Trainer:
         lr: float = 1e-3,
         grad_accum: int = 1,
         batch_size: int = 32,
-        precision: str = "fp32",
+        precision: str = "fp32",  # or "bf16", or "auto": bf16 where this device's bf16 matmul is measured faster
         device: str = "auto",
         grad_clip: float = 0.0,
         run_dir: str | Path = "runs/trainer",
@@ -197,13 +209,15 @@ class Trainer:
             raise ConfigError(f"epochs ({epochs}) and steps ({steps}) must be >= 1")
         self.finetune = as_finetune(finetune)  # e.g. {"method": "lora", "rank": 8, "target_modules": ["q", "v"]}
         self.env = start_env(device)
+        self.log = log if self.env.is_main else (lambda _m: None)
+        self.cfg.train.precision = _precision(precision, model, batch_size, self.env.device, self.log)
         seed_everything(seed)
         # LoRA wraps the model in PEFT's PeftModel: the user's weights frozen, adapters trained (and checkpointed) alone
         self.model = apply_finetune(model.to(self.env.device), self.finetune)
         self.loss_fn = loss or nn.CrossEntropyLoss()
         self.make_optimizer = optimizer
         self.epochs, self.steps, self.grad_accum, self.batch_size = epochs, steps, grad_accum, batch_size
-        self.resume, self.overwrite, self.log = resume, overwrite, (log if self.env.is_main else (lambda _m: None))
+        self.resume, self.overwrite = resume, overwrite
 
     def _steps(self, per_epoch: int | None) -> int:
         if self.steps is not None:
@@ -259,7 +273,7 @@ class Trainer:
             forward_loss=lambda x, y: self.loss_fn(call_model(parts_model, x), y),
             evaluate=(lambda: self.evaluate(val_data)) if val_data is not None else None,
             save=save, tokens_per_step=self.batch_size * accum * env.world, flops_per_step=0.0,
-            peak_flops=peak_flops(env.device, cfg.train.precision, cfg.train.peak_tflops) * env.world,
+            peak_flops=peak_flops(env.device, cfg.train.precision, cfg.train.peak_tflops, log=self.log) * env.world,
             throughput_unit="samples",
         )
         try:

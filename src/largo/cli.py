@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from largo.errors import LargoError
 
@@ -174,16 +175,16 @@ def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         raise ConfigError(f"--devices ({args.devices}) must be >= 1")
     if args.tokens is not None and not (math.isfinite(args.tokens) and args.tokens >= 1):
         raise ConfigError(f"--tokens ({args.tokens}) must be a finite number >= 1, e.g. 1.4e11")
-    device = get_device(args.device_type)
+    say = (lambda line: print(line, file=sys.stderr)) if args.json else print  # stdout holds only the JSON then
+    device = get_device(args.device_type, log=say)
     kw = dict(devices=args.devices, device=device, tokens=args.tokens, mfu=args.mfu, layout=args.layout, optimizer=args.optimizer)
     if args.model:
-        workload = workload_from_size(args.model, **kw)
+        precision = _precision_from_peaks(device, say) if args.layout is None else "bf16"  # a given layout decides
+        workload = workload_from_size(args.model, precision=precision, **kw)
     else:
         from largo.config import load_config
 
-        cfg = load_config(args.config, overrides)
-        if args.mfu is None and args.measure and args.layout is None and args.optimizer is None:
-            _measure_step(cfg, device.name, devices=args.devices, tokens=args.tokens)
+        cfg = _config_as_run(load_config(args.config, overrides), device, args, say)
         workload = workload_from_config(cfg, **kw)
     if args.micro_batch:
         import dataclasses
@@ -194,14 +195,38 @@ def cmd_plan(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     return 0
 
 
-def _measure_step(cfg: object, device_name: str, *, devices: int, tokens: float | None) -> None:
-    """Time a few of the run's steps when the plan is for this machine's device (cached: later plans read it)."""
+def _precision_from_peaks(device: Any, say: Callable[[str], None]) -> str:
+    """train.precision = 'auto' for a device known by its peaks (published, or this CPU's measured square GEMMs)."""
+    from largo.precision import AUTO_MIN_SPEEDUP
+
+    chosen = "bf16" if device.peak_bf16 >= AUTO_MIN_SPEEDUP * device.peak_fp32 else "fp32"
+    say(f"precision: {chosen} (auto: {device.name} peaks bf16 {device.peak_bf16 / 1e12:,.3g} vs fp32 {device.peak_fp32 / 1e12:,.3g} TFLOP/s)")
+    return chosen
+
+
+def _config_as_run(cfg: Any, device: Any, args: argparse.Namespace, say: Callable[[str], None]) -> Any:
+    """cfg as a run on the planned device will see it: train.precision = 'auto' decided (measured here, else from the
+    device's published peaks), a few of its steps timed (this machine only), train.steps fitted to train.time_budget_s."""
+    import dataclasses
+
     from largo.distributed.env import pick_device
+    from largo.models import get_spec
     from largo.plan.check import device_type
     from largo.train.probe import probe_step
+    from largo.train.run import fit_time_budget, resolve_precision
 
-    if device_type(pick_device(cfg.train.device, 0)) == device_name:
-        probe_step(cfg, devices=devices, tokens=tokens, log=print)
+    here = pick_device(cfg.train.device, 0)
+    if device_type(here) != device.name:
+        if cfg.train.precision == "auto":
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=_precision_from_peaks(device, say)))
+        return cfg
+    positions = get_spec(cfg.model.arch).data_shape(cfg).positions
+    cfg = resolve_precision(cfg, here, positions, say)
+    if args.mfu is None and args.measure and args.layout is None and args.optimizer is None:
+        probe_step(cfg, devices=args.devices, tokens=args.tokens, log=say)  # cached: later plans and the run read it
+    if cfg.train.time_budget_s and args.tokens is None:
+        cfg = fit_time_budget(cfg, positions, here, args.devices, None, say)
+    return cfg
 
 
 def cmd_presets(args: argparse.Namespace, overrides: dict[str, str]) -> int:

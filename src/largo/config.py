@@ -79,19 +79,20 @@ class TrainConfig:
     steps: int = 200  # optimizer steps
     global_batch: int = 16  # sequences per optimizer step, over all ranks and micro-steps
     micro_batch: int = 16  # sequences per forward/backward on one rank
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast; params and optimizer stay fp32
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # bf16 = autocast (params and optimizer stay fp32); auto = bf16 on GPUs, on CPUs where a bf16 matmul of the run's shape is measured >= 1.2x fp32
     compile: Literal["auto", "true", "false"] = "auto"  # torch.compile; auto = on for runs of >= 1e13 training FLOPs (see train/run.py)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when available
     log_every: int = 10  # steps between metric lines
     peak_tflops: float = 0.0  # device peak for MFU; 0 = measure a large GEMM once and cache it
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    time_budget_s: float = 0.0  # 0 = off; else train.steps is lowered to what fits this many seconds at the planned step time (largo plan measures it)
 
     def __post_init__(self) -> None:
         for key in ("steps", "global_batch", "micro_batch", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} ({getattr(self, key)}) must be >= 1")
-        if self.peak_tflops < 0 or self.threads < 0:
-            raise ConfigError("train.peak_tflops and train.threads must be >= 0")
+        if self.peak_tflops < 0 or self.threads < 0 or not 0 <= self.time_budget_s < float("inf"):
+            raise ConfigError("train.peak_tflops, train.threads and train.time_budget_s must be finite and >= 0")
 
 
 @dataclass

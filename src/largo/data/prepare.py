@@ -27,7 +27,7 @@ from largo.data.config import TextDataConfig
 from largo.data.hf import fingerprint, hf_source, is_hf
 from largo.data.sources import SourceStats, iter_documents, source_bytes
 from largo.errors import DataError
-from largo.observe.progress import Progress
+from largo.observe.progress import Progress, heartbeat
 from largo.fileio import read_json, sha256_file, write_json_atomic
 
 EOT = "<|endoftext|>"
@@ -199,7 +199,8 @@ def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str,
         log(f"prepare: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source!r}")
         sample = SourceStats()
         texts = (t for _, t in iter_documents(cfg.source, cfg.text_column, sample, cfg.tokenizer_train_bytes, dataset=dataset))
-        tok = train_tokenizer(texts, cfg.vocab_size)
+        with heartbeat("prepare: training the tokenizer", log):
+            tok = train_tokenizer(texts, cfg.vocab_size)
         if sample.documents == 0:
             raise DataError(f"data.source {cfg.source!r} holds no text")
         tok.save(str(out / "tokenizer.json"))

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 from tqdm import tqdm
 
-PLAIN_EVERY_S = 15.0  # between plain progress lines
+T = TypeVar("T")
+PLAIN_EVERY_S = 8.0  # between plain progress lines: nothing long stays silent for 10 s
 
 
 def _duration(seconds: float) -> str:
@@ -53,3 +57,32 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+@contextmanager
+def heartbeat(what: str, log: Callable[[str], None], every_s: float = PLAIN_EVERY_S) -> Iterator[None]:
+    """Say that `what` still runs every `every_s` seconds while the block runs: a phase with no progress of its own
+    (compiling, a tokenizer's training, timed probe steps) is never silent for long. Quiet if the block ends sooner."""
+    done, start = threading.Event(), time.perf_counter()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            log(f"{what}: still running ({_duration(time.perf_counter() - start)})")
+
+    thread = threading.Thread(target=beat, name="largo-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def beating_through_first(items: Iterable[T], what: str, log: Callable[[str], None]) -> Iterator[T]:
+    """`items`, with a heartbeat while the consumer works on the first one (it stops when the second is asked for)."""
+    it = iter(items)
+    with heartbeat(what, log):
+        for item in it:
+            yield item
+            break
+    yield from it

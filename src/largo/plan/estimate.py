@@ -250,18 +250,25 @@ def largest_fitting(
 # a step 1.5-2.5x faster; below about 1e13 training FLOPs (a minute of eager bf16 steps here) a run ends
 # before it pays back.
 COMPILE_MIN_FLOPS = 1e13
+COMPILE_MIN_S = 60.0  # compiling costs 20-40 s on 2 cores and makes a step 1.5-2.5x faster
 
 
 RECOMPUTE = 4 / 3  # activation checkpointing runs each block's forward again: +1/3 of 6N
 
 
-def compile_decision(setting: str, training_flops: float, strategy: str) -> tuple[str, str]:
-    """("model" | "blocks" | "off", reason) for train.compile = setting; auto compiles runs of >= COMPILE_MIN_FLOPS."""
+def compile_decision(setting: str, training_flops: float, strategy: str, budget_s: float = 0.0) -> tuple[str, str]:
+    """("model" | "blocks" | "off", reason) for train.compile = setting; auto compiles runs of >= COMPILE_MIN_FLOPS, or
+    time-budgeted runs (train.time_budget_s) of >= COMPILE_MIN_S, whose length in seconds is known on any machine."""
     if setting == "false":
         return "off", "train.compile = false"
-    if setting == "auto" and training_flops < COMPILE_MIN_FLOPS:
+    if setting == "auto" and budget_s:
+        if budget_s < COMPILE_MIN_S:
+            return "off", f"auto: a {budget_s:g} s budget < {COMPILE_MIN_S:g} s, too short to pay back compiling"
+        why = f"auto: a {budget_s:g} s budget >= {COMPILE_MIN_S:g} s"
+    elif setting == "auto" and training_flops < COMPILE_MIN_FLOPS:
         return "off", f"auto: {training_flops:.2g} training FLOPs < {COMPILE_MIN_FLOPS:.0e}, too short to pay back compiling"
-    why = "train.compile = true" if setting == "true" else f"auto: {training_flops:.2g} training FLOPs >= {COMPILE_MIN_FLOPS:.0e}"
+    else:
+        why = "train.compile = true" if setting == "true" else f"auto: {training_flops:.2g} training FLOPs >= {COMPILE_MIN_FLOPS:.0e}"
     if strategy == "fsdp":  # FSDP's hooks run between blocks: compile each block
         return "blocks", f"{why}; each block (FSDP)"
     return "model", f"{why}; the model and its loss as one graph"

@@ -24,7 +24,7 @@ _KEEP = 64  # most recent measurements kept
 def compiled_for(cfg: Any, positions: int, steps: int, devices: int) -> str:
     """The compile mode a run of `steps` steps would use (train.compile auto decides from its training FLOPs)."""
     flops = steps * cfg.train.global_batch * get_spec(cfg.model.arch).flops_per_token(cfg.model, positions) * positions
-    return compile_decision(cfg.train.compile, flops, "none" if devices == 1 else "ddp")[0]
+    return compile_decision(cfg.train.compile, flops, "none" if devices == 1 else "ddp", cfg.train.time_budget_s)[0]
 
 
 def step_key(cfg: Any, *, positions: int, devices: int, device_name: str, compiled: str) -> str:

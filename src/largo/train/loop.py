@@ -24,6 +24,7 @@ from largo.data import Batch
 from largo.distributed.env import DistEnv
 from largo.distributed.parallelize import clip_grad_norm, grad_sync
 from largo.observe.metrics import MetricsLog
+from largo.observe.progress import beating_through_first
 from largo.precision import autocast
 from largo.train.evaluate import format_result, to_device
 from largo.train.faults import StepGuard
@@ -76,7 +77,10 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
     guard = StepGuard(max_bad_steps=cfg.faults.max_bad_steps, spike_factor=cfg.faults.spike_factor, env=env, say=say,
                       record=metrics.write if metrics else None)
     preempted, window_start = False, time.perf_counter()
-    for step in guard.steps(start_step, total):  # SIGTERM/SIGUSR1 are caught while the loop runs
+    # the first step compiles a compiled model (20-40 s on 2 cores): it says it still runs rather than look like a hang
+    steps = beating_through_first(guard.steps(start_step, total), f"step {start_step + 1} (compiles a compiled model)",
+                                  bar.write if live else say)
+    for step in steps:  # SIGTERM/SIGUSR1 are caught while the loop runs
         # 1) data: a pure function of the step, so a resumed run reads exactly the same batches
         batches = parts.micro_batches(step)
         norm = parts.normaliser(batches)

@@ -22,6 +22,7 @@ from largo.data import rank_samples
 from largo.distributed import start_env
 from largo.models import get_spec
 from largo.observe.memory import PeakMemory
+from largo.observe.progress import heartbeat
 from largo.observe.throughput import peak_flops
 from largo.plan import estimate as est
 from largo.plan.check import device_type, step_flops
@@ -85,7 +86,7 @@ def probe_step(cfg: RunConfig, *, devices: int = 1, tokens: float | None = None,
     share = cfg.train.global_batch // devices  # one device's part of the step
     full = dataclasses.replace(task.cfg, train=dataclasses.replace(cfg.train, global_batch=share, micro_batch=min(cfg.train.micro_batch, share)))
     positions = task.positions
-    layout, peak = est.layout_for(full.train.precision), peak_flops(env.device, full.train.precision, full.train.peak_tflops)
+    layout, peak = est.layout_for(full.train.precision), peak_flops(env.device, full.train.precision, full.train.peak_tflops, log=log)
 
     def guess_s(c: RunConfig) -> float:
         flops, attention, speed = step_flops(c, positions, env.device)
@@ -104,7 +105,8 @@ def probe_step(cfg: RunConfig, *, devices: int = 1, tokens: float | None = None,
     what = "this run's step" if not changes else f"a proxy step ({', '.join(changes)})"
     log(f"plan: timing {WARM_STEPS + TIMED_STEPS} steps of {what} on {device_type(env.device)} "
         f"(compile {compiled}; cached for the next plan and the run's plan-vs-measured)")
-    step_s, peak_bytes = _time_steps(probe, task, env, compiled, peak)
+    with heartbeat(f"plan: timing {WARM_STEPS + TIMED_STEPS} steps", log):
+        step_s, peak_bytes = _time_steps(probe, task, env, compiled, peak)
     flops, attention, _ = step_flops(probe, positions, env.device)
     entry = {"step_s": step_s, "flops": flops, "attention_flops": attention, "checkpointing": probe.parallel.ac != "none",
              "when": time.strftime("%Y-%m-%d %H:%M"),

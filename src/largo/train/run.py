@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +32,9 @@ from largo.observe.memory import PeakMemory
 from largo.observe.trackers import open_metrics
 from largo.observe.throughput import peak_flops
 from largo.plan.estimate import compile_decision
+from largo.plan.check import planned_step
 from largo.plan.planner import choose_strategy
+from largo.precision import choose as choose_precision
 from largo.train.evaluate import evaluate
 from largo.train.loop import LoopParts, run_steps, seed_everything
 from largo.models.loss import IGNORE
@@ -71,9 +74,46 @@ def global_target_count(batches: list[Batch], env: DistEnv) -> torch.Tensor:
     return count.clamp_min(1.0) / env.world
 
 
+def resolve_precision(cfg: RunConfig, device: torch.device, positions: int, say: Callable[[str], None]) -> RunConfig:
+    """cfg with train.precision = 'auto' decided on this device (measured once per CPU and matmul shape); says the choice."""
+    t, model = cfg.train, cfg.model
+    choice = choose_precision(t.precision, device, (min(t.micro_batch, t.global_batch) * positions, model.dim, model.hidden), log=say)
+    say(choice.line)
+    if choice.warning:
+        say(choice.warning)
+    precision = "bf16" if rank0_value(float(choice.precision == "bf16"), device) else "fp32"  # every rank computes alike
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, precision=precision))
+
+
+def rank0_value(value: float, device: torch.device) -> float:
+    """Rank 0's value on every rank (decisions measured per rank may differ; the ranks must agree); as is on one process."""
+    if not dist.is_initialized():
+        return value
+    box = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(box, src=0)
+    return float(box.item())
+
+
+def fit_time_budget(cfg: RunConfig, positions: int, device: torch.device, world: int, resumed: tuple[Path, dict[str, Any]] | None,
+                    say: Callable[[str], None]) -> RunConfig:
+    """cfg with train.steps lowered to what fits train.time_budget_s at the planned step time; a resumed run keeps its steps."""
+    t = cfg.train
+    if resumed is not None:  # the schedule was laid out for the steps the run started with
+        steps = int(((resumed[1].get("config") or {}).get("train") or {}).get("steps") or t.steps)
+        say(f"time budget: {steps} steps, as the run started with")
+    else:
+        step_s, _, source = planned_step(cfg, world=world, device=device, seq_len=positions,
+                                         peak_flops_per_device=peak_flops(device, t.precision, t.peak_tflops, log=say))
+        steps = int(rank0_value(max(1, min(t.steps, int(t.time_budget_s / step_s))), device))  # each rank timed its own
+        say(f"time budget: {steps} of {t.steps} steps fit train.time_budget_s = {t.time_budget_s:g} at {step_s:.3g} s per step "
+            f"({source})")
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, steps=steps))
+
+
 def compile_mode(cfg: RunConfig, task: Task, strategy: str) -> tuple[str, str]:
     """("model" | "blocks" | "off", reason): train.compile, with auto deciding from the run's training FLOPs."""
-    return compile_decision(cfg.train.compile, cfg.train.steps * cfg.train.global_batch * task.flops_per_sample, strategy)
+    return compile_decision(cfg.train.compile, cfg.train.steps * cfg.train.global_batch * task.flops_per_sample, strategy,
+                            cfg.train.time_budget_s)
 
 
 def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False, stop_at: int | None = None,
@@ -95,13 +135,17 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
                           "(a run directory or checkpoint, e.g. one made by largo import)")
 
     task = build_task(cfg, env, log=say)
-    cfg = task.cfg  # model fields resolved from the data (vocabulary size, classes)
+    cfg = resolve_precision(task.cfg, env.device, task.positions, say)  # task.cfg: model fields resolved from the data
+    task = dataclasses.replace(task, cfg=cfg)
     check_finetune(cfg.model, cfg.finetune)  # adapter targets name real modules: checked before the run directory is touched
     strategy, why = choose_strategy(cfg, positions=task.positions, env=env)
     say(f"parallel: {strategy} ({why})")
+    resumed = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
+    if t.time_budget_s:
+        cfg = fit_time_budget(cfg, task.positions, env.device, env.world, resumed, say)
+        task, t = dataclasses.replace(task, cfg=cfg), cfg.train
     compiled, why = compile_mode(cfg, task, strategy)
     say(f"compile: {compiled} ({why})")
-    resumed = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
     if resumed is not None and resumed[1]["step"] >= t.steps:
         raise RunDirError(f"{cfg.run_dir} already finished at step {resumed[1]['step']} (train.steps = {t.steps}); "
                           f"nothing to do: raise --train.steps to train further")
@@ -174,7 +218,7 @@ def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, compiled: 
             save=lambda step: checkpoints.save(step, {"data": {"samples_seen": step * t.global_batch}, "config": cfg.to_dict(), **extra_state}),
             tokens_per_step=t.global_batch * task.positions,
             flops_per_step=t.global_batch * task.flops_per_sample,
-            peak_flops=peak_flops(env.device, t.precision, t.peak_tflops) * env.world,
+            peak_flops=peak_flops(env.device, t.precision, t.peak_tflops, log=say) * env.world,
         )
         say(f"model: {trainable(model):,} params | {parts.tokens_per_step:,} tokens/step | "
             f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
