@@ -174,3 +174,16 @@ def test_a_time_budget_lowers_the_steps_and_a_resume_keeps_them(tmp_path: Path, 
     lines.clear()
     summary = train(cfg, resume="auto", log=lines.append)
     assert "time budget: 4 steps, as the run started with" in lines and summary["step"] == 4
+
+
+@pytest.mark.parametrize("budget,steps", [(1e-6, 1), (1e6, 6)])
+def test_largo_plan_shows_the_steps_a_time_budget_leaves(budget: float, steps: int, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from largo.cli import main
+
+    cfg = tiny_config(tmp_path, tmp_path / "not_prepared", train={"steps": 6, "time_budget_s": budget})  # vocabulary from the config
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    assert main(["plan", str(tmp_path / "cfg.json"), "--no-measure", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["batch"]["steps"] == steps  # stdout holds only the JSON; what was measured went to stderr
+    assert f"time budget: {steps} of 6 steps fit train.time_budget_s" in out.err

@@ -220,12 +220,13 @@ def _config_as_run(cfg: Any, device: Any, args: argparse.Namespace, say: Callabl
         if cfg.train.precision == "auto":
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=_precision_from_peaks(device, say)))
         return cfg
-    positions = get_spec(cfg.model.arch).data_shape(cfg).positions
-    cfg = resolve_precision(cfg, here, positions, say)
+    shape = get_spec(cfg.model.arch).data_shape(cfg)  # the model with the fields the data decides (vocabulary, classes)
+    cfg = resolve_precision(cfg, here, shape.positions, say)
     if args.mfu is None and args.measure and args.layout is None and args.optimizer is None:
         probe_step(cfg, devices=args.devices, tokens=args.tokens, log=say)  # cached: later plans and the run read it
     if cfg.train.time_budget_s and args.tokens is None:
-        cfg = fit_time_budget(cfg, positions, here, args.devices, None, say)
+        fitted = fit_time_budget(dataclasses.replace(cfg, model=shape.model), shape.positions, here, args.devices, None, say)
+        cfg = dataclasses.replace(cfg, train=fitted.train)
     return cfg
 
 
