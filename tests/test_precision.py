@@ -7,6 +7,7 @@ mocking the measurement, so these tests hold on either class of CPU.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -90,6 +91,7 @@ def test_an_explicit_slow_bf16_run_prints_the_warning(tmp_path: Path, tiny_data:
 
 def test_the_measurement_is_cached_per_cpu_and_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(throughput, "_CACHE", tmp_path / "peak_flops.json")
+    monkeypatch.setattr(throughput, "_load", lambda: None)  # a quiet machine
     calls: list[tuple] = []
 
     def fake(device, rows, k, n, clock=None):
@@ -105,6 +107,18 @@ def test_the_measurement_is_cached_per_cpu_and_shape(tmp_path: Path, monkeypatch
     (tmp_path / "peak_flops.json").write_text(json.dumps({key: {"bf16": "x"}}))  # a damaged entry is measured again
     throughput.matmul_rates(CPU, 64, 32, 96, log=said.append)
     assert len(calls) == 2
+
+
+def test_a_measurement_taken_on_a_busy_machine_is_used_but_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(throughput, "_CACHE", tmp_path / "peak_flops.json")
+    monkeypatch.setattr(throughput, "_load", lambda: 6.5)  # others' threads on a 2-core machine skew small timings 10-100x
+    calls: list[int] = []
+    monkeypatch.setattr(throughput, "measure_matmul_rates", lambda *a, **k: calls.append(1) or dict(SLOW_BF16))
+    said: list[str] = []
+    for _ in range(2):
+        assert throughput.matmul_rates(CPU, 64, 32, 96, log=said.append)["bf16"] == 1e9
+    assert len(calls) == 2 and not (tmp_path / "peak_flops.json").exists()
+    assert said[1] == "this machine is busy (load 6.5 on %d cores): the measurement is used but not cached" % os.cpu_count()
 
 
 class _FakeClock:
