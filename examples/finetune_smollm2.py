@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from largo.checkpoint.gguf_import import smollm2_gguf
-from largo.checkpoint.interop import import_model
+from largo.interop.gguf_import import smollm2_gguf
+from largo.interop.convert import import_model
 from largo.checkpoint.restore import restore, resolve_checkpoint
 from largo.config import load_config, parse_overrides
 from largo.distributed.env import DistEnv, pick_device

@@ -21,6 +21,7 @@ LAYERS = [
     ("largo.config", "largo.presets", "largo.config_keys"),
     ("largo.distributed",),
     ("largo.checkpoint",),
+    ("largo.interop",),
     ("largo.plan",),
     ("largo.train",),
     ("largo.explain",),

@@ -229,21 +229,21 @@ def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Write a checkpoint as a Hugging Face Llama folder, an ONNX file or plain safetensors, then check it."""
     from pathlib import Path
 
-    from largo.checkpoint import interop
+    from largo.interop import convert
     from largo.errors import ConfigError
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"export output {args.out} is a file; give a folder (it is created if missing)")
-    interop.export(args.checkpoint, args.out, fmt=args.format, log=print, dtype=args.dtype, max_shard_size=args.max_shard_size,
+    convert.export(args.checkpoint, args.out, fmt=args.format, log=print, dtype=args.dtype, max_shard_size=args.max_shard_size,
                    adapter_only=args.adapter_only)
     return 0
 
 
 def cmd_import(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Turn a Hugging Face Llama folder or a Llama GGUF file into a largo run directory to fine-tune from."""
-    from largo.checkpoint import interop
+    from largo.interop import convert
 
-    interop.import_model(args.source, args.out, log=print)
+    convert.import_model(args.source, args.out, log=print)
     return 0
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from largo.checkpoint.hub import run_dir_of
+from largo.interop.hub import run_dir_of
 from largo.checkpoint.restore import restore
 from largo.data.prepare import EOT
 from largo.errors import CheckpointError, ConfigError, LargoError

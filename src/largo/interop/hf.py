@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from largo.checkpoint.hub import DEFAULT_SHARD, DTYPE_NAMES, check_dtype, write_shards
+from largo.interop.hub import DEFAULT_SHARD, DTYPE_NAMES, check_dtype, write_shards
 from largo.checkpoint.restore import resolve_checkpoint, restore
 from largo.checkpoint.checkpointer import write_replicated
 from largo.checkpoint.sharded import WeightReader
@@ -29,22 +29,6 @@ from largo.optional import require
 from largo.models import get_spec
 from largo.models.config import ModelConfig
 from largo.models.gpt import GPTConfig
-
-# largo parameter name -> Hugging Face LlamaForCausalLM name; {i} is the block index.
-LLAMA_NAMES: dict[str, str] = {
-    "tok_emb.weight": "model.embed_tokens.weight",
-    "trunk.blocks.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
-    "trunk.blocks.{i}.attn.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "trunk.blocks.{i}.attn.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "trunk.blocks.{i}.attn.wv.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "trunk.blocks.{i}.attn.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "trunk.blocks.{i}.mlp_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "trunk.blocks.{i}.mlp.gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "trunk.blocks.{i}.mlp.up.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "trunk.blocks.{i}.mlp.down.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "trunk.norm.weight": "model.norm.weight",
-    "head.weight": "lm_head.weight",  # untied models only
-}
 
 # ModelConfig fields that map onto a Llama config (or do not change the computation).
 _MAPPED = {"arch", "vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "multiple_of",
@@ -131,15 +115,23 @@ def model_config_from_llama(hf: dict[str, Any], source: Path) -> ModelConfig:
     )
 
 
+def hf_names(cfg: ModelConfig) -> dict[str, str]:
+    """largo parameter name -> Hugging Face name for every weight of cfg's model, as its architecture's spec names them."""
+    table = get_spec(cfg.arch).hf_names
+    if not table:
+        raise CheckpointError(f"model.arch = {cfg.arch!r} names no Hugging Face weights; --format hf exports language models")
+    return expand_names(table, cfg.n_layers, tied=cfg.tie_embeddings)
+
+
 def to_hf_weights(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """largo state dict -> Llama state dict (fp32, contiguous; tied models carry no lm_head)."""
-    names = expand_names(LLAMA_NAMES, cfg.n_layers, tied=cfg.tie_embeddings)
+    names = hf_names(cfg)
     return {hf: state[ours].detach().float().contiguous().cpu() for ours, hf in names.items()}
 
 
 def from_hf_weights(weights: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> dict[str, torch.Tensor]:
     """Llama state dict -> largo state dict in fp32; a tied lm_head copy, if saved, is dropped."""
-    names = expand_names(LLAMA_NAMES, cfg.n_layers, tied=cfg.tie_embeddings)
+    names = hf_names(cfg)
     hf_expected = {hf: ours for ours, hf in names.items()}
     found = {k: v for k, v in weights.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
     missing = [k for k in hf_expected if k not in found]
@@ -192,7 +184,7 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "fp32
         eot_id = write_tokenizer_files(ckpt / "tokenizer.json", out, max_seq_len=cfg.model.max_seq_len)
     write_json_atomic(out / "config.json", llama_config(cfg.model, eot_id=eot_id, dtype=DTYPE_NAMES[dtype]))
     write_json_atomic(out / "generation_config.json", {"bos_token_id": eot_id, "eos_token_id": eot_id})
-    names = expand_names(LLAMA_NAMES, cfg.model.n_layers, tied=cfg.model.tie_embeddings)  # ours -> theirs
+    names = hf_names(cfg.model)  # ours -> theirs
     ours = {theirs: mine for mine, theirs in names.items()}
     if state.get("adapters"):
         merged = restore(ckpt)[0].state_dict()
@@ -212,9 +204,9 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "fp32
     return out
 
 
-def hf_module_name(module: str, n_layers: int) -> str:
+def hf_module_name(module: str, cfg: ModelConfig) -> str:
     """A largo module path (trunk.blocks.3.attn.wq) as its Llama path (model.layers.3.self_attn.q_proj)."""
-    table = expand_names(LLAMA_NAMES, n_layers, tied=False)
+    table = hf_names(cfg)
     theirs = table.get(f"{module}.weight")
     if theirs is None:
         raise CheckpointError(f"adapter on {module!r}: the module has no Llama equivalent")
@@ -251,7 +243,7 @@ def export_adapter(checkpoint: str | Path, out_dir: str | Path, *, fmt: str) -> 
         prefix, renamed = "base_model.model.", {}
         for key, value in weights.items():
             module, _, leaf = key[len(prefix):].rpartition(".lora_")
-            renamed[f"{prefix}{hf_module_name(module, cfg.model.n_layers)}.lora_{leaf}"] = value
+            renamed[f"{prefix}{hf_module_name(module, cfg.model)}.lora_{leaf}"] = value
         modules = {key[len(prefix):].rpartition(".lora_")[0] for key in renamed}
         adapter_cfg.target_modules = sorted({m.rsplit(".", 1)[-1] for m in modules})
         adapter_cfg.task_type = "CAUSAL_LM"

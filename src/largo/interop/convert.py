@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from largo.checkpoint.hub import DEFAULT_SHARD, DTYPE_NAMES, DTYPES, INDEX, check_dtype, check_shard_size, model_card
+from largo.interop.hub import DEFAULT_SHARD, DTYPE_NAMES, DTYPES, INDEX, check_dtype, check_shard_size, model_card
 from largo.checkpoint.restore import adapter_base, resolve_checkpoint, restore
 from largo.errors import CheckpointError, LargoError
 from largo.optional import hf_offline, require
@@ -54,7 +54,7 @@ def sample_tokens(tokenizer_json: Path | None, vocab_size: int, max_seq_len: int
 
 def check_parity(model: nn.Module, ref: nn.Module, tokens: torch.Tensor, what: str, log: Callable[[str], None]) -> float:
     """Compare logits and greedy tokens with a transformers model; raise when they differ."""
-    from largo.checkpoint.hf import logits_parity
+    from largo.interop.hf import logits_parity
 
     result = logits_parity(model, ref, tokens)
     log(f"parity vs {what}: max |logit difference| {result['max_abs_diff']:.2e} over {tokens.numel()} positions; "
@@ -102,7 +102,7 @@ def export_hf_checked(checkpoint: str | Path, out: Path, log: Callable[[str], No
     bf16: transformers loads the bf16 weights upcast to fp32 and is compared with largo's model holding the same
     rounded weights (the conversion must be exact; the rounding itself is reported, not bounded).
     """
-    from largo.checkpoint.hf import export_hf
+    from largo.interop.hf import export_hf
 
     export_hf(checkpoint, out, dtype=dtype, max_shard_size=max_shard_size)
     ckpt, state = resolve_checkpoint(checkpoint)
@@ -154,7 +154,7 @@ def export_hf_checked(checkpoint: str | Path, out: Path, log: Callable[[str], No
 
 def export_adapter_checked(checkpoint: str | Path, out: Path, fmt: str, log: Callable[[str], None]) -> Path:
     """A LoRA checkpoint's adapters as a PEFT folder; PEFT loads it over the base and must compute what largo does."""
-    from largo.checkpoint.hf import export_adapter, hf_model
+    from largo.interop.hf import export_adapter, hf_model
 
     out, adapted, base, cfg = export_adapter(checkpoint, out, fmt=fmt)
     ckpt, state = resolve_checkpoint(checkpoint)
@@ -190,7 +190,7 @@ def export_adapter_checked(checkpoint: str | Path, out: Path, fmt: str, log: Cal
 
 def export_onnx_checked(checkpoint: str | Path, out: Path, log: Callable[[str], None]) -> Path:
     """model.onnx traced on real held-out inputs of the run; checked with onnxruntime on other rows."""
-    from largo.checkpoint.onnx_export import export_onnx, onnx_max_abs_diff
+    from largo.interop.onnx_export import export_onnx, onnx_max_abs_diff
 
     model, cfg, ckpt = restore(checkpoint)
     traced, checked = real_inputs(cfg)
@@ -251,8 +251,8 @@ def model_toml(cfg: ModelConfig, init_from: Path) -> str:
 
 def import_model(source: str | Path, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
     """Import a Hugging Face Llama folder or a GGUF file into run_dir; check it against transformers."""
-    from largo.checkpoint.gguf_import import import_gguf
-    from largo.checkpoint.hf import hf_model, import_hf
+    from largo.interop.gguf_import import import_gguf
+    from largo.interop.hf import hf_model, import_hf
 
     src, run_dir = Path(source), Path(run_dir)
     if src.is_file() and src.suffix == ".gguf":
