@@ -28,11 +28,11 @@ from largo.models.loss import chunk_rows, linear_cross_entropy
 from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Task, register
 from largo.models.trunk import Trunk
 from largo.precision import Layout
+from largo.rundir import TOKENIZER
 
 if TYPE_CHECKING:
     from largo.config import RunConfig
 
-TOKENIZER = "tokenizer.json"
 # Saved bytes per token and d at the head (final norm + head input), excluding the fp32 log-softmax.
 HEAD_COEFFS = {"fp32": 12, "autocast": 10, "mixed": 8}
 
