@@ -324,7 +324,7 @@ def test_a_sharded_fsdp_checkpoint_exports_one_shard_at_a_time(tmp_path: Path, t
 
     from largo.interop.hf import expand_names, export_hf
     from largo.models.gpt import HF_NAMES
-    from largo.checkpoint.sharded import WeightReader
+    from largo.checkpoint.reader import Reader
 
     ckpt, cfg = checkpoint_with_random_weights(tmp_path / "replicated", tiny_data, **VARIANTS["untied-gqa"])
     net, _, _ = restore(ckpt)
@@ -332,14 +332,14 @@ def test_a_sharded_fsdp_checkpoint_exports_one_shard_at_a_time(tmp_path: Path, t
                            keep_last=1, files={"tokenizer.json": tiny_data / "tokenizer.json"}).save(
         1, {"config": cfg.to_dict(), "data": {"samples_seen": 0}})
     assert (sharded / "dcp" / "index.json").is_file() and not (sharded / "model.safetensors").exists()
-    reads, real_read = [], WeightReader.read
+    reads, real_read = [], Reader.read
 
-    def spy(self: WeightReader, names: list[str]) -> dict[str, torch.Tensor]:
+    def spy(self: Reader, names: list[str]) -> dict[str, torch.Tensor]:
         got = real_read(self, names)
         reads.append((self.sharded, list(names), sum(t.numel() * t.element_size() for t in got.values())))
         return got
 
-    monkeypatch.setattr(WeightReader, "read", spy)
+    monkeypatch.setattr(Reader, "read", spy)
     out = export_hf(sharded, tmp_path / "from_fsdp", max_shard_size="100KB")
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -17,11 +16,6 @@ from largo.errors import CheckpointError
 from largo.models import build_model
 from largo.models.config import ModelConfig
 from largo.models.finetune import adapter_state, apply_finetune, merge_adapters
-
-
-def resolve_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(checkpoint, verified state) of a checkpoint folder or a run directory's newest intact one (see Checkpoint.find)."""
-    return tuple(Checkpoint.find(path))  # type: ignore[return-value]
 
 
 def restore(path: str | Path | Checkpoint, device: torch.device | str = "cpu", *, merge: bool = True) -> tuple[nn.Module, RunConfig, Path]:
@@ -74,8 +68,8 @@ def adapter_base(ckpt: Checkpoint) -> Checkpoint:
 _INIT_FREE = {"init_from", "init_std", "max_seq_len", "mlp_hidden", "multiple_of", "n_kv_heads"}
 
 
-def load_init_weights(model: nn.Module, cfg: ModelConfig) -> tuple[Path, dict[str, Any]]:
-    """Copy cfg.init_from's weights into `model` (fine-tuning), refusing a model that computes differently; (checkpoint, state)."""
+def load_init_weights(model: nn.Module, cfg: ModelConfig) -> Checkpoint:
+    """Copy cfg.init_from's weights into `model` (fine-tuning), refusing a model that computes differently; its checkpoint."""
     ckpt = Checkpoint.find(cfg.init_from)
     theirs = build_config(ckpt.state["config"]).model
     keys = ["arch"] + [f.name for f in dataclasses.fields(theirs) if f.name not in _INIT_FREE | {"arch"}] + ["hidden", "kv_heads"]
