@@ -107,7 +107,7 @@ def check_output(out: Path, fmt: str, *, adapter_only: bool = False) -> None:
         raise CheckpointError(f"export output {out} is {'inside ' if inside != out else ''}a checkpoint folder; "
                               f"export into a new or empty folder")
     run = RunDir(out.parent) if out.name == CHECKPOINTS else RunDir(out)
-    if run.holds_run() or run.lock.exists():
+    if any(p.exists() for p in (run.checkpoints, run.metrics, run.lock)):  # config.json alone may be an earlier export's
         raise CheckpointError(f"export output {out} is {'the checkpoints of ' if run.path != out else ''}a run folder "
                               f"(it holds {', '.join(p.name for p in (run.config, run.metrics, run.checkpoints, run.lock) if p.exists())}); "
                               f"export into a new or empty folder")
