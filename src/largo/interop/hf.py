@@ -29,7 +29,7 @@ from largo.optional import require
 from largo.models import get_spec
 from largo.models.config import ModelConfig
 from largo.models.gpt import GPTConfig
-from largo.rundir import TOKENIZER
+from largo.rundir import TOKENIZER, RunDir
 
 # ModelConfig fields that map onto a Llama config (or do not change the computation).
 _MAPPED = {"arch", "vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "multiple_of",
@@ -283,7 +283,7 @@ def save_imported(run_dir: str | Path, model_cfg: ModelConfig, weights: dict[str
     extra = {TOKENIZER: tokenizer_json} if tokenizer_json is not None else {}
     state = {"optimizer_groups": [], "optimizer_scalars": {}, "schedule": {"applied_steps": 0}, "data": {"samples_seen": 0},
              "config": cfg.to_dict(), "imported_from": source}
-    return write_replicated(run_dir / "checkpoints", 0, weights, {}, state, keep_last=1, files=extra)
+    return write_replicated(RunDir(run_dir).checkpoints, 0, weights, {}, state, keep_last=1, files=extra)
 
 
 def import_hf(hf_dir: str | Path, run_dir: str | Path) -> Path:
