@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from largo.checkpoint.gguf_import import smollm2_gguf
-from largo.checkpoint.interop import import_model
-from largo.checkpoint.restore import restore, resolve_checkpoint
+from largo.interop.gguf_import import smollm2_gguf
+from largo.interop.convert import import_model
+from largo.checkpoint.restore import restore
 from largo.config import load_config, parse_overrides
 from largo.distributed.env import DistEnv, pick_device
 from largo.errors import LargoError
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
 
     device = pick_device(cfg.train.device)
     task = build_task(cfg, DistEnv(device=device))  # encodes the corpus with SmolLM2's tokenizer (once)
-    model, _, _ = restore(resolve_checkpoint(cfg.model.init_from)[0], device)
+    model, _, _ = restore(cfg.model.init_from, device)
     before = evaluate(model, task.dataset.eval_batches(cfg.train.micro_batch, cfg.eval.max_batches), device=device, precision=cfg.train.precision)
     del model
     print(f"before fine-tuning: val loss {before['loss']:.4f} (ppl {before['perplexity']:.2f}, next-token accuracy {before['accuracy']:.3f})")

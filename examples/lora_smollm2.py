@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from largo.checkpoint.gguf_import import smollm2_gguf
-from largo.checkpoint.interop import import_model
+from largo.interop.gguf_import import smollm2_gguf
+from largo.interop.convert import import_model
 from largo.checkpoint.restore import restore
 from largo.config import load_config, parse_overrides
 from largo.distributed.env import DistEnv, pick_device

@@ -250,6 +250,38 @@ def _nested_state(w: World) -> list[str]:
     return ["eval", str(ckpt)]
 
 
+def _forged_tokenizer(w: World, content: bytes) -> list[str]:
+    """generate from step 2 after its tokenizer.json is replaced and re-hashed (a forger; the hash alone says nothing)."""
+    ckpt = w.run() / "checkpoints" / "step_0000002"
+    (ckpt / "tokenizer.json").write_bytes(content)
+    rehash(ckpt, "tokenizer.json")
+    return ["generate", str(ckpt)]
+
+
+def _index_claiming_4tb(w: World) -> list[str]:
+    """export of a sharded checkpoint whose re-signed index gives the embedding 2**20 x 2**20 float32s (4 TiB)."""
+    from largo.checkpoint.checkpointer import Checkpointer
+    from largo.checkpoint.restore import restore
+    from largo.distributed.env import DistEnv
+
+    model, cfg, ckpt = restore(w.run() / "checkpoints" / "step_0000002")
+    out = Checkpointer(w.tmp / "sharded" / "checkpoints", model=model, optimizers=[], schedule=None, env=DistEnv(), sharded=True,
+                       keep_last=1, files={"tokenizer.json": ckpt / "tokenizer.json"}).save(2, {"config": cfg.to_dict(), "data": {"samples_seen": 0}})
+    huge = [2**20, 2**20]
+    edit_json(out / "dcp" / "index.json", lambda i: i["tensors"]["model.tok_emb.weight"].update(size=huge, chunks=[{"offsets": [0, 0], "sizes": huge}]))
+    rehash(out, "dcp/index.json")
+    return ["export", str(out), str(w.tmp / "out"), "--format", "safetensors"]
+
+
+def _export_over(w: World, *names: str) -> list[str]:
+    """export of the run into tmp/out, which already holds `names` (files an export writes)."""
+    w.run()
+    (w.tmp / "out").mkdir()
+    for name in names:
+        (w.tmp / "out" / name).write_text("the user's own file")
+    return ["export", str(w.tmp / "runs" / "t"), str(w.tmp / "out"), "--format", "safetensors"]
+
+
 EDITED = "; the checkpoint is damaged or was edited"
 
 
@@ -409,6 +441,21 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
      "--dtype and --max-shard-size shape Hugging Face folders (--format hf), not --format onnx", 2),
     ("eval --tasks of a missing task file", lambda w: ["eval", str(w.run()), "--tasks", str(w.tmp / "nope.yaml")],
      "--tasks {tmp}/nope.yaml: no such task file", 2),
+    # --- files a checkpoint handle reads, and the run folder it guards -------------------------------------------------
+    ("tokenizer.json not JSON, hash forged", lambda w: _forged_tokenizer(w, b"\xff\xfe\x00 not text"),
+     f"{CKPT}/tokenizer.json: not valid JSON; a checkpoint's tokenizer is a Hugging Face tokenizers file", 2),
+    ("tokenizer.json not a tokenizer, hash forged", lambda w: _forged_tokenizer(w, b'{"vocab": [1, 2]}'),
+     f"{CKPT}/tokenizer.json: not a tokenizer (no 'model' object); a checkpoint's tokenizer is a Hugging Face tokenizers file", 2),
+    ("sharded index claiming 4 TiB, re-signed", _index_claiming_4tb,
+     "{tmp}/sharded/checkpoints/step_0000002/dcp/index.json: tensor 'model.tok_emb.weight' of size [1048576, 1048576] claims "
+     "4,398,046,511,104 bytes, more than its chunks hold in the data files; the sharded checkpoint index is damaged or was not written by largo", 2),
+    ("export into its own run folder", lambda w: ["export", str(w.run()), str(w.tmp / "runs" / "t"), "--format", "hf"],
+     "export output {tmp}/runs/t is a run folder (it holds config.json, metrics.jsonl, checkpoints, .lock); export into a new or empty folder", 2),
+    ("export into a checkpoint folder", lambda w: ["export", str(w.run()), CKPT.format(tmp=w.tmp), "--format", "safetensors"],
+     f"export output {CKPT} is a checkpoint folder; export into a new or empty folder", 2),
+    ("export over files it would write", lambda w: _export_over(w, "config.json", "model.safetensors", "notes.txt"),
+     "export output {tmp}/out already holds config.json, model.safetensors, which the export would overwrite; "
+     "export into a new or empty folder, or remove them", 2),
 ]
 
 
@@ -435,7 +482,7 @@ def snapshot(root: Path) -> dict[str, str]:
 
 # Cases whose message comes from an optional library's feature: skipped, with the extra to install, where it is absent.
 NEEDS = {"hub dataset name while offline": "datasets", "hf builder without data_files": "datasets",
-         "export --max-shard-size not a size": "huggingface_hub", "eval --tasks of a missing task file": "lm_eval"}
+         "export --max-shard-size not a size": "huggingface_hub", "export into its own run folder": "huggingface_hub", "eval --tasks of a missing task file": "lm_eval"}
 
 
 def _params() -> list:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import largo
-import largo.checkpoint.hub
+import largo.interop.hub
 import largo.models.finetune
 import largo.optional
 import largo.train.harness
@@ -157,8 +157,8 @@ def test_lora_lowers_held_out_loss_with_a_fraction_of_the_optimizer_memory(tmp_p
 
 def test_lora_exports_merged_and_as_a_peft_folder(tmp_path: Path, tiny_data: Path, base_run: Path) -> None:
     pytest.importorskip("transformers")
-    from largo.checkpoint.hf import hf_model
-    from largo.checkpoint.interop import export
+    from largo.interop.hf import hf_model
+    from largo.interop.convert import export
     from transformers import LlamaForCausalLM
 
     cfg = _lora(tmp_path, tiny_data, base_run, {**LORA, "target_modules": ["wq", "wv", "down"]})
@@ -271,7 +271,7 @@ def test_largo_plan_counts_adapters_as_trained_and_the_base_as_held(tmp_path: Pa
      "data.source 'hf:parquet' needs datasets: pip install 'largo-train[hfdata]'"),
     ("lm_eval", lambda tmp: largo.train.harness.evaluate_tasks(tmp, ["t.yaml"], device=torch.device("cpu")),
      "largo eval --tasks needs lm_eval: pip install 'largo-train[eval]'"),
-    ("huggingface_hub", lambda tmp: largo.checkpoint.hub.check_shard_size("5GB"),
+    ("huggingface_hub", lambda tmp: largo.interop.hub.check_shard_size("5GB"),
      "writing Hugging Face safetensors shards needs huggingface_hub: pip install 'largo-train[hf]'"),
 ])
 def test_a_missing_optional_library_is_one_line_naming_its_extra(module: str, feature, expected: str, tmp_path: Path,

@@ -66,8 +66,8 @@ def test_export_hf_matches_transformers(tmp_path: Path, tiny_data: Path, variant
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from largo.checkpoint.hf import logits_parity
-    from largo.checkpoint.interop import export
+    from largo.interop.hf import logits_parity
+    from largo.interop.convert import export
 
     ckpt, cfg = checkpoint_with_random_weights(tmp_path, tiny_data, **VARIANTS[variant])
     out = export(ckpt, tmp_path / "hf", fmt="hf", log=lambda _m: None)
@@ -106,7 +106,7 @@ def random_llama_folder(path: Path, *, tie: bool, kv_heads: int, vocab: int, tok
 @pytest.mark.parametrize("tie,kv_heads", [(True, 4), (False, 2)])
 def test_import_hf_matches_transformers(tmp_path: Path, tiny_data: Path, tie: bool, kv_heads: int) -> None:
     pytest.importorskip("transformers")
-    from largo.checkpoint.hf import logits_parity
+    from largo.interop.hf import logits_parity
 
     vocab = read_manifest(tiny_data)["tokenizer"]["vocab_size"]
     ref = random_llama_folder(tmp_path / "hf", tie=tie, kv_heads=kv_heads, vocab=vocab, tokenizer=tiny_data / "tokenizer.json")
@@ -119,7 +119,7 @@ def test_import_hf_matches_transformers(tmp_path: Path, tiny_data: Path, tie: bo
 
 
 def test_export_then_import_is_weight_identical(tmp_path: Path, tiny_data: Path) -> None:
-    from largo.checkpoint.hf import export_hf, import_hf
+    from largo.interop.hf import export_hf, import_hf
 
     ckpt, cfg = checkpoint_with_random_weights(tmp_path, tiny_data, **VARIANTS["untied-gqa"])
     back = import_hf(export_hf(ckpt, tmp_path / "hf"), tmp_path / "back")
@@ -131,7 +131,7 @@ def test_export_then_import_is_weight_identical(tmp_path: Path, tiny_data: Path)
 
 
 def test_unsupported_options_are_refused(tmp_path: Path) -> None:
-    from largo.checkpoint.hf import llama_config, model_config_from_llama
+    from largo.interop.hf import llama_config, model_config_from_llama
 
     cfg = ModelConfig(vocab_size=300, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden=96, max_seq_len=32, rope_theta=1e4)
     with pytest.raises(CheckpointError, match=r"model.arch = 'vit' has no Llama equivalent"):
@@ -200,7 +200,7 @@ def test_prepare_encodes_with_a_given_tokenizer(tmp_path: Path, tiny_data: Path)
 
 
 def test_unpermute_inverts_llama_cpp_permute() -> None:
-    from largo.checkpoint.gguf_import import unpermute
+    from largo.interop.gguf_import import unpermute
 
     def llama_cpp_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:  # convert_hf_to_gguf.py's LlamaModel.permute
         return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -212,7 +212,7 @@ def test_unpermute_inverts_llama_cpp_permute() -> None:
 
 def test_smollm2_gguf_import(tmp_path: Path) -> None:
     pytest.importorskip("gguf")
-    from largo.checkpoint.gguf_import import import_gguf, smollm2_gguf
+    from largo.interop.gguf_import import import_gguf, smollm2_gguf
 
     gguf_file = smollm2_gguf()
     if gguf_file is None:
@@ -235,7 +235,7 @@ def test_smollm2_gguf_import(tmp_path: Path) -> None:
     assert int(logits[0, -1].argmax()) == tok.token_to_id("ĠParis")  # un-permuted q/k rows give a working model
 
     if importlib.util.find_spec("transformers") is not None:
-        from largo.checkpoint.hf import hf_model
+        from largo.interop.hf import hf_model
 
         with torch.no_grad():
             ref = hf_model(model, m)(input_ids=x).logits
@@ -264,7 +264,7 @@ class TinyClassifier(nn.Module):
 def test_onnx_export_matches_pytorch(tmp_path: Path, tiny_data: Path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from largo.checkpoint.onnx_export import export_onnx, onnx_max_abs_diff
+    from largo.interop.onnx_export import export_onnx, onnx_max_abs_diff
 
     ckpt, cfg = checkpoint_with_random_weights(tmp_path, tiny_data, **VARIANTS["untied-gqa"])
     assert main(["export", str(ckpt), str(tmp_path / "onnx"), "--format", "onnx"]) == 0  # traces and checks real held-out rows
@@ -284,8 +284,8 @@ def test_export_hf_in_bf16_and_in_shards_loads_in_transformers_with_parity(tmp_p
     from safetensors import safe_open
     from transformers import LlamaForCausalLM
 
-    from largo.checkpoint.hf import logits_parity
-    from largo.checkpoint.interop import export
+    from largo.interop.hf import logits_parity
+    from largo.interop.convert import export
 
     ckpt, cfg = checkpoint_with_random_weights(tmp_path, tiny_data, **VARIANTS["untied-gqa"])
     tokens = real_tokens(tiny_data, 2, 24)
@@ -322,8 +322,9 @@ def test_a_sharded_fsdp_checkpoint_exports_one_shard_at_a_time(tmp_path: Path, t
     pytest.importorskip("huggingface_hub", reason="sharded exports need huggingface_hub: pip install 'largo-train[hf]'")
     from safetensors.torch import load_file
 
-    from largo.checkpoint.hf import LLAMA_NAMES, expand_names, export_hf
-    from largo.checkpoint.sharded import WeightReader
+    from largo.interop.hf import expand_names, export_hf
+    from largo.models.gpt import HF_NAMES
+    from largo.checkpoint.reader import Reader
 
     ckpt, cfg = checkpoint_with_random_weights(tmp_path / "replicated", tiny_data, **VARIANTS["untied-gqa"])
     net, _, _ = restore(ckpt)
@@ -331,19 +332,19 @@ def test_a_sharded_fsdp_checkpoint_exports_one_shard_at_a_time(tmp_path: Path, t
                            keep_last=1, files={"tokenizer.json": tiny_data / "tokenizer.json"}).save(
         1, {"config": cfg.to_dict(), "data": {"samples_seen": 0}})
     assert (sharded / "dcp" / "index.json").is_file() and not (sharded / "model.safetensors").exists()
-    reads, real_read = [], WeightReader.read
+    reads, real_read = [], Reader.read
 
-    def spy(self: WeightReader, names: list[str]) -> dict[str, torch.Tensor]:
+    def spy(self: Reader, names: list[str]) -> dict[str, torch.Tensor]:
         got = real_read(self, names)
         reads.append((self.sharded, list(names), sum(t.numel() * t.element_size() for t in got.values())))
         return got
 
-    monkeypatch.setattr(WeightReader, "read", spy)
+    monkeypatch.setattr(Reader, "read", spy)
     out = export_hf(sharded, tmp_path / "from_fsdp", max_shard_size="100KB")
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     total, largest = sum(p.numel() * 4 for p in net.parameters()), max(p.numel() * 4 for p in net.parameters())
-    theirs = expand_names(LLAMA_NAMES, cfg.model.n_layers, tied=cfg.model.tie_embeddings)
+    theirs = expand_names(HF_NAMES, cfg.model.n_layers, tied=cfg.model.tie_embeddings)
     assert len(reads) == len(shards) > 2 and all(is_dcp for is_dcp, _, _ in reads)  # one DCP read per shard written
     for _, names, nbytes in reads:  # each read: one shard's tensors, at most 100 KB (or one larger tensor), never the model
         assert len({index["weight_map"][theirs[n]] for n in names}) == 1 and nbytes <= max(100_000, largest) < total / 2
@@ -376,7 +377,7 @@ def test_largo_eval_tasks_scores_like_lm_evals_own_hf_model(tmp_path: Path, tiny
     from lm_eval.models.huggingface import HFLM
     from tokenizers import Tokenizer
 
-    from largo.checkpoint.interop import export
+    from largo.interop.convert import export
     from largo.train.harness import largo_lm, run_harness, scores
 
     ckpt, cfg = checkpoint_with_random_weights(tmp_path, tiny_data, **VARIANTS["tied-mha"])

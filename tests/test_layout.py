@@ -15,12 +15,15 @@ import largo
 SRC = Path(largo.__file__).resolve().parent
 # Lowest first: a module may import its own layer and the ones below, never one above.
 LAYERS = [
-    ("largo.errors", "largo.fileio", "largo.precision", "largo.hardware", "largo.optional", "largo.observe"),
+    ("largo.errors", "largo.fileio", "largo.precision", "largo.hardware", "largo.optional", "largo.observe", "largo.rundir"),
+    # the checkpoint format (folders, state.json, the DCP index): what config reads a model.init_from through
+    ("largo.checkpoint.store", "largo.checkpoint.state_schema", "largo.checkpoint.dcp_index"),
     ("largo.data",),
     ("largo.models",),
     ("largo.config", "largo.presets", "largo.config_keys"),
     ("largo.distributed",),
     ("largo.checkpoint",),
+    ("largo.interop",),
     ("largo.plan",),
     ("largo.train",),
     ("largo.explain",),

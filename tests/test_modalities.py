@@ -435,7 +435,7 @@ def test_imdb_recipe_learns_on_a_subset(tmp_path: Path, tmp_path_factory: pytest
 @pytest.mark.parametrize("name", ["vision_digits", "speech_digits", "sentiment_imdb"])
 def test_classifiers_export_to_onnx_with_parity(name: str, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from largo.checkpoint.interop import export
+    from largo.interop.convert import export
 
     tiny = {"model.dim": 32, "model.n_layers": 1, "model.n_heads": 2, "train.steps": 2, "train.global_batch": 8,
             "train.micro_batch": 8, "eval.every": 0, "eval.max_batches": 1}

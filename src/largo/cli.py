@@ -85,7 +85,8 @@ def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Sample text from a trained language model."""
     from tokenizers import Tokenizer
 
-    from largo.checkpoint.restore import restore
+    from largo.checkpoint.handle import Checkpoint
+    from largo.checkpoint.restore import load_model
     from largo.distributed.env import pick_device
     from largo.errors import CheckpointError, ConfigError
     from largo.models.generate import generate
@@ -95,12 +96,13 @@ def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         raise ConfigError(f"--temperature ({args.temperature}) must be a finite number >= 0 (0 = greedy)")
     if args.max_new_tokens < 1 or args.top_k < 0:
         raise ConfigError(f"--max-new-tokens ({args.max_new_tokens}) must be >= 1 and --top-k ({args.top_k}) >= 0 (0 = no cut)")
-    model, cfg, ckpt = restore(args.checkpoint, pick_device(args.device))
+    ckpt = Checkpoint.find(args.checkpoint)  # verified once, its tokenizer included
+    model, cfg = load_model(ckpt, pick_device(args.device))
     if not get_spec(cfg.model.arch).generates:
-        raise CheckpointError(f"{ckpt}: model.arch = {cfg.model.arch!r} does not generate text; generate samples from language models")
-    if not (ckpt / "tokenizer.json").is_file():
-        raise CheckpointError(f"{ckpt}: no tokenizer.json; generate needs a language-model checkpoint")
-    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+        raise CheckpointError(f"{ckpt.path}: model.arch = {cfg.model.arch!r} does not generate text; generate samples from language models")
+    if ckpt.tokenizer is None:
+        raise CheckpointError(f"{ckpt.path}: no tokenizer.json; generate needs a language-model checkpoint")
+    tok = Tokenizer.from_file(str(ckpt.tokenizer))
     prompt = tok.encode(args.prompt).ids or [tok.token_to_id("<|endoftext|>")]
     out = generate(model, prompt, max_new_tokens=args.max_new_tokens, max_seq_len=cfg.model.max_seq_len,
                    temperature=args.temperature, top_k=args.top_k, seed=args.seed)
@@ -116,15 +118,16 @@ def cmd_report(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from largo.observe.metrics import read_metrics
     from largo.observe.plots import plot_run
     from largo.observe.report import labels_for, write_report
+    from largo.rundir import RunDir
 
     run_dirs = [Path(r) for r in args.runs]
     for run_dir in run_dirs:
-        if not (run_dir / "metrics.jsonl").is_file():
+        if not RunDir(run_dir).metrics.is_file():
             raise RunDirError(f"{run_dir}: no metrics.jsonl; give a run directory such as runs/text_tiny")
     if args.samples < 0:
         raise ConfigError(f"--samples ({args.samples}) must be >= 0")
     for run_dir in run_dirs:
-        train, evals = read_metrics(run_dir / "metrics.jsonl", "train"), read_metrics(run_dir / "metrics.jsonl", "eval")
+        train, evals = read_metrics(RunDir(run_dir).metrics, "train"), read_metrics(RunDir(run_dir).metrics, "eval")
         if train:
             last = train[-1]
             print(f"{run_dir}: step {last.get('step')} | train loss {_num(last, 'loss'):.4f} | {_num(last, 'tokens_per_s'):,.0f} tok/s | "
@@ -138,7 +141,7 @@ def cmd_report(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         from largo.explain.lm import sample_texts
 
         for label, run_dir in zip(labels_for(run_dirs), run_dirs):
-            if (run_dir / "checkpoints").is_dir():
+            if RunDir(run_dir).checkpoints.is_dir():
                 samples[label] = sample_texts(run_dir, count=args.samples)
     out = Path(args.out) if args.out else run_dirs[0] if len(run_dirs) == 1 else run_dirs[0].parent / "report"
     html, md = write_report(run_dirs, out, samples=samples)
@@ -255,21 +258,21 @@ def cmd_export(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Write a checkpoint as a Hugging Face Llama folder, an ONNX file or plain safetensors, then check it."""
     from pathlib import Path
 
-    from largo.checkpoint import interop
+    from largo.interop import convert
     from largo.errors import ConfigError
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise ConfigError(f"export output {args.out} is a file; give a folder (it is created if missing)")
-    interop.export(args.checkpoint, args.out, fmt=args.format, log=print, dtype=args.dtype, max_shard_size=args.max_shard_size,
+    convert.export(args.checkpoint, args.out, fmt=args.format, log=print, dtype=args.dtype, max_shard_size=args.max_shard_size,
                    adapter_only=args.adapter_only)
     return 0
 
 
 def cmd_import(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Turn a Hugging Face Llama folder or a Llama GGUF file into a largo run directory to fine-tune from."""
-    from largo.checkpoint import interop
+    from largo.interop import convert
 
-    interop.import_model(args.source, args.out, log=print)
+    convert.import_model(args.source, args.out, log=print)
     return 0
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from largo.checkpoint.store import locate
 from largo.data.config import DataConfig, TextDataConfig
 from largo.presets import preset_names, preset_path
 from largo.errors import ConfigError
-from largo.fileio import read_json
 from largo.models import get_spec, spec_names
 from largo.models.config import ModelConfig
 from largo.models.finetune import FinetuneConfig
@@ -285,21 +285,14 @@ _INIT_RESOLVED = ("mlp_hidden", "multiple_of", "n_kv_heads")
 
 
 def _source_model(init_from: str) -> dict[str, Any]:
-    """The [model] section of the checkpoint or run directory that model.init_from names, read from its JSON.
-
-    Only the shape is read here; the weights, their hashes and the state's digest are verified when training loads them.
-    """
-    p = Path(init_from)
-    candidates = [p / "state.json", p / "config.json", *sorted((p / "checkpoints").glob("step_*/state.json"), reverse=True)]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
+    """The [model] section of the checkpoint model.init_from names (a checkpoint folder or a run's newest intact one), verified."""
+    if not Path(init_from).is_dir():
         raise ConfigError(f"model.init_from {init_from!r}: no largo checkpoint folder or run directory there "
                           f"(a Hugging Face folder or GGUF file becomes one with `largo import`)")
-    data = read_json(found, ConfigError)
-    config = data.get("config") if found.name == "state.json" and isinstance(data, dict) else data
-    model = config.get("model") if isinstance(config, dict) else None
+    found = locate(init_from, log=lambda _m: None)  # a damaged newer checkpoint is named when training loads the weights
+    model = found[1]["config"].get("model") if found is not None else None
     if not isinstance(model, dict):
-        raise ConfigError(f"model.init_from {init_from!r}: {found} holds no [model] section to take the model's shape from "
+        raise ConfigError(f"model.init_from {init_from!r}: its checkpoint holds no [model] section to take the model's shape from "
                           f"(a Hugging Face folder or GGUF file becomes a largo run with `largo import`)")
     return model
 

@@ -1,1 +1,1 @@
-"""Checkpoints: atomic step folders (safetensors + JSON), sharded DCP, export and import."""
+"""Checkpoints: the on-disk format (atomic step folders of safetensors + JSON, sharded DCP), its verified handle and reader."""

@@ -28,15 +28,15 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions, get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict,
 )
 
-from largo.checkpoint.sharded import dcp_load, dcp_save
+from largo.checkpoint.reader import OPTIM_SEP, Reader
+from largo.checkpoint.sharded import dcp_save
 from largo.checkpoint.state_schema import SHARDED_FORMAT, check_like, check_scalars
 from largo.checkpoint.store import (
-    begin_checkpoint, check_shapes, checkpoint_name, commit_checkpoint, failed_save, load_tensors, save_tensors, set_rng_state,
+    begin_checkpoint, checkpoint_name, commit_checkpoint, failed_save, load_tensors, save_tensors, set_rng_state,
 )
 from largo.distributed.env import DistEnv
 from largo.errors import CheckpointError
 
-_SEP = "/"  # optim.safetensors keys: "<parameter name>/<state key>" (names hold dots, never slashes)
 
 
 def _split(state: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, dict[str, Any]]]:
@@ -123,19 +123,10 @@ class Checkpointer:
             check_scalars(state["optimizer_scalars"], "optimizer_scalars")
         except CheckpointError as e:
             raise _does_not_fit(path, e) from None
-        if state.get("sharded"):
-            target = {"model": model_sd, "optim": live_tensors}
-            dcp_load(target, path)  # resharded to this run's layout
-            weights, tensors, options = target["model"], target["optim"], StateDictOptions()
-        else:
-            weights = load_tensors(path / "model.safetensors")
-            check_shapes(model_sd, weights, path)  # DTensor shapes are the full (global) shapes
-            tensors = {}
-            for name, value in load_tensors(path / "optim.safetensors").items():
-                fqn, _, key = name.rpartition(_SEP)
-                tensors.setdefault(fqn, {})[key] = value
-            # each rank keeps its shards of the full tensors; adapters: the frozen base is already in place
-            options = StateDictOptions(full_state_dict=True, strict=self.trained is None)
+        reader = Reader(path, state)
+        weights, tensors = reader.load(model_sd, live_tensors)  # resharded to this run's layout, or full tensors
+        # replicated: each rank keeps its shards of the full tensors; adapters: the frozen base is already in place
+        options = StateDictOptions() if reader.sharded else StateDictOptions(full_state_dict=True, strict=self.trained is None)
         scalars = state["optimizer_scalars"]
         optim_state = {fqn: {**tensors.get(fqn, {}), **scalars.get(fqn, {})} for fqn in set(tensors) | set(scalars)}
         try:
@@ -156,7 +147,7 @@ def write_replicated(root: Path, step: int, weights: dict[str, torch.Tensor], op
     tmp = begin_checkpoint(root, step, os.getpid())
     try:
         save_tensors(tmp / "model.safetensors", weights)
-        save_tensors(tmp / "optim.safetensors", {f"{fqn}{_SEP}{k}": v for fqn, st in optim_tensors.items() for k, v in st.items()})
+        save_tensors(tmp / "optim.safetensors", {f"{fqn}{OPTIM_SEP}{k}": v for fqn, st in optim_tensors.items() for k, v in st.items()})
     except (OSError, SafetensorError) as e:  # a full disk: one line, nothing half-written left
         raise failed_save(e, tmp, root / checkpoint_name(step)) from None
     except BaseException:
@@ -182,12 +173,5 @@ def load_weights(model: nn.Module, path: Path, state: dict[str, Any], *, only: s
     only: the names the checkpoint holds when it is not the whole model (an adapter checkpoint's trainable tensors).
     """
     expected = model.state_dict() if only is None else {k: v for k, v in model.state_dict().items() if k in only}
-    if state.get("sharded"):  # an FSDP run's DCP shards, gathered into this one plain model
-        target = {"model": expected}
-        dcp_load(target, path)
-        model.load_state_dict(target["model"], strict=only is None)
-        return
-    weights = load_tensors(path / "model.safetensors")
-    check_shapes(expected, weights, path)
+    weights, _ = Reader(path, state).load(expected)  # an FSDP run's DCP shards are gathered into this one plain model
     model.load_state_dict(weights, strict=only is None)
-

@@ -11,6 +11,7 @@ JSON after checking every field's type and range. No `.metadata` is written or r
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -115,6 +116,18 @@ def _planner_data(value: Any, where: Path) -> dict[str, tuple[str | int, ...]]:
     return {fqn: tuple(path) for fqn, path in value.items()}
 
 
+def _check_sizes(tensors: dict[str, TensorStorageMetadata], storage: dict[MetadataIndex, _StorageInfo], where: Path) -> None:
+    """Every tensor fits in the bytes its chunks occupy in the data files: a reader allocates what the index claims."""
+    stored: dict[str, int] = {}
+    for index, info in storage.items():
+        stored[index.fqn] = stored.get(index.fqn, 0) + info.length
+    for fqn, meta in tensors.items():
+        claimed = math.prod(meta.size) * meta.properties.dtype.itemsize
+        if claimed > stored[fqn]:
+            raise _fail(where, f"tensor {fqn!r} of size {list(meta.size)} claims {claimed:,} bytes, "
+                               f"more than its chunks hold in the data files")
+
+
 def read_index(folder: Path) -> Metadata:
     """DCP's Metadata rebuilt from folder/index.json, every field checked; nothing is unpickled."""
     where = folder / INDEX
@@ -136,6 +149,7 @@ def read_index(folder: Path) -> Metadata:
     stored = {index.fqn for index in storage}
     if stored != set(tensors):
         raise _fail(where, f"tensors without stored chunks: {sorted(set(tensors) - stored)[:3]}")
+    _check_sizes(tensors, storage, where)
     return Metadata(state_dict_metadata=dict(tensors), planner_data=_planner_data(raw["planner_data"], where),
                     storage_data=storage, storage_meta=StorageMeta(), version=raw["version"])
 

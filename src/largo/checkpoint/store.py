@@ -38,9 +38,8 @@ from largo.checkpoint.dcp_index import read_index
 from largo.checkpoint.state_schema import FORMAT, load_state_json, signed
 from largo.errors import CheckpointError
 from largo.fileio import fsync_dir, sha256_file, write_json_atomic
+from largo.rundir import LATEST, STATE, TOKENIZER, RunDir
 
-STATE = "state.json"
-LATEST = "latest"
 DCP_DIR = "dcp"  # a sharded checkpoint's DCP files and JSON index
 PREFIX = "step_"
 
@@ -257,11 +256,69 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def verify_checkpoint(path: Path) -> dict[str, Any]:
-    """state.json (digest, schema, file hashes) and, for a sharded checkpoint, its JSON index: what "intact" means."""
+    """state.json (digest, schema, file hashes), a sharded checkpoint's JSON index, the tokenizer: what "intact" means."""
     state = read_state(path)
     if state.get("sharded"):
         read_index(path / DCP_DIR)
+    if TOKENIZER in state["files"]:
+        check_tokenizer(path / TOKENIZER)
     return state
+
+
+def check_tokenizer(path: Path) -> None:
+    """Refuse a tokenizer.json that is not JSON or not a Hugging Face tokenizers file (its hash only says who wrote it)."""
+    from tokenizers import Tokenizer
+
+    try:
+        raw = json.loads(path.read_bytes())
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{path}: not valid JSON; a checkpoint's tokenizer is a Hugging Face tokenizers file") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        raise CheckpointError(f"{path}: not a tokenizer (no 'model' object); a checkpoint's tokenizer is a Hugging Face tokenizers file")
+    try:
+        Tokenizer.from_str(json.dumps(raw))
+    except Exception as e:  # tokenizers raises its own Exception type, naming the field it could not read
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable tokenizer ({first})") from None
+
+
+def locate(where: str | Path, *, log: Callable[[str], None], resume_in: RunDir | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """Which checkpoint `where` names, verified: the one place "which checkpoint" is decided.
+
+    A checkpoint folder: itself. A run folder: its newest intact checkpoint (a damaged newer one is named in a
+    warning and passed over). Files are refused: largo never loads a pickle. With resume_in (--resume of that
+    run): 'auto' is its newest intact checkpoint, None when it has none, and anything else must be a checkpoint folder.
+    """
+    if resume_in is not None:
+        return _resume_point(str(where), resume_in, log)
+    p = Path(where)
+    if p.is_file():
+        raise CheckpointError(f"{where}: a file; largo loads a run directory or a checkpoint folder of safetensors + JSON, "
+                              f"never a pickle/.pt/.bin file (loading one can run code)")
+    if (p / STATE).is_file():
+        return p, verify_checkpoint(p)
+    found = newest_intact(RunDir(p).checkpoints, log) if p.is_dir() else None
+    if found is None:
+        raise CheckpointError(f"{where}: neither a checkpoint folder nor a run directory with a complete checkpoint")
+    return found
+
+
+def _resume_point(text: str, run: RunDir, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """--resume auto (the run's newest intact checkpoint, if any) or --resume <checkpoint folder>."""
+    if text == "auto":
+        root = run.checkpoints
+        linked = sorted(p.name for p in root.glob(f"{PREFIX}*") if p.is_symlink()) if root.is_dir() else []
+        if linked:  # largo renames, replaces and prunes these folders; a link would be followed into someone else's files
+            raise CheckpointError(f"{root / linked[0]}: a symbolic link; largo writes and prunes its checkpoint folders itself, "
+                                  f"so replace the link with a copy of the folder")
+        return newest_intact(root, log)  # digest, schema, hashes: a checkpoint damaged or edited is passed over
+    path = Path(text)
+    if path.is_file():
+        raise CheckpointError(f"--resume {text}: a file, not a checkpoint folder; largo resumes only from its own "
+                              f"safetensors checkpoint folders (it never loads pickle files)")
+    if not path.is_dir():
+        raise CheckpointError(f"--resume {text}: no such checkpoint folder (or use --resume auto)")
+    return path, verify_checkpoint(path)
 
 
 def newest_intact(root: Path, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:

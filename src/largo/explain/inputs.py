@@ -10,6 +10,7 @@ import numpy as np
 
 from largo.errors import DataError
 from largo.models import ArchSpec
+from largo.rundir import RunDir
 
 
 @dataclass
@@ -23,7 +24,8 @@ class Example:
 
 def run_dir_of(ckpt: Path) -> Path:
     """The run directory of a checkpoint folder (runs/x/checkpoints/step_N -> runs/x), else the folder itself."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt
+    run = RunDir.of_checkpoint(ckpt)
+    return run.path if run is not None else ckpt
 
 
 def output_name(i: int, name: str, suffix: str) -> str:

@@ -24,8 +24,7 @@ from largo.explain.attribute import integrated_gradients, scores
 from largo.explain.inputs import expand_sources, output_name
 from largo.explain.rollout import attention_rollout
 from largo.models import ArchSpec
-
-TOKENIZER = "tokenizer.json"
+from largo.rundir import TOKENIZER
 
 
 def token_losses(model: nn.Module, ids: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

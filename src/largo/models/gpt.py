@@ -28,11 +28,11 @@ from largo.models.loss import chunk_rows, linear_cross_entropy
 from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Task, register
 from largo.models.trunk import Trunk
 from largo.precision import Layout
+from largo.rundir import TOKENIZER
 
 if TYPE_CHECKING:
     from largo.config import RunConfig
 
-TOKENIZER = "tokenizer.json"
 # Saved bytes per token and d at the head (final norm + head input), excluding the fp32 log-softmax.
 HEAD_COEFFS = {"fp32": 12, "autocast": 10, "mixed": 8}
 
@@ -102,6 +102,23 @@ def head_activation_bytes(cfg: GPTConfig, tokens: int, layout: Layout) -> int:
     return tokens * (HEAD_COEFFS[layout.name] * cfg.dim + 4 * cfg.vocab_size + 4 + 8 + 8)
 
 
+# largo parameter name -> Hugging Face LlamaForCausalLM name; {i} is the block index (what `largo export --format hf` renames).
+HF_NAMES: dict[str, str] = {
+    "tok_emb.weight": "model.embed_tokens.weight",
+    "trunk.blocks.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
+    "trunk.blocks.{i}.attn.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
+    "trunk.blocks.{i}.attn.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
+    "trunk.blocks.{i}.attn.wv.weight": "model.layers.{i}.self_attn.v_proj.weight",
+    "trunk.blocks.{i}.attn.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
+    "trunk.blocks.{i}.mlp_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
+    "trunk.blocks.{i}.mlp.gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
+    "trunk.blocks.{i}.mlp.up.weight": "model.layers.{i}.mlp.up_proj.weight",
+    "trunk.blocks.{i}.mlp.down.weight": "model.layers.{i}.mlp.down_proj.weight",
+    "trunk.norm.weight": "model.norm.weight",
+    "head.weight": "lm_head.weight",  # untied models only
+}
+
+
 class GPTSpec(ArchSpec):
     """Language modelling on token shards."""
 
@@ -110,6 +127,7 @@ class GPTSpec(ArchSpec):
     data_config = TextDataConfig
     about = "decoder-only language model (Llama-shaped) on a text corpus"
     export_formats = ("hf", "onnx", "safetensors")
+    hf_names = HF_NAMES
     generates = True
     feeds_mfu_history = True  # `largo plan`'s default MFU is the nearest-sized language model's
 

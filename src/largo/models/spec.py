@@ -125,6 +125,7 @@ class ArchSpec:
     data_config: ClassVar[type[DataConfig]]  # the [data] section's class
     about: ClassVar[str] = ""  # one line for listings
     export_formats: ClassVar[tuple[str, ...]] = ("onnx", "safetensors")  # what `largo export` writes for it
+    hf_names: ClassVar[dict[str, str]] = {}  # parameter name -> Hugging Face name ({i}: block index), for --format hf
     generates: ClassVar[bool] = False  # a language model that `largo generate` can sample from
     feeds_mfu_history: ClassVar[bool] = False  # its measured MFU becomes the default of `largo plan` on the device
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from largo.observe.metrics import read_metrics
+from largo.rundir import RunDir
 
 PLOT = "curves.png"
 
@@ -19,8 +20,8 @@ def plot_run(run_dir: Path) -> Path | None:
     except ImportError:
         return None
     numeric = lambda r: isinstance(r.get("step"), (int, float)) and isinstance(r.get("loss"), (int, float))  # noqa: E731
-    train = [r for r in read_metrics(run_dir / "metrics.jsonl", "train") if numeric(r)]
-    evals = [r for r in read_metrics(run_dir / "metrics.jsonl", "eval") if numeric(r)]
+    train = [r for r in read_metrics(RunDir(run_dir).metrics, "train") if numeric(r)]
+    evals = [r for r in read_metrics(RunDir(run_dir).metrics, "eval") if numeric(r)]
     if not train:
         return None
     steps = [r["step"] for r in train]

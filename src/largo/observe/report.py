@@ -19,6 +19,7 @@ from typing import Any
 
 from largo.observe.metrics import read_metrics
 from largo.observe.trackers import flat_config
+from largo.rundir import RunDir
 
 FIGURE_INCHES, FIGURE_DPI = (15.0, 4.5), 90  # both figures: 1350 x 405 pixels
 LOSS_FIGURE, TRAINING_FIGURE = "compare_loss.png", "compare_training.png"
@@ -55,12 +56,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def load_run(run_dir: Path, label: str) -> RunData:
-    records = read_metrics(run_dir / "metrics.jsonl")
+    records = read_metrics(RunDir(run_dir).metrics)
     of = lambda kind: [r for r in records if r.get("kind") == kind]  # noqa: E731
     plans = of("plan_vs_measured")
     memory = of("memory")
     return RunData(
-        label=label, dir=run_dir, config=_read_json(run_dir / "config.json") or {},
+        label=label, dir=run_dir, config=_read_json(RunDir(run_dir).config) or {},
         train=[r for r in of("train") if _numeric(r, "step") and _numeric(r, "loss")],
         evals=[r for r in of("eval") if _numeric(r, "step") and _numeric(r, "loss")],
         summary=(of("summary") or [None])[-1], memory=memory[-1] if memory else None, tests=of("test_set"),

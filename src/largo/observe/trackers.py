@@ -20,6 +20,7 @@ from typing import Any
 
 from largo.errors import ConfigError, MissingDependencyError
 from largo.observe.metrics import MetricsLog, Sink, last_step
+from largo.rundir import RunDir
 
 TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
 INSTALL = {"tensorboard": "pip install 'largo-train[explain]' (or: pip install tensorboard)", "wandb": "pip install wandb",
@@ -226,7 +227,7 @@ def open_metrics(run_dir: Path, *, trackers: list[str], config: dict[str, Any], 
                  start_step: int = 0) -> MetricsLog:
     """run_dir/metrics.jsonl, cut back to start_step (records past a resumed checkpoint are redone), with the trackers
     named as its sinks; an earlier attempt's tracker run is continued, not duplicated."""
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     earlier = path.exists()  # an attempt before this one logged here: continue its tracker runs
     first_attempt_end = last_step(path)  # before the truncation drops it
     sinks = open_trackers(trackers, run_dir, config=config, project=project, resume_step=start_step if earlier else None,

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-from largo.checkpoint.hub import run_dir_of
-from largo.checkpoint.restore import restore
+from largo.checkpoint.handle import Checkpoint
+from largo.checkpoint.restore import load_model
 from largo.data.prepare import EOT
 from largo.errors import CheckpointError, ConfigError, LargoError
 from largo.fileio import write_json_atomic
@@ -31,7 +31,6 @@ from largo.models import get_spec
 from largo.models.generate import generate
 from largo.optional import require
 
-RESULTS = "lm_eval.json"
 
 
 def largo_lm(model: nn.Module, tokenizer: Tokenizer, *, max_length: int, device: torch.device, batch_size: int = 8) -> Any:
@@ -160,11 +159,12 @@ def evaluate_tasks(checkpoint: str | Path, tasks: list[str], *, device: torch.de
     """Run the harness on a checkpoint's language model; print and record {task: {metric: value}}."""
     require("lm_eval", "largo eval --tasks")
     task_names(tasks)  # a missing task file is one line before the model loads
-    model, cfg, ckpt = restore(checkpoint, device)
-    if not get_spec(cfg.model.arch).generates or not (ckpt / "tokenizer.json").is_file():
-        raise CheckpointError(f"{ckpt}: lm-evaluation-harness scores language models with a tokenizer; "
+    ckpt = Checkpoint.find(checkpoint)
+    model, cfg = load_model(ckpt, device)
+    if not get_spec(cfg.model.arch).generates or ckpt.tokenizer is None:
+        raise CheckpointError(f"{ckpt.path}: lm-evaluation-harness scores language models with a tokenizer; "
                               f"model.arch = {cfg.model.arch!r} is not one")
-    lm = largo_lm(model, Tokenizer.from_file(str(ckpt / "tokenizer.json")), max_length=cfg.model.max_seq_len, device=device,
+    lm = largo_lm(model, Tokenizer.from_file(str(ckpt.tokenizer)), max_length=cfg.model.max_seq_len, device=device,
                   batch_size=batch_size)
     found = scores(run_harness(lm, tasks, include_path=include_path, limit=limit, num_fewshot=num_fewshot))
     for task, metrics in found.items():
@@ -173,17 +173,15 @@ def evaluate_tasks(checkpoint: str | Path, tasks: list[str], *, device: torch.de
     return found
 
 
-def record(ckpt: Path, tasks: list[str], found: dict[str, dict[str, float]], **settings: Any) -> None:
+def record(ckpt: Checkpoint, tasks: list[str], found: dict[str, dict[str, float]], **settings: Any) -> None:
     """Append the scores to the run directory's lm_eval.json (the model card of an export reads them)."""
-    run_dir = run_dir_of(ckpt)
-    if run_dir is None:
+    if ckpt.run is None:
         return
-    path = run_dir / RESULTS
+    path = ckpt.run.lm_eval
     try:
         saved = json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
         saved = {}
     runs = saved.get("runs", []) if isinstance(saved, dict) and isinstance(saved.get("runs"), list) else []
-    state = json.loads((ckpt / "state.json").read_text())
-    runs.append({"checkpoint": str(ckpt), "step": state["step"], "tasks": tasks, "results": found, **settings})
+    runs.append({"checkpoint": str(ckpt.path), "step": ckpt.step, "tasks": tasks, "results": found, **settings})
     write_json_atomic(path, {"runs": runs})

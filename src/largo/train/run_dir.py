@@ -8,20 +8,18 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from largo.checkpoint.store import newest_intact, verify_checkpoint
+from largo.checkpoint.handle import Checkpoint
 from largo.config import RunConfig
-from largo.errors import CheckpointError, RunDirError
+from largo.errors import RunDirError
 from largo.fileio import write_json_atomic
 from largo.observe.trackers import OUTPUTS as TRACKER_OUTPUTS
+from largo.rundir import CHECKPOINTS, CONFIG, METRICS, RunDir
 
-CONFIG = "config.json"
-LOCK = ".lock"  # holds the PID of the run that owns the folder; the lock itself is the kernel's (flock)
-_RUN_FILES = ("checkpoints", "metrics.jsonl", CONFIG)
+_RUN_FILES = (CHECKPOINTS, METRICS, CONFIG)  # what --overwrite clears, with the trackers' outputs
 _held: dict[Path, int] = {}  # run directory -> the open lock file descriptor of this process
 
 
@@ -34,7 +32,7 @@ def lock_run_dir(run_dir: Path) -> None:
     key = run_dir.resolve()
     if key in _held:
         raise RunDirError(f"{run_dir} is already in use by this process; one run per run directory")
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(RunDir(run_dir).lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -52,10 +50,6 @@ def release_run_dir(run_dir: Path) -> None:
     if fd is not None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
-
-
-def _holds_run(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() for name in _RUN_FILES)
 
 
 def open_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool, is_main: bool) -> Path:
@@ -81,7 +75,7 @@ def open_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool, is_main: bool
 
 def _open_as_main(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs, take the lock before anything is written, clear for --overwrite, write config.json."""
-    if _holds_run(run_dir) and not (resume or overwrite):
+    if RunDir(run_dir).holds_run() and not (resume or overwrite):
         raise RunDirError(f"{run_dir} already holds a run; pass --resume auto to continue it or --overwrite to replace it")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,8 +87,8 @@ def _open_as_main(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: boo
             for name in _RUN_FILES + TRACKER_OUTPUTS:
                 target = run_dir / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-        if not (resume and (run_dir / CONFIG).exists()):  # the config it started with; each checkpoint keeps its own
-            write_json_atomic(run_dir / CONFIG, cfg.to_dict())
+        if not (resume and RunDir(run_dir).config.exists()):  # the config it started with; each checkpoint keeps its own
+            write_json_atomic(RunDir(run_dir).config, cfg.to_dict())
     except OSError as e:
         release_run_dir(run_dir)
         raise RunDirError(f"run directory {run_dir} is not writable ({e.strerror}); set run.out_dir or run.name") from None
@@ -103,21 +97,6 @@ def _open_as_main(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: boo
         raise
 
 
-def resume_point(run_dir: Path, resume: str | None, log: Callable[[str], None] = print) -> tuple[Path, dict[str, Any]] | None:
-    """(checkpoint, its verified state) to resume from: None, 'auto' (newest intact one, if any) or an explicit folder."""
-    if resume is None:
-        return None
-    root = run_dir / "checkpoints"
-    if resume == "auto":
-        linked = sorted(p.name for p in root.glob("step_*") if p.is_symlink()) if root.is_dir() else []
-        if linked:  # largo renames, replaces and prunes these folders; a link would be followed into someone else's files
-            raise CheckpointError(f"{root / linked[0]}: a symbolic link; largo writes and prunes its checkpoint folders itself, "
-                                  f"so replace the link with a copy of the folder")
-        return newest_intact(root, log)  # digest, schema, hashes: a checkpoint damaged or edited is passed over
-    path = Path(resume)
-    if path.is_file():
-        raise CheckpointError(f"--resume {resume}: a file, not a checkpoint folder; largo resumes only from its own "
-                              f"safetensors checkpoint folders (it never loads pickle files)")
-    if not path.is_dir():
-        raise CheckpointError(f"--resume {resume}: no such checkpoint folder (or use --resume auto)")
-    return path, verify_checkpoint(path)
+def resume_point(run_dir: Path, resume: str | None, log: Callable[[str], None] = print) -> Checkpoint | None:
+    """The verified checkpoint --resume names for this run (None, 'auto' or a checkpoint folder); see Checkpoint.resume."""
+    return Checkpoint.resume(resume, RunDir(run_dir), log=log)

@@ -16,10 +16,12 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from largo.checkpoint.handle import Checkpoint
 from largo.config import RunConfig
 from largo.errors import CheckpointError
 from largo.fileio import write_json_atomic
 from largo.optional import require
+from largo.rundir import RunDir
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -65,13 +67,8 @@ def write_shards(out: Path, shapes: dict[str, tuple[int, ...]], read: Callable[[
     return list(split.filename_to_tensors) + ([INDEX] if split.is_sharded else [])
 
 
-def run_dir_of(ckpt: Path) -> Path | None:
-    """The run directory holding a checkpoint folder (runs/<name>/checkpoints/step_N), if it is one."""
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
-
-
-def _records(run_dir: Path | None, kind: str) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl" if run_dir else None
+def _records(run: RunDir | None, kind: str) -> list[dict[str, Any]]:
+    path = run.metrics if run else None
     if path is None or not path.is_file():
         return []
     out = []
@@ -85,9 +82,9 @@ def _records(run_dir: Path | None, kind: str) -> list[dict[str, Any]]:
     return out
 
 
-def harness_results(run_dir: Path | None, step: int) -> dict[str, dict[str, float]]:
+def harness_results(run: RunDir | None, step: int) -> dict[str, dict[str, float]]:
     """lm-evaluation-harness scores `largo eval --tasks` recorded for this step of the run, by task."""
-    path = run_dir / "lm_eval.json" if run_dir else None
+    path = run.lm_eval if run else None
     if path is None or not path.is_file():
         return {}
     try:
@@ -102,17 +99,17 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
 
-def model_card(cfg: RunConfig, ckpt: Path, state: dict[str, Any], *, dtype: str, files: list[str], params: int,
+def model_card(cfg: RunConfig, ckpt: Checkpoint, *, dtype: str, files: list[str], params: int,
                parity: str, adapters_only: bool = False) -> str:
     """README.md for an exported folder: what the model is, how it was trained, on what, its scores, how to load it."""
     hub = require("huggingface_hub", "writing a model card", CheckpointError)
-    m, run_dir, step = cfg.model, run_dir_of(ckpt), int(state["step"])
-    samples = int(state.get("data", {}).get("samples_seen", 0))
+    m, run_dir, step = cfg.model, ckpt.run, ckpt.step
+    samples = int(ckpt.state.get("data", {}).get("samples_seen", 0))
     header = hub.ModelCardData(library_name="peft" if adapters_only else "transformers", pipeline_tag="text-generation",
                                tags=["largo", "llama"] + (["lora"] if cfg.finetune.adapters else [])).to_yaml()
     lines = [f"---\n{header}\n---", f"# {cfg.run.name}", "",
              f"A decoder-only language model trained with largo (Llama-shaped: `LlamaForCausalLM` in transformers), "
-             f"exported from `{ckpt}` at step {step:,}." + (" Only the LoRA adapters are in this folder." if adapters_only else ""),
+             f"exported from `{ckpt.path}` at step {step:,}." + (" Only the LoRA adapters are in this folder." if adapters_only else ""),
              "", "## Model", "", _table([
                  ("parameters", f"{params:,}"), ("layers x width", f"{m.n_layers} x {m.dim}"),
                  ("heads (query / key-value)", f"{m.n_heads} / {m.kv_heads}"), ("MLP width", f"{m.hidden}"),

@@ -16,35 +16,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from largo.checkpoint.hub import DEFAULT_SHARD, DTYPE_NAMES, check_dtype, write_shards
-from largo.checkpoint.restore import resolve_checkpoint, restore
+from largo.interop.hub import DEFAULT_SHARD, DTYPE_NAMES, check_dtype, write_shards
 from largo.checkpoint.checkpointer import write_replicated
-from largo.checkpoint.sharded import WeightReader
+from largo.checkpoint.handle import Checkpoint
+from largo.checkpoint.restore import load_model
 from largo.checkpoint.store import check_shapes, load_tensors
-from largo.config import RunConfig, RunSection, build_config
+from largo.config import RunConfig, RunSection
 from largo.data.prepare import EOT
-from largo.errors import CheckpointError, LargoError
+from largo.errors import CheckpointError
 from largo.fileio import read_json, write_json_atomic
 from largo.optional import require
 from largo.models import get_spec
 from largo.models.config import ModelConfig
 from largo.models.gpt import GPTConfig
-
-# largo parameter name -> Hugging Face LlamaForCausalLM name; {i} is the block index.
-LLAMA_NAMES: dict[str, str] = {
-    "tok_emb.weight": "model.embed_tokens.weight",
-    "trunk.blocks.{i}.attn_norm.weight": "model.layers.{i}.input_layernorm.weight",
-    "trunk.blocks.{i}.attn.wq.weight": "model.layers.{i}.self_attn.q_proj.weight",
-    "trunk.blocks.{i}.attn.wk.weight": "model.layers.{i}.self_attn.k_proj.weight",
-    "trunk.blocks.{i}.attn.wv.weight": "model.layers.{i}.self_attn.v_proj.weight",
-    "trunk.blocks.{i}.attn.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
-    "trunk.blocks.{i}.mlp_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
-    "trunk.blocks.{i}.mlp.gate.weight": "model.layers.{i}.mlp.gate_proj.weight",
-    "trunk.blocks.{i}.mlp.up.weight": "model.layers.{i}.mlp.up_proj.weight",
-    "trunk.blocks.{i}.mlp.down.weight": "model.layers.{i}.mlp.down_proj.weight",
-    "trunk.norm.weight": "model.norm.weight",
-    "head.weight": "lm_head.weight",  # untied models only
-}
+from largo.rundir import TOKENIZER, RunDir
 
 # ModelConfig fields that map onto a Llama config (or do not change the computation).
 _MAPPED = {"arch", "vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "multiple_of",
@@ -131,15 +116,23 @@ def model_config_from_llama(hf: dict[str, Any], source: Path) -> ModelConfig:
     )
 
 
+def hf_names(cfg: ModelConfig) -> dict[str, str]:
+    """largo parameter name -> Hugging Face name for every weight of cfg's model, as its architecture's spec names them."""
+    table = get_spec(cfg.arch).hf_names
+    if not table:
+        raise CheckpointError(f"model.arch = {cfg.arch!r} names no Hugging Face weights; --format hf exports language models")
+    return expand_names(table, cfg.n_layers, tied=cfg.tie_embeddings)
+
+
 def to_hf_weights(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """largo state dict -> Llama state dict (fp32, contiguous; tied models carry no lm_head)."""
-    names = expand_names(LLAMA_NAMES, cfg.n_layers, tied=cfg.tie_embeddings)
+    names = hf_names(cfg)
     return {hf: state[ours].detach().float().contiguous().cpu() for ours, hf in names.items()}
 
 
 def from_hf_weights(weights: dict[str, torch.Tensor], cfg: ModelConfig, source: Path) -> dict[str, torch.Tensor]:
     """Llama state dict -> largo state dict in fp32; a tied lm_head copy, if saved, is dropped."""
-    names = expand_names(LLAMA_NAMES, cfg.n_layers, tied=cfg.tie_embeddings)
+    names = hf_names(cfg)
     hf_expected = {hf: ours for ours, hf in names.items()}
     found = {k: v for k, v in weights.items() if not (cfg.tie_embeddings and k == "lm_head.weight")}
     missing = [k for k in hf_expected if k not in found]
@@ -154,7 +147,7 @@ def write_tokenizer_files(tokenizer_json: Path, out_dir: Path, *, max_seq_len: i
     """Copy tokenizer.json and write a tokenizer_config.json AutoTokenizer reads; the EOT id if any."""
     from tokenizers import Tokenizer
 
-    shutil.copyfile(tokenizer_json, out_dir / "tokenizer.json")
+    shutil.copyfile(tokenizer_json, out_dir / TOKENIZER)
     eot_id = Tokenizer.from_file(str(tokenizer_json)).token_to_id(EOT)
     special = {"bos_token": EOT, "eos_token": EOT} if eot_id is not None else {}
     write_json_atomic(out_dir / "tokenizer_config.json", {
@@ -164,45 +157,42 @@ def write_tokenizer_files(tokenizer_json: Path, out_dir: Path, *, max_seq_len: i
     return eot_id
 
 
-def checkpoint_config(ckpt: Path, state: dict[str, Any]) -> RunConfig:
+def checkpoint_config(ckpt: Checkpoint) -> RunConfig:
     """The run config a verified checkpoint holds, or one line saying it does not fit this largo."""
-    if state.get("user_model"):
-        raise CheckpointError(f"{ckpt}: holds a user's own nn.Module, which has no Llama equivalent")
-    try:
-        return build_config(state["config"])
-    except (LargoError, KeyError, AttributeError, TypeError) as e:
-        raise CheckpointError(f"{ckpt}/state.json: its config is not valid for this largo ({e})") from None
+    if ckpt.state.get("user_model"):
+        raise CheckpointError(f"{ckpt.path}: holds a user's own nn.Module, which has no Llama equivalent")
+    return ckpt.config()
 
 
-def export_hf(checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "fp32", max_shard_size: str | int = DEFAULT_SHARD) -> Path:
+def export_hf(checkpoint: str | Path | Checkpoint, out_dir: str | Path, *, dtype: str = "fp32", max_shard_size: str | int = DEFAULT_SHARD) -> Path:
     """Write a Llama folder (config, weights, generation config, tokenizer) for a GPT checkpoint.
 
     Weights are written in `dtype`, in shards of at most max_shard_size with an index above it. A plain
     checkpoint (replicated or FSDP-sharded) is converted one shard at a time, never the whole model in memory;
     an adapter checkpoint is merged first (its base fits one process: it was fine-tuned in one).
     """
-    ckpt, state = resolve_checkpoint(checkpoint)
-    cfg = checkpoint_config(ckpt, state)
+    ckpt = Checkpoint.find(checkpoint)
+    cfg = checkpoint_config(ckpt)
     check_dtype(dtype)
     llama_config(cfg.model, eot_id=None)  # refuse before writing anything
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     eot_id = None
-    if (ckpt / "tokenizer.json").is_file():
-        eot_id = write_tokenizer_files(ckpt / "tokenizer.json", out, max_seq_len=cfg.model.max_seq_len)
+    if ckpt.tokenizer is not None:
+        eot_id = write_tokenizer_files(ckpt.tokenizer, out, max_seq_len=cfg.model.max_seq_len)
     write_json_atomic(out / "config.json", llama_config(cfg.model, eot_id=eot_id, dtype=DTYPE_NAMES[dtype]))
     write_json_atomic(out / "generation_config.json", {"bos_token_id": eot_id, "eos_token_id": eot_id})
-    names = expand_names(LLAMA_NAMES, cfg.model.n_layers, tied=cfg.model.tie_embeddings)  # ours -> theirs
+    names = hf_names(cfg.model)  # ours -> theirs
     ours = {theirs: mine for mine, theirs in names.items()}
-    if state.get("adapters"):
-        merged = restore(ckpt)[0].state_dict()
+    if ckpt.adapters:
+        merged = load_model(ckpt)[0].state_dict()
         shapes, read = {n: tuple(t.shape) for n, t in merged.items()}, (lambda wanted: {n: merged[n] for n in wanted})
     else:
-        reader = WeightReader(ckpt, state)
+        reader = ckpt.weights()
         shapes, read = {n: spec[0] for n, spec in reader.specs.items()}, reader.read
     missing = [n for n in names if n not in shapes]
     if missing:
-        raise CheckpointError(f"{ckpt}: holds no weight {missing[0]!r} of its model")
+        raise CheckpointError(f"{ckpt.path}: holds no weight {missing[0]!r} of its model")
 
     def read_theirs(wanted: list[str]) -> dict[str, torch.Tensor]:
         got = read([ours[t] for t in wanted])
@@ -212,16 +202,16 @@ def export_hf(checkpoint: str | Path, out_dir: str | Path, *, dtype: str = "fp32
     return out
 
 
-def hf_module_name(module: str, n_layers: int) -> str:
+def hf_module_name(module: str, cfg: ModelConfig) -> str:
     """A largo module path (trunk.blocks.3.attn.wq) as its Llama path (model.layers.3.self_attn.q_proj)."""
-    table = expand_names(LLAMA_NAMES, n_layers, tied=False)
+    table = hf_names(cfg)
     theirs = table.get(f"{module}.weight")
     if theirs is None:
         raise CheckpointError(f"adapter on {module!r}: the module has no Llama equivalent")
     return theirs[: -len(".weight")]
 
 
-def export_adapter(checkpoint: str | Path, out_dir: str | Path, *, fmt: str) -> tuple[Path, nn.Module, nn.Module, RunConfig]:
+def export_adapter(checkpoint: str | Path | Checkpoint, out_dir: str | Path, *, fmt: str) -> tuple[Path, nn.Module, nn.Module, RunConfig]:
     """A PEFT adapter folder (adapter_config.json + adapter_model.safetensors) of a LoRA checkpoint.
 
     fmt "hf": named for the Llama export of its base (load with PeftModel.from_pretrained over that folder);
@@ -231,17 +221,17 @@ def export_adapter(checkpoint: str | Path, out_dir: str | Path, *, fmt: str) -> 
 
     from safetensors.torch import save_file
 
-    ckpt, state = resolve_checkpoint(checkpoint)
-    cfg = checkpoint_config(ckpt, state)
-    if not state.get("adapters"):
-        raise CheckpointError(f"{ckpt}: holds no adapters (finetune.method = {cfg.finetune.method!r}); export the whole model "
+    ckpt = Checkpoint.find(checkpoint)
+    cfg = checkpoint_config(ckpt)
+    if not ckpt.adapters:
+        raise CheckpointError(f"{ckpt.path}: holds no adapters (finetune.method = {cfg.finetune.method!r}); export the whole model "
                               f"without --adapter-only")
     if fmt not in ("hf", "safetensors"):
         raise CheckpointError(f"--adapter-only writes a PEFT folder for --format hf or safetensors, not {fmt!r}")
     if fmt == "hf":
         llama_config(cfg.model, eot_id=None)
     peft = require("peft", "--adapter-only", CheckpointError)
-    model, _, _ = restore(ckpt, merge=False)
+    model, _ = load_model(ckpt, merge=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights = peft.get_peft_model_state_dict(model)  # base_model.model.<module>.lora_A.weight, ...
@@ -251,7 +241,7 @@ def export_adapter(checkpoint: str | Path, out_dir: str | Path, *, fmt: str) -> 
         prefix, renamed = "base_model.model.", {}
         for key, value in weights.items():
             module, _, leaf = key[len(prefix):].rpartition(".lora_")
-            renamed[f"{prefix}{hf_module_name(module, cfg.model.n_layers)}.lora_{leaf}"] = value
+            renamed[f"{prefix}{hf_module_name(module, cfg.model)}.lora_{leaf}"] = value
         modules = {key[len(prefix):].rpartition(".lora_")[0] for key in renamed}
         adapter_cfg.target_modules = sorted({m.rsplit(".", 1)[-1] for m in modules})
         adapter_cfg.task_type = "CAUSAL_LM"
@@ -290,10 +280,10 @@ def save_imported(run_dir: str | Path, model_cfg: ModelConfig, weights: dict[str
     run_dir = Path(run_dir)
     check_shapes(build_model(model_cfg, "meta").state_dict(), weights, Path(source))
     cfg = RunConfig(run=RunSection(name=run_dir.name, out_dir=str(run_dir.parent)), model=model_cfg)
-    extra = {"tokenizer.json": tokenizer_json} if tokenizer_json is not None else {}
+    extra = {TOKENIZER: tokenizer_json} if tokenizer_json is not None else {}
     state = {"optimizer_groups": [], "optimizer_scalars": {}, "schedule": {"applied_steps": 0}, "data": {"samples_seen": 0},
              "config": cfg.to_dict(), "imported_from": source}
-    return write_replicated(run_dir / "checkpoints", 0, weights, {}, state, keep_last=1, files=extra)
+    return write_replicated(RunDir(run_dir).checkpoints, 0, weights, {}, state, keep_last=1, files=extra)
 
 
 def import_hf(hf_dir: str | Path, run_dir: str | Path) -> Path:
@@ -303,7 +293,7 @@ def import_hf(hf_dir: str | Path, run_dir: str | Path) -> Path:
         raise CheckpointError(f"{src}: no config.json; expected a Hugging Face Llama folder")
     cfg = model_config_from_llama(read_json(src / "config.json", CheckpointError), src / "config.json")
     weights = from_hf_weights(read_hf_weights(src), cfg, src)
-    tok = src / "tokenizer.json"
+    tok = src / TOKENIZER
     return save_imported(run_dir, cfg, weights, tokenizer_json=tok if tok.is_file() else None, source=str(src))
 
 

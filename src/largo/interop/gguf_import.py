@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from largo.checkpoint.hf import expand_names, save_imported
+from largo.interop.hf import expand_names, save_imported
 from largo.errors import CheckpointError
 from largo.models.config import ModelConfig
 from largo.models.gpt import GPTConfig
