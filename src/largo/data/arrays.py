@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from largo.data import Batch
 from largo.data.draws import SampleDraws
+from largo.data.staging import staged_dir
 from largo.errors import DataError
 from largo.fileio import write_json_atomic
 
@@ -95,30 +95,22 @@ def cached_arrays(
 ) -> Prepared:
     """Load out_dir if its manifest holds exactly `settings`; else run build() and store what it made.
 
-    build() runs before anything in out_dir is touched: a source that fails to read (a corrupt
-    image, a missing package) leaves the previous cache, or no folder at all.
+    build() runs before anything in out_dir is touched, and the result is written beside it and swapped in whole:
+    a source that fails to read (a corrupt image, a missing package) leaves the previous cache, or no folder at all.
     """
     out = Path(out_dir)
     manifest = None if force else _read_manifest(out)
     if manifest is not None and manifest["settings"] == json.loads(json.dumps(settings)):
         return _load(out, manifest)
     built = build()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"data.dir {out}: cannot create ({e.strerror})") from None
-    (out / MANIFEST).unlink(missing_ok=True)  # the arrays are about to change: never leave a stale manifest
-    listed = {}
-    for name, arr in built.arrays.items():
-        tmp = out / f".{name}.tmp.npy"
-        np.save(tmp, np.ascontiguousarray(arr))
-        os.replace(tmp, out / f"{name}.npy")
-        listed[name] = {"file": f"{name}.npy", "shape": list(arr.shape), "dtype": arr.dtype.name}
-    for name, data in built.files.items():
-        (out / f".{name}.tmp").write_bytes(data)
-        os.replace(out / f".{name}.tmp", out / name)
+    listed = {name: {"file": f"{name}.npy", "shape": list(arr.shape), "dtype": arr.dtype.name} for name, arr in built.arrays.items()}
     manifest = {"format": FORMAT, "settings": settings, "arrays": listed, "meta": built.meta}
-    write_json_atomic(out / MANIFEST, manifest)  # last: only complete folders have one
+    with staged_dir(out, owns=(MANIFEST, "*.npy", *built.files)) as tmp:  # the old cache stays whole until this one is
+        for name, arr in built.arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
+        for name, data in built.files.items():
+            (tmp / name).write_bytes(data)
+        write_json_atomic(tmp / MANIFEST, manifest)
     sizes = ", ".join(f"{n} {len(a):,}" for n, a in built.arrays.items() if n.endswith("_y"))
     log(f"prepare: {sizes} examples, {len(built.meta['classes'])} classes -> {out}")
     return _load(out, json.loads(json.dumps(manifest)))

@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from largo.data.config import TextDataConfig
-from largo.data.hf import fingerprint, hf_source, is_hf
+from largo.data.hf import HFSource, fingerprint, hf_source, is_hf
+from largo.data.staging import staged_dir
 from largo.data.sources import SourceStats, iter_documents, source_bytes
 from largo.errors import DataError
 from largo.observe.progress import Progress
@@ -32,6 +33,7 @@ from largo.fileio import read_json, sha256_file, write_json_atomic
 
 EOT = "<|endoftext|>"
 MANIFEST = "manifest.json"
+_OWNS = (MANIFEST, "tokenizer.json", "train_*.bin", "val_*.bin")  # what a preparation writes (data.dir may hold more)
 FORMAT = "largo-tokens-v1"
 _SETTINGS = ("source", "text_column", "vocab_size", "val_fraction", "max_bytes", "tokenizer_train_bytes", "shard_tokens")
 _HF_SETTINGS = ("split", "config", "data_files", "streaming")  # what else decides the rows of an "hf:" source
@@ -169,7 +171,7 @@ def unigram_loss(train_counts: np.ndarray, val_counts: np.ndarray) -> float:
     return float(-(val_counts * np.log(p)).sum() / max(1, val_counts.sum()))
 
 
-def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str, Any]:
+def prepare(cfg: TextDataConfig, *, force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Prepare cfg.source into cfg.dir unless an up-to-date manifest is already there."""
     out = Path(cfg.dir)
     try:
@@ -182,19 +184,24 @@ def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str,
     dataset = hf_source(cfg) if is_hf(cfg.source) else None
     if next(iter_documents(cfg.source, cfg.text_column, SourceStats(), max_bytes=1, dataset=dataset), None) is None:
         raise DataError(f"data.source {cfg.source!r} holds no text")  # checked before anything in data.dir is touched
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"data.dir {out}: cannot create ({e.strerror})") from None
-    (out / MANIFEST).unlink(missing_ok=True)  # shards are about to change: never leave a stale manifest
-    for old in [*out.glob("train_*.bin"), *out.glob("val_*.bin")]:
-        old.unlink()
+    with staged_dir(out, owns=_OWNS) as tmp:  # the old folder stays whole until the new one is complete
+        manifest, stats = _write_prepared(cfg, tmp, settings, dataset, log=log, shown=out)
+    log(
+        f"prepare: {stats.documents} documents, {stats.bytes / 1e6:.1f} MB -> "
+        f"{manifest['splits']['train']['tokens']:,} train / {manifest['splits']['val']['tokens']:,} val tokens "
+        f"(unigram loss {manifest['unigram_val_loss']:.3f}, ppl {math.exp(manifest['unigram_val_loss']):.1f})"
+        + (f"; {stats.replaced_chars} invalid UTF-8 sequences replaced with U+FFFD" if stats.replaced_chars else "")
+    )
+    return manifest
 
+
+def _write_prepared(cfg: TextDataConfig, tmp: Path, settings: dict[str, Any], dataset: HFSource | None, *,
+                    log: Callable[[str], None], shown: Path) -> tuple[dict[str, Any], SourceStats]:
+    """Tokenizer, shards and manifest of cfg.source, written into the staging folder tmp (`shown` in messages)."""
     if cfg.tokenizer:
         log(f"prepare: encoding {cfg.source!r} with the tokenizer {cfg.tokenizer}")
         tok = load_existing_tokenizer(cfg.tokenizer)
-        if Path(cfg.tokenizer).resolve() != (out / "tokenizer.json").resolve():
-            shutil.copyfile(cfg.tokenizer, out / "tokenizer.json")  # byte for byte: it travels on into checkpoints
+        shutil.copyfile(cfg.tokenizer, tmp / "tokenizer.json")  # byte for byte: it travels on into checkpoints
     else:
         log(f"prepare: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source!r}")
         sample = SourceStats()
@@ -202,14 +209,14 @@ def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str,
         tok = train_tokenizer(texts, cfg.vocab_size)
         if sample.documents == 0:
             raise DataError(f"data.source {cfg.source!r} holds no text")
-        tok.save(str(out / "tokenizer.json"))
+        tok.save(str(tmp / "tokenizer.json"))
     vocab = tok.get_vocab_size()
     eot = tok.token_to_id(EOT)
     dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
 
-    log(f"prepare: encoding into {dtype.name} shards in {out}")
+    log(f"prepare: encoding into {dtype.name} shards in {shown}")
     stats = SourceStats()
-    writers = {s: ShardWriter(out, s, dtype, cfg.shard_tokens, vocab) for s in ("train", "val")}
+    writers = {s: ShardWriter(tmp, s, dtype, cfg.shard_tokens, vocab) for s in ("train", "val")}
     index, tokens = 0, 0
     total = source_bytes(cfg.source)
     progress = Progress("prepare: encoding", min(total, cfg.max_bytes) if total and cfg.max_bytes else total, log=log)
@@ -228,20 +235,14 @@ def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str,
     manifest = {
         "format": FORMAT,
         "settings": settings,
-        "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(out / "tokenizer.json"), "vocab_size": vocab, "eot_id": eot},
+        "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(tmp / "tokenizer.json"), "vocab_size": vocab, "eot_id": eot},
         "dtype": dtype.name,
         "splits": splits,
         "source": {"documents": stats.documents, "bytes": stats.bytes, "files": len(stats.files), "replaced_invalid_utf8": stats.replaced_chars},
         "unigram_val_loss": unigram_loss(writers["train"].counts, writers["val"].counts),
     }
-    write_json_atomic(out / MANIFEST, manifest)  # appears last, only once every shard is complete
-    log(
-        f"prepare: {stats.documents} documents, {stats.bytes / 1e6:.1f} MB -> "
-        f"{splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens "
-        f"(unigram loss {manifest['unigram_val_loss']:.3f}, ppl {math.exp(manifest['unigram_val_loss']):.1f})"
-        + (f"; {stats.replaced_chars} invalid UTF-8 sequences replaced with U+FFFD" if stats.replaced_chars else "")
-    )
-    return manifest
+    write_json_atomic(tmp / MANIFEST, manifest)  # appears last, only once every shard is complete
+    return manifest, stats
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
