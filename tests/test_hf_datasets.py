@@ -206,8 +206,9 @@ def _peak_hz(x: np.ndarray, rate: int) -> float:
 
 def test_audio_folders_read_flac_ogg_mp3_and_wav_needs_no_soundfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sf = pytest.importorskip("soundfile", reason="FLAC/OGG/MP3 need soundfile: pip install 'largo-train[audio]'")
-    from largo.data import audio
-    from largo.data.audio import audio_folder, read_audio
+    from largo.data import audio_io as audio
+    from largo.data.audio import audio_folder
+    from largo.data.audio_io import read_audio
 
     rate, tones = 16000, {"low": 440.0, "high": 1250.0}
     for label, freq in tones.items():

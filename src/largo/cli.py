@@ -17,7 +17,7 @@ def cmd_prepare(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from largo.models import get_spec
 
     cfg = load_config(args.config, overrides)
-    get_spec(cfg.model.arch).prepare(cfg, force=args.force)
+    get_spec(cfg.model.arch).prepare(cfg.data, cfg.model, force=args.force)
     return 0
 
 
