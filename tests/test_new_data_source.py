@@ -56,7 +56,7 @@ def test_a_language_model_on_it_trains_resumes_evaluates_and_exports(tmp_path: P
     assert losses[0] == losses[1] and len(losses[0]) == 12
 
     capsys.readouterr()
-    assert main(["eval", str(whole.run_dir)]) == 0
+    assert main(["eval", str(whole.run_dir), "--max-batches", "2"]) == 0  # the run's own final evaluation: 2 batches
     assert f"loss {summary['val_loss']:.4f}" in capsys.readouterr().out
     assert main(["export", str(whole.run_dir), str(tmp_path / "st"), "--format", "safetensors"]) == 0
     assert (tmp_path / "st" / "model.safetensors").is_file() and (tmp_path / "st" / "tokenizer.json").is_file()

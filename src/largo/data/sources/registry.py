@@ -150,4 +150,7 @@ def open_source(value: str, roles: frozenset[str], data: DataConfig, *, test: bo
     valid = [e.describe for e in _NAMED.values() if e.serves(roles) and not e.test_only]
     valid += [e.describe for e in _PATHS if e.serves(roles)]
     valid += [e.describe for e in _PREFIXED.values() if e.serves(roles)]
-    raise DataError(f"data.source {value!r}: use {', '.join(valid[:-1])}, or {valid[-1]}")
+    if not valid:
+        raise DataError(f"data.source {value!r}: no registered source gives rows with {sorted(roles)}")
+    raise DataError(f"data.source {value!r}: use {', '.join(valid[:-1])}, or {valid[-1]}" if len(valid) > 1 else
+                    f"data.source {value!r}: use {valid[0]}")
