@@ -352,7 +352,7 @@ def test_explain_language_model_views(tmp_path: Path, tiny_data: Path) -> None:
     from largo.checkpoint.restore import restore
 
     model, _, ckpt = restore(cfg.run_dir)
-    ids = torch.as_tensor(get_spec("gpt").read_example(cfg, ckpt, "def f(x):\n    return x"))
+    ids = torch.as_tensor(get_spec("gpt").read_example(cfg.data, cfg.model, ckpt, "def f(x):\n    return x"))
     losses, probs, top = token_losses(model, ids, 3)
     with torch.no_grad():
         logits = model(ids[None])[0]
