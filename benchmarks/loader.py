@@ -14,6 +14,7 @@ Device-side augmentation (audio) runs inside the training step, so its cost is i
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -68,13 +69,14 @@ def main(paths: list[str]) -> None:
         cfg = load_config(path)
         spec = get_spec(cfg.model.arch)
         try:
-            task = spec.task(cfg, spec.prepare(cfg, log=lambda _m: None))
+            task = spec.task(cfg.data, cfg.model, spec.prepare(cfg.data, cfg.model, log=lambda _m: None), seed=cfg.run.seed)
         except DataError as e:
             print(f"{Path(path).stem:<16} skipped: {e}")
             continue
-        compiled, _ = compile_mode(task.cfg, task, "none")
-        loads = loader_rate(task.cfg, task.dataset)
-        trains = training_rate(path, task.cfg, compiled, window=8 if compiled == "off" else 12)
+        cfg = dataclasses.replace(cfg, model=task.model)
+        compiled, _ = compile_mode(cfg, task, "none")
+        loads = loader_rate(cfg, task.dataset)
+        trains = training_rate(path, cfg, compiled, window=8 if compiled == "off" else 12)
         print(f"{Path(path).stem:<16} {cfg.train.global_batch:>5} {compiled:>7} {loads:>10,.0f} {trains:>10,.1f} {loads / trains:>7,.0f}x",
               flush=True)
 

@@ -63,7 +63,7 @@ def baseline(cfg: RunConfig) -> tuple[str, dict[str, tuple[float, int]]]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    prepared = get_spec(cfg.model.arch).prepare(cfg)
+    prepared = get_spec(cfg.model.arch).prepare(cfg.data, cfg.model)
     a, arch = prepared.arrays, cfg.model.arch
     if arch == "vit":
         what, feats = "logistic regression on pixels", pixel_features

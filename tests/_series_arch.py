@@ -37,6 +37,7 @@ class SeriesData(ClassDataConfig):
     dir: str = "data/series"
     length: int = 24  # time steps per example
     examples: int = 900
+    seed: int = 3  # draws the synthetic examples (the spec sees [data] and [model], not the run's seed)
 
 
 class SeriesStem(nn.Module):
@@ -76,10 +77,9 @@ class SeriesSpec(ClassifierSpec):
     def stem(self, cfg: SeriesConfig) -> nn.Module:
         return SeriesStem(cfg)
 
-    def prepare(self, run: Any, *, force: bool = False, log: Any = print) -> Prepared:
-        d = run.data
-        settings = {"kind": "series", "length": d.length, "examples": d.examples, "seed": run.run.seed}
-        return cached_arrays(d.dir, settings, lambda: synthetic(d, run.run.seed), force=force, log=log)
+    def prepare(self, data: SeriesData, model: SeriesConfig, *, force: bool = False, log: Any = print) -> Prepared:
+        settings = {"kind": "series", "length": data.length, "examples": data.examples, "seed": data.seed}
+        return cached_arrays(data.dir, settings, lambda: synthetic(data, data.seed), force=force, log=log)
 
     def resolve_fields(self, cfg: SeriesConfig, prepared: Prepared) -> dict[str, Any]:
         return {"n_features": resolved_field("n_features", cfg.n_features, prepared.arrays["train_x"].shape[-1])}
@@ -87,7 +87,7 @@ class SeriesSpec(ClassifierSpec):
     def stem_positions(self, cfg: SeriesConfig, prepared: Prepared) -> int:
         return prepared.arrays["train_x"].shape[1]
 
-    def transform(self, run: Any, prepared: Prepared) -> Transform:
+    def transform(self, data: SeriesData, prepared: Prepared) -> Transform:
         return lambda rows, _rngs: torch.from_numpy(np.asarray(rows, dtype=np.float32))
 
     def stem_matmul_params(self, cfg: SeriesConfig) -> int:

@@ -119,6 +119,13 @@ def _empty_source(w: World) -> list[str]:
     return ["train", w.config(w.tmp / "newdata", data={"source": str(w.tmp / "empty")})]
 
 
+def _reprepare_empty_val(w: World) -> list[str]:
+    """Re-prepare an existing prepared folder from one document: the tokenizer is trained before the val split is found empty."""
+    (w.tmp / "one").mkdir()
+    (w.tmp / "one" / "a.txt").write_text("def f(x):\n    return x + 1\n" * 20)
+    return ["train", w.config(w.data(), data={"source": str(w.tmp / "one")})]
+
+
 def _jsonl(w: World, text: str) -> list[str]:
     (w.tmp / "a.jsonl").write_text(text)
     return ["train", w.config(w.tmp / "newdata", data={"source": str(w.tmp / "a.jsonl")})]
@@ -313,6 +320,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
     ("missing data source", lambda w: ["train", w.config(w.tmp / "newdata", data={"source": str(w.tmp / "nowhere")})],
      "data.source '{tmp}/nowhere': no such file, folder or glob match", 2),
     ("empty data", _empty_source, "data.source '{tmp}/empty' holds no text", 2),
+    ("re-preparing into a prepared folder fails", _reprepare_empty_val,
+     "data.source '{tmp}/one': the val split is empty; add documents or raise data.val_fraction", 2),
     ("jsonl without the text column", lambda w: _jsonl(w, '{"body": "hello"}\n'),
      "{tmp}/a.jsonl:1: no column 'text' (data.text_column); has ['body']", 2),
     ("jsonl line not JSON", lambda w: _jsonl(w, '{"text": "fine"}\n{"text": \n'), "{tmp}/a.jsonl:2: not valid JSON", 2),

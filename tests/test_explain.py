@@ -290,7 +290,7 @@ def test_explain_image_run_for_files_and_a_split(tmp_path: Path, capsys: pytest.
 
     cfg = recipe("vision_digits", tmp_path, **{"train.steps": 40, "eval.every": 0})
     train(cfg, **quiet)
-    prepared = get_spec("vit").prepare(cfg, **quiet)
+    prepared = get_spec("vit").prepare(cfg.data, cfg.model, **quiet)
     folder = tmp_path / "inputs" / prepared.classes[int(prepared.arrays["val_y"][0])]  # a folder named after the class
     folder.mkdir(parents=True)
     Image.fromarray(np.asarray(prepared.arrays["val_x"][0, 0])).save(folder / "first.png")
@@ -352,7 +352,7 @@ def test_explain_language_model_views(tmp_path: Path, tiny_data: Path) -> None:
     from largo.checkpoint.restore import restore
 
     model, _, ckpt = restore(cfg.run_dir)
-    ids = torch.as_tensor(get_spec("gpt").read_example(cfg, ckpt, "def f(x):\n    return x"))
+    ids = torch.as_tensor(get_spec("gpt").read_example(cfg.data, cfg.model, ckpt, "def f(x):\n    return x"))
     losses, probs, top = token_losses(model, ids, 3)
     with torch.no_grad():
         logits = model(ids[None])[0]

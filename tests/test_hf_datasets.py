@@ -10,6 +10,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -140,6 +141,13 @@ def _tone(freq: float, rate: int = 8000, seconds: float = 0.4) -> np.ndarray:
     return (0.5 * np.sin(2 * np.pi * freq * t) * np.hanning(len(t))).astype(np.float32)
 
 
+def _prepare(cfg: Any, **kw: Any) -> Any:
+    """A config's data, prepared by its architecture's spec (which sees the [data] and [model] sections)."""
+    from largo.models import get_spec
+
+    return get_spec(cfg.model.arch).prepare(cfg.data, cfg.model, **kw)
+
+
 def test_classifiers_read_hf_datasets_like_their_own_readers(tmp_path: Path) -> None:
     """Text, images and audio from datasets equal the same examples read from a table or class folders."""
     datasets = _datasets()
@@ -154,10 +162,10 @@ def test_classifiers_read_hf_datasets_like_their_own_readers(tmp_path: Path) -> 
     labels = [classes[i % 2] for i in range(40)]
     pd.DataFrame({"text": texts, "label": labels}).to_parquet(tmp_path / "reviews.parquet")
     text_model = {"arch": "text_classifier", "dim": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 16}
-    a = get_spec("text_classifier").prepare(build_config({"model": text_model, "data": {
+    a = _prepare(build_config({"model": text_model, "data": {
         "source": "hf:parquet", "data_files": [str(tmp_path / "reviews.parquet")], "dir": str(tmp_path / "t1"), "vocab_size": 300,
         "val_fraction": 0.2}}), **quiet)
-    b = get_spec("text_classifier").prepare(build_config({"model": text_model, "data": {
+    b = _prepare(build_config({"model": text_model, "data": {
         "source": str(tmp_path / "reviews.parquet"), "dir": str(tmp_path / "t2"), "vocab_size": 300, "val_fraction": 0.2}}), **quiet)
     assert a.classes == b.classes == classes
     assert all(np.array_equal(a.arrays[k], b.arrays[k]) for k in b.arrays)
@@ -171,9 +179,9 @@ def test_classifiers_read_hf_datasets_like_their_own_readers(tmp_path: Path) -> 
     images = datasets.Dataset.from_dict({"img": [{"bytes": _png(p), "path": None} for p in pictures], "label": [classes.index(c) for c in names]})
     images.cast_column("img", datasets.Image()).cast_column("label", datasets.ClassLabel(names=classes)).save_to_disk(tmp_path / "img_ds")
     vit = {"arch": "vit", "dim": 32, "n_layers": 1, "n_heads": 2, "patch_size": 4, "max_seq_len": 16}
-    a = get_spec("vit").prepare(build_config({"model": vit, "data": {"source": f"hf:{tmp_path / 'img_ds'}", "image_column": "img",
+    a = _prepare(build_config({"model": vit, "data": {"source": f"hf:{tmp_path / 'img_ds'}", "image_column": "img",
                                                                       "dir": str(tmp_path / "i1"), "val_fraction": 0.2}}), **quiet)
-    b = get_spec("vit").prepare(build_config({"model": vit, "data": {"source": str(tmp_path / "imgs"), "dir": str(tmp_path / "i2"),
+    b = _prepare(build_config({"model": vit, "data": {"source": str(tmp_path / "imgs"), "dir": str(tmp_path / "i2"),
                                                                       "val_fraction": 0.2}}), **quiet)
     assert a.classes == b.classes == classes
     assert all(np.array_equal(a.arrays[k], b.arrays[k]) for k in b.arrays)
@@ -190,9 +198,9 @@ def test_classifiers_read_hf_datasets_like_their_own_readers(tmp_path: Path) -> 
     clips.cast_column("audio", datasets.Audio()).save_to_disk(tmp_path / "audio_ds")
     audio = {"arch": "audio", "dim": 32, "n_layers": 1, "n_heads": 2, "sample_rate": 8000, "n_mels": 16}
     source = {"clip_seconds": 0.5, "val_fraction": 0.2}
-    a = get_spec("audio").prepare(build_config({"model": audio, "data": {"source": f"hf:{tmp_path / 'audio_ds'}", "streaming": True,
+    a = _prepare(build_config({"model": audio, "data": {"source": f"hf:{tmp_path / 'audio_ds'}", "streaming": True,
                                                                           "dir": str(tmp_path / "a1"), **source}}), **quiet)
-    b = get_spec("audio").prepare(build_config({"model": audio, "data": {"source": str(tmp_path / "clips"), "dir": str(tmp_path / "a2"),
+    b = _prepare(build_config({"model": audio, "data": {"source": str(tmp_path / "clips"), "dir": str(tmp_path / "a2"),
                                                                           **source}}), **quiet)
     assert a.classes == b.classes == classes
     assert all(np.array_equal(a.arrays[k], b.arrays[k]) for k in b.arrays)
@@ -206,8 +214,9 @@ def _peak_hz(x: np.ndarray, rate: int) -> float:
 
 def test_audio_folders_read_flac_ogg_mp3_and_wav_needs_no_soundfile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sf = pytest.importorskip("soundfile", reason="FLAC/OGG/MP3 need soundfile: pip install 'largo-train[audio]'")
-    from largo.data import audio
-    from largo.data.audio import audio_folder, read_audio
+    from largo.data import audio_io as audio
+    from largo.data.audio import audio_folder
+    from largo.data.audio_io import read_audio
 
     rate, tones = 16000, {"low": 440.0, "high": 1250.0}
     for label, freq in tones.items():

@@ -20,8 +20,8 @@ from largo.checkpoint.store import load_tensors
 from largo.distributed.env import DistEnv
 from largo.cli import main
 from largo.config import RunConfig, build_config
-from largo.data.prepare import is_validation, prepare, read_manifest
-from largo.data.sources import SourceStats, iter_documents
+from largo.data.prepare import documents, is_validation, prepare, read_manifest, text_source
+from largo.data.sources import SourceStats
 from largo.data.tokens import TokenShards
 from largo.errors import CheckpointError, ConfigError, DataError
 from largo.models import build_model
@@ -185,7 +185,7 @@ def test_prepare_encodes_with_a_given_tokenizer(tmp_path: Path, tiny_data: Path)
     assert manifest["settings"]["tokenizer_sha256"] == read_manifest(tiny_data)["tokenizer"]["sha256"]
     assert prepare(cfg.data, log=lambda _m: None) == manifest  # up to date: not prepared again
     tok = Tokenizer.from_file(str(tiny_data / "tokenizer.json"))
-    docs = [t for _, t in iter_documents(cfg.data.source, "text", SourceStats(), cfg.data.max_bytes)]
+    docs = [t for _, t in documents(text_source(cfg.data), "text", SourceStats(), cfg.data.max_bytes)]
     expected = [i for n, d in enumerate(docs) if not is_validation(n, cfg.data.val_fraction) for i in tok.encode(d).ids + [tok.token_to_id("<|endoftext|>")]]
     train_split = TokenShards(tmp_path / "data", "train")
     assert train_split.read(0, len(train_split)).tolist() == expected

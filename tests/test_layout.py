@@ -1,8 +1,9 @@
 """The floor plan: imports run one way through the layers, and no module imports itself back through others.
 
 Every `import` and `from ... import` in src/largo counts, function-level ones too (a cycle hidden
-behind a late import is still a cycle); only imports under `if TYPE_CHECKING:` are left out, as
-they never run.
+behind a late import is still a cycle), and those under `if TYPE_CHECKING:` as well: a type named
+across the layers is a dependency a reader follows, even if it never runs (the run config flowing
+into models/ and data/ under TYPE_CHECKING was a 12-file circle).
 """
 
 from __future__ import annotations
@@ -46,22 +47,10 @@ def layer(module: str) -> int:
     return next(i for i, group in enumerate(LAYERS) if best in group)
 
 
-def _runtime_nodes(tree: ast.AST):
-    """Every node except those under `if TYPE_CHECKING:`."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            stack.extend(node.orelse)
-            continue
-        yield node
-        stack.extend(ast.iter_child_nodes(node))
-
-
-def imports_of(module: str) -> set[str]:
-    """The largo modules `module` imports (a `from pkg import name` of a submodule counts as that submodule)."""
+def imports_in(text: str, module: str = "") -> set[str]:
+    """The largo modules a source text imports, at any depth (a `from pkg import name` of a submodule counts as that submodule)."""
     out = set()
-    for node in _runtime_nodes(ast.parse(MODULES[module].read_text())):
+    for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -70,6 +59,11 @@ def imports_of(module: str) -> set[str]:
             continue
         out |= {n for n in names if n in MODULES and n != module}
     return out
+
+
+def imports_of(module: str) -> set[str]:
+    """The largo modules `module` imports."""
+    return imports_in(MODULES[module].read_text(), module)
 
 
 GRAPH = {m: imports_of(m) for m in MODULES}
@@ -100,7 +94,13 @@ def test_no_import_cycles() -> None:
 
 
 def test_the_checker_sees_what_it_must() -> None:
-    """The walk finds function-level imports and skips TYPE_CHECKING ones (else the two tests above prove nothing)."""
+    """The walk finds function-level and TYPE_CHECKING imports (else the two tests above prove nothing)."""
     assert "largo.train.run" in GRAPH["largo.cli"]  # imported inside cmd_train
-    assert "largo.config" not in GRAPH["largo.models.spec"]  # only under TYPE_CHECKING there
+    assert imports_in("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from largo.config import RunConfig\n") == {"largo.config"}
     assert layer("largo.train.run") > layer("largo.plan.planner") > layer("largo.models.gpt") > layer("largo.data.prepare")
+
+
+def test_specs_and_data_never_name_the_run_config() -> None:
+    """models/ and data/ see the [data] and [model] sections (and the few fields they need), never RunConfig."""
+    named = [m for m, p in MODULES.items() if m.startswith(("largo.models", "largo.data")) and "RunConfig" in p.read_text()]
+    assert named == []

@@ -19,7 +19,10 @@ from largo.data import audio as audio_data
 from largo.data import images as image_data
 from largo.data.arrays import MANIFEST
 from largo.data.draws import SampleDraws
-from largo.data.text_classes import clean_text, imdb_wheel, read_imdb
+from largo.data import audio_io
+from largo.data.sources import asterisk_digits, espeak_digits, fashion_mnist
+from largo.data.sources.imdb import imdb_wheel, read_imdb
+from largo.data.text_classes import clean_text
 from largo.errors import ConfigError, DataError
 from largo.models.audio import mel_filterbank, power_spectrogram
 from largo.observe.confusion import read_confusion
@@ -81,7 +84,7 @@ def test_power_spectrogram_matches_numpy_rfft() -> None:
 @pytest.mark.parametrize("orig,new", [(22050, 16000), (8000, 16000)])
 def test_resample_reproduces_a_sine(orig: int, new: int) -> None:
     x = np.sin(2 * np.pi * 440.0 * np.arange(orig) / orig)
-    y = audio_data.resample(x, orig, new)
+    y = audio_io.resample(x, orig, new)
     assert len(y) == new
     expected = np.sin(2 * np.pi * 440.0 * np.arange(new) / new)
     np.testing.assert_allclose(y[200:-200], expected[200:-200], atol=2e-3)
@@ -101,10 +104,10 @@ def test_parse_wav_streamed_header_and_stereo() -> None:
     x = np.linspace(-0.5, 0.5, 100)
     data = bytearray(_wav_bytes(x, 8000))
     data[40:44] = struct.pack("<I", 0x7FFFFFFF)  # a streaming writer's "unknown length"
-    y, rate = audio_data.parse_wav(bytes(data))
+    y, rate = audio_io.parse_wav(bytes(data))
     assert rate == 8000 and np.allclose(y, x, atol=1e-4)
     stereo = np.stack([x, -x], axis=1).reshape(-1)
-    y, _ = audio_data.parse_wav(_wav_bytes(stereo, 8000, channels=2))
+    y, _ = audio_io.parse_wav(_wav_bytes(stereo, 8000, channels=2))
     assert np.allclose(y, 0.0, atol=1e-4)  # channels averaged
 
 
@@ -238,38 +241,38 @@ def test_cache_is_reused_and_invalidated(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "imgs", per_class=6)
     cfg = recipe("vision_digits", tmp_path, **{"data.source": folder, "data.val_fraction": 0.25})
     logs: list[str] = []
-    first = get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
+    first = get_spec(cfg.model.arch).prepare(cfg.data, cfg.model, log=logs.append)
     assert first.arrays["train_x"].shape[1:] == (3, 16, 16) and first.classes == ["diagonal", "horizontal", "vertical"]
     assert len(logs) == 1
-    get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
+    get_spec(cfg.model.arch).prepare(cfg.data, cfg.model, log=logs.append)
     assert len(logs) == 1  # second run: a cache hit, nothing rebuilt
     make_image_folder(tmp_path / "more", per_class=1)
     shutil.copy(tmp_path / "more" / "diagonal" / "000.png", folder / "diagonal" / "new.png")
-    grown = get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
+    grown = get_spec(cfg.model.arch).prepare(cfg.data, cfg.model, log=logs.append)
     assert len(logs) == 2 and len(grown.arrays["train_y"]) + len(grown.arrays["val_y"]) == 19  # source changed
     cfg = recipe("vision_digits", tmp_path, **{"data.source": folder, "data.val_fraction": 0.4})
-    resplit = get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
+    resplit = get_spec(cfg.model.arch).prepare(cfg.data, cfg.model, log=logs.append)
     assert len(logs) == 3 and len(resplit.arrays["val_y"]) == 7  # a setting changed
     (Path(cfg.data.dir) / MANIFEST).write_text("{ torn")
-    get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
+    get_spec(cfg.model.arch).prepare(cfg.data, cfg.model, log=logs.append)
     assert len(logs) == 4  # a damaged manifest is rebuilt, not trusted
     cache = {p.name: p.read_bytes() for p in Path(cfg.data.dir).iterdir()}
     (folder / "vertical" / "torn.png").write_bytes(b"\x89PNG cut short")
     with pytest.raises(DataError, match="torn.png: not a readable image"):
-        get_spec(cfg.model.arch).prepare(cfg, log=logs.append)
+        get_spec(cfg.model.arch).prepare(cfg.data, cfg.model, log=logs.append)
     assert {p.name: p.read_bytes() for p in Path(cfg.data.dir).iterdir()} == cache  # a failed rebuild leaves the old cache
 
 
 def test_missing_packages_name_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(image_data, "FASHION_DIR", tmp_path / "absent")
+    monkeypatch.setattr(fashion_mnist, "FASHION_DIR", tmp_path / "absent")
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
-        (lambda c: get_spec(c.model.arch).prepare(c))(recipe("vision_fashion", tmp_path))
-    monkeypatch.setattr(audio_data.shutil, "which", lambda _tool: None)
+        (lambda c: get_spec(c.model.arch).prepare(c.data, c.model))(recipe("vision_fashion", tmp_path))
+    monkeypatch.setattr(espeak_digits.shutil, "which", lambda _tool: None)
     with pytest.raises(DataError, match="apt-get install espeak-ng"):
-        audio_data.renditions()
-    monkeypatch.setattr(audio_data, "ASTERISK_DIGITS", tmp_path / "absent")
+        espeak_digits.renditions()
+    monkeypatch.setattr(asterisk_digits, "ASTERISK_DIGITS", tmp_path / "absent")
     with pytest.raises(DataError, match="apt-get install asterisk-core-sounds-en-wav"):
-        audio_data.asterisk_digits(16000, 16000)
+        asterisk_digits.asterisk_files()
 
 
 def test_config_errors_are_one_line(tmp_path: Path) -> None:
@@ -311,7 +314,7 @@ def test_vision_recipe_learns_and_resumes_exactly(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)  # shuffles and shifts are functions of the sample index
 
 
-@pytest.mark.skipif(not image_data.FASHION_DIR.is_dir(),
+@pytest.mark.skipif(not fashion_mnist.FASHION_DIR.is_dir(),
                     reason="needs Debian's Fashion-MNIST: apt-get install dataset-fashion-mnist (.ci/run installs it)")
 def test_fashion_recipe_learns_on_a_subset(tmp_path: Path) -> None:
     cfg = recipe("vision_fashion", tmp_path, **{
@@ -345,7 +348,7 @@ def test_byo_image_folder_learns(tmp_path: Path) -> None:
 
 SPEECH_PACKAGES = "apt-get install espeak-ng flite asterisk-core-sounds-en-wav"
 needs_speech = pytest.mark.skipif(
-    not (shutil.which("espeak-ng") and shutil.which("flite") and audio_data.ASTERISK_DIGITS.is_dir()),
+    not (shutil.which("espeak-ng") and shutil.which("flite") and asterisk_digits.ASTERISK_DIGITS.is_dir()),
     reason=f"needs espeak-ng, flite and Asterisk's digit prompts: {SPEECH_PACKAGES} (.ci/run installs them)")
 
 
@@ -417,7 +420,7 @@ def test_byo_text_table_learns(tmp_path: Path, suffix: str) -> None:
     with (Path(cfg.data.dir) / "tokenizer.json").open("a") as f:
         f.write(" ")  # another tokenizer would give the stored token ids other meanings
     with pytest.raises(DataError, match="tokenizer.json: missing or does not match manifest.json's tokenizer hash"):
-        get_spec(cfg.model.arch).prepare(cfg)
+        get_spec(cfg.model.arch).prepare(cfg.data, cfg.model)
 
 
 def test_imdb_recipe_learns_on_a_subset(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -458,7 +461,7 @@ def test_plan_takes_a_classifier_shape_from_the_prepared_data(tmp_path: Path) ->
     cpu = dict(devices=1, device=get_device("cpu"))
     with pytest.raises(ConfigError, match=r"run `largo prepare` on this config first"):
         workload_from_config(cfg, **cpu)
-    prepared = get_spec(cfg.model.arch).prepare(cfg, **quiet)
+    prepared = get_spec(cfg.model.arch).prepare(cfg.data, cfg.model, **quiet)
     workload = workload_from_config(cfg, **cpu)
     assert workload.seq_len == 4 and workload.model.num_classes == 10  # 8x8 digits in 4x4 patches
     assert build_plan(workload)["params"]["total"] == count_params(workload.model).total

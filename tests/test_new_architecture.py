@@ -72,7 +72,7 @@ def test_trains_resumes_evaluates_and_exports(tmp_path: Path, capsys: pytest.Cap
 def test_plan_counts_it_and_its_memory_matches_the_allocator(precision: str, tmp_path: Path) -> None:
     cfg = series_config(tmp_path, precision=precision)
     spec = get_spec("series")
-    spec.prepare(cfg, **quiet)
+    spec.prepare(cfg.data, cfg.model, **quiet)
     workload = workload_from_config(cfg, devices=1, device=get_device("h100"), mfu=0.4)
     assert workload.seq_len == 24 and workload.model.n_features == 2 and workload.model.num_classes == 3
     plan = build_plan(workload)

@@ -157,10 +157,11 @@ def test_compile_auto_decides_from_the_run_size(tmp_path: Path, tiny_data: Path)
 
     cfg = tiny_config(tmp_path, tiny_data)
     spec = get_spec("gpt")
-    task = spec.task(cfg, spec.prepare(cfg, log=lambda _m: None))
-    assert compile_mode(task.cfg, task, "none")[0] == "off"  # 6 steps of a 131k-parameter model: never pays back
-    steps = int(COMPILE_MIN_FLOPS / (task.cfg.train.global_batch * task.flops_per_sample)) + 1
-    long = dataclasses.replace(task.cfg, train=dataclasses.replace(task.cfg.train, steps=steps))
+    task = spec.task(cfg.data, cfg.model, spec.prepare(cfg.data, cfg.model, log=lambda _m: None), seed=cfg.run.seed)
+    cfg = dataclasses.replace(cfg, model=task.model)
+    assert compile_mode(cfg, task, "none")[0] == "off"  # 6 steps of a 131k-parameter model: never pays back
+    steps = int(COMPILE_MIN_FLOPS / (cfg.train.global_batch * task.flops_per_sample)) + 1
+    long = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
     assert compile_mode(long, task, "none") == ("model", f"auto: {steps * 8 * task.flops_per_sample:.2g} training FLOPs >= 1e+13; "
                                                          "the model and its loss as one graph")
     assert compile_mode(long, task, "fsdp")[0] == "blocks"  # FSDP's hooks run between blocks

@@ -18,7 +18,7 @@ def cmd_prepare(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from largo.models import get_spec
 
     cfg = load_config(args.config, overrides)
-    get_spec(cfg.model.arch).prepare(cfg, force=args.force)
+    get_spec(cfg.model.arch).prepare(cfg.data, cfg.model, force=args.force)
     return 0
 
 
@@ -223,7 +223,7 @@ def _config_as_run(cfg: Any, device: Any, args: argparse.Namespace, say: Callabl
         if cfg.train.precision == "auto":
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=_precision_from_peaks(device, say)))
         return cfg
-    shape = get_spec(cfg.model.arch).data_shape(cfg)  # the model with the fields the data decides (vocabulary, classes)
+    shape = get_spec(cfg.model.arch).data_shape(cfg.data, cfg.model)  # the model with the fields the data decides (vocabulary, classes)
     cfg = resolve_precision(cfg, here, shape.positions, say)
     if args.mfu is None and args.measure and args.layout is None and args.optimizer is None:
         probe_step(cfg, devices=args.devices, tokens=args.tokens, log=say)  # cached: later plans and the run read it

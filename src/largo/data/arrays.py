@@ -9,10 +9,8 @@ or a preparation setting re-prepares and anything else is a cache hit (a memmap 
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,9 @@ import torch
 
 from largo.data import Batch
 from largo.data.draws import SampleDraws
+from largo.data.sources import DataSource, Roles, Row, SourceStats
+from largo.data.split import even_subset, is_validation  # noqa: F401  (the classifiers' preparers take even_subset from here)
+from largo.data.staging import staged_dir
 from largo.errors import DataError
 from largo.fileio import write_json_atomic
 
@@ -50,15 +51,6 @@ class Prepared:
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
-
-
-def files_fingerprint(paths: Iterable[Path]) -> str:
-    """sha256 over (name, size, mtime) of files: changes when any source file is added, removed or touched."""
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        st = p.stat()
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 def _read_manifest(out: Path) -> dict[str, Any] | None:
@@ -95,45 +87,52 @@ def cached_arrays(
 ) -> Prepared:
     """Load out_dir if its manifest holds exactly `settings`; else run build() and store what it made.
 
-    build() runs before anything in out_dir is touched: a source that fails to read (a corrupt
-    image, a missing package) leaves the previous cache, or no folder at all.
+    build() runs before anything in out_dir is touched, and the result is written beside it and swapped in whole:
+    a source that fails to read (a corrupt image, a missing package) leaves the previous cache, or no folder at all.
     """
     out = Path(out_dir)
     manifest = None if force else _read_manifest(out)
     if manifest is not None and manifest["settings"] == json.loads(json.dumps(settings)):
         return _load(out, manifest)
     built = build()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"data.dir {out}: cannot create ({e.strerror})") from None
-    (out / MANIFEST).unlink(missing_ok=True)  # the arrays are about to change: never leave a stale manifest
-    listed = {}
-    for name, arr in built.arrays.items():
-        tmp = out / f".{name}.tmp.npy"
-        np.save(tmp, np.ascontiguousarray(arr))
-        os.replace(tmp, out / f"{name}.npy")
-        listed[name] = {"file": f"{name}.npy", "shape": list(arr.shape), "dtype": arr.dtype.name}
-    for name, data in built.files.items():
-        (out / f".{name}.tmp").write_bytes(data)
-        os.replace(out / f".{name}.tmp", out / name)
+    listed = {name: {"file": f"{name}.npy", "shape": list(arr.shape), "dtype": arr.dtype.name} for name, arr in built.arrays.items()}
     manifest = {"format": FORMAT, "settings": settings, "arrays": listed, "meta": built.meta}
-    write_json_atomic(out / MANIFEST, manifest)  # last: only complete folders have one
+    with staged_dir(out, owns=(MANIFEST, "*.npy", *built.files)) as tmp:  # the old cache stays whole until this one is
+        for name, arr in built.arrays.items():
+            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
+        for name, data in built.files.items():
+            (tmp / name).write_bytes(data)
+        write_json_atomic(tmp / MANIFEST, manifest)
     sizes = ", ".join(f"{n} {len(a):,}" for n, a in built.arrays.items() if n.endswith("_y"))
     log(f"prepare: {sizes} examples, {len(built.meta['classes'])} classes -> {out}")
     return _load(out, json.loads(json.dumps(manifest)))
 
 
-def even_subset(n: int, keep: int) -> np.ndarray:
-    """Indices of `keep` rows spread evenly over n (all of them when keep is 0 or >= n); any order stays balanced."""
-    if keep == 0 or keep >= n:
-        return np.arange(n)
-    return np.linspace(0, n - 1, keep).round().astype(np.int64)
+def labelled_rows(source: DataSource, roles: Roles) -> list[Row]:
+    """A source's rows that hold every asked role (a row with a missing cell is left out)."""
+    return [r for r in source.rows(roles, SourceStats()) if all(r[role] is not None for role in roles)]
 
 
-def labels_to_ids(labels: list[str]) -> tuple[np.ndarray, list[str]]:
-    """String labels -> int64 ids in sorted label order, and the class names."""
-    classes = sorted(set(labels))
+def split_arrays(x: np.ndarray, y: np.ndarray, splits: list[str | None], val_fraction: float) -> dict[str, np.ndarray]:
+    """train_x/y and val_x/y: the source's own split where every row names one, else every 1/val_fraction-th row held out."""
+    if splits and all(s is not None for s in splits):
+        val = np.array([s == "val" for s in splits], dtype=bool)
+    else:
+        val = np.array([is_validation(i, val_fraction) for i in range(len(y))], dtype=bool)
+    return {"train_x": x[~val], "train_y": y[~val], "val_x": x[val], "val_y": y[val]}
+
+
+def test_ids(names: list[str], classes: list[str], test_source: str, what: str = "classes") -> np.ndarray:
+    """A test set's labels as the training classes' ids, or one line naming the labels the training set lacks."""
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise DataError(f"data.test_source {test_source!r}: {what} {unknown} are not among the training {what} {classes}")
+    return np.array([classes.index(n) for n in names], dtype=np.int64)
+
+
+def labels_to_ids(labels: list[str], order: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """String labels -> int64 ids in `order` (a source's own class order) or sorted label order, and the class names."""
+    classes = list(order) if order is not None else sorted(set(labels))
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index[label] for label in labels], dtype=np.int64), classes
 

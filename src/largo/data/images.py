@@ -1,4 +1,5 @@
-"""Images: Fashion-MNIST (Debian IDX files), scikit-learn's digits, folders of images; shift/flip augmentation.
+"""Images: any image source (Fashion-MNIST, scikit-learn's digits, class folders, "hf:" datasets) as cached uint8 arrays;
+shift/flip augmentation.
 
 Images are stored as uint8 (n, channels, size, size); the loader normalises them with the
 training set's per-channel mean and std, and augments training rows only.
@@ -6,29 +7,22 @@ training set's per-channel mean and std, and augments training rows only.
 
 from __future__ import annotations
 
-import gzip
 import io
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, files_fingerprint, labels_to_ids
-from largo.data.hf import fingerprint, hf_source, is_hf, read_hf_media
-from largo.data.prepare import is_validation
+from largo.data.arrays import Built, Prepared, Transform, cached_arrays, even_subset, labelled_rows, labels_to_ids, split_arrays, test_ids
 from largo.data.config import ClassDataConfig, check_non_negative
 from largo.data.draws import SampleDraws
+from largo.data.sources import IMAGES, DataSource, Row, open_source
+from largo.data.sources.files import IMAGE_SUFFIXES  # noqa: F401  (what `largo explain` picks out of a folder for a ViT)
 from largo.errors import DataError
 
-if TYPE_CHECKING:  # the run config is handed in at run time; only its [data] and [model] fields are read
-    from largo.config import RunConfig
-
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 _VERSION = 1  # bump when the preparation below changes what it stores
 
 
@@ -47,66 +41,6 @@ class ImageDataConfig(ClassDataConfig):
         check_non_negative(self, "shift_px")
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format), gzip-compressed: magic 0 0 <type> <ndim>, big-endian sizes, data."""
-    try:
-        raw = gzip.open(path).read()
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable gzip IDX file ({e})") from None
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
-        raise DataError(f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
-    shape = tuple(int(v) for v in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise DataError(f"{path}: {data.size} bytes of data for shape {shape}; the file is truncated")
-    return data.reshape(shape)
-
-
-def _fashion_files() -> dict[str, Path]:
-    names = {"train_x": "train-images-idx3-ubyte.gz", "train_y": "train-labels-idx1-ubyte.gz",
-             "test_x": "t10k-images-idx3-ubyte.gz", "test_y": "t10k-labels-idx1-ubyte.gz"}
-    files = {k: FASHION_DIR / v for k, v in names.items()}
-    for path in files.values():
-        if not path.is_file():
-            raise DataError(f"data.source 'fashion-mnist': {path} is missing; install it with: apt-get install dataset-fashion-mnist")
-    return files
-
-
-def fashion_mnist() -> tuple[dict[str, np.ndarray], list[str]]:
-    """The official 60k/10k split as (n, 1, 28, 28) uint8 images and int64 labels."""
-    raw = {k: read_idx(p) for k, p in _fashion_files().items()}
-    arrays = {"train_x": raw["train_x"][:, None], "train_y": raw["train_y"].astype(np.int64),
-              "val_x": raw["test_x"][:, None], "val_y": raw["test_y"].astype(np.int64)}
-    return arrays, FASHION_CLASSES
-
-
-def sklearn_digits(val_fraction: float) -> tuple[dict[str, np.ndarray], list[str]]:
-    """scikit-learn's bundled 1,797 8x8 digits (no download), 0..16 scaled to uint8, split systematically."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DataError("data.source 'digits' needs scikit-learn; install it with: pip install scikit-learn") from None
-    digits = load_digits()
-    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[:, None]  # (n, 1, 8, 8)
-    return _split(images, digits.target.astype(np.int64), val_fraction), [str(d) for d in range(10)]
-
-
-def _split(x: np.ndarray, y: np.ndarray, val_fraction: float) -> dict[str, np.ndarray]:
-    """Systematic train/val split over the stored order (every 1/val_fraction-th row held out)."""
-    val = np.array([is_validation(i, val_fraction) for i in range(len(y))], dtype=bool)
-    return {"train_x": x[~val], "train_y": y[~val], "val_x": x[val], "val_y": y[val]}
-
-
-def class_folders(root: Path, suffixes: set[str], what: str) -> list[tuple[Path, str]]:
-    """(file, class name) for every file with a matching suffix under root/<class>/, sorted."""
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    found = [(f, c.name) for c in classes for f in sorted(c.rglob("*")) if f.is_file() and f.suffix.lower() in suffixes]
-    if len({c for _, c in found}) < 2:
-        raise DataError(f"data.source {str(root)!r}: needs one subfolder of {what} per class, at least two classes with {sorted(suffixes)} files")
-    return found
-
-
 def _pillow():
     try:
         from PIL import Image
@@ -116,17 +50,6 @@ def _pillow():
 
 
 ImageRef = Path | bytes  # an image file, or an encoded image's bytes (a dataset row)
-
-
-def read_image_folder(root: Path, size: int, channels: int, *, multiple_of: int = 1) -> tuple[np.ndarray, list[str], int, int]:
-    """All images as uint8 (n, channels, size, size), their class names.
-
-    size 0 = the first image's width rounded to a multiple of `multiple_of` (the ViT patch);
-    channels 0 = 1 if every image is grey, else 3.
-    """
-    files = class_folders(root, IMAGE_SUFFIXES, "images")
-    x, size, channels = read_images([f for f, _ in files], size, channels, multiple_of=multiple_of)
-    return x, [c for _, c in files], size, channels
 
 
 def read_images(refs: list[ImageRef], size: int, channels: int, *, multiple_of: int = 1,
@@ -168,39 +91,34 @@ def read_image(path: Path, size: int, channels: int) -> np.ndarray:
     return read_images([path], size, channels)[0][0]
 
 
-def _read_source(source: str, cfg: RunConfig, size: int, channels: int, *, test: bool = False) -> tuple[np.ndarray, list[str]]:
-    """A folder or a dataset split: uint8 images and their class names."""
-    if is_hf(source):
-        d = cfg.data
-        src = hf_source(d, test=test)
-        refs, names = read_hf_media(src, d.image_column, "image", d.label_column, "image_column")
-        x, _, _ = read_images(refs, size, channels, multiple_of=1 if test else cfg.model.patch_size,
-                              names=[f"{source} row {i}" for i in range(len(refs))])
-        return x, names
-    x, names, _, _ = read_image_folder(Path(source), size, channels, multiple_of=1 if test else cfg.model.patch_size)
-    return x, names
+def _source(value: str, d: ImageDataConfig, *, test: bool = False) -> DataSource:
+    return open_source(value, IMAGES, d, test=test)
 
 
-def _build(cfg: RunConfig) -> Callable[[], Built]:
-    """The preparation for cfg.data.source, as a function the cache calls on a miss."""
-    source, d = cfg.data.source, cfg.data
+def _pixels(source: DataSource, rows: list[Row], size: int, channels: int, multiple_of: int) -> np.ndarray:
+    """The rows' images as uint8 (n, channels, size, size): decoded ones stacked as they are, files and bytes read here."""
+    images = [r["image"] for r in rows]
+    if source.fixed_shape:
+        return np.stack(images)
+    names = [r.get("id") or f"{source.value} row {k}" for k, r in enumerate(rows)]
+    return read_images(images, size, channels, multiple_of=multiple_of, names=names)[0]
+
+
+def _build(d: ImageDataConfig, *, image_size: int, in_channels: int, patch_size: int) -> Callable[[], Built]:
+    """The preparation for d.source, as a function the cache calls on a miss (sizes 0 = the first image's, rounded to the patch)."""
+    roles = {"image": d.image_column, "label": d.label_column}
 
     def build() -> Built:
-        if source == "fashion-mnist":
-            arrays, classes = fashion_mnist()
-        elif source == "digits":
-            arrays, classes = sklearn_digits(d.val_fraction)
-        else:
-            x, names = _read_source(source, cfg, cfg.model.image_size, cfg.model.in_channels)
-            y, classes = labels_to_ids(names)
-            arrays = _split(x, y, d.val_fraction)
+        source = _source(d.source, d)
+        rows = labelled_rows(source, roles)
+        x = _pixels(source, rows, image_size, in_channels, patch_size)
+        y, classes = labels_to_ids([r["label"] for r in rows], source.label_order)
+        arrays = split_arrays(x, y, [r.get("split") for r in rows], d.val_fraction)
         if d.test_source:
-            x, names = _read_source(d.test_source, cfg, arrays["train_x"].shape[-1], arrays["train_x"].shape[1], test=True)
-            index = {c: i for i, c in enumerate(classes)}
-            unknown = sorted(set(names) - set(index))
-            if unknown:
-                raise DataError(f"data.test_source {d.test_source!r}: classes {unknown} are not among the training classes {classes}")
-            arrays["test_x"], arrays["test_y"] = x, np.array([index[n] for n in names], dtype=np.int64)
+            test = _source(d.test_source, d, test=True)
+            test_rows = labelled_rows(test, roles)
+            arrays["test_x"] = _pixels(test, test_rows, arrays["train_x"].shape[-1], arrays["train_x"].shape[1], 1)
+            arrays["test_y"] = test_ids([r["label"] for r in test_rows], classes, d.test_source)
         keep = even_subset(len(arrays["train_y"]), d.max_rows)
         arrays["train_x"], arrays["train_y"] = arrays["train_x"][keep], arrays["train_y"][keep]
         pixels = arrays["train_x"].astype(np.float64) / 255.0
@@ -210,36 +128,20 @@ def _build(cfg: RunConfig) -> Callable[[], Built]:
     return build
 
 
-def _fingerprint(source: str, cfg: RunConfig, *, test: bool = False) -> str:
-    if is_hf(source):
-        return fingerprint(hf_source(cfg.data, test=test))
-    return files_fingerprint(_source_files(source))
-
-
-def _source_files(source: str) -> list[Path]:
-    if source == "fashion-mnist":
-        return list(_fashion_files().values())
-    if source == "digits":
-        return []
-    path = Path(source)
-    if not path.is_dir():
-        raise DataError(f"data.source {source!r}: use 'fashion-mnist', 'digits', a folder with one subfolder of images per class, or 'hf:NAME'")
-    return [p for p in path.rglob("*") if p.is_file()]
-
-
-def prepare_images(cfg: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
-    """Prepare (or load from the cache) the image arrays for cfg."""
-    d = cfg.data
-    test = _fingerprint(d.test_source, cfg, test=True) if d.test_source else ""
+def prepare_images(d: ImageDataConfig, *, image_size: int, in_channels: int, patch_size: int, force: bool = False,
+                   log: Callable[[str], None] = print) -> Prepared:
+    """Prepare (or load from the cache) the image arrays of d; the sizes are the model's (0 = the data's own)."""
+    source = _source(d.source, d)
+    test = _source(d.test_source, d, test=True).fingerprint() if d.test_source else ""
     settings = {
         "kind": "images", "version": _VERSION, "source": d.source, "test_source": d.test_source,
-        "fingerprint": _fingerprint(d.source, cfg) + test, "val_fraction": d.val_fraction,
-        "max_rows": d.max_rows, "image_size": cfg.model.image_size, "in_channels": cfg.model.in_channels,
-        "patch_size": cfg.model.patch_size,
+        "fingerprint": source.fingerprint() + test, "val_fraction": d.val_fraction,
+        "max_rows": d.max_rows, "image_size": image_size, "in_channels": in_channels, "patch_size": patch_size,
     }
-    if d.source in ("fashion-mnist", "digits"):  # fixed-size built-ins: the model's size is checked, not applied
+    if source.fixed_shape:  # fixed-size built-ins: the model's size is checked, not applied
         settings.update(image_size=0, in_channels=0, patch_size=0)
-    return cached_arrays(d.dir, settings, _build(cfg), force=force, log=log)
+    build = _build(d, image_size=image_size, in_channels=in_channels, patch_size=patch_size)
+    return cached_arrays(d.dir, settings, build, force=force, log=log)
 
 
 def image_transform(mean: list[float], std: list[float], *, shift_px: int, hflip: bool) -> Transform:

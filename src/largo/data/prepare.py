@@ -15,7 +15,7 @@ import math
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,25 +24,48 @@ import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from largo.data.config import TextDataConfig
-from largo.data.hf import fingerprint, hf_source, is_hf
-from largo.data.sources import SourceStats, iter_documents, source_bytes
+from largo.data.sources import TEXT, DataSource, SourceStats, open_source
+from largo.data.split import is_validation
+from largo.data.staging import staged_dir
 from largo.errors import DataError
 from largo.observe.progress import Progress, heartbeat
 from largo.fileio import read_json, sha256_file, write_json_atomic
 
 EOT = "<|endoftext|>"
 MANIFEST = "manifest.json"
+_OWNS = (MANIFEST, "tokenizer.json", "train_*.bin", "val_*.bin")  # what a preparation writes (data.dir may hold more)
 FORMAT = "largo-tokens-v1"
 _SETTINGS = ("source", "text_column", "vocab_size", "val_fraction", "max_bytes", "tokenizer_train_bytes", "shard_tokens")
-_HF_SETTINGS = ("split", "config", "data_files", "streaming")  # what else decides the rows of an "hf:" source
 _ENCODE_BATCH_BYTES = 4 << 20  # texts handed to the Rust encoder at once (it parallelises inside)
 
 
-def prepare_settings(cfg: TextDataConfig) -> dict[str, Any]:
-    """The data settings that determine the prepared output (a change means re-preparing)."""
+def text_source(cfg: TextDataConfig, log: Callable[[str], None] = print) -> DataSource:
+    """The corpus data.source names, opened for text rows."""
+    return open_source(cfg.source, TEXT, cfg, log=log)
+
+
+def documents(source: DataSource, text_column: str, stats: SourceStats, max_bytes: int = 0) -> Iterator[tuple[str, str]]:
+    """Stream (doc_id, text) from a source, stopping after max_bytes (0 = no limit); empty and missing texts are skipped.
+
+    Tables and datasets give one document per row; text files one per piece (the whole file when small).
+    """
+    for row in source.rows({"text": text_column}, stats):
+        text = row["text"]
+        if text is None or text == "":
+            continue
+        text = str(text)
+        stats.documents += 1
+        stats.bytes += len(text.encode())
+        yield row.get("id", ""), text
+        if max_bytes and stats.bytes >= max_bytes:
+            return
+
+
+def prepare_settings(cfg: TextDataConfig, source: DataSource | None = None) -> dict[str, Any]:
+    """The data settings that determine the prepared output (a change means re-preparing), with the source's fingerprint."""
+    source = source or text_source(cfg)
     settings = {k: v for k, v in asdict(cfg).items() if k in _SETTINGS}
-    if is_hf(cfg.source):  # the dataset's fingerprint: a changed dataset is prepared again
-        settings.update({k: getattr(cfg, k) for k in _HF_SETTINGS}, fingerprint=fingerprint(hf_source(cfg)))
+    settings.update({k: getattr(cfg, k) for k in source.settings_keys}, fingerprint=source.fingerprint())
     if cfg.tokenizer:  # a given tokenizer is identified by its content, not its path
         settings["tokenizer_sha256"] = sha256_file(existing_tokenizer_path(cfg.tokenizer))
     return settings
@@ -81,15 +104,6 @@ def read_text_input(source: str) -> str:
         except OSError as e:
             raise DataError(f"{p}: unreadable ({e.strerror})") from None
     return source
-
-
-def is_validation(index: int, val_fraction: float) -> bool:
-    """Systematic split: document i is held out when (i + 1) * f crosses an integer.
-
-    Exactly a val_fraction share, spread evenly over the corpus, the same on every machine
-    (sources are read in sorted order), and never empty once 1 / val_fraction documents exist.
-    """
-    return math.floor((index + 1) * val_fraction) > math.floor(index * val_fraction)
 
 
 def train_tokenizer(texts: Iterator[str], vocab_size: int) -> Tokenizer:
@@ -169,52 +183,57 @@ def unigram_loss(train_counts: np.ndarray, val_counts: np.ndarray) -> float:
     return float(-(val_counts * np.log(p)).sum() / max(1, val_counts.sum()))
 
 
-def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str, Any]:
+def prepare(cfg: TextDataConfig, *, force: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Prepare cfg.source into cfg.dir unless an up-to-date manifest is already there."""
     out = Path(cfg.dir)
     try:
         existing = read_manifest(out) if (out / MANIFEST).exists() else None
     except DataError:
         existing = None  # a damaged manifest is rebuilt, not trusted
-    settings = prepare_settings(cfg)
+    source = text_source(cfg, log)
+    settings = prepare_settings(cfg, source)
     if existing and not force and existing.get("settings") == settings:
         return existing
-    dataset = hf_source(cfg) if is_hf(cfg.source) else None
-    if next(iter_documents(cfg.source, cfg.text_column, SourceStats(), max_bytes=1, dataset=dataset), None) is None:
+    if next(documents(source, cfg.text_column, SourceStats(), max_bytes=1), None) is None:
         raise DataError(f"data.source {cfg.source!r} holds no text")  # checked before anything in data.dir is touched
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DataError(f"data.dir {out}: cannot create ({e.strerror})") from None
-    (out / MANIFEST).unlink(missing_ok=True)  # shards are about to change: never leave a stale manifest
-    for old in [*out.glob("train_*.bin"), *out.glob("val_*.bin")]:
-        old.unlink()
+    with staged_dir(out, owns=_OWNS) as tmp:  # the old folder stays whole until the new one is complete
+        manifest, stats = _write_prepared(cfg, source, tmp, settings, log=log, shown=out)
+    log(
+        f"prepare: {stats.documents} documents, {stats.bytes / 1e6:.1f} MB -> "
+        f"{manifest['splits']['train']['tokens']:,} train / {manifest['splits']['val']['tokens']:,} val tokens "
+        f"(unigram loss {manifest['unigram_val_loss']:.3f}, ppl {math.exp(manifest['unigram_val_loss']):.1f})"
+        + (f"; {stats.replaced_chars} invalid UTF-8 sequences replaced with U+FFFD" if stats.replaced_chars else "")
+    )
+    return manifest
 
+
+def _write_prepared(cfg: TextDataConfig, source: DataSource, tmp: Path, settings: dict[str, Any], *,
+                    log: Callable[[str], None], shown: Path) -> tuple[dict[str, Any], SourceStats]:
+    """Tokenizer, shards and manifest of cfg.source, written into the staging folder tmp (`shown` in messages)."""
     if cfg.tokenizer:
         log(f"prepare: encoding {cfg.source!r} with the tokenizer {cfg.tokenizer}")
         tok = load_existing_tokenizer(cfg.tokenizer)
-        if Path(cfg.tokenizer).resolve() != (out / "tokenizer.json").resolve():
-            shutil.copyfile(cfg.tokenizer, out / "tokenizer.json")  # byte for byte: it travels on into checkpoints
+        shutil.copyfile(cfg.tokenizer, tmp / "tokenizer.json")  # byte for byte: it travels on into checkpoints
     else:
         log(f"prepare: training a {cfg.vocab_size}-token BPE tokenizer on {cfg.source!r}")
         sample = SourceStats()
-        texts = (t for _, t in iter_documents(cfg.source, cfg.text_column, sample, cfg.tokenizer_train_bytes, dataset=dataset))
+        texts = (t for _, t in documents(source, cfg.text_column, sample, cfg.tokenizer_train_bytes))
         with heartbeat("prepare: training the tokenizer", log):
             tok = train_tokenizer(texts, cfg.vocab_size)
         if sample.documents == 0:
             raise DataError(f"data.source {cfg.source!r} holds no text")
-        tok.save(str(out / "tokenizer.json"))
+        tok.save(str(tmp / "tokenizer.json"))
     vocab = tok.get_vocab_size()
     eot = tok.token_to_id(EOT)
     dtype = np.dtype(np.uint16 if vocab <= 1 << 16 else np.uint32)
 
-    log(f"prepare: encoding into {dtype.name} shards in {out}")
+    log(f"prepare: encoding into {dtype.name} shards in {shown}")
     stats = SourceStats()
-    writers = {s: ShardWriter(out, s, dtype, cfg.shard_tokens, vocab) for s in ("train", "val")}
+    writers = {s: ShardWriter(tmp, s, dtype, cfg.shard_tokens, vocab) for s in ("train", "val")}
     index, tokens = 0, 0
-    total = source_bytes(cfg.source)
+    total = source.expected_bytes()
     progress = Progress("prepare: encoding", min(total, cfg.max_bytes) if total and cfg.max_bytes else total, log=log)
-    for batch in _batched(iter_documents(cfg.source, cfg.text_column, stats, cfg.max_bytes, dataset=dataset)):
+    for batch in _batched(documents(source, cfg.text_column, stats, cfg.max_bytes)):
         for enc in tok.encode_batch([t for _, t in batch]):
             split = "val" if is_validation(index, cfg.val_fraction) else "train"
             writers[split].write(np.asarray(enc.ids + [eot], dtype=np.int64))
@@ -229,20 +248,14 @@ def prepare(cfg: TextDataConfig, *, force: bool = False, log=print) -> dict[str,
     manifest = {
         "format": FORMAT,
         "settings": settings,
-        "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(out / "tokenizer.json"), "vocab_size": vocab, "eot_id": eot},
+        "tokenizer": {"file": "tokenizer.json", "sha256": sha256_file(tmp / "tokenizer.json"), "vocab_size": vocab, "eot_id": eot},
         "dtype": dtype.name,
         "splits": splits,
         "source": {"documents": stats.documents, "bytes": stats.bytes, "files": len(stats.files), "replaced_invalid_utf8": stats.replaced_chars},
         "unigram_val_loss": unigram_loss(writers["train"].counts, writers["val"].counts),
     }
-    write_json_atomic(out / MANIFEST, manifest)  # appears last, only once every shard is complete
-    log(
-        f"prepare: {stats.documents} documents, {stats.bytes / 1e6:.1f} MB -> "
-        f"{splits['train']['tokens']:,} train / {splits['val']['tokens']:,} val tokens "
-        f"(unigram loss {manifest['unigram_val_loss']:.3f}, ppl {math.exp(manifest['unigram_val_loss']):.1f})"
-        + (f"; {stats.replaced_chars} invalid UTF-8 sequences replaced with U+FFFD" if stats.replaced_chars else "")
-    )
-    return manifest
+    write_json_atomic(tmp / MANIFEST, manifest)  # appears last, only once every shard is complete
+    return manifest, stats
 
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,8 +17,8 @@ from largo.data.tokens import LMBatches, TokenShards
 class TextLMData:
     """Train and validation splits of a prepared folder, as `Dataset`."""
 
-    def __init__(self, data_dir: str | Path, seq_len: int, seed: int):
-        self.manifest = read_manifest(data_dir)
+    def __init__(self, data_dir: str | Path, seq_len: int, seed: int, manifest: dict[str, Any] | None = None):
+        self.manifest = manifest or read_manifest(data_dir)
         checked_tokenizer_file(data_dir, self.manifest)  # it is copied into every checkpoint: it must match the ids
         self.vocab_size = int(self.manifest["tokenizer"]["vocab_size"])
         self.train = LMBatches(TokenShards(data_dir, "train", self.manifest), seq_len, seed)

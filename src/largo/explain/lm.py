@@ -45,9 +45,10 @@ def explain_lm(model: nn.Module, cfg: RunConfig, ckpt: Path, spec: ArchSpec, sou
     if split is not None:
         if split != "val":
             raise ConfigError(f"--split {split}: a language model's prepared data has a 'val' split to explain")
-        batches = spec.dataset(cfg, spec.prepare(cfg, log=lambda _m: None)).eval_batches(1, limit)
+        prepared = spec.prepare(cfg.data, cfg.model, log=lambda _m: None)
+        batches = spec.dataset(cfg.data, cfg.model, prepared, seed=cfg.run.seed).eval_batches(1, limit)
         texts += [(f"val[{i}]", x[0].numpy()) for i, (x, _) in enumerate(batches)]
-    texts += [(src, spec.read_example(cfg, ckpt, src)) for src in expand_sources(spec, sources, limit)]
+    texts += [(src, spec.read_example(cfg.data, cfg.model, ckpt, src)) for src in expand_sources(spec, sources, limit)]
     target_id = None
     if target is not None:
         found = tok.encode(target).ids

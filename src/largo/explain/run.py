@@ -74,7 +74,7 @@ def classifier_examples(spec: ClassifierSpec, cfg: RunConfig, ckpt: Path, arrays
         examples += [Example(f"{split}[{i}]", np.asarray(x[i]), int(y[i])) for i in range(min(limit, len(y)))]
     for src in expand_sources(spec, sources, limit):
         parent = Path(src).parent.name
-        examples.append(Example(src, spec.read_example(cfg, ckpt, src), classes.index(parent) if parent in classes else None))
+        examples.append(Example(src, spec.read_example(cfg.data, cfg.model, ckpt, src), classes.index(parent) if parent in classes else None))
     return examples
 
 
@@ -82,8 +82,8 @@ def explain_classifier(model: nn.Module, cfg: RunConfig, ckpt: Path, spec: Class
                        split: str | None, limit: int, target: str | None, steps: int, max_steps: int,
                        log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Integrated gradients and rollout for each input, drawn by the spec's view; one record per input."""
-    prepared = spec.prepare(cfg, log=lambda _m: None)  # the run's data: its normalisation, classes and splits
-    classes, transform = prepared.classes, spec.transform(cfg, prepared)
+    prepared = spec.prepare(cfg.data, cfg.model, log=lambda _m: None)  # the run's data: its normalisation, classes and splits
+    classes, transform = prepared.classes, spec.transform(cfg.data, prepared)
     if target is not None and target not in classes:
         raise ConfigError(f"--target {target!r} is not a class of this model; its classes: {', '.join(classes)}")
     examples = classifier_examples(spec, cfg, ckpt, prepared.arrays, classes, sources, split, limit)

@@ -241,7 +241,7 @@ def real_inputs(cfg: RunConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Two held-out input batches of the run's own data: 2 rows to trace, 4 others to check."""
     spec = get_spec(cfg.model.arch)
     try:
-        task = spec.task(cfg, spec.prepare(cfg, log=lambda _m: None))
+        task = spec.task(cfg.data, cfg.model, spec.prepare(cfg.data, cfg.model, log=lambda _m: None), seed=cfg.run.seed)
         batches = task.dataset.eval_batches(2, 3)
         first, second, third = (x for x, _ in batches)
     except (LargoError, ValueError) as e:

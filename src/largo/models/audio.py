@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,14 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from largo.data.arrays import Prepared, Transform
-from largo.data.audio import AudioAugment, AudioDataConfig, audio_transform, prepare_audio, read_wav, to_clip
+from largo.data.audio import AudioAugment, AudioDataConfig, audio_transform, prepare_audio
+from largo.data.audio_io import read_wav, to_clip
 from largo.errors import ConfigError
 from largo.models.classifier import Classifier, ClassifierConfig, ClassifierSpec, StemTerms, pooled_relevance
 from largo.models.spec import Attribution, Task, register
 from largo.precision import Layout
-
-if TYPE_CHECKING:
-    from largo.config import RunConfig
 
 TOP_DB = 8.0  # log10 units (80 dB) kept below each clip's loudest bin; quieter bins are clamped
 # Frontend peak per STFT bin (b x freqs x frames): complex64 output (8) + real^2, imag^2 and their sum (4 each).
@@ -159,8 +157,8 @@ class AudioSpec(ClassifierSpec):
     def stem(self, cfg: AudioConfig) -> nn.Module:
         return AudioStem(cfg)
 
-    def prepare(self, run: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
-        return prepare_audio(run, force=force, log=log)
+    def prepare(self, data: AudioDataConfig, model: AudioConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
+        return prepare_audio(data, sample_rate=model.sample_rate, force=force, log=log)
 
     def resolve_fields(self, cfg: AudioConfig, prepared: Prepared) -> dict[str, Any]:
         tokens = cfg.audio_tokens(prepared.arrays["train_x"].shape[1])
@@ -172,13 +170,13 @@ class AudioSpec(ClassifierSpec):
     def stem_positions(self, cfg: AudioConfig, prepared: Prepared) -> int:
         return cfg.audio_tokens(prepared.arrays["train_x"].shape[1])
 
-    def transform(self, run: RunConfig, prepared: Prepared) -> Transform:
-        return audio_transform(spec_masks=run.data.spec_masks)
+    def transform(self, data: AudioDataConfig, prepared: Prepared) -> Transform:
+        return audio_transform(spec_masks=data.spec_masks)
 
-    def task(self, run: RunConfig, prepared: Prepared) -> Task:
-        task = super().task(run, prepared)
-        d = run.data
-        task.augment = AudioAugment(rate=run.model.sample_rate, time_shift_s=d.time_shift_s, noise_snr_db=d.noise_snr_db,
+    def task(self, data: AudioDataConfig, model: AudioConfig, prepared: Prepared, *, seed: int) -> Task:
+        task = super().task(data, model, prepared, seed=seed)
+        d = data
+        task.augment = AudioAugment(rate=model.sample_rate, time_shift_s=d.time_shift_s, noise_snr_db=d.noise_snr_db,
                                     band_limit_hz=d.band_limit_hz, speed_perturb=d.speed_perturb, spec_masks=d.spec_masks)
         return task
 
@@ -188,9 +186,9 @@ class AudioSpec(ClassifierSpec):
     # ---- explanations: integrated gradients on the log-mel frames, drawn over the spectrogram
     example_suffixes = (".wav",)
 
-    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
-        clip_samples = round(run.data.clip_seconds * run.model.sample_rate)
-        return to_clip(*read_wav(Path(source)), run.model.sample_rate, clip_samples)  # as the data's clips are made
+    def read_example(self, data: AudioDataConfig, model: AudioConfig, ckpt: Path, source: str) -> np.ndarray:
+        clip_samples = round(data.clip_seconds * model.sample_rate)
+        return to_clip(*read_wav(Path(source)), model.sample_rate, clip_samples)  # as the data's clips are made
 
     def attribution(self, model: Classifier, inputs: torch.Tensor, blank: torch.Tensor) -> Attribution:
         cfg, stem = model.cfg, model.stem

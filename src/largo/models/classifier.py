@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -25,9 +25,6 @@ from largo.models.config import ModelConfig
 from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Task, resolved_field
 from largo.models.trunk import Trunk
 from largo.precision import Layout
-
-if TYPE_CHECKING:
-    from largo.config import RunConfig
 
 
 @dataclass
@@ -170,8 +167,8 @@ class ClassifierSpec(ArchSpec):
         """Model fields besides num_classes that the prepared data decides."""
         return {}
 
-    def transform(self, run: RunConfig, prepared: Prepared) -> Transform:
-        """Stored rows -> model input, with augmentation for training rows (rngs given)."""
+    def transform(self, data: ClassDataConfig, prepared: Prepared) -> Transform:
+        """Stored rows -> model input, with augmentation (the [data] section's settings) for training rows (draws given)."""
         return lambda rows, _rngs: torch.from_numpy(rows)
 
     def stem_terms(self, cfg: ClassifierConfig, micro_batch: int, seq_len: int, layout: Layout) -> StemTerms:
@@ -192,35 +189,33 @@ class ClassifierSpec(ArchSpec):
     def build(self, cfg: ClassifierConfig) -> nn.Module:
         return Classifier(cfg, self.stem(cfg), learned_positions=self.learned_positions(cfg), positions_std=self.positions_std)
 
-    def resolve(self, run: RunConfig, prepared: Prepared) -> ClassifierConfig:
-        m = run.model
-        updates = {"num_classes": resolved_field("num_classes", m.num_classes, len(prepared.classes))}
-        return dataclasses.replace(m, **updates, **self.resolve_fields(m, prepared))  # re-runs validation
+    def resolve(self, model: ClassifierConfig, prepared: Prepared) -> ClassifierConfig:
+        updates = {"num_classes": resolved_field("num_classes", model.num_classes, len(prepared.classes))}
+        return dataclasses.replace(model, **updates, **self.resolve_fields(model, prepared))  # re-runs validation
 
     def positions(self, cfg: ClassifierConfig, prepared: Prepared) -> int:
         return self.stem_positions(cfg, prepared) + cfg.extra_positions
 
-    def dataset(self, run: RunConfig, prepared: Prepared) -> ClassifyData:
+    def dataset(self, data: ClassDataConfig, model: ClassifierConfig, prepared: Prepared, *, seed: int) -> ClassifyData:
         a = prepared.arrays
-        return ClassifyData((a["train_x"], a["train_y"]), (a["val_x"], a["val_y"]), seed=run.run.seed,
-                            transform=self.transform(run, prepared))
+        return ClassifyData((a["train_x"], a["train_y"]), (a["val_x"], a["val_y"]), seed=seed, transform=self.transform(data, prepared))
 
-    def task(self, run: RunConfig, prepared: Prepared) -> Task:
-        task = super().task(run, prepared)
+    def task(self, data: ClassDataConfig, model: ClassifierConfig, prepared: Prepared, *, seed: int) -> Task:
+        task = super().task(data, model, prepared, seed=seed)
         a, transform = prepared.arrays, task.dataset.transform
         if "test_x" in a:
-            task.test_sets[test_set_name(run.data.test_source)] = partial(fixed_batches, a["test_x"], a["test_y"], transform)
+            task.test_sets[test_set_name(data.test_source)] = partial(fixed_batches, a["test_x"], a["test_y"], transform)
         task.classes = prepared.classes
         return task
 
-    def data_shape(self, run: RunConfig) -> DataShape:
-        if not (Path(run.data.dir) / "manifest.json").is_file():
-            raise ConfigError(f"model.arch = {run.model.arch!r} takes its classes and input shape from the data; "
-                              f"run `largo prepare` on this config first (data.dir {run.data.dir} is not prepared)")
-        prepared = self.prepare(run, log=lambda _m: None)  # the cache: a memmap open
-        model = self.resolve(run, prepared)
-        positions = self.positions(model, prepared)
-        return DataShape(model, positions, positions * len(prepared.arrays["train_y"]))
+    def data_shape(self, data: ClassDataConfig, model: ClassifierConfig) -> DataShape:
+        if not (Path(data.dir) / "manifest.json").is_file():
+            raise ConfigError(f"model.arch = {model.arch!r} takes its classes and input shape from the data; "
+                              f"run `largo prepare` on this config first (data.dir {data.dir} is not prepared)")
+        prepared = self.prepare(data, model, log=lambda _m: None)  # the cache: a memmap open
+        resolved = self.resolve(model, prepared)
+        positions = self.positions(resolved, prepared)
+        return DataShape(resolved, positions, positions * len(prepared.arrays["train_y"]))
 
     def extra_matmul_params(self, cfg: ClassifierConfig, seq_len: int) -> int:
         return self.stem_matmul_params(cfg) + cfg.dim * cfg.num_classes // seq_len  # the head runs once per example

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from largo.data.config import TextDataConfig
-from largo.data.prepare import prepare, read_manifest, read_text_input, token_pieces
+from largo.data.prepare import checked_tokenizer_file, prepare, read_manifest, read_text_input, token_pieces
 from largo.data.text import RandomTokens, TextLMData
 from largo.errors import ConfigError, DataError
 from largo.models.config import ModelConfig
@@ -29,9 +29,6 @@ from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Tas
 from largo.models.trunk import Trunk
 from largo.precision import Layout
 from largo.rundir import TOKENIZER
-
-if TYPE_CHECKING:
-    from largo.config import RunConfig
 
 # Saved bytes per token and d at the head (final norm + head input), excluding the fp32 log-softmax.
 HEAD_COEFFS = {"fp32": 12, "autocast": 10, "mixed": 8}
@@ -134,55 +131,57 @@ class GPTSpec(ArchSpec):
     def build(self, cfg: GPTConfig) -> nn.Module:
         return GPT(cfg)
 
-    def prepare(self, run: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> TextLMData:
-        prepare(run.data, force=force, log=log)
-        return TextLMData(run.data.dir, run.model.max_seq_len, run.run.seed)
+    def prepare(self, data: TextDataConfig, model: GPTConfig, *, force: bool = False,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+        """The prepared folder's manifest, its tokenizer checked (it is copied into every checkpoint: it must match the ids)."""
+        manifest = prepare(data, force=force, log=log)
+        checked_tokenizer_file(data.dir, manifest)
+        return manifest
 
-    def resolve(self, run: RunConfig, prepared: TextLMData) -> GPTConfig:
-        if run.model.vocab_size not in (0, prepared.vocab_size):
-            raise ConfigError(f"model.vocab_size ({run.model.vocab_size}) differs from the tokenizer's {prepared.vocab_size}; "
-                              f"set it to 0 or {prepared.vocab_size}")
-        return dataclasses.replace(run.model, vocab_size=prepared.vocab_size)
+    def resolve(self, model: GPTConfig, prepared: dict[str, Any]) -> GPTConfig:
+        vocab = int(prepared["tokenizer"]["vocab_size"])
+        if model.vocab_size not in (0, vocab):
+            raise ConfigError(f"model.vocab_size ({model.vocab_size}) differs from the tokenizer's {vocab}; set it to 0 or {vocab}")
+        return dataclasses.replace(model, vocab_size=vocab)
 
-    def dataset(self, run: RunConfig, prepared: TextLMData) -> TextLMData:
-        return prepared
+    def dataset(self, data: TextDataConfig, model: GPTConfig, prepared: dict[str, Any], *, seed: int) -> TextLMData:
+        return TextLMData(data.dir, model.max_seq_len, seed, prepared)
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return model(inputs, targets=targets)  # the head and the loss together, without materialising large logits
 
-    def checkpoint_files(self, run: RunConfig) -> dict[str, Path]:
-        return {TOKENIZER: Path(run.data.dir) / TOKENIZER}
+    def checkpoint_files(self, data: TextDataConfig) -> dict[str, Path]:
+        return {TOKENIZER: Path(data.dir) / TOKENIZER}
 
-    def data_shape(self, run: RunConfig) -> DataShape:
+    def data_shape(self, data: TextDataConfig, model: GPTConfig) -> DataShape:
         """Vocabulary and token count from the prepared manifest, or data.vocab_size before `largo prepare`."""
-        vocab, tokens = run.data.vocab_size, None
-        if (Path(run.data.dir) / "manifest.json").is_file():
+        vocab, tokens = data.vocab_size, None
+        if (Path(data.dir) / "manifest.json").is_file():
             try:
-                manifest = read_manifest(run.data.dir)
+                manifest = read_manifest(data.dir)
                 vocab, tokens = int(manifest["tokenizer"]["vocab_size"]), int(manifest["splits"]["train"]["tokens"])
             except DataError:
                 pass  # a damaged manifest: plan from the config, `largo prepare` will rebuild it
-        model = run.model if run.model.vocab_size else dataclasses.replace(run.model, vocab_size=vocab)
+        model = model if model.vocab_size else dataclasses.replace(model, vocab_size=vocab)
         return DataShape(model, model.max_seq_len, tokens)
 
-    def probe_task(self, run: RunConfig, *, log: Callable[[str], None] = print) -> Task:
+    def probe_task(self, data: TextDataConfig, model: GPTConfig, *, seed: int, log: Callable[[str], None] = print) -> Task:
         """Steps cost the same on any tokens: random ones of the planned vocabulary when the corpus is not prepared yet."""
-        if (Path(run.data.dir) / "manifest.json").is_file():
-            return super().probe_task(run, log=log)
-        model = self.data_shape(run).model
+        if (Path(data.dir) / "manifest.json").is_file():
+            return super().probe_task(data, model, seed=seed, log=log)
+        model = self.data_shape(data, model).model
         t = model.max_seq_len
-        return Task(dataclasses.replace(run, model=model), RandomTokens(model.vocab_size, t, run.run.seed), t,
-                    self.flops_per_token(model, t) * t)
+        return Task(model, RandomTokens(model.vocab_size, t, seed), t, self.flops_per_token(model, t) * t)
 
     # ---- explanations: a next token attributed to the prompt's token embeddings (layer integrated gradients)
     example_suffixes = (".txt", ".py", ".md")
 
-    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
+    def read_example(self, data: TextDataConfig, model: GPTConfig, ckpt: Path, source: str) -> np.ndarray:
         """A text file or the text itself as token ids, its last max_seq_len tokens at most."""
         ids = Tokenizer.from_file(str(ckpt / TOKENIZER)).encode(read_text_input(source)).ids
         if not ids:
             raise DataError(f"{source!r}: encodes to no tokens; give some text")
-        return np.array(ids[-run.model.max_seq_len :], dtype=np.int64)
+        return np.array(ids[-model.max_seq_len :], dtype=np.int64)
 
     def token_pieces(self, ckpt: Path, ids: list[int]) -> list[str]:
         return token_pieces(Tokenizer.from_file(str(ckpt / TOKENIZER)), ids)

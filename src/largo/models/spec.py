@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -31,15 +31,12 @@ from largo.models.config import ModelConfig
 from largo.models.loss import summed_loss
 from largo.precision import Layout
 
-if TYPE_CHECKING:  # handed in at run time; config.py imports this module to read [model] and [data]
-    from largo.config import RunConfig
-
 
 @dataclass
 class Task:
     """What the training loop needs from an architecture and its prepared data, built once per run."""
 
-    cfg: RunConfig  # with the model fields the data decides resolved
+    model: ModelConfig  # the [model] section with the fields the data decides resolved
     dataset: Dataset
     positions: int  # transformer positions per example (tokens/s counts these)
     flops_per_sample: int  # training FLOPs per example (for MFU)
@@ -134,42 +131,43 @@ class ArchSpec:
         """The model for a resolved config, on the current default device (build_model uses meta)."""
         raise NotImplementedError
 
-    # ---- data
-    def prepare(self, run: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Any:
+    # ---- data: specs see the [data] and [model] sections (and the run seed where batches depend on it), never the run
+    def prepare(self, data: DataConfig, model: ModelConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Any:
         """Prepare the data (cached on disk): `largo prepare`, and the first step of training."""
         raise NotImplementedError
 
-    def resolve(self, run: RunConfig, prepared: Any) -> ModelConfig:
-        """run.model with the fields the data decides filled in (0 = take the data's; anything else must equal it)."""
-        return run.model
+    def resolve(self, model: ModelConfig, prepared: Any) -> ModelConfig:
+        """model with the fields the data decides filled in (0 = take the data's; anything else must equal it)."""
+        return model
 
     def positions(self, cfg: ModelConfig, prepared: Any) -> int:
         """Transformer positions per example."""
         return cfg.max_seq_len
 
-    def dataset(self, run: RunConfig, prepared: Any) -> Dataset:
-        """The loop's Dataset over the prepared data (batches addressed by sample index)."""
+    def dataset(self, data: DataConfig, model: ModelConfig, prepared: Any, *, seed: int) -> Dataset:
+        """The loop's Dataset over the prepared data (batches addressed by sample index, shuffled from the seed)."""
         raise NotImplementedError
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss of one micro-batch, summed over its targets (the loop divides by the global count)."""
         return summed_loss(model(inputs), targets)
 
-    def task(self, run: RunConfig, prepared: Any) -> Task:
-        """Everything the loop needs, from the prepared data."""
-        run = dataclasses.replace(run, model=self.resolve(run, prepared))
-        t = self.positions(run.model, prepared)
-        return Task(run, self.dataset(run, prepared), t, self.flops_per_token(run.model, t) * t, self.checkpoint_files(run))
+    def task(self, data: DataConfig, model: ModelConfig, prepared: Any, *, seed: int) -> Task:
+        """Everything the loop needs, from the prepared data; Task.model is `model` resolved."""
+        model = self.resolve(model, prepared)
+        t = self.positions(model, prepared)
+        return Task(model, self.dataset(data, model, prepared, seed=seed), t, self.flops_per_token(model, t) * t,
+                    self.checkpoint_files(data))
 
-    def data_shape(self, run: RunConfig) -> DataShape:
+    def data_shape(self, data: DataConfig, model: ModelConfig) -> DataShape:
         """The resolved model and positions for `largo plan`, from the prepared data if there is any."""
         raise NotImplementedError
 
-    def probe_task(self, run: RunConfig, *, log: Callable[[str], None] = print) -> Task:
+    def probe_task(self, data: DataConfig, model: ModelConfig, *, seed: int, log: Callable[[str], None] = print) -> Task:
         """The Task whose steps `largo plan` times on this machine: the prepared data's (prepared now if need be)."""
-        return self.task(run, self.prepare(run, log=log))
+        return self.task(data, model, self.prepare(data, model, log=log), seed=seed)
 
-    def checkpoint_files(self, run: RunConfig) -> dict[str, Path]:
+    def checkpoint_files(self, data: DataConfig) -> dict[str, Path]:
         """Files copied into every checkpoint beside the weights (a tokenizer)."""
         return {}
 
@@ -190,7 +188,7 @@ class ArchSpec:
     # ---- explanations (`largo explain`)
     example_suffixes: ClassVar[tuple[str, ...]] = ()  # input files `largo explain` picks out of a folder
 
-    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
+    def read_example(self, data: DataConfig, model: ModelConfig, ckpt: Path, source: str) -> np.ndarray:
         """One input as the data stores it (an image's uint8 pixels, a clip, token ids), from a file or literal text."""
         raise ConfigError(f"model.arch = {self.name!r} does not read single inputs for `largo explain`; use --split")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,9 +21,6 @@ from largo.errors import ConfigError
 from largo.models.classifier import Classifier, ClassifierConfig, ClassifierSpec, StemTerms, pooled_relevance
 from largo.models.spec import Attribution, register, resolved_field
 from largo.precision import Layout
-
-if TYPE_CHECKING:
-    from largo.config import RunConfig
 
 
 @dataclass
@@ -68,25 +65,26 @@ class TextClassifierSpec(ClassifierSpec):
     def stem(self, cfg: TextClassifierConfig) -> nn.Module:
         return TokenStem(cfg)
 
-    def prepare(self, run: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
-        return prepare_text_classes(run, force=force, log=log)
+    def prepare(self, data: TextClassDataConfig, model: TextClassifierConfig, *, force: bool = False,
+                log: Callable[[str], None] = print) -> Prepared:
+        return prepare_text_classes(data, seq_len=model.max_seq_len, force=force, log=log)
 
     def resolve_fields(self, cfg: TextClassifierConfig, prepared: Prepared) -> dict[str, Any]:
         return {"vocab_size": resolved_field("vocab_size", cfg.vocab_size, int(prepared.meta["vocab_size"]))}
 
-    def transform(self, run: RunConfig, prepared: Prepared) -> Transform:
+    def transform(self, data: TextClassDataConfig, prepared: Prepared) -> Transform:
         return token_transform()
 
-    def checkpoint_files(self, run: RunConfig) -> dict[str, Path]:
-        return {TOKENIZER: Path(run.data.dir) / TOKENIZER}
+    def checkpoint_files(self, data: TextClassDataConfig) -> dict[str, Path]:
+        return {TOKENIZER: Path(data.dir) / TOKENIZER}
 
     # ---- explanations: layer integrated gradients on the token embeddings, drawn over the text
     example_suffixes = (".txt",)
 
-    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
+    def read_example(self, data: TextClassDataConfig, model: TextClassifierConfig, ckpt: Path, source: str) -> np.ndarray:
         """A .txt file or the text itself, cleaned and encoded as the data's rows are (head and tail kept, padded)."""
         tok = Tokenizer.from_file(str(ckpt / TOKENIZER))
-        return encode_rows(tok, [clean_text(read_text_input(source))], run.model.max_seq_len)[0]
+        return encode_rows(tok, [clean_text(read_text_input(source))], model.max_seq_len)[0]
 
     def token_pieces(self, ckpt: Path, ids: list[int]) -> list[str]:
         return token_pieces(Tokenizer.from_file(str(ckpt / TOKENIZER)), ids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,9 +17,6 @@ from largo.errors import ConfigError
 from largo.models.classifier import Classifier, ClassifierConfig, ClassifierSpec, StemTerms, pooled_relevance
 from largo.models.spec import Attribution, register, resolved_field
 from largo.precision import Layout
-
-if TYPE_CHECKING:
-    from largo.config import RunConfig
 
 
 @dataclass
@@ -84,8 +81,9 @@ class ViTSpec(ClassifierSpec):
     def learned_positions(self, cfg: ViTConfig) -> int:
         return cfg.num_patches
 
-    def prepare(self, run: RunConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
-        return prepare_images(run, force=force, log=log)
+    def prepare(self, data: ImageDataConfig, model: ViTConfig, *, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
+        return prepare_images(data, image_size=model.image_size, in_channels=model.in_channels, patch_size=model.patch_size,
+                              force=force, log=log)
 
     def resolve_fields(self, cfg: ViTConfig, prepared: Prepared) -> dict[str, Any]:
         x = prepared.arrays["train_x"]  # (n, channels, size, size)
@@ -95,8 +93,8 @@ class ViTSpec(ClassifierSpec):
     def stem_positions(self, cfg: ViTConfig, prepared: Prepared) -> int:
         return cfg.num_patches
 
-    def transform(self, run: RunConfig, prepared: Prepared) -> Transform:
-        return image_transform(prepared.meta["mean"], prepared.meta["std"], shift_px=run.data.shift_px, hflip=run.data.hflip)
+    def transform(self, data: ImageDataConfig, prepared: Prepared) -> Transform:
+        return image_transform(prepared.meta["mean"], prepared.meta["std"], shift_px=data.shift_px, hflip=data.hflip)
 
     def stem_matmul_params(self, cfg: ViTConfig) -> int:
         return cfg.in_channels * cfg.patch_size**2 * cfg.dim
@@ -104,8 +102,8 @@ class ViTSpec(ClassifierSpec):
     # ---- explanations: integrated gradients on the (normalised) pixels from a black image, drawn over the image
     example_suffixes = tuple(sorted(IMAGE_SUFFIXES))
 
-    def read_example(self, run: RunConfig, ckpt: Path, source: str) -> np.ndarray:
-        return read_image(Path(source), run.model.image_size, run.model.in_channels)
+    def read_example(self, data: ImageDataConfig, model: ViTConfig, ckpt: Path, source: str) -> np.ndarray:
+        return read_image(Path(source), model.image_size, model.in_channels)
 
     def attribution(self, model: Classifier, inputs: torch.Tensor, blank: torch.Tensor) -> Attribution:
         cfg = model.cfg

@@ -85,7 +85,7 @@ def default_mfu(device_type: str, precision: str, given: float | None, params: i
 
 def config_step_key(cfg: Any, *, devices: int, device_name: str, tokens: float | None = None) -> str:
     """The key a timed step of this config is cached under (model resolved from the data, compile mode from the run length)."""
-    shape = get_spec(cfg.model.arch).data_shape(cfg)
+    shape = get_spec(cfg.model.arch).data_shape(cfg.data, cfg.model)
     cfg = dataclasses.replace(cfg, model=shape.model)
     tokens_per_step = cfg.train.global_batch * shape.positions
     steps = cfg.train.steps if tokens is None else math.ceil(tokens / tokens_per_step)
@@ -96,7 +96,7 @@ def config_step_key(cfg: Any, *, devices: int, device_name: str, tokens: float |
 def workload_from_config(cfg: Any, *, devices: int, device: DeviceSpec, tokens: float | None = None, mfu: float | None = None,
                          layout: str | None = None, optimizer: str | None = None) -> Workload:
     """A RunConfig as a workload: the fields the data decides from the prepared data (its spec says how), budget from steps."""
-    shape = get_spec(cfg.model.arch).data_shape(cfg)
+    shape = get_spec(cfg.model.arch).data_shape(cfg.data, cfg.model)
     model, positions, dataset_tokens = shape.model, shape.positions, shape.dataset_positions
     seq = positions
     if tokens is None:

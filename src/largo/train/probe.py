@@ -81,11 +81,12 @@ def probe_step(cfg: RunConfig, *, devices: int = 1, tokens: float | None = None,
     cached = measured_step(key)
     if cached is not None:
         return cached
-    task = spec.probe_task(cfg, log=log)
+    task = spec.probe_task(cfg.data, cfg.model, seed=cfg.run.seed, log=log)
+    resolved = dataclasses.replace(cfg, model=task.model)
     steps = cfg.train.steps if tokens is None else math.ceil(tokens / (cfg.train.global_batch * task.positions))
-    compiled = compiled_for(task.cfg, task.positions, steps, devices)
+    compiled = compiled_for(resolved, task.positions, steps, devices)
     share = cfg.train.global_batch // devices  # one device's part of the step
-    full = dataclasses.replace(task.cfg, train=dataclasses.replace(cfg.train, global_batch=share, micro_batch=min(cfg.train.micro_batch, share)))
+    full = dataclasses.replace(resolved, train=dataclasses.replace(cfg.train, global_batch=share, micro_batch=min(cfg.train.micro_batch, share)))
     positions = task.positions
     layout, peak = est.layout_for(full.train.precision), peak_flops(env.device, full.train.precision, full.train.peak_tflops, log=log)
 

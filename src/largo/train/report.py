@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from largo.config import RunConfig
+from largo.config import RunConfig, TrainConfig
 from largo.distributed.env import DistEnv
 from largo.distributed.memory import local_bytes, optimizer_tensors
 from largo.models import Task
@@ -55,11 +55,11 @@ def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, 
     return summary
 
 
-def end_of_run(parts: LoopParts, task: Task, progress: dict[str, Any], *, model: nn.Module, run_dir: Path, env: DistEnv,
+def end_of_run(parts: LoopParts, cfg: RunConfig, task: Task, progress: dict[str, Any], *, model: nn.Module, run_dir: Path, env: DistEnv,
                memory: PeakMemory, confusion: torch.Tensor | None, metrics: MetricsLog | None,
                say: Callable[[str], None]) -> dict[str, Any]:
     """Everything after the last step of a config-built run, in order; returns the summary."""
-    cfg, t = task.cfg, task.cfg.train
+    t = cfg.train
     peak_bytes = memory.stop()  # before the final evaluation and checkpoint write
     if progress["mfu"] > 1.0 and env.device.type == "cpu" and env.world == 1 and not t.peak_tflops:  # the cached peak was measured under load
         old_peak, parts.peak_flops = parts.peak_flops, remeasure_peak(env.device, t.precision) * env.world
@@ -70,7 +70,7 @@ def end_of_run(parts: LoopParts, task: Task, progress: dict[str, Any], *, model:
     if summary["stopped"]:
         return summary
     if confusion is not None:  # the final evaluation's confusion matrix, then the extra named test sets
-        summary["test_sets"] = report_classification(model, task, confusion, run_dir, env=env)
+        summary["test_sets"] = report_classification(model, t, task, confusion, run_dir, env=env)
         for name, result in summary["test_sets"].items():
             say(f"{name}: {format_result(result)}")
             if metrics:
@@ -88,10 +88,9 @@ def end_of_run(parts: LoopParts, task: Task, progress: dict[str, Any], *, model:
     return summary
 
 
-def report_classification(model: nn.Module, task: Task, confusion: torch.Tensor, run_dir: Path, *,
+def report_classification(model: nn.Module, t: TrainConfig, task: Task, confusion: torch.Tensor, run_dir: Path, *,
                           env: DistEnv) -> dict[str, dict[str, float]]:
     """Write the held-out confusion matrix, then score each extra test set and write its matrix."""
-    t = task.cfg.train
     if env.is_main:
         write_confusion(run_dir / "confusion", confusion.numpy(), task.classes)
     results = {}

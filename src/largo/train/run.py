@@ -58,7 +58,8 @@ def on_main_first(env: DistEnv, fn: Callable[[], T]) -> T:
 def build_task(cfg: RunConfig, env: DistEnv, log: Callable[[str], None] = print) -> Task:
     """1) data preprocessing: the architecture's data, prepared once (rank 0 first) and cached on disk."""
     spec = get_spec(cfg.model.arch)
-    return spec.task(cfg, on_main_first(env, lambda: spec.prepare(cfg, log=log)))
+    prepared = on_main_first(env, lambda: spec.prepare(cfg.data, cfg.model, log=log))
+    return spec.task(cfg.data, cfg.model, prepared, seed=cfg.run.seed)
 
 
 def global_target_count(batches: list[Batch], env: DistEnv) -> torch.Tensor:
@@ -135,15 +136,15 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
                           "(a run directory or checkpoint, e.g. one made by largo import)")
 
     task = build_task(cfg, env, log=say)
-    cfg = resolve_precision(task.cfg, env.device, task.positions, say)  # task.cfg: model fields resolved from the data
-    task = dataclasses.replace(task, cfg=cfg)
+    cfg = dataclasses.replace(cfg, model=task.model)  # model fields resolved from the data (vocabulary size, classes)
+    cfg = resolve_precision(cfg, env.device, task.positions, say)
     check_finetune(cfg.model, cfg.finetune)  # adapter targets name real modules: checked before the run directory is touched
     strategy, why = choose_strategy(cfg, positions=task.positions, env=env)
     say(f"parallel: {strategy} ({why})")
     resumed = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
     if t.time_budget_s:
         cfg = fit_time_budget(cfg, task.positions, env.device, env.world, resumed, say)
-        task, t = dataclasses.replace(task, cfg=cfg), cfg.train
+        t = cfg.train
     compiled, why = compile_mode(cfg, task, strategy)
     say(f"compile: {compiled} ({why})")
     if resumed is not None and resumed[1]["step"] >= t.steps:
@@ -151,7 +152,7 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
                           f"nothing to do: raise --train.steps to train further")
     run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)  # locked until the end
     try:
-        return _train_in(run_dir, task, env, strategy, compiled, resumed, stop_at=stop_at, say=say)
+        return _train_in(run_dir, cfg, task, env, strategy, compiled, resumed, stop_at=stop_at, say=say)
     finally:
         release_run_dir(run_dir)
 
@@ -179,10 +180,10 @@ def build_trained_model(cfg: RunConfig, env: DistEnv, strategy: str, *, full_ini
     return trained, model, base or None
 
 
-def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, compiled: str, resumed: tuple[Path, dict[str, Any]] | None,
+def _train_in(run_dir: Path, cfg: RunConfig, task: Task, env: DistEnv, strategy: str, compiled: str, resumed: tuple[Path, dict[str, Any]] | None,
               *, stop_at: int | None, say: Callable[[str], None]) -> dict[str, Any]:
     """Everything after the run directory is opened and locked: model, optimizers, checkpoints, the loop, the reports."""
-    cfg, t, spec = task.cfg, task.cfg.train, get_spec(task.cfg.model.arch)
+    t, spec = cfg.train, get_spec(cfg.model.arch)
     memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
     trained, model, base = build_trained_model(cfg, env, strategy, full_init=resumed is None, compiled=compiled, say=say)
     optimizers = build_optimizers(model, cfg.optim)
@@ -224,7 +225,7 @@ def _train_in(run_dir: Path, task: Task, env: DistEnv, strategy: str, compiled: 
             f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
         memory.start()
         progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
-        return end_of_run(parts, task, progress, model=model, run_dir=run_dir, env=env, memory=memory, confusion=confusion,
+        return end_of_run(parts, cfg, task, progress, model=model, run_dir=run_dir, env=env, memory=memory, confusion=confusion,
                           metrics=metrics, say=say)
     finally:
         if metrics:

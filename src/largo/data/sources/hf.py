@@ -1,4 +1,4 @@
-"""`data.source = "hf:NAME"`: rows of a Hugging Face `datasets` dataset, for every architecture's preparation.
+"""data.source = "hf:NAME": rows of a Hugging Face `datasets` dataset, for every architecture's preparation.
 
 NAME is one of
   a folder written by `save_to_disk` (a Dataset, or a DatasetDict whose data.split is read),
@@ -22,15 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from largo.data.config import DataConfig
+from largo.data.sources.registry import AUDIO, IMAGES, LABELLED_TEXT, TEXT, DataSource, Roles, Row, SourceStats, register_prefix
 from largo.errors import DataError
 from largo.optional import hub_offline, require
 
 PREFIX = "hf:"
 _SAVED_MARKERS = ("dataset_dict.json", "state.json")  # what save_to_disk writes (DatasetDict, Dataset)
-
-
-def is_hf(source: str) -> bool:
-    return source.startswith(PREFIX)
 
 
 @dataclass(frozen=True)
@@ -186,13 +183,6 @@ def label_names(src: HFSource, column: str) -> list[str] | None:
     return list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
 
 
-def texts(src: HFSource, column: str, key: str = "text_column") -> Iterator[str]:
-    """One text column, streamed row by row."""
-    for row in rows(src, {key: column}):
-        value = row[column]
-        yield "" if value is None else str(value)
-
-
 def media_ref(value: Any, src: HFSource, column: str, row: int) -> bytes | Path:
     """A dataset cell of an image or audio column ({bytes, path} undecoded, or a bare path) as bytes or a file."""
     if isinstance(value, dict) and value.get("bytes"):
@@ -203,15 +193,40 @@ def media_ref(value: Any, src: HFSource, column: str, row: int) -> bytes | Path:
     raise DataError(f"{src.key}: row {row} of column {column!r} holds no encoded file bytes or readable path")
 
 
-def read_hf_media(src: HFSource, media_column: str, kind: str, label_column: str, media_key: str) -> tuple[list[Any], list[str]]:
-    """(media references, class names) of a dataset split with a media column and a label column."""
-    names = label_names(src, label_column)
-    refs, labels = [], []
-    for i, row in enumerate(rows(src, {media_key: media_column, "label_column": label_column}, media={media_column: kind})):
-        if row[label_column] is None:
-            continue
-        refs.append(media_ref(row[media_column], src, media_column, i))
-        labels.append(names[row[label_column]] if names is not None else str(row[label_column]))
-    if not refs:
-        raise DataError(f"{src.key}: no labelled rows in split {src.split!r}")
-    return refs, labels
+class HFDataSource(DataSource):
+    """One split of a Hugging Face dataset: data.split (data.test_split for a test_source), config, files, streaming."""
+
+    settings_keys = ("split", "config", "data_files", "streaming")
+
+    @property
+    def dataset(self) -> HFSource:
+        return hf_source(self.data, test=self.test)
+
+    def fingerprint(self) -> str:
+        return fingerprint(self.dataset)
+
+    def expected_bytes(self) -> int | None:
+        return None
+
+    def rows(self, roles: Roles, stats: SourceStats) -> Iterator[Row]:
+        """Rows of the asked columns; a ClassLabel's integers become its class names; unlabelled rows are left out."""
+        src = self.dataset
+        stats.files.append(self.value)
+        media = {roles[r]: r for r in ("image", "audio") if r in roles}
+        names = label_names(src, roles["label"]) if "label" in roles else None
+        kept = 0
+        for i, row in enumerate(rows(src, {f"{r}_column": c for r, c in roles.items()}, media=media)):
+            if "label" in roles and row[roles["label"]] is None:
+                continue
+            out = {role: row[column] for role, column in roles.items()}
+            if names is not None:
+                out["label"] = names[out["label"]]
+            for column, role in media.items():
+                out[role] = media_ref(out[role], src, column, i)
+            yield out if media else {"id": f"{src.name}#{i}", **out}
+            kept += 1
+        if "label" in roles and not kept:
+            raise DataError(f"{src.key}: no labelled rows in split {src.split!r}")
+
+
+register_prefix(PREFIX, HFDataSource, provides=[TEXT, LABELLED_TEXT, IMAGES, AUDIO], describe="'hf:NAME'")
