@@ -55,6 +55,7 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from largo.distributed.env import DistEnv, pick_device
     from largo.train.evaluate import evaluate, format_result
     from largo.errors import ConfigError
+    from largo.models import get_spec
     from largo.train.run import build_task
 
     if args.max_batches < 0:
@@ -72,11 +73,12 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     model, cfg, ckpt = restore(args.checkpoint, device)
     task = build_task(cfg, DistEnv(device=device))
     batches = task.dataset.eval_batches(cfg.train.micro_batch, args.max_batches)
-    result = evaluate(model, batches, device=device, precision=cfg.train.precision)
+    score = get_spec(cfg.model.arch).score  # the architecture's own loss path, as in training
+    result = evaluate(model, batches, device=device, precision=cfg.train.precision, score=score)
     print(f"{ckpt}: loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | {result['targets']:,} targets")
     print(format_result(result))
     for name, test_batches in task.test_sets.items():  # classification: extra named test sets
-        print(f"{name}: {format_result(evaluate(model, test_batches(cfg.train.micro_batch), device=device, precision=cfg.train.precision))}")
+        print(f"{name}: {format_result(evaluate(model, test_batches(cfg.train.micro_batch), device=device, precision=cfg.train.precision, score=score))}")
     return 0
 
 

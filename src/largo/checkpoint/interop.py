@@ -159,7 +159,7 @@ def export_adapter_checked(checkpoint: str | Path, out: Path, fmt: str, log: Cal
     out, adapted, base, cfg = export_adapter(checkpoint, out, fmt=fmt)
     ckpt, state = resolve_checkpoint(checkpoint)
     log(f"wrote {out}: adapter_config.json, adapter_model.safetensors ({(out / 'adapter_model.safetensors').stat().st_size / 2**10:.1f} KiB)")
-    peft = require("peft", "--adapter-only", CheckpointError)
+    peft = require("peft", "--adapter-only")
     tokens = sample_tokens(ckpt / "tokenizer.json", cfg.model.vocab_size, cfg.model.max_seq_len)
     with torch.no_grad():
         expected = adapted(tokens).float()

@@ -28,7 +28,7 @@ from largo.data import Batch, Dataset
 from largo.data.config import DataConfig
 from largo.errors import ConfigError
 from largo.models.config import ModelConfig
-from largo.models.loss import summed_loss
+from largo.models.loss import Scored, score_targets, summed_loss
 from largo.precision import Layout
 
 if TYPE_CHECKING:  # handed in at run time; config.py imports this module to read [model] and [data]
@@ -153,6 +153,11 @@ class ArchSpec:
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss of one micro-batch, summed over its targets (the loop divides by the global count)."""
         return summed_loss(model(inputs), targets)
+
+    def score(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Scored:
+        """One held-out batch's summed loss, correct predictions and count (evaluation runs it under autocast, no grad):
+        cross-entropy and argmax accuracy by default; an architecture that trains on another loss scores with it here."""
+        return score_targets(model(inputs), targets)
 
     def task(self, run: RunConfig, prepared: Any) -> Task:
         """Everything the loop needs, from the prepared data."""
