@@ -407,6 +407,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
      "--dtype and --max-shard-size shape Hugging Face folders (--format hf), not --format onnx", 2),
     ("eval --tasks of a missing task file", lambda w: ["eval", str(w.run()), "--tasks", str(w.tmp / "nope.yaml")],
      "--tasks {tmp}/nope.yaml: no such task file", 2),
+    ("integer key beyond 64 bits", lambda w: ["train", w.config(), "--train.steps", "99999999999999999999"],
+     "train.steps (99999999999999999999) must be at most 9223372036854775807: integer keys take 64-bit values", 2),
 ]
 
 
