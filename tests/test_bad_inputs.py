@@ -439,7 +439,12 @@ NEEDS = {"hub dataset name while offline": "datasets", "hf builder without data_
 
 
 def _params() -> list:
-    from largo.optional import EXTRAS, installed
+    from importlib.util import find_spec
+
+    from largo.optional import EXTRAS
+
+    def installed(module: str) -> bool:
+        return find_spec(module) is not None
 
     return [pytest.param(*case, id=case[0], marks=pytest.mark.skipif(
         case[0] in NEEDS and not installed(NEEDS[case[0]]),

@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-measure", dest="measure", action="store_false",
                    help="do not time steps of the config on this machine; use the MFU of the nearest recorded run, else an assumption")
     p.add_argument("--layout", choices=["fp32", "autocast", "mixed"], help="bytes per parameter layout (default: from train.precision)")
-    p.add_argument("--optimizer", choices=["adamw", "muon", "sgd"], help="default: the config's optim.name, else adamw")
+    # the optimizers a run can train with (optim.name): a plan for one no run can use would answer nothing
+    p.add_argument("--optimizer", choices=["adamw", "muon"], help="default: the config's optim.name, else adamw")
     p.add_argument("--micro-batch", type=int, default=0, help="fix the micro-batch (default: the largest that fits)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (sorted keys)")
     p.set_defaults(fn=cmd_plan)

@@ -8,7 +8,6 @@ nothing is downloaded from a hub behind the user's back. `HF_HUB_OFFLINE=0 largo
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from types import ModuleType
 
@@ -30,11 +29,6 @@ def hub_offline() -> bool:
     """Whether Hugging Face hubs are off limits for this process (the default; HF_HUB_OFFLINE=0 opts in)."""
     hf_offline()
     return os.environ["HF_HUB_OFFLINE"].strip().lower() not in ("0", "false", "no", "off", "")
-
-
-def installed(module: str) -> bool:
-    """Whether an optional module can be imported (checked without importing it)."""
-    return importlib.util.find_spec(module) is not None
 
 
 def install_hint(module: str) -> str:

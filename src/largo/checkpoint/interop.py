@@ -193,6 +193,7 @@ def export_onnx_checked(checkpoint: str | Path, out: Path, log: Callable[[str], 
     from largo.checkpoint.onnx_export import export_onnx, onnx_max_abs_diff
 
     model, cfg, ckpt = restore(checkpoint)
+    get_spec(cfg.model.arch).check_export("onnx")
     traced, checked = real_inputs(cfg)
     path = export_onnx(model, traced, out / "model.onnx", max_seq_len=cfg.model.max_seq_len)
     if (ckpt / "tokenizer.json").is_file():
@@ -228,6 +229,7 @@ def export_safetensors(checkpoint: str | Path, out: Path, log: Callable[[str], N
 
     ckpt, state = resolve_checkpoint(checkpoint)
     config = state["config"]
+    get_spec(config["model"]["arch"]).check_export("safetensors")
     if state.get("adapters"):  # the merged weights: a plain model, trained "full" as far as anyone loading it can tell
         model, cfg, _ = restore(ckpt)
         out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from torch import nn
 
 from largo.data import Batch, Dataset
 from largo.data.config import DataConfig
-from largo.errors import ConfigError
+from largo.errors import CheckpointError, ConfigError
 from largo.models.config import ModelConfig
 from largo.models.loss import Scored, score_targets, summed_loss
 from largo.precision import Layout
@@ -127,6 +127,12 @@ class ArchSpec:
     export_formats: ClassVar[tuple[str, ...]] = ("onnx", "safetensors")  # what `largo export` writes for it
     generates: ClassVar[bool] = False  # a language model that `largo generate` can sample from
     feeds_mfu_history: ClassVar[bool] = False  # its measured MFU becomes the default of `largo plan` on the device
+
+    def check_export(self, fmt: str) -> None:
+        """One line when `largo export --format fmt` cannot write this architecture (export_formats lists what it can)."""
+        if fmt not in self.export_formats:
+            raise CheckpointError(f"model.arch = {self.name!r} does not export as --format {fmt}; "
+                                  f"it exports as --format {' or '.join(self.export_formats)}")
 
     # ---- model
     def build(self, cfg: ModelConfig) -> nn.Module:

@@ -63,10 +63,6 @@ def register(tracker: Tracker) -> Tracker:
     return tracker
 
 
-def tracker_names() -> list[str]:
-    return list(_TRACKERS)
-
-
 def tracker_outputs() -> tuple[str, ...]:
     """Everything trackers write into a run directory: what --overwrite clears beside the run's own files."""
     return (IDS, *dict.fromkeys(out for t in _TRACKERS.values() for out in t.outputs))
