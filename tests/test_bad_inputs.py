@@ -405,8 +405,6 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
      "run.name '/tmp/x' must be one folder name (no '/', not '.' or '..'); the run goes to run.out_dir/run.name", 2),
     ("checkpoint folder that is a link", _linked_checkpoint,
      f"{CKPT}: a symbolic link; largo writes and prunes its checkpoint folders itself, so replace the link with a copy of the folder", 2),
-    ("resume of a finished run", lambda w: (w.run(), ["train", w.config(train={"steps": 2}), "--resume", "auto"])[1],
-     "{tmp}/runs/t already finished at step 2 (train.steps = 2); nothing to do: raise --train.steps to train further", 2),
     # --- state.json edited: by hand (digest) or by a forger who re-signs it (schema) --------------------------------------
     ("state.json step edited", lambda w: _state_edit(w, lambda s: s.update(step=100), sign=False),
      f"{CKPT}/state.json: its digest does not match its content{EDITED}", 2),
@@ -465,6 +463,8 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
     ("export over files it would write", lambda w: _export_over(w, "config.json", "model.safetensors", "notes.txt"),
      "export output {tmp}/out already holds config.json, model.safetensors, which the export would overwrite; "
      "export into a new or empty folder, or remove them", 2),
+    ("integer key beyond 64 bits", lambda w: ["train", w.config(), "--train.steps", "99999999999999999999"],
+     "train.steps (99999999999999999999) must be at most 9223372036854775807: integer keys take 64-bit values", 2),
 ]
 
 
@@ -495,7 +495,12 @@ NEEDS = {"hub dataset name while offline": "datasets", "hf builder without data_
 
 
 def _params() -> list:
-    from largo.optional import EXTRAS, installed
+    from importlib.util import find_spec
+
+    from largo.optional import EXTRAS
+
+    def installed(module: str) -> bool:
+        return find_spec(module) is not None
 
     return [pytest.param(*case, id=case[0], marks=pytest.mark.skipif(
         case[0] in NEEDS and not installed(NEEDS[case[0]]),
@@ -517,6 +522,22 @@ def test_bad_input_one_line_nothing_damaged(name: str, setup: Callable[[World], 
     assert err.splitlines() == [f"largo: error: {expected}"]
     assert snapshot(tmp_path) == before, "the user's files changed"
     assert not w.marker.exists(), "a pickle payload ran"
+
+
+def test_resume_of_a_finished_run_is_one_line_exit_0_nothing_changed(tmp_path: Path, tiny_data: Path, trained_run: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """A requeued job of a run that already reached train.steps ends cleanly (no longer a bad input: it was exit 2)."""
+    w = World(tmp_path, tiny_data, trained_run)
+    w.run()
+    argv = ["train", w.config(train={"steps": 2}), "--resume", "auto"]
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    assert out.out.splitlines() == [
+        f"{tmp_path}/runs/t already finished at step 2 (train.steps = 2); nothing to do: raise --train.steps to train further"]
+    assert out.err == ""
+    assert snapshot(tmp_path) == before, "the finished run's files changed"
 
 
 def test_the_pickle_payloads_are_live(tmp_path: Path) -> None:

@@ -117,3 +117,12 @@ def test_commands_refuse_overrides_they_would_ignore_and_print_their_version(tmp
 
     assert version.returncode == 0 and version.stdout.startswith(f"largo {__version__} (torch ")
     assert "largo config show CONFIG" in _largo("--help").stdout
+
+
+@pytest.mark.parametrize("key", ["train.steps", "eval.every", "model.dim", "data.max_bytes", "run.seed"])
+def test_integer_keys_beyond_64_bits_are_one_line(key: str) -> None:
+    """Every integer key, whichever section or architecture holds it, is checked before anything converts it."""
+    with pytest.raises(ConfigError) as info:
+        build_config({}, {key: str(2**63)})
+    assert str(info.value) == f"{key} ({2**63}) must be at most {2**63 - 1}: integer keys take 64-bit values"
+    assert build_config({}, {"run.seed": str(-(2**63))}).run.seed == -(2**63)  # the seed may be any 64-bit value

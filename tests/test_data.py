@@ -7,13 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 
 from largo.config import build_config
 from largo.data import rank_samples
-from largo.data.prepare import load_tokenizer, prepare, read_manifest
+from largo.data.prepare import checked_tokenizer_file, prepare, read_manifest
 from largo.data.tokens import LMBatches, TokenShards
 from largo.errors import DataError
 
+
+def load_tokenizer(data_dir: Path, manifest: dict) -> Tokenizer:
+    """The prepared tokenizer, checked against the manifest's hash."""
+    return Tokenizer.from_file(str(checked_tokenizer_file(data_dir, manifest)))
 
 def _prep(tmp_path: Path, source: str, **data) -> Path:
     out = tmp_path / "prepared"

@@ -19,7 +19,7 @@ from largo.cli import main
 from largo.config import build_config
 from largo.data.prepare import prepare
 from largo.data.tokens import TokenShards
-from largo.errors import ConfigError, DataError
+from largo.errors import ConfigError, DataError, MissingDependencyError
 
 pd = pytest.importorskip("pandas")
 
@@ -244,7 +244,7 @@ def test_audio_folders_read_flac_ogg_mp3_and_wav_needs_no_soundfile(tmp_path: Pa
         return real_import(name, *args)
 
     monkeypatch.setattr(audio.require.__globals__["importlib"], "import_module", no_soundfile)
-    with pytest.raises(DataError) as info:
+    with pytest.raises(MissingDependencyError) as info:  # every missing optional package: one error type
         read_audio(tmp_path / "mixed" / "low" / "clip.flac")
     assert str(info.value) == f"{tmp_path / 'mixed' / 'low' / 'clip.flac'}: reading FLAC, OGG or MP3 audio needs soundfile: pip install 'largo-train[audio]'"
     assert read_audio(tmp_path / "mixed" / "low" / "clip.wav")[1] == rate  # WAV keeps working without it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 import shutil
@@ -25,13 +26,18 @@ from largo.data.sources.imdb import imdb_wheel, read_imdb
 from largo.data.text_classes import clean_text
 from largo.errors import ConfigError, DataError
 from largo.models.audio import mel_filterbank, power_spectrogram
-from largo.observe.confusion import read_confusion
 from largo.models import count_params, get_spec
 from largo.train.run import train
 
 quiet = dict(log=lambda _m: None)
 RNG = np.random.default_rng(0)
 
+
+def read_confusion(path: Path) -> tuple[np.ndarray, list[str]]:
+    """Inverse of observe.confusion.write_confusion's CSV: (counts, class names)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return np.array([[int(v) for v in r[1:]] for r in rows[1:]], dtype=np.int64), rows[0][1:]
 
 def recipe(name: str, tmp_path: Path, **overrides: object):
     """A preset recipe with its run and data moved into tmp_path, plus dotted overrides."""

@@ -118,3 +118,15 @@ def test_math_attention_equals_sdpa(kv: int) -> None:
     for mask, causal in ((None, True), (keep, False)):
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=kv != 4)
         torch.testing.assert_close(math_attention(q, k, v, mask, causal), want, rtol=1e-5, atol=1e-5)
+
+
+def test_export_formats_decide_what_largo_export_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ArchSpec.export_formats is the one list an export checks: hf, onnx and safetensors alike."""
+    from largo.errors import CheckpointError
+
+    get_spec("gpt").check_export("hf")
+    get_spec("vit").check_export("onnx")
+    monkeypatch.setattr(type(get_spec("vit")), "export_formats", ("safetensors",))
+    with pytest.raises(CheckpointError) as info:
+        get_spec("vit").check_export("onnx")
+    assert str(info.value) == "model.arch = 'vit' does not export as --format onnx; it exports as --format safetensors"

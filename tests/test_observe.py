@@ -12,9 +12,10 @@ import pytest
 
 from largo.cli import main
 from largo.config import load_config
-from largo.errors import ConfigError
+from largo.errors import ConfigError, MissingDependencyError
 from largo.observe.metrics import read_metrics
-from largo.observe.trackers import _Stepped, scalars
+from largo.observe import trackers
+from largo.observe.trackers import Tracker, _Stepped, scalars
 from largo.train.run import train
 from tests.conftest import tiny_config
 
@@ -102,6 +103,36 @@ def test_tracker_names_are_checked_in_one_line(tmp_path: Path, capsys: pytest.Ca
         load_config("text_tiny", {"observe.trackers": "tensorbord"})
     assert main(["train", "text_tiny", "--tracker", "mlfow", "--run.out_dir", str(tmp_path)]) == 2
     assert "observe.trackers: 'mlfow' is not a tracker" in capsys.readouterr().err
+
+
+def test_a_tracker_is_one_registry_entry(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tracker registered from outside src/ is selectable, opened with the run, fed every record, closed and cleared."""
+    seen: list = []
+
+    class ListSink:
+        def __init__(self, o: trackers.Opening):
+            (o.run_dir / "list.out").write_text(o.project)
+
+        def write(self, record: dict) -> None:
+            seen.append(record)
+
+        def close(self) -> None:
+            seen.append("closed")
+
+    monkeypatch.setitem(trackers._TRACKERS, "list", Tracker("list", module="json", outputs=("list.out",), open=ListSink))
+    cfg = tiny_config(tmp_path, tiny_data, train={"steps": 2}, checkpoint={"every": 0}, observe={"trackers": ["list"]})
+    train(cfg, **quiet)
+    assert [r["step"] for r in seen if r != "closed" and r["kind"] == "train"] == [1, 2] and seen[-1] == "closed"
+    assert "list.out" in trackers.tracker_outputs() and (cfg.run_dir / "list.out").read_text() == "largo"
+    train(cfg, overwrite=True, **quiet)  # a run over it opens the tracker again
+    assert seen.count("closed") == 2
+
+
+def test_a_missing_tracker_package_is_the_one_missing_dependency_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(trackers._TRACKERS, "absent", Tracker("absent", module="largo_no_such_pkg", outputs=(), open=None))
+    with pytest.raises(MissingDependencyError) as info:
+        trackers.open_trackers(["absent"], tmp_path, config={}, project="p", resume_step=None, last_step=-1)
+    assert str(info.value) == "observe.trackers 'absent' needs largo_no_such_pkg: pip install largo_no_such_pkg"
 
 
 def _png(path: Path) -> tuple[int, int]:

@@ -25,21 +25,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from largo.checkpoint.checkpointer import Checkpointer
 from largo.config import build_config
 from largo.data import Batch
 from largo.distributed import start_env
 from largo.distributed.parallelize import parallelize
 from largo.errors import ConfigError, DataError
 from largo.models.finetune import FinetuneConfig, apply_finetune, as_finetune, merge_adapters
-from largo.observe.trackers import open_metrics
+from largo.models.loss import Scored
 from largo.observe.throughput import peak_flops
 from largo.precision import choose as choose_precision
 from largo.train.evaluate import call_model, evaluate
 from largo.train.loop import LoopParts, run_steps, seed_everything
 from largo.train.optim import Schedule, build_optimizers
 from largo.train.report import finish
-from largo.train.run_dir import open_run_dir, release_run_dir, resume_point
+from largo.train.session import RunSession
 
 TARGET_KEYS = ("labels", "targets", "label", "y")
 _END = object()  # sentinel for an exhausted iterator
@@ -239,32 +238,19 @@ class Trainer:
         trained = [p for p in self.model.parameters() if p.requires_grad]
         optimizers = [self.make_optimizer(trained)] if self.make_optimizer else build_optimizers(self.model, cfg.optim)
         schedule = Schedule(optimizers, cfg.optim, cfg.train.steps, env.device)
-        resumed = resume_point(cfg.run_dir, self.resume, log=self.log)
-        run_dir = open_run_dir(cfg, resume=self.resume is not None, overwrite=self.overwrite, is_main=env.is_main)
-        try:
-            return self._fit_in(run_dir, loader, stride, per_epoch, optimizers, schedule, resumed, val_data)
-        finally:
-            release_run_dir(run_dir)
+        session = RunSession.resolve(cfg, env, resume=self.resume, say=self.log)
+        with session.open(cfg, overwrite=self.overwrite):  # locked until the end
+            return self._fit_in(session, loader, stride, per_epoch, optimizers, schedule, val_data)
 
-    def _fit_in(self, run_dir: Path, loader: Iterable[Any], stride: int, per_epoch: int | None, optimizers: list[torch.optim.Optimizer],
-                schedule: Schedule, resumed: tuple[Path, dict[str, Any]] | None, val_data: Any) -> dict[str, Any]:
+    def _fit_in(self, session: RunSession, loader: Iterable[Any], stride: int, per_epoch: int | None,
+                optimizers: list[torch.optim.Optimizer], schedule: Schedule, val_data: Any) -> dict[str, Any]:
         """The loop over this rank's batches, inside the locked run directory."""
         cfg, env, accum = self.cfg, self.env, self.grad_accum
-        checkpoints = Checkpointer(run_dir / "checkpoints", model=self.model, optimizers=optimizers, schedule=schedule,
-                                   env=env, sharded=False, keep_last=cfg.checkpoint.keep_last, adapters=self.finetune.adapters)
         adapters = {"adapters": {"method": self.finetune.method, "base": None}} if self.finetune.adapters else {}
-        start = 0
-        if resumed is not None:
-            start = checkpoints.load(*resumed)
-            self.log(f"resumed from {resumed[0]} at step {start}")
+        session.attach(self.model, optimizers, schedule, position=lambda step: {"batches_seen": step * accum},
+                       extra={"user_model": True, **adapters}, adapters=self.finetune.adapters)
         stream = BatchStream(loader, cfg.run.seed)
         at = (lambda q: stream.at(q, per_epoch)) if stride == 1 else (lambda q: stream.at(q * stride + env.rank, per_epoch * stride if per_epoch else None))
-        metrics = open_metrics(run_dir, trackers=cfg.observe.trackers, config=cfg.to_dict(), project=cfg.observe.project,
-                               start_step=start) if env.is_main else None
-
-        def save(step: int) -> None:
-            checkpoints.save(step, {"data": {"batches_seen": step * accum}, "config": cfg.to_dict(), "user_model": True, **adapters})
-
         parts_model = parallelize(self.model, env)
         parts = LoopParts(
             model=parts_model, optimizers=optimizers, schedule=schedule,
@@ -272,16 +258,12 @@ class Trainer:
             normaliser=lambda batches: float(len(batches)),  # the user's loss is a mean: average the micro-steps
             forward_loss=lambda x, y: self.loss_fn(call_model(parts_model, x), y),
             evaluate=(lambda: self.evaluate(val_data)) if val_data is not None else None,
-            save=save, tokens_per_step=self.batch_size * accum * env.world, flops_per_step=0.0,
+            save=session.save, tokens_per_step=self.batch_size * accum * env.world, flops_per_step=0.0,
             peak_flops=peak_flops(env.device, cfg.train.precision, cfg.train.peak_tflops, log=self.log) * env.world,
             throughput_unit="samples",
         )
-        try:
-            progress = run_steps(parts, cfg, env, start_step=start, stop_at=None, metrics=metrics, say=self.log)
-            return finish(parts, cfg, run_dir, progress, metrics=metrics, say=self.log)
-        finally:
-            if metrics:
-                metrics.close()  # the trackers flush
+        progress = session.run(parts)
+        return finish(parts, cfg, session.run_dir, progress, metrics=session.metrics, say=self.log)
 
     def merged_model(self) -> nn.Module:
         """The trained model as a plain module: adapters (finetune LoRA) folded into its weights; the model itself otherwise."""
@@ -294,11 +276,13 @@ class Trainer:
                           rank=self.env.rank, world=self.env.world, score=self._score)
         return {"loss": result["loss"], "accuracy": result["accuracy"], "samples": result["targets"]}
 
-    def _score(self, outputs: Any, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _score(self, model: nn.Module, inputs: Any, targets: torch.Tensor) -> Scored:
         """(the user's mean loss x batch size, correct argmax predictions for class logits, batch size)."""
+        outputs = call_model(model, inputs)
         n = torch.tensor(len(targets), device=targets.device)
-        loss = self.loss_fn(outputs.float() if isinstance(outputs, torch.Tensor) else outputs, targets).detach() * n
+        with torch.autocast(targets.device.type, enabled=False):  # the user's loss on fp32 outputs, as written
+            loss = self.loss_fn(outputs.float() if isinstance(outputs, torch.Tensor) else outputs, targets).detach() * n
         correct = torch.zeros((), device=targets.device)
         if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and targets.dim() == 1 and not targets.is_floating_point():
             correct = (outputs.argmax(-1) == targets).sum()
-        return loss, correct, n
+        return Scored(loss, correct, n)

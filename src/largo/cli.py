@@ -56,6 +56,7 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from largo.distributed.env import DistEnv, pick_device
     from largo.train.evaluate import evaluate, format_result
     from largo.errors import ConfigError
+    from largo.models import get_spec
     from largo.train.run import build_task
 
     if args.max_batches < 0:
@@ -73,11 +74,12 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     model, cfg, ckpt = restore(args.checkpoint, device)
     task = build_task(cfg, DistEnv(device=device))
     batches = task.dataset.eval_batches(cfg.train.micro_batch, args.max_batches)
-    result = evaluate(model, batches, device=device, precision=cfg.train.precision)
+    score = get_spec(cfg.model.arch).score  # the architecture's own loss path, as in training
+    result = evaluate(model, batches, device=device, precision=cfg.train.precision, score=score)
     print(f"{ckpt}: loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | {result['targets']:,} targets")
     print(format_result(result))
     for name, test_batches in task.test_sets.items():  # classification: extra named test sets
-        print(f"{name}: {format_result(evaluate(model, test_batches(cfg.train.micro_batch), device=device, precision=cfg.train.precision))}")
+        print(f"{name}: {format_result(evaluate(model, test_batches(cfg.train.micro_batch), device=device, precision=cfg.train.precision, score=score))}")
     return 0
 
 
@@ -228,7 +230,7 @@ def _config_as_run(cfg: Any, device: Any, args: argparse.Namespace, say: Callabl
     if args.mfu is None and args.measure and args.layout is None and args.optimizer is None:
         probe_step(cfg, devices=args.devices, tokens=args.tokens, log=say)  # cached: later plans and the run read it
     if cfg.train.time_budget_s and args.tokens is None:
-        fitted = fit_time_budget(dataclasses.replace(cfg, model=shape.model), shape.positions, here, args.devices, None, say)
+        fitted = fit_time_budget(dataclasses.replace(cfg, model=shape.model), shape.positions, here, args.devices, say)
         cfg = dataclasses.replace(cfg, train=fitted.train)
     return cfg
 
@@ -313,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-measure", dest="measure", action="store_false",
                    help="do not time steps of the config on this machine; use the MFU of the nearest recorded run, else an assumption")
     p.add_argument("--layout", choices=["fp32", "autocast", "mixed"], help="bytes per parameter layout (default: from train.precision)")
-    p.add_argument("--optimizer", choices=["adamw", "muon", "sgd"], help="default: the config's optim.name, else adamw")
+    # the optimizers a run can train with (optim.name): a plan for one no run can use would answer nothing
+    p.add_argument("--optimizer", choices=["adamw", "muon"], help="default: the config's optim.name, else adamw")
     p.add_argument("--micro-batch", type=int, default=0, help="fix the micro-batch (default: the largest that fits)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON (sorted keys)")
     p.set_defaults(fn=cmd_plan)

@@ -214,6 +214,19 @@ def _closest(name: str, valid: list[str]) -> str:
     return f"; did you mean '{match[0]}'?" if match else f"; valid: {', '.join(valid)}"
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what tensors, numpy and the C code below take
+
+
+def _check_int_range(section: str, obj: Any) -> None:
+    """Every integer key of a built section fits 64 bits (its own checks have bounded it from below already)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, int) or INT64_MIN <= value <= INT64_MAX:
+            continue
+        bound = f"at most {INT64_MAX}" if value > 0 else f"at least {INT64_MIN}"
+        raise ConfigError(f"{section}.{f.name} ({value}) must be {bound}: integer keys take 64-bit values")
+
+
 def _check_value(key: str, value: Any, hint: Any) -> Any:
     """Return value if it fits the annotated type (ints widen to floats), else raise ConfigError."""
     origin = typing.get_origin(hint)
@@ -228,11 +241,6 @@ def _check_value(key: str, value: Any, hint: Any) -> Any:
         if value not in choices:
             raise ConfigError(f"{key} = {value!r} is not valid; choose one of {', '.join(map(repr, choices))}")
         return value
-    if origin is list:  # list[str]: a TOML array
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
-            raise ConfigError(f"{key} = {value!r} must be a list of {item.__name__}, e.g. [\"a\", \"b\"]")
-        return list(value)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise ConfigError(f"{key} = {value!r} is not a finite number")
@@ -379,6 +387,7 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str] | None = None) -
                 raise _unknown(name, key, list(hints), arch)
             values[key] = _check_value(f"{name}.{key}", value, hints[key])
         built[name] = cls(**values)
+        _check_int_range(name, built[name])  # before anything converts a value to a tensor or a C integer
     if source is not None:
         _check_resolved(built["model"], source, built["model"].init_from)
     return RunConfig(**built)

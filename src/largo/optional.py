@@ -8,11 +8,10 @@ nothing is downloaded from a hub behind the user's back. `HF_HUB_OFFLINE=0 largo
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from types import ModuleType
 
-from largo.errors import ConfigError, LargoError
+from largo.errors import MissingDependencyError
 
 # module -> the largo extra that installs it (pyproject.toml's [project.optional-dependencies])
 EXTRAS = {"datasets": "hfdata", "peft": "lora", "lm_eval": "eval", "soundfile": "audio", "huggingface_hub": "hf",
@@ -32,16 +31,20 @@ def hub_offline() -> bool:
     return os.environ["HF_HUB_OFFLINE"].strip().lower() not in ("0", "false", "no", "off", "")
 
 
-def installed(module: str) -> bool:
-    """Whether an optional module can be imported (checked without importing it)."""
-    return importlib.util.find_spec(module) is not None
+def install_hint(module: str) -> str:
+    """How to install an optional module: the largo extra that brings it, else the package itself."""
+    extra = EXTRAS.get(module)
+    return f"pip install 'largo-train[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
 
 
-def require(module: str, what: str, error: type[LargoError] = ConfigError) -> ModuleType:
-    """Import `module` for `what`, or raise one line: `<what> needs <module>: pip install 'largo-train[<extra>]'`."""
+def require(module: str, what: str) -> ModuleType:
+    """Import `module` for `what`, or raise MissingDependencyError, one line: `<what> needs <module>: pip install ...`.
+
+    Every missing optional package is this one error, whichever layer needs it (data, checkpoints, trackers, ...).
+    """
     if module in _HF:
         hf_offline()
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise error(f"{what} needs {module}: pip install 'largo-train[{EXTRAS.get(module, module)}]'") from None
+        raise MissingDependencyError(f"{what} needs {module}: {install_hint(module)}") from None

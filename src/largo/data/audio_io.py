@@ -73,7 +73,7 @@ def decode_audio(data: bytes, name: str) -> tuple[np.ndarray, int]:
             return parse_wav(data, name)
         except struct.error as e:
             raise DataError(f"{name}: not a readable WAV file ({e})") from None
-    sf = require("soundfile", f"{name}: reading FLAC, OGG or MP3 audio", DataError)
+    sf = require("soundfile", f"{name}: reading FLAC, OGG or MP3 audio")
     try:
         x, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (samples, channels)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:

@@ -298,8 +298,3 @@ def checked_tokenizer_file(data_dir: str | Path, manifest: dict[str, Any]) -> Pa
     if not path.is_file() or sha256_file(path) != manifest["tokenizer"]["sha256"]:
         raise DataError(f"{path}: missing or does not match manifest.json's tokenizer hash; rebuild with `largo prepare <config> --force`")
     return path
-
-
-def load_tokenizer(data_dir: str | Path, manifest: dict[str, Any] | None = None) -> Tokenizer:
-    """The prepared tokenizer, checked against the manifest's hash."""
-    return Tokenizer.from_file(str(checked_tokenizer_file(data_dir, manifest or read_manifest(data_dir))))

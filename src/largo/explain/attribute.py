@@ -12,7 +12,6 @@ from types import ModuleType
 
 import torch
 
-from largo.errors import MissingDependencyError
 from largo.models.spec import Attribution
 from largo.optional import require
 
@@ -22,7 +21,7 @@ ELEMENTS_PER_PASS = 1 << 22  # attributed-tensor elements per chunk of path poin
 
 def captum_attr() -> ModuleType:
     """captum.attr, or a one-line error naming the install command."""
-    return require("captum.attr", "largo explain (Captum's attributions)", MissingDependencyError)
+    return require("captum.attr", "largo explain (Captum's attributions)")
 
 
 @dataclass

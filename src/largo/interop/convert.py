@@ -188,7 +188,7 @@ def export_adapter_checked(ckpt: Checkpoint, out: Path, fmt: str, log: Callable[
 
     out, adapted, base, cfg = export_adapter(ckpt, out, fmt=fmt)
     log(f"wrote {out}: adapter_config.json, adapter_model.safetensors ({(out / 'adapter_model.safetensors').stat().st_size / 2**10:.1f} KiB)")
-    peft = require("peft", "--adapter-only", CheckpointError)
+    peft = require("peft", "--adapter-only")
     tokens = sample_tokens(ckpt.tokenizer, cfg.model.vocab_size, cfg.model.max_seq_len)
     with torch.no_grad():
         expected = adapted(tokens).float()
@@ -222,6 +222,7 @@ def export_onnx_checked(ckpt: Checkpoint, out: Path, log: Callable[[str], None])
     from largo.interop.onnx_export import export_onnx, onnx_max_abs_diff
 
     model, cfg = load_model(ckpt)
+    get_spec(cfg.model.arch).check_export("onnx")
     traced, checked = real_inputs(cfg)
     path = export_onnx(model, traced, out / "model.onnx", max_seq_len=cfg.model.max_seq_len)
     if ckpt.tokenizer is not None:
@@ -254,6 +255,7 @@ def export_safetensors(ckpt: Checkpoint, out: Path, log: Callable[[str], None]) 
     from safetensors.torch import save_file
 
     config = ckpt.state["config"]
+    get_spec(config["model"]["arch"]).check_export("safetensors")
     if ckpt.adapters:  # the merged weights: a plain model, trained "full" as far as anyone loading it can tell
         model, _ = load_model(ckpt)
         out.mkdir(parents=True, exist_ok=True)

@@ -230,7 +230,7 @@ def export_adapter(checkpoint: str | Path | Checkpoint, out_dir: str | Path, *, 
         raise CheckpointError(f"--adapter-only writes a PEFT folder for --format hf or safetensors, not {fmt!r}")
     if fmt == "hf":
         llama_config(cfg.model, eot_id=None)
-    peft = require("peft", "--adapter-only", CheckpointError)
+    peft = require("peft", "--adapter-only")
     model, _ = load_model(ckpt, merge=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

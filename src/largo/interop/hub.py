@@ -37,7 +37,7 @@ def check_dtype(dtype: str) -> torch.dtype:
 
 def check_shard_size(max_shard_size: str | int) -> None:
     """Refuse a size huggingface_hub cannot read (e.g. '5GB', '500MB', 10**9) before anything is written."""
-    hub = require("huggingface_hub", "writing Hugging Face safetensors shards", CheckpointError)
+    hub = require("huggingface_hub", "writing Hugging Face safetensors shards")
     try:
         hub.split_torch_state_dict_into_shards({"x": torch.empty(1, device="meta")}, max_shard_size=max_shard_size)
     except ValueError:
@@ -48,7 +48,7 @@ def write_shards(out: Path, shapes: dict[str, tuple[int, ...]], read: Callable[[
                  dtype: str, max_shard_size: str | int = DEFAULT_SHARD) -> list[str]:
     """Write tensors `shapes` names as model.safetensors, or as model-0000k-of-0000n.safetensors + the index when they
     exceed max_shard_size; read(names) supplies one shard's tensors at a time. Returns the files written."""
-    hub = require("huggingface_hub", "writing Hugging Face safetensors shards", CheckpointError)
+    hub = require("huggingface_hub", "writing Hugging Face safetensors shards")
     torch_dtype = check_dtype(dtype)
     meta = {name: torch.empty(shape, dtype=torch_dtype, device="meta") for name, shape in shapes.items()}
     try:
@@ -102,7 +102,7 @@ def _table(rows: list[tuple[str, str]]) -> str:
 def model_card(cfg: RunConfig, ckpt: Checkpoint, *, dtype: str, files: list[str], params: int,
                parity: str, adapters_only: bool = False) -> str:
     """README.md for an exported folder: what the model is, how it was trained, on what, its scores, how to load it."""
-    hub = require("huggingface_hub", "writing a model card", CheckpointError)
+    hub = require("huggingface_hub", "writing a model card")
     m, run_dir, step = cfg.model, ckpt.run, ckpt.step
     samples = int(ckpt.state.get("data", {}).get("samples_seen", 0))
     header = hub.ModelCardData(library_name="peft" if adapters_only else "transformers", pipeline_tag="text-generation",

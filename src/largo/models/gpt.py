@@ -24,7 +24,7 @@ from largo.data.text import RandomTokens, TextLMData
 from largo.errors import ConfigError, DataError
 from largo.models.config import ModelConfig
 from largo.models.layers import KVCache
-from largo.models.loss import chunk_rows, linear_cross_entropy
+from largo.models.loss import Scored, chunk_rows, linear_cross_entropy, linear_scores
 from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Task, register
 from largo.models.trunk import Trunk
 from largo.precision import Layout
@@ -61,15 +61,19 @@ class GPT(nn.Module):
         # Tied: the head reuses tok_emb.weight in forward (no aliased Parameter to survive to_empty/FSDP).
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None) -> torch.Tensor:
-        """Logits (b, t, vocab) for tokens (b, t); with targets (b, t), the summed cross-entropy instead.
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None,
+                score: bool = False) -> torch.Tensor | Scored:
+        """Logits (b, t, vocab) for tokens (b, t); with targets (b, t), the summed cross-entropy instead (score: evaluation's
+        Scored: that loss, correct argmax predictions and the count).
 
         With targets the head and the loss run together (models/loss.py), in chunks when the logits
-        would be large, so training never holds (b * t) x vocab logits. With a cache, tokens continue
-        the cached positions.
+        would be large, so neither training nor evaluation holds (b * t) x vocab logits. With a cache,
+        tokens continue the cached positions. Evaluation passes through forward too, where FSDP gathers.
         """
         x = self.trunk(self.tok_emb(tokens), cache=cache)  # (b, t, dim)
         w = self.head.weight if self.head is not None else self.tok_emb.weight  # tied: the embedding is the head
+        if targets is not None and score:
+            return linear_scores(x.flatten(0, 1), w, targets.flatten())
         if targets is not None:
             return linear_cross_entropy(x.flatten(0, 1), w, targets.flatten())
         return F.linear(x, w)  # (b, t, vocab)
@@ -149,6 +153,10 @@ class GPTSpec(ArchSpec):
 
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return model(inputs, targets=targets)  # the head and the loss together, without materialising large logits
+
+    def score(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Scored:
+        scored = model(inputs, targets=targets, score=True)  # the training loss's path: no (tokens x vocab) logits at once
+        return scored._replace(predicted=scored.predicted.view_as(targets))
 
     def checkpoint_files(self, data: TextDataConfig) -> dict[str, Path]:
         return {TOKENIZER: Path(data.dir) / TOKENIZER}

@@ -1,8 +1,11 @@
 """Cross-entropy summed over targets (the loop divides by the global batch's count), and its chunked form for
-large vocabularies, where a language model's head and loss run together without (tokens x vocabulary) logits.
+large vocabularies, where a language model's head and loss run together without (tokens x vocabulary) logits;
+the evaluation scores of a batch (summed loss, correct argmax predictions, count) in both forms.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,36 @@ def summed_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     classifier's (b, classes) over (b,). Computed in fp32 whatever the autocast dtype.
     """
     return F.cross_entropy(logits.float().flatten(0, -2), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+class Scored(NamedTuple):
+    """One evaluation batch's scores, summed over its non-ignored targets (evaluation all-reduces and divides them)."""
+
+    loss: torch.Tensor  # the loss summed over targets
+    correct: torch.Tensor  # argmax predictions equal to their target
+    count: torch.Tensor  # targets scored
+    predicted: torch.Tensor | None = None  # argmax per target, shaped like the targets (a confusion matrix counts them)
+
+
+def score_targets(logits: torch.Tensor, targets: torch.Tensor) -> Scored:
+    """Summed cross-entropy, correct argmax predictions and the count of every non-ignored target."""
+    keep = targets != IGNORE
+    predicted = logits.argmax(-1)
+    return Scored(summed_loss(logits, targets), (predicted[keep] == targets[keep]).sum(), keep.sum(), predicted)
+
+
+@torch.no_grad()
+def linear_scores(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, *, budget_bytes: int | None = None) -> Scored:
+    """score_targets(h @ w^T, targets) for h (n, d), w (vocab, d), chunk by chunk when the fp32 logits exceed budget_bytes.
+
+    Evaluation's form of linear_cross_entropy: no (n x vocab) logits beyond one chunk, no gradients.
+    """
+    rows = chunk_rows(w.shape[0], budget_bytes)
+    if h.shape[0] <= rows:
+        return score_targets(F.linear(h, w), targets)
+    parts = [score_targets(F.linear(h[i : i + rows], w), targets[i : i + rows]) for i in range(0, h.shape[0], rows)]
+    return Scored(*(torch.stack([getattr(p, k) for p in parts]).sum() for k in ("loss", "correct", "count")),
+                  torch.cat([p.predicted for p in parts]))
 
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):

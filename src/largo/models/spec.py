@@ -26,9 +26,9 @@ from torch import nn
 
 from largo.data import Batch, Dataset
 from largo.data.config import DataConfig
-from largo.errors import ConfigError
+from largo.errors import CheckpointError, ConfigError
 from largo.models.config import ModelConfig
-from largo.models.loss import summed_loss
+from largo.models.loss import Scored, score_targets, summed_loss
 from largo.precision import Layout
 
 
@@ -126,6 +126,12 @@ class ArchSpec:
     generates: ClassVar[bool] = False  # a language model that `largo generate` can sample from
     feeds_mfu_history: ClassVar[bool] = False  # its measured MFU becomes the default of `largo plan` on the device
 
+    def check_export(self, fmt: str) -> None:
+        """One line when `largo export --format fmt` cannot write this architecture (export_formats lists what it can)."""
+        if fmt not in self.export_formats:
+            raise CheckpointError(f"model.arch = {self.name!r} does not export as --format {fmt}; "
+                                  f"it exports as --format {' or '.join(self.export_formats)}")
+
     # ---- model
     def build(self, cfg: ModelConfig) -> nn.Module:
         """The model for a resolved config, on the current default device (build_model uses meta)."""
@@ -151,6 +157,11 @@ class ArchSpec:
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss of one micro-batch, summed over its targets (the loop divides by the global count)."""
         return summed_loss(model(inputs), targets)
+
+    def score(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Scored:
+        """One held-out batch's summed loss, correct predictions and count (evaluation runs it under autocast, no grad):
+        cross-entropy and argmax accuracy by default; an architecture that trains on another loss scores with it here."""
+        return score_targets(model(inputs), targets)
 
     def task(self, data: DataConfig, model: ModelConfig, prepared: Any, *, seed: int) -> Task:
         """Everything the loop needs, from the prepared data; Task.model is `model` resolved."""

@@ -22,13 +22,6 @@ def write_confusion(path: Path, matrix: np.ndarray, classes: list[str]) -> list[
     return written + ([png] if png else [])
 
 
-def read_confusion(path: Path) -> tuple[np.ndarray, list[str]]:
-    """Inverse of write_confusion's CSV."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    return np.array([[int(v) for v in r[1:]] for r in rows[1:]], dtype=np.int64), rows[0][1:]
-
-
 def _plot(path: Path, matrix: np.ndarray, classes: list[str]) -> Path | None:
     try:
         import matplotlib

@@ -1,8 +1,11 @@
 """Experiment trackers fed from MetricsLog.write: every record the run logs reaches them too (rank 0 only).
 
-metrics.jsonl stays the record; a tracker is a view of it. TensorBoard (through PyTorch's SummaryWriter, which
+metrics.jsonl stays the record; a tracker is a view of it. Each tracker is one `Tracker` entry in a registry:
+its name (observe.trackers), the optional package it needs (missing: largo.optional.require's one line), what
+it writes into a run folder, and how its sink opens. TensorBoard (through PyTorch's SummaryWriter, which
 writes the `tensorboard` package's event format) is built in; W&B (offline), MLflow (a local file store) and
-trackio are optional extras, used when installed. A resumed run continues the same tracker run:
+trackio are used when installed. Adding a tracker is one `register(Tracker(...))`, in src/ or outside it.
+A resumed run continues the same tracker run:
 - TensorBoard: the new writer starts with purge_step = the resumed step + 1, so the event reader drops what the
   first attempt logged after its checkpoint and keeps each step once;
 - W&B, MLflow, trackio (no purge): steps the first attempt already logged are not sent again (a resumed run
@@ -15,19 +18,55 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from largo.errors import ConfigError, MissingDependencyError
+from largo.errors import ConfigError
 from largo.observe.metrics import MetricsLog, Sink, last_step
 from largo.rundir import RunDir
+from largo.optional import require
 
-TRACKERS = ("tensorboard", "wandb", "mlflow", "trackio")
-INSTALL = {"tensorboard": "pip install 'largo-train[explain]' (or: pip install tensorboard)", "wandb": "pip install wandb",
-           "mlflow": "pip install mlflow", "trackio": "pip install trackio"}
 IDS = "trackers.json"  # run ids of the trackers that have them, so a resumed run continues its own
 TB_DIR = "tensorboard"
-OUTPUTS = (TB_DIR, IDS, "wandb", "mlruns")  # what trackers write into a run directory (--overwrite clears them)
+
+
+@dataclass
+class Opening:
+    """What a tracker's sink opens with."""
+
+    name: str  # the tracker's registered name
+    run_dir: Path
+    config: dict[str, Any]  # the resolved run config
+    project: str  # observe.project
+    resume_step: int | None  # the checkpoint a resumed run restarts after; None = a new run
+    skip_through: int  # the last step an earlier attempt already sent (-1: none)
+    ids: dict[str, str] = field(default_factory=dict)  # trackers.json: a tracker with a run id reads and sets ids[name]
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """One experiment tracker: its name, the package it needs, what it writes into a run folder, how its sink opens."""
+
+    name: str  # the value in observe.trackers / --tracker
+    module: str  # the optional package it imports (checked through largo.optional.require before opening)
+    outputs: tuple[str, ...]  # files and folders it writes into a run directory (--overwrite clears them)
+    open: Callable[[Opening], Sink]
+
+
+_TRACKERS: dict[str, Tracker] = {}
+
+
+def register(tracker: Tracker) -> Tracker:
+    """Make `tracker` selectable in observe.trackers (a later registration of the same name replaces it)."""
+    _TRACKERS[tracker.name] = tracker
+    return tracker
+
+
+def tracker_outputs() -> tuple[str, ...]:
+    """Everything trackers write into a run directory: what --overwrite clears beside the run's own files."""
+    return (IDS, *dict.fromkeys(out for t in _TRACKERS.values() for out in t.outputs))
 
 
 def _number(v: Any) -> float | None:
@@ -70,8 +109,8 @@ def flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_names(names: list[str]) -> list[str]:
     """The tracker names, each known, duplicates dropped (order kept); a one-line error otherwise."""
     for name in names:
-        if name not in TRACKERS:
-            raise ConfigError(f"observe.trackers: {name!r} is not a tracker; choose among {', '.join(map(repr, TRACKERS))}")
+        if name not in _TRACKERS:
+            raise ConfigError(f"observe.trackers: {name!r} is not a tracker; choose among {', '.join(map(repr, _TRACKERS))}")
     return list(dict.fromkeys(names))
 
 
@@ -94,20 +133,17 @@ class _Stepped:
 class TensorBoardSink:
     """Scalars to run_dir/tensorboard; the resolved config as hyperparameters (and as text) when the run starts."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], *, resume_step: int | None):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            from torch.utils.tensorboard.summary import hparams
-        except ImportError:
-            raise MissingDependencyError(f"observe.trackers 'tensorboard' needs the tensorboard package; install it with: "
-                                         f"{INSTALL['tensorboard']}") from None
-        purge = resume_step + 1 if resume_step is not None else None  # the event reader drops older events from here on
-        self.writer = SummaryWriter(log_dir=str(run_dir / TB_DIR), purge_step=purge)
-        if resume_step is None:
-            flat = flat_config(config)
+    def __init__(self, o: Opening):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        purge = o.resume_step + 1 if o.resume_step is not None else None  # the event reader drops older events from here on
+        self.writer = SummaryWriter(log_dir=str(o.run_dir / TB_DIR), purge_step=purge)
+        if o.resume_step is None:
+            flat = flat_config(o.config)
             for summary in hparams(flat, {"val/loss": 0.0, "val/accuracy": 0.0}):  # metric names only; values come as scalars
                 self.writer.file_writer.add_summary(summary)
-            self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
+            self.writer.add_text("config", "```\n" + json.dumps(o.config, indent=2) + "\n```", 0)
         self.writer.flush()
 
     def write(self, record: dict[str, Any]) -> None:
@@ -126,14 +162,13 @@ class TensorBoardSink:
 class WandbSink(_Stepped):
     """W&B in offline mode (files under run_dir/wandb; `wandb sync` uploads them later)."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], *, project: str, run_id: str, skip_through: int):
-        super().__init__(skip_through)
-        try:
-            import wandb
-        except ImportError:
-            raise MissingDependencyError(f"observe.trackers 'wandb' needs W&B; install it with: {INSTALL['wandb']}") from None
-        self.run = wandb.init(project=project, name=run_dir.name, id=run_id, dir=str(run_dir), mode="offline",
-                              resume="allow", config=config)
+    def __init__(self, o: Opening):
+        import wandb
+
+        super().__init__(o.skip_through)
+        o.ids.setdefault(o.name, f"{o.run_dir.name}-{os.urandom(4).hex()}")
+        self.run = wandb.init(project=o.project, name=o.run_dir.name, id=o.ids[o.name], dir=str(o.run_dir), mode="offline",
+                              resume="allow", config=o.config)
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
@@ -145,25 +180,24 @@ class WandbSink(_Stepped):
 class MlflowSink(_Stepped):
     """MLflow with a local file store under run_dir/mlruns; params = the flattened resolved config."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], *, project: str, run_id: str | None, skip_through: int):
-        super().__init__(skip_through)
-        try:
-            from mlflow.entities import Metric, Param
-            from mlflow.tracking import MlflowClient
-        except ImportError:
-            raise MissingDependencyError(f"observe.trackers 'mlflow' needs MLflow; install it with: {INSTALL['mlflow']}") from None
+    def __init__(self, o: Opening):
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
+
+        super().__init__(o.skip_through)
         self.Metric = Metric
-        self.client = MlflowClient(tracking_uri=(run_dir / "mlruns").resolve().as_uri())
-        experiment = self.client.get_experiment_by_name(project)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(project)
-        if run_id is None:
-            self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name).info.run_id
-            params = [Param(k, str(v)[:500]) for k, v in flat_config(config).items()]
+        self.client = MlflowClient(tracking_uri=(o.run_dir / "mlruns").resolve().as_uri())
+        experiment = self.client.get_experiment_by_name(o.project)
+        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(o.project)
+        if o.name not in o.ids:
+            self.run_id = self.client.create_run(experiment_id, run_name=o.run_dir.name).info.run_id
+            params = [Param(k, str(v)[:500]) for k, v in flat_config(o.config).items()]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=params[i : i + 100])
         else:
-            self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = o.ids[o.name]
+            self.client.update_run(self.run_id, status="RUNNING")
+        o.ids[o.name] = self.run_id
 
     def log(self, values: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -176,20 +210,23 @@ class MlflowSink(_Stepped):
 class TrackioSink(_Stepped):
     """trackio, stored locally (TRACKIO_DIR); the run resumes by name."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], *, project: str, skip_through: int):
-        super().__init__(skip_through)
-        try:
-            import trackio
-        except ImportError:
-            raise MissingDependencyError(f"observe.trackers 'trackio' needs trackio; install it with: {INSTALL['trackio']}") from None
-        self.trackio = trackio
-        self.run = trackio.init(project=project, name=run_dir.name, config=config, resume="allow")
+    def __init__(self, o: Opening):
+        import trackio
+
+        super().__init__(o.skip_through)
+        self.run = trackio.init(project=o.project, name=o.run_dir.name, config=o.config, resume="allow")
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
 
     def close(self) -> None:
         self.run.finish()
+
+
+register(Tracker("tensorboard", module="tensorboard", outputs=(TB_DIR,), open=TensorBoardSink))
+register(Tracker("wandb", module="wandb", outputs=("wandb",), open=WandbSink))
+register(Tracker("mlflow", module="mlflow", outputs=("mlruns",), open=MlflowSink))
+register(Tracker("trackio", module="trackio", outputs=(), open=TrackioSink))
 
 
 def _ids(run_dir: Path) -> dict[str, str]:
@@ -207,17 +244,9 @@ def open_trackers(names: list[str], run_dir: Path, *, config: dict[str, Any], pr
     ids, sinks = (_ids(run_dir) if resume_step is not None else {}), []
     skip = last_step if resume_step is not None else -1
     for name in check_names(names):
-        if name == "tensorboard":
-            sinks.append(TensorBoardSink(run_dir, config, resume_step=resume_step))
-        elif name == "wandb":
-            ids.setdefault("wandb", f"{run_dir.name}-{os.urandom(4).hex()}")
-            sinks.append(WandbSink(run_dir, config, project=project, run_id=ids["wandb"], skip_through=skip))
-        elif name == "mlflow":
-            sink = MlflowSink(run_dir, config, project=project, run_id=ids.get("mlflow"), skip_through=skip)
-            ids["mlflow"] = sink.run_id
-            sinks.append(sink)
-        else:
-            sinks.append(TrackioSink(run_dir, config, project=project, skip_through=skip))
+        tracker = _TRACKERS[name]
+        require(tracker.module, f"observe.trackers {name!r}")  # a missing package: one line naming how to install it
+        sinks.append(tracker.open(Opening(name, run_dir, config, project, resume_step, skip, ids)))
     if ids:
         (run_dir / IDS).write_text(json.dumps(ids, indent=1) + "\n")
     return sinks

@@ -1,4 +1,8 @@
-"""Evaluation: loss, perplexity and accuracy over held-out batches (sharded over ranks, all-reduced), one printed line."""
+"""Evaluation: loss, perplexity and accuracy over held-out batches (sharded over ranks, all-reduced), one printed line.
+
+Each batch is scored by a `Score` (model, inputs, targets) -> Scored: the architecture's own (`ArchSpec.score`,
+which runs its training loss's path) for a config-built run, cross-entropy over the model's outputs otherwise.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +16,14 @@ from torch import nn
 from largo.data import Batch
 from largo.errors import DataError
 from largo.precision import autocast
-from largo.models.loss import IGNORE, summed_loss
+from largo.models.loss import IGNORE, Scored, score_targets
 
-Score = Callable[[Any, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (outputs, targets) -> loss sum, correct, count
+Score = Callable[[nn.Module, Any, torch.Tensor], Scored]  # (model, inputs, targets) -> summed loss, correct, count[, predicted]
 
 
-def score_targets(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Summed cross-entropy, correct argmax predictions and the count of every non-ignored target."""
-    keep = targets != IGNORE
-    correct = (logits.argmax(-1)[keep] == targets[keep]).sum()
-    return summed_loss(logits, targets), correct, keep.sum()
+def score_outputs(model: nn.Module, inputs: Any, targets: torch.Tensor) -> Scored:
+    """Cross-entropy and argmax accuracy over the model's outputs (ArchSpec.score's default, for any module)."""
+    return score_targets(call_model(model, inputs), targets)
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
@@ -42,12 +44,12 @@ def to_device(obj: Any, device: torch.device) -> Any:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], *, device: torch.device, precision: str = "fp32",
-             rank: int = 0, world: int = 1, confusion: torch.Tensor | None = None, score: Score = score_targets) -> dict[str, float]:
+             rank: int = 0, world: int = 1, confusion: torch.Tensor | None = None, score: Score = score_outputs) -> dict[str, float]:
     """Mean loss, perplexity and accuracy over all targets in `batches`; adds (true, predicted) counts into `confusion` if given.
 
     With world > 1 every rank calls this with the same batches: rank r evaluates batches r, r + world, ...
     and the sums (and confusion counts) are all-reduced, so every rank returns the 1-process result.
-    `score` turns one batch's outputs into (loss sum, correct, count): cross-entropy over targets by default.
+    `score` runs the model on one batch and sums its loss, correct predictions and targets (under autocast).
     """
     was_training = model.training
     model.eval()
@@ -59,17 +61,18 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], *, device: torch.device
             continue
         x, y = to_device(x, device), to_device(y, device)
         with autocast(device, precision):
-            outputs = call_model(model, x)
-        sums += torch.stack([v.double() for v in score(outputs, y)])
+            scored = score(model, x, y)
+        sums += torch.stack([v.double() for v in scored[:3]])
         if confusion is not None:
+            if scored.predicted is None:
+                raise ValueError("a confusion matrix needs the score's predictions: return Scored(..., predicted=argmax per target)")
             n, keep = confusion.shape[0], y != IGNORE
-            pred = outputs.argmax(-1)
-            confusion += torch.bincount(y[keep] * n + pred[keep], minlength=n * n).view(n, n).to(confusion.device)
+            confusion += torch.bincount(y[keep] * n + scored.predicted[keep], minlength=n * n).view(n, n).to(confusion.device)
         mine += 1
     if world > 1:
         if spare is not None and mine < -(-total // world):
             with autocast(device, precision):  # a rank one batch short still joins FSDP's all-gathers; result unused
-                call_model(model, to_device(spare[0], device))
+                score(model, to_device(spare[0], device), to_device(spare[1], device))
         torch.distributed.all_reduce(sums)
         if confusion is not None:
             counts = confusion.to(device)

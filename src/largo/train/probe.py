@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from largo.config import RunConfig
-from largo.data import rank_samples
 from largo.distributed import start_env
 from largo.models import get_spec
 from largo.observe.memory import PeakMemory
@@ -28,24 +27,15 @@ from largo.plan import estimate as est
 from largo.plan.check import device_type, step_flops
 from largo.plan.measured import compiled_for, measured_step, record_step
 from largo.plan.planner import config_step_key, default_mfu, device_memory_bytes
-from largo.train.loop import LoopParts, run_steps, seed_everything
+from largo.train.loop import LoopParts, seed_everything
 from largo.train.optim import Schedule, build_optimizers
-from largo.train.run import build_trained_model, global_target_count
+from largo.train.run import build_trained_model, task_steps
+from largo.train.session import RunSession
 
 WARM_STEPS = 6  # the first compiles; a compiled step stays slow for a few more (measured: 3 left the demo's step 32% high)
 TIMED_STEPS = 5  # their median is the measurement
 BUDGET_S = 60.0  # a proxy runs when the configured steps would take longer than this to time (at the planner's guess);
 # a proxy's smaller micro-batch runs at a lower MFU (text_tiny's micro-batch 2 of 16 planned its step 2.9x too slow)
-
-
-class _Records:
-    """The loop's metrics sink, kept in memory."""
-
-    def __init__(self) -> None:
-        self.records: list[dict[str, Any]] = []
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
 
 
 def _proxy(cfg: RunConfig, positions: int, guess_s: Callable[[RunConfig], float], fits: Callable[[RunConfig], bool]) -> tuple[RunConfig, list[str]]:
@@ -123,26 +113,18 @@ def _time_steps(cfg: RunConfig, task: Any, env: Any, compiled: str, peak: float)
     """Median seconds per optimizer step over TIMED_STEPS steps of the real loop, after WARM_STEPS, and the peak memory
     above the baseline before the model was built (measured as a run measures it; None where it cannot be)."""
     memory = PeakMemory(env.device)
-    spec, t = get_spec(cfg.model.arch), cfg.train
-    seed_everything(cfg.run.seed)
-    model = build_trained_model(cfg, env, "none", full_init=True, compiled=compiled, say=lambda _m: None)[0]  # adapters too
-    optimizers = build_optimizers(model, cfg.optim)
     total = WARM_STEPS + TIMED_STEPS
-    run = dataclasses.replace(cfg, train=dataclasses.replace(t, steps=total, log_every=1),
+    run = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=total, log_every=1),
                               eval=dataclasses.replace(cfg.eval, every=0), checkpoint=dataclasses.replace(cfg.checkpoint, every=0))
-    parts = LoopParts(
-        model=model, optimizers=optimizers, schedule=Schedule(optimizers, cfg.optim, total, env.device),
-        micro_batches=lambda step: [task.dataset.train_rows(s) for s in
-                                    rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=0, world=1)],
-        normaliser=lambda batches: global_target_count(batches, env),
-        forward_loss=lambda x, y: spec.loss(model, task.augment(x), y),
-        evaluate=None, save=lambda _step: None, tokens_per_step=t.global_batch * task.positions,
-        flops_per_step=0.0, peak_flops=peak,
-    )
-    records = _Records()
+    seed_everything(cfg.run.seed)
+    model = build_trained_model(run, env, "none", full_init=True, compiled=compiled, say=lambda _m: None)[0]  # adapters too
+    optimizers = build_optimizers(model, cfg.optim)
+    session = RunSession.in_memory(run, env)  # no folder, no checkpoints: the records stay in memory
+    parts = LoopParts(model=model, optimizers=optimizers, schedule=Schedule(optimizers, cfg.optim, total, env.device),
+                      **task_steps(run, task, model, env), evaluate=None, save=session.save, flops_per_step=0.0, peak_flops=peak)
     memory.start()
     try:
-        run_steps(parts, run, env, start_step=0, stop_at=None, metrics=records, say=lambda _m: None)
+        session.run(parts)
     finally:
         peak_bytes = memory.stop()
-    return statistics.median(r["step_time_ms"] for r in records.records[WARM_STEPS:]) / 1000, peak_bytes
+    return statistics.median(r["step_time_ms"] for r in session.metrics.records[WARM_STEPS:]) / 1000, peak_bytes

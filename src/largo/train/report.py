@@ -18,7 +18,7 @@ from torch import nn
 from largo.config import RunConfig, TrainConfig
 from largo.distributed.env import DistEnv
 from largo.distributed.memory import local_bytes, optimizer_tensors
-from largo.models import Task
+from largo.models import Task, get_spec
 from largo.observe.confusion import write_confusion
 from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
@@ -97,7 +97,7 @@ def report_classification(model: nn.Module, t: TrainConfig, task: Task, confusio
     for name, batches in task.test_sets.items():
         counts = torch.zeros_like(confusion)
         results[name] = evaluate(model, batches(t.micro_batch), device=env.device, precision=t.precision,
-                                 rank=env.rank, world=env.world, confusion=counts)
+                                 rank=env.rank, world=env.world, confusion=counts, score=get_spec(task.model.arch).score)
         if env.is_main:
             write_confusion(run_dir / f"confusion_{name}", counts.numpy(), task.classes)
     return results

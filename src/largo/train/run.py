@@ -17,7 +17,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from largo.checkpoint.checkpointer import Checkpointer
 from largo.checkpoint.restore import load_init_weights
 from largo.config import RunConfig
 from largo.data import Batch, rank_samples
@@ -25,11 +24,10 @@ from largo.distributed import start_env
 from largo.distributed.env import DistEnv
 from largo.distributed.memory import log_memory, report_after_steps
 from largo.distributed.parallelize import build_parallel_model, unwrap
-from largo.errors import CheckpointError, ConfigError, RunDirError
+from largo.errors import CheckpointError, ConfigError
 from largo.models import Task, get_spec, trainable
 from largo.models.finetune import apply_finetune, check_finetune
 from largo.observe.memory import PeakMemory
-from largo.observe.trackers import open_metrics
 from largo.observe.throughput import peak_flops
 from largo.plan.estimate import compile_decision
 from largo.plan.check import planned_step
@@ -40,7 +38,7 @@ from largo.train.loop import LoopParts, run_steps, seed_everything
 from largo.models.loss import IGNORE
 from largo.train.optim import Schedule, build_optimizers
 from largo.train.report import end_of_run
-from largo.train.run_dir import open_run_dir, release_run_dir, resume_point
+from largo.train.session import RunSession
 
 T = TypeVar("T")
 
@@ -95,20 +93,22 @@ def rank0_value(value: float, device: torch.device) -> float:
     return float(box.item())
 
 
-def fit_time_budget(cfg: RunConfig, positions: int, device: torch.device, world: int, resumed: tuple[Path, dict[str, Any]] | None,
-                    say: Callable[[str], None]) -> RunConfig:
-    """cfg with train.steps lowered to what fits train.time_budget_s at the planned step time; a resumed run keeps its steps."""
+def fit_time_budget(cfg: RunConfig, positions: int, device: torch.device, world: int, say: Callable[[str], None]) -> RunConfig:
+    """cfg with train.steps lowered to what fits train.time_budget_s at the planned step time on this device."""
     t = cfg.train
-    if resumed is not None:  # the schedule was laid out for the steps the run started with
-        steps = int(((resumed[1].get("config") or {}).get("train") or {}).get("steps") or t.steps)
-        say(f"time budget: {steps} steps, as the run started with")
-    else:
-        step_s, _, source = planned_step(cfg, world=world, device=device, seq_len=positions,
-                                         peak_flops_per_device=peak_flops(device, t.precision, t.peak_tflops, log=say))
-        steps = int(rank0_value(max(1, min(t.steps, int(t.time_budget_s / step_s))), device))  # each rank timed its own
-        say(f"time budget: {steps} of {t.steps} steps fit train.time_budget_s = {t.time_budget_s:g} at {step_s:.3g} s per step "
-            f"({source})")
+    step_s, _, source = planned_step(cfg, world=world, device=device, seq_len=positions,
+                                     peak_flops_per_device=peak_flops(device, t.precision, t.peak_tflops, log=say))
+    steps = int(rank0_value(max(1, min(t.steps, int(t.time_budget_s / step_s))), device))  # each rank timed its own
+    say(f"time budget: {steps} of {t.steps} steps fit train.time_budget_s = {t.time_budget_s:g} at {step_s:.3g} s per step "
+        f"({source})")
     return dataclasses.replace(cfg, train=dataclasses.replace(t, steps=steps))
+
+
+def started_steps(cfg: RunConfig, resumed: tuple[Path, dict[str, Any]], say: Callable[[str], None]) -> RunConfig:
+    """cfg with the train.steps a time-budgeted run started with: its schedule was laid out for them."""
+    steps = int(((resumed[1].get("config") or {}).get("train") or {}).get("steps") or cfg.train.steps)
+    say(f"time budget: {steps} steps, as the run started with")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
 
 
 def compile_mode(cfg: RunConfig, task: Task, strategy: str) -> tuple[str, str]:
@@ -135,26 +135,25 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
         raise ConfigError("finetune.method = 'lora' trains adapters over pretrained weights; set model.init_from "
                           "(a run directory or checkpoint, e.g. one made by largo import)")
 
+    session = RunSession.resolve(cfg, env, resume=resume, say=say)  # a bad --resume fails before anything is prepared or written
+    if session.resumed is not None and t.time_budget_s:  # a budgeted run resumes towards the steps it started with
+        session.cfg = cfg = started_steps(cfg, session.resumed, say)
+        t = cfg.train
+    if session.finished_step is not None:
+        return session.finished()  # a requeued job of a run that already reached train.steps: one line, exit 0
     task = build_task(cfg, env, log=say)
     cfg = dataclasses.replace(cfg, model=task.model)  # model fields resolved from the data (vocabulary size, classes)
     cfg = resolve_precision(cfg, env.device, task.positions, say)
     check_finetune(cfg.model, cfg.finetune)  # adapter targets name real modules: checked before the run directory is touched
     strategy, why = choose_strategy(cfg, positions=task.positions, env=env)
     say(f"parallel: {strategy} ({why})")
-    resumed = resume_point(cfg.run_dir, resume, log=say)  # a bad --resume fails before the run directory is touched
-    if t.time_budget_s:
-        cfg = fit_time_budget(cfg, task.positions, env.device, env.world, resumed, say)
+    if t.time_budget_s and session.resumed is None:
+        cfg = fit_time_budget(cfg, task.positions, env.device, env.world, say)
         t = cfg.train
     compiled, why = compile_mode(cfg, task, strategy)
     say(f"compile: {compiled} ({why})")
-    if resumed is not None and resumed[1]["step"] >= t.steps:
-        raise RunDirError(f"{cfg.run_dir} already finished at step {resumed[1]['step']} (train.steps = {t.steps}); "
-                          f"nothing to do: raise --train.steps to train further")
-    run_dir = open_run_dir(cfg, resume=resume is not None, overwrite=overwrite, is_main=env.is_main)  # locked until the end
-    try:
-        return _train_in(run_dir, cfg, task, env, strategy, compiled, resumed, stop_at=stop_at, say=say)
-    finally:
-        release_run_dir(run_dir)
+    with session.open(cfg, overwrite=overwrite):  # locked until the end
+        return _train_in(session, task, env, strategy, compiled, stop_at=stop_at, say=say)
 
 
 def build_trained_model(cfg: RunConfig, env: DistEnv, strategy: str, *, full_init: bool, compiled: str,
@@ -180,53 +179,56 @@ def build_trained_model(cfg: RunConfig, env: DistEnv, strategy: str, *, full_ini
     return trained, model, base or None
 
 
-def _train_in(run_dir: Path, cfg: RunConfig, task: Task, env: DistEnv, strategy: str, compiled: str, resumed: tuple[Path, dict[str, Any]] | None,
-              *, stop_at: int | None, say: Callable[[str], None]) -> dict[str, Any]:
+def task_steps(cfg: RunConfig, task: Task, trained: nn.Module, env: DistEnv) -> dict[str, Any]:
+    """The loop's parts that come from a config-built task: this rank's micro-batches, the loss divisor, the spec's loss."""
+    spec, t = get_spec(cfg.model.arch), cfg.train
+    return dict(
+        micro_batches=lambda step: [task.dataset.train_rows(s) for s in
+                                    rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=env.rank, world=env.world)],
+        normaliser=lambda batches: global_target_count(batches, env),
+        forward_loss=lambda x, y: spec.loss(trained, task.augment(x), y),
+        tokens_per_step=t.global_batch * task.positions,
+    )
+
+
+def check_adapters_base(resumed: tuple[Path, dict[str, Any]] | None, cfg: RunConfig, base: dict[str, str] | None) -> None:
+    """Adapters resume only over the base they were trained over (model.init_from's state.json digest)."""
+    if resumed is None or not cfg.finetune.adapters:
+        return
+    trained_over = (resumed[1].get("adapters") or {}).get("base") or {}
+    if trained_over.get("digest") != (base or {}).get("digest"):
+        raise CheckpointError(f"{resumed[0]}: its adapters were trained over another base than the one model.init_from "
+                              f"({cfg.model.init_from}) holds now; their state.json digests differ")
+
+
+def _train_in(session: RunSession, task: Task, env: DistEnv, strategy: str, compiled: str, *, stop_at: int | None,
+              say: Callable[[str], None]) -> dict[str, Any]:
     """Everything after the run directory is opened and locked: model, optimizers, checkpoints, the loop, the reports."""
-    t, spec = cfg.train, get_spec(cfg.model.arch)
+    cfg, t = session.cfg, session.cfg.train
     memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
-    trained, model, base = build_trained_model(cfg, env, strategy, full_init=resumed is None, compiled=compiled, say=say)
+    trained, model, base = build_trained_model(cfg, env, strategy, full_init=session.resumed is None, compiled=compiled, say=say)
     optimizers = build_optimizers(model, cfg.optim)
     schedule = Schedule(optimizers, cfg.optim, t.steps, env.device)
-    checkpoints = Checkpointer(run_dir / "checkpoints", model=model, optimizers=optimizers, schedule=schedule, env=env,
-                               sharded=strategy == "fsdp", keep_last=cfg.checkpoint.keep_last, files=task.files,
-                               adapters=cfg.finetune.adapters)
-    extra_state = {"adapters": {"method": cfg.finetune.method, "base": base}} if cfg.finetune.adapters else {}
-    start_step = 0
-    if resumed is not None:
-        trained_over = (resumed[1].get("adapters") or {}).get("base") or {}
-        if cfg.finetune.adapters and trained_over.get("digest") != (base or {}).get("digest"):
-            raise CheckpointError(f"{resumed[0]}: its adapters were trained over another base than the one model.init_from "
-                                  f"({cfg.model.init_from}) holds now; their state.json digests differ")
-        start_step = checkpoints.load(*resumed)
-        say(f"resumed from {resumed[0]} at step {start_step}")
-    metrics = open_metrics(run_dir, trackers=cfg.observe.trackers, config=cfg.to_dict(), project=cfg.observe.project,
-                           start_step=start_step) if env.is_main else None
-    try:
-        report_after_steps(optimizers[0], {1, t.steps - start_step}, model, optimizers, env,
-                           lambda n, record: log_memory(start_step + n, record, metrics, say if n == 1 else None))
-        confusion = torch.zeros(len(task.classes), len(task.classes), dtype=torch.long) if task.classes else None
-
-        parts = LoopParts(
-            model=trained, optimizers=optimizers, schedule=schedule,
-            micro_batches=lambda step: [task.dataset.train_rows(s) for s in
-                                        rank_samples(step, global_batch=t.global_batch, micro_batch=t.micro_batch, rank=env.rank, world=env.world)],
-            normaliser=lambda batches: global_target_count(batches, env),
-            forward_loss=lambda x, y: spec.loss(trained, task.augment(x), y),
-            evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device,
-                                      precision=t.precision, rank=env.rank, world=env.world,
-                                      confusion=confusion.zero_() if confusion is not None else None),
-            save=lambda step: checkpoints.save(step, {"data": {"samples_seen": step * t.global_batch}, "config": cfg.to_dict(), **extra_state}),
-            tokens_per_step=t.global_batch * task.positions,
-            flops_per_step=t.global_batch * task.flops_per_sample,
-            peak_flops=peak_flops(env.device, t.precision, t.peak_tflops, log=say) * env.world,
-        )
-        say(f"model: {trainable(model):,} params | {parts.tokens_per_step:,} tokens/step | "
-            f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
-        memory.start()
-        progress = run_steps(parts, cfg, env, start_step=start_step, stop_at=stop_at, metrics=metrics, say=say)
-        return end_of_run(parts, cfg, task, progress, model=model, run_dir=run_dir, env=env, memory=memory, confusion=confusion,
-                          metrics=metrics, say=say)
-    finally:
-        if metrics:
-            metrics.close()  # the trackers flush
+    check_adapters_base(session.resumed, cfg, base)
+    start_step = session.attach(model, optimizers, schedule, position=lambda step: {"samples_seen": step * t.global_batch},
+                                extra={"adapters": {"method": cfg.finetune.method, "base": base}} if cfg.finetune.adapters else {},
+                                sharded=strategy == "fsdp", files=task.files, adapters=cfg.finetune.adapters)
+    metrics = session.metrics
+    report_after_steps(optimizers[0], {1, t.steps - start_step}, model, optimizers, env,
+                       lambda n, record: log_memory(start_step + n, record, metrics, say if n == 1 else None))
+    confusion = torch.zeros(len(task.classes), len(task.classes), dtype=torch.long) if task.classes else None
+    parts = LoopParts(
+        model=trained, optimizers=optimizers, schedule=schedule, **task_steps(cfg, task, trained, env),
+        evaluate=lambda: evaluate(model, task.dataset.eval_batches(t.micro_batch, cfg.eval.max_batches), device=env.device,
+                                  precision=t.precision, rank=env.rank, world=env.world, score=get_spec(cfg.model.arch).score,
+                                  confusion=confusion.zero_() if confusion is not None else None),
+        save=session.save,
+        flops_per_step=t.global_batch * task.flops_per_sample,
+        peak_flops=peak_flops(env.device, t.precision, t.peak_tflops, log=say) * env.world,
+    )
+    say(f"model: {trainable(model):,} params | {parts.tokens_per_step:,} tokens/step | "
+        f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
+    memory.start()
+    progress = session.run(parts, stop_at=stop_at)
+    return end_of_run(parts, cfg, task, progress, model=model, run_dir=session.run_dir, env=env, memory=memory, confusion=confusion,
+                      metrics=metrics, say=say)

@@ -16,7 +16,7 @@ from largo.checkpoint.handle import Checkpoint
 from largo.config import RunConfig
 from largo.errors import RunDirError
 from largo.fileio import write_json_atomic
-from largo.observe.trackers import OUTPUTS as TRACKER_OUTPUTS
+from largo.observe.trackers import tracker_outputs
 from largo.rundir import CHECKPOINTS, CONFIG, METRICS, RunDir
 
 _RUN_FILES = (CHECKPOINTS, METRICS, CONFIG)  # what --overwrite clears, with the trackers' outputs
@@ -84,7 +84,7 @@ def _open_as_main(cfg: RunConfig, run_dir: Path, *, resume: bool, overwrite: boo
         raise RunDirError(f"run directory {run_dir} is not writable ({e.strerror}); set run.out_dir or run.name") from None
     try:
         if overwrite and not resume:
-            for name in _RUN_FILES + TRACKER_OUTPUTS:
+            for name in _RUN_FILES + tracker_outputs():
                 target = run_dir / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
         if not (resume and RunDir(run_dir).config.exists()):  # the config it started with; each checkpoint keeps its own

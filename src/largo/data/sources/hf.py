@@ -58,7 +58,7 @@ def hf_source(cfg: DataConfig, *, test: bool = False) -> HFSource:
 
 
 def _datasets(src: HFSource) -> Any:
-    datasets = require("datasets", src.key, DataError)
+    datasets = require("datasets", src.key)
     datasets.disable_progress_bars()  # one bar per split and file is noise in a preparation log
     return datasets
 
