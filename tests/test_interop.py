@@ -408,3 +408,20 @@ def test_largo_eval_tasks_scores_like_lm_evals_own_hf_model(tmp_path: Path, tiny
     rolling = [Instance("loglikelihood_rolling", {}, (source[:300],), 0)]
     assert abs(lm.loglikelihood_rolling(rolling)[0] - hflm.loglikelihood_rolling(rolling)[0]) <= 1e-4
     assert "| largo_test_mc | acc |" in (hf_dir / "README.md").read_text()  # the model card carries the harness scores of this step
+
+
+def test_an_export_verifies_its_checkpoint_once_and_reads_the_run_through_one_handle(tmp_path: Path, tiny_data: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Digest, hashes, index and tokenizer are checked when the handle opens; the writers read from it, never re-verify."""
+    from largo.checkpoint import handle, store
+    from largo.interop.convert import export
+
+    ckpt, _ = checkpoint_with_random_weights(tmp_path, tiny_data)
+    calls, real = [], store.verify_checkpoint
+    spy = lambda path: (calls.append(path), real(path))[1]  # noqa: E731
+    monkeypatch.setattr(store, "verify_checkpoint", spy)
+    monkeypatch.setattr(handle, "verify_checkpoint", spy)
+    for fmt in ("safetensors", "onnx") if importlib.util.find_spec("onnxscript") else ("safetensors",):
+        calls.clear()
+        export(ckpt.parent.parent, tmp_path / f"out-{fmt}", fmt=fmt, log=lambda _m: None)  # the run folder: its newest checkpoint
+        assert calls == [ckpt], (fmt, calls)

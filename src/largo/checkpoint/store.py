@@ -16,7 +16,8 @@ abandoned later steps (which are then pruned like any older checkpoint). The poi
 rename behind and is not consulted.
 Sharded (FSDP) checkpoints use the same folders and state.json, with DCP files in dcp/ instead of
 model/optim.safetensors (see sharded.py). What goes into a checkpoint, and how a run restores from
-one, is checkpointer.py's; this module keeps the folders whole.
+one, is checkpointer.py's; this module keeps the folders whole, says what "intact" means
+(verify_checkpoint) and decides which checkpoint a path or --resume names (locate).
 """
 
 from __future__ import annotations

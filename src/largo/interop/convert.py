@@ -66,7 +66,7 @@ def check_parity(model: nn.Module, ref: nn.Module, tokens: torch.Tensor, what: s
     return result["max_abs_diff"]
 
 
-def export(checkpoint: str | Path, out: str | Path, *, fmt: str, log: Callable[[str], None] = print, dtype: str = "fp32",
+def export(checkpoint: str | Path | Checkpoint, out: str | Path, *, fmt: str, log: Callable[[str], None] = print, dtype: str = "fp32",
            max_shard_size: str | int = DEFAULT_SHARD, adapter_only: bool = False) -> Path:
     """Write `checkpoint` in format hf | onnx | safetensors under the folder `out`, then check it.
 
