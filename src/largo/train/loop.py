@@ -24,7 +24,7 @@ from largo.data import Batch
 from largo.distributed.env import DistEnv
 from largo.distributed.parallelize import clip_grad_norm, grad_sync
 from largo.observe.metrics import MetricsLog
-from largo.observe.progress import beating_through_first
+from largo.observe.progress import PLAIN_EVERY_S, beating_through_first, heartbeat
 from largo.precision import autocast
 from largo.train.evaluate import format_result, to_device
 from largo.train.faults import StepGuard
@@ -77,6 +77,7 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
     guard = StepGuard(max_bad_steps=cfg.faults.max_bad_steps, spike_factor=cfg.faults.spike_factor, env=env, say=say,
                       record=metrics.write if metrics else None)
     preempted, window_start = False, time.perf_counter()
+    last_line = window_start  # when the last plain progress line went out
     # the first step compiles a compiled model (20-40 s on 2 cores): it says it still runs rather than look like a hang
     steps = beating_through_first(guard.steps(start_step, total), f"step {start_step + 1} (compiles a compiled model)",
                                   bar.write if live else say)
@@ -110,6 +111,9 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
         bar.update(1)
 
         log_now = done % cfg.train.log_every == 0 or done == total
+        if not live and not log_now and time.perf_counter() - last_line > PLAIN_EVERY_S:  # slow steps: a line, no device read
+            say(f"step {done}/{total} | {(time.perf_counter() - window_start) / window_steps:.2f} s/step")
+            last_line = time.perf_counter()
         eval_now = bool(parts.evaluate and cfg.eval.every and done % cfg.eval.every == 0 and done < total)
         save_now = bool(cfg.checkpoint.every and done % cfg.checkpoint.every == 0 and done < total)
         stop_now = stop_at is not None and stop_at <= done < total
@@ -136,10 +140,12 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
             bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{record['tokens_per_s']:,.0f}", mfu=f"{100 * record['mfu']:.1f}%")
             if not live:
                 mfu = f" | MFU {100 * record['mfu']:.1f}%" if parts.flops_per_step else ""
+                last_line = time.perf_counter()
                 say(f"step {done}/{total} | loss {loss_value:.4f} | {record['tokens_per_s']:,.0f} {parts.throughput_unit}/s"
                     f"{mfu} | ETA {(total - done) * dt:.0f}s")
         if eval_now:
-            result = parts.evaluate()
+            with heartbeat(f"step {done}: evaluating", bar.write if live else say):
+                result = parts.evaluate()
             if metrics:
                 metrics.write({"kind": "eval", "step": done, **result})
             (bar.write if live else say)(f"step {done}: {format_result(result)}")

@@ -23,6 +23,7 @@ from largo.observe.confusion import write_confusion
 from largo.observe.memory import PeakMemory
 from largo.observe.metrics import MetricsLog
 from largo.observe.plots import plot_run
+from largo.observe.progress import heartbeat
 from largo.observe.throughput import remeasure_peak
 from largo.plan.check import check_run, format_rows
 from largo.train.evaluate import evaluate, format_result
@@ -37,7 +38,8 @@ def finish(parts: LoopParts, cfg: RunConfig, run_dir: Path, progress: dict[str, 
         why = f"preempted (exit {PREEMPTED_EXIT})" if progress["preempted"] else "stopped"
         say(f"{why} at step {progress['step']}; continue with --resume auto")
         return {**progress, "stopped": True, "run_dir": str(run_dir)}
-    final = parts.evaluate() if parts.evaluate else {}
+    with heartbeat("final evaluation", say):
+        final = parts.evaluate() if parts.evaluate else {}
     parts.save(cfg.train.steps)
     summary = {**progress, "stopped": False, "val_loss": final.get("loss"), "val_perplexity": final.get("perplexity"),
                "val_accuracy": final.get("accuracy"), "run_dir": str(run_dir)}
