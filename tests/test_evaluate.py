@@ -87,3 +87,35 @@ def test_a_spec_with_its_own_score_is_evaluated_with_it(tmp_path: Path, tiny_dat
     assert [e["step"] for e in evals] == [1, 2] and all(e["loss"] == 0.5 for e in evals)
     assert summary["val_loss"] == 0.5 and summary["val_accuracy"] == 2 / (2 * 4 * 32)
     assert len(calls) == 4  # two batches at step 1 and two at the end
+
+
+def test_eval_json_and_predictions_come_from_the_spec(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str], one_thread: None) -> None:
+    """`largo eval --json` prints one JSON object on stdout; a spec's TaskResults give its metrics, baselines and predictions."""
+    import json
+
+    from largo.cli import main
+    from largo.models.results import TaskResults
+
+    cfg = tiny_config(tmp_path, tiny_data, train={"steps": 2}, checkpoint={"every": 0})
+    summary = train(cfg, log=lambda _m: None)
+    capsys.readouterr()
+    assert main(["eval", str(cfg.run_dir), "--json", "--max-batches", "2"]) == 0
+    plain = json.loads(capsys.readouterr().out)  # loss and accuracy are a language model's metrics
+    assert plain["baselines"] == {} and plain["metrics"]["loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
+    assert main(["eval", str(cfg.run_dir), "--predictions", str(tmp_path / "p.jsonl")]) == 2  # none to write: one line
+    assert "--predictions" in capsys.readouterr().err and not (tmp_path / "p.jsonl").exists()
+
+    rows = [{"input": "a", "reference": "b", "output": "c"}, {"input": "é", "reference": "e", "output": "e"}]
+    seen = []
+
+    def results(model: nn.Module, task, *, device, precision, limit=None, log=print) -> TaskResults:
+        seen.append(limit)
+        return TaskResults({"chrf": 41.5}, {"copy": {"chrf": 12.0}}, rows[:limit], ["chrF2 signature: ..."])
+
+    monkeypatch.setattr(get_spec("gpt"), "results", results)
+    assert main(["eval", str(cfg.run_dir), "--json", "--limit", "2", "--predictions", str(tmp_path / "p.jsonl")]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"metrics": {"chrf": 41.5}, "baselines": {"copy": {"chrf": 12.0}}} and seen == [2]
+    assert "chrF2 signature" in out.err  # what people read goes to stderr under --json
+    assert [json.loads(line) for line in (tmp_path / "p.jsonl").read_text(encoding="utf-8").splitlines()] == rows

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from largo.errors import LargoError
@@ -57,6 +59,7 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from largo.train.evaluate import evaluate, format_result
     from largo.errors import ConfigError
     from largo.models import get_spec
+    from largo.models.results import TaskResults
     from largo.train.run import build_task
 
     if args.max_batches < 0:
@@ -71,44 +74,71 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
         evaluate_tasks(args.checkpoint, tasks, device=device, include_path=args.include_path, limit=args.limit,
                        num_fewshot=args.num_fewshot, batch_size=args.batch_size)
         return 0
+    if args.predictions and os.path.isdir(args.predictions):
+        raise ConfigError(f"--predictions {args.predictions}: is a folder; give a file to write, e.g. predictions.jsonl")
     model, cfg, ckpt = restore(args.checkpoint, device)
-    task = build_task(cfg, DistEnv(device=device))
-    batches = task.dataset.eval_batches(cfg.train.micro_batch, args.max_batches)
-    score = get_spec(cfg.model.arch).score  # the architecture's own loss path, as in training
-    result = evaluate(model, batches, device=device, precision=cfg.train.precision, score=score)
-    print(f"{ckpt}: loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | {result['targets']:,} targets")
-    print(format_result(result))
-    for name, test_batches in task.test_sets.items():  # classification: extra named test sets
-        print(f"{name}: {format_result(evaluate(model, test_batches(cfg.train.micro_batch), device=device, precision=cfg.train.precision, score=score))}")
+    say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print  # --json: stdout holds the one JSON object
+    task = build_task(cfg, DistEnv(device=device), log=say)
+    spec = get_spec(cfg.model.arch)
+    results = spec.results(model, task, device=device, precision=cfg.train.precision, limit=args.limit, log=say)
+    if results is None:  # loss and accuracy are the task's metrics
+        if args.predictions:
+            raise ConfigError(f"--predictions: model.arch = {cfg.model.arch!r} has no per-example outputs to write; "
+                              f"its metrics are loss and accuracy (largo eval --json prints them)")
+        batches = task.dataset.eval_batches(cfg.train.micro_batch, args.max_batches)
+        result = evaluate(model, batches, device=device, precision=cfg.train.precision, score=spec.score)
+        say(f"{ckpt}: loss {result['loss']:.4f} | perplexity {result['perplexity']:.2f} | {result['targets']:,} targets")
+        say(format_result(result))
+        metrics = {k: float(v) for k, v in result.items()}
+        for name, test_batches in task.test_sets.items():  # classification: extra named test sets
+            extra = evaluate(model, test_batches(cfg.train.micro_batch), device=device, precision=cfg.train.precision, score=spec.score)
+            say(f"{name}: {format_result(extra)}")
+            metrics.update({f"{name}_{k}": float(v) for k, v in extra.items()})
+        results = TaskResults(metrics)
+    else:
+        say(f"{ckpt}: " + " | ".join(f"{k} {v:.4g}" for k, v in results.metrics.items()))
+        for base, figures in results.baselines.items():
+            say(f"  baseline {base}: " + " | ".join(f"{k} {v:.4g}" for k, v in figures.items()))
+        for line in results.lines:
+            say(line)
+    if args.predictions:
+        write_predictions(Path(args.predictions), results.predictions)
+        say(f"predictions: {len(results.predictions):,} lines in {args.predictions}")
+    if args.json:
+        print(json.dumps(results.as_json(), sort_keys=True))
     return 0
 
 
-def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
-    """Sample text from a trained language model."""
-    from tokenizers import Tokenizer
+def write_predictions(path: Path, predictions: list[dict[str, Any]]) -> None:
+    """One JSON line per test example (input, reference, output), written atomically."""
+    from largo.fileio import write_text_atomic
 
+    write_text_atomic(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions))
+
+
+def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """Generate with a trained model: a language model's sample, a translation, a class's pictures (its spec decides)."""
     from largo.checkpoint.handle import Checkpoint
     from largo.checkpoint.restore import load_model
     from largo.distributed.env import pick_device
-    from largo.errors import CheckpointError, ConfigError
-    from largo.models.generate import generate
+    from largo.errors import ConfigError
     from largo.models import get_spec
+    from largo.models.results import GenerateRequest
 
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise ConfigError(f"--temperature ({args.temperature}) must be a finite number >= 0 (0 = greedy)")
     if args.max_new_tokens < 1 or args.top_k < 0:
         raise ConfigError(f"--max-new-tokens ({args.max_new_tokens}) must be >= 1 and --top-k ({args.top_k}) >= 0 (0 = no cut)")
+    if args.n < 1 or args.beam < 1 or not (math.isfinite(args.length_penalty) and args.length_penalty >= 0):
+        raise ConfigError(f"--n ({args.n}) and --beam ({args.beam}) must be >= 1 and --length-penalty ({args.length_penalty}) "
+                          f"a finite number >= 0")
     ckpt = Checkpoint.find(args.checkpoint)  # verified once, its tokenizer included
     model, cfg = load_model(ckpt, pick_device(args.device))
-    if not get_spec(cfg.model.arch).generates:
-        raise CheckpointError(f"{ckpt.path}: model.arch = {cfg.model.arch!r} does not generate text; generate samples from language models")
-    if ckpt.tokenizer is None:
-        raise CheckpointError(f"{ckpt.path}: no tokenizer.json; generate needs a language-model checkpoint")
-    tok = Tokenizer.from_file(str(ckpt.tokenizer))
-    prompt = tok.encode(args.prompt).ids or [tok.token_to_id("<|endoftext|>")]
-    out = generate(model, prompt, max_new_tokens=args.max_new_tokens, max_seq_len=cfg.model.max_seq_len,
-                   temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    print(tok.decode(out))
+    request = GenerateRequest(prompt=args.prompt, input=args.input, class_id=args.class_id, n=args.n, out=args.out,
+                              audio=args.audio, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              top_k=args.top_k, beam=args.beam, length_penalty=args.length_penalty, seed=args.seed)
+    for line in get_spec(cfg.model.arch).respond(model, ckpt, cfg, request):
+        print(line)
     return 0
 
 
@@ -335,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to create (checkpoint at step 0)")
     p.set_defaults(fn=cmd_import)
 
-    for name, fn, text in (("eval", cmd_eval, "evaluate a checkpoint"), ("generate", cmd_generate, "sample text")):
+    for name, fn, text in (("eval", cmd_eval, "evaluate a checkpoint"), ("generate", cmd_generate, "generate: text, translations, pictures")):
         p = sub.add_parser(name, help=text)
         p.add_argument("checkpoint", help="run directory or checkpoint folder")
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -344,11 +374,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-batches", type=int, default=0, help="0 = the whole held-out split")
             p.add_argument("--tasks", help="lm-evaluation-harness tasks instead: names or task YAML files, comma-separated")
             p.add_argument("--include-path", action="append", help="--tasks: another folder of task YAML files (repeatable)")
-            p.add_argument("--limit", type=int, help="--tasks: at most this many documents per task")
+            p.add_argument("--limit", type=int, help="at most this many test examples (--tasks: documents per task)")
+            p.add_argument("--json", action="store_true", help="print one JSON object: {\"metrics\": {...}, \"baselines\": {...}}")
+            p.add_argument("--predictions", metavar="FILE.jsonl", help="write one line per test example: input, reference, output")
             p.add_argument("--num-fewshot", type=int, help="--tasks: few-shot examples per prompt (default: the task's)")
             p.add_argument("--batch-size", type=int, default=8, help="--tasks: sequences per forward pass")
         else:
-            p.add_argument("--prompt", default="def ")
+            p.add_argument("--prompt", default="def ", help="language models: the text to continue")
+            p.add_argument("--input", help="sequence-to-sequence models: the source text (translated, summarised)")
+            p.add_argument("--class", dest="class_id", type=int, help="class-conditional models: the class to generate")
+            p.add_argument("--n", type=int, default=16, help="class-conditional models: how many samples")
+            p.add_argument("--out", help="where a picture or sound is written")
+            p.add_argument("--audio", help="speech recognition: a clip to transcribe")
+            p.add_argument("--beam", type=int, default=1, help="beam width for sequence outputs (1 = greedy)")
+            p.add_argument("--length-penalty", type=float, default=1.0, help="beam search: score / length ** this")
             p.add_argument("--max-new-tokens", type=int, default=200)
             p.add_argument("--temperature", type=float, default=0.8)
             p.add_argument("--top-k", type=int, default=50)

@@ -39,9 +39,14 @@ def read_json(path: Path, error: type[Exception], hint: str = "") -> Any:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary sibling, fsync, then rename over `path`."""
+    write_text_atomic(path, json.dumps(obj, indent=1))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary sibling, fsync, then rename over `path` (a reader never sees half a file)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

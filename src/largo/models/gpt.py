@@ -21,10 +21,11 @@ from torch import nn
 from largo.data.config import TextDataConfig
 from largo.data.prepare import checked_tokenizer_file, prepare, read_manifest, read_text_input, token_pieces
 from largo.data.text import RandomTokens, TextLMData
-from largo.errors import ConfigError, DataError
+from largo.errors import CheckpointError, ConfigError, DataError
 from largo.models.config import ModelConfig
 from largo.models.layers import KVCache
 from largo.models.loss import Scored, chunk_rows, linear_cross_entropy, linear_scores
+from largo.models.results import GenerateRequest
 from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Task, register
 from largo.models.trunk import Trunk
 from largo.precision import Layout
@@ -180,6 +181,18 @@ class GPTSpec(ArchSpec):
         model = self.data_shape(data, model).model
         t = model.max_seq_len
         return Task(model, RandomTokens(model.vocab_size, t, seed), t, self.flops_per_token(model, t) * t)
+
+    def respond(self, model: nn.Module, ckpt: Any, cfg: Any, request: GenerateRequest) -> list[str]:
+        """A sample continuing request.prompt (temperature, top-k; greedy at temperature 0), with the KV cache."""
+        from largo.models.generate import generate
+
+        if ckpt.tokenizer is None:
+            raise CheckpointError(f"{ckpt.path}: no tokenizer.json; generate needs a language-model checkpoint")
+        tok = Tokenizer.from_file(str(ckpt.tokenizer))
+        prompt = tok.encode(request.prompt).ids or [tok.token_to_id("<|endoftext|>")]
+        out = generate(model, prompt, max_new_tokens=request.max_new_tokens, max_seq_len=cfg.model.max_seq_len,
+                       temperature=request.temperature, top_k=request.top_k, seed=request.seed)
+        return [tok.decode(out)]
 
     # ---- explanations: a next token attributed to the prompt's token embeddings (layer integrated gradients)
     example_suffixes = (".txt", ".py", ".md")

@@ -29,6 +29,7 @@ from largo.data.config import DataConfig
 from largo.errors import CheckpointError, ConfigError
 from largo.models.config import ModelConfig
 from largo.models.loss import Scored, score_targets, summed_loss
+from largo.models.results import GenerateRequest, TaskResults
 from largo.precision import Layout
 
 
@@ -46,6 +47,7 @@ class Task:
     # A training micro-batch, on the device -> the model's input: augmentation that runs batched where the model runs
     # (audio's resampling and spectral noise), so the loader only slices rows.
     augment: Callable[[Any], torch.Tensor] = lambda x: x
+    prepared: Any = None  # what spec.prepare returned: results() and after_training() read their test examples from it
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ class ArchSpec:
         model = self.resolve(model, prepared)
         t = self.positions(model, prepared)
         return Task(model, self.dataset(data, model, prepared, seed=seed), t, self.flops_per_token(model, t) * t,
-                    self.checkpoint_files(data))
+                    self.checkpoint_files(data), prepared=prepared)
 
     def data_shape(self, data: DataConfig, model: ModelConfig) -> DataShape:
         """The resolved model and positions for `largo plan`, from the prepared data if there is any."""
@@ -181,6 +183,24 @@ class ArchSpec:
     def checkpoint_files(self, data: DataConfig) -> dict[str, Path]:
         """Files copied into every checkpoint beside the weights (a tokenizer)."""
         return {}
+
+    # ---- the task's own metrics, pictures and outputs (`largo eval --json/--predictions`, the end of training, `largo generate`)
+    def results(self, model: nn.Module, task: Task, *, device: torch.device, precision: str, limit: int | None = None,
+                log: Callable[[str], None] = print) -> TaskResults | None:
+        """The task's metrics, baselines and per-example predictions on its held-out test set (at most `limit` examples);
+        None where loss and accuracy are the task's metrics (`largo eval` then reports those)."""
+        return None
+
+    def after_training(self, model: nn.Module, task: Task, run_dir: Path, *, device: torch.device, precision: str,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+        """What a finished run writes beside its checkpoints (samples.png, detections.png, audio); returns summary entries."""
+        return {}
+
+    def respond(self, model: nn.Module, ckpt: Any, cfg: Any, request: GenerateRequest) -> list[str]:
+        """`largo generate`: the lines to print for the request (a sample, a translation, a picture's path).
+        ckpt is the verified `Checkpoint` handle, cfg the run's config."""
+        raise CheckpointError(f"{ckpt.path}: model.arch = {self.name!r} does not generate; `largo generate` samples from "
+                              f"language models, sequence-to-sequence and generative models")
 
     # ---- planner terms
     def extra_matmul_params(self, cfg: ModelConfig, seq_len: int) -> int:

@@ -77,6 +77,9 @@ def end_of_run(parts: LoopParts, cfg: RunConfig, task: Task, progress: dict[str,
             say(f"{name}: {format_result(result)}")
             if metrics:
                 metrics.write({"kind": "test_set", "name": name, "step": t.steps, **result})
+    if env.is_main:  # the task's own pictures and outputs (samples.png, detections.png, audio), then plan vs measured
+        summary.update(get_spec(cfg.model.arch).after_training(model, task, run_dir, device=env.device, precision=t.precision,
+                                                                 log=say))
     if env.is_main:  # plan vs measured: what `largo plan` predicts next to what this run did
         summary["plan_vs_measured"] = check_run(
             cfg, run_dir, model=model, world=env.world, device=env.device, peak_flops_per_device=parts.peak_flops / env.world,
