@@ -105,6 +105,20 @@ def test_eval_json_and_predictions_come_from_the_spec(tmp_path: Path, tiny_data:
     assert plain["baselines"] == {} and plain["metrics"]["loss"] == pytest.approx(summary["val_loss"], rel=1e-5)
     assert main(["eval", str(cfg.run_dir), "--predictions", str(tmp_path / "p.jsonl")]) == 2  # none to write: one line
     assert "--predictions" in capsys.readouterr().err and not (tmp_path / "p.jsonl").exists()
+    assert main(["generate", str(cfg.run_dir), "--prompt", "def ", "--max-new-tokens", "6", "--temperature", "0"]) == 0
+    from tokenizers import Tokenizer
+
+    from largo.checkpoint.handle import Checkpoint
+    from largo.checkpoint.restore import load_model
+    from largo.models.generate import generate
+
+    ckpt = Checkpoint.find(str(cfg.run_dir))
+    model, _ = load_model(ckpt, CPU)
+    tok = Tokenizer.from_file(str(ckpt.tokenizer))
+    ids = generate(model, tok.encode("def ").ids, max_new_tokens=6, max_seq_len=32, temperature=0)
+    assert len(ids) == len(tok.encode("def ").ids) + 6  # the language model's spec answers `largo generate`: the same sample
+    assert capsys.readouterr().out == tok.decode(ids) + "\n"
+    assert main(["generate", str(cfg.run_dir), "--beam", "0"]) == 2 and "--beam" in capsys.readouterr().err
 
     rows = [{"input": "a", "reference": "b", "output": "c"}, {"input": "é", "reference": "e", "output": "e"}]
     seen = []
