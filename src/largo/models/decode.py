@@ -1,0 +1,113 @@
+"""Decoding a sequence-to-sequence model's output after its source prefix: greedy and beam search, with the KV cache.
+
+The model is any causal token model taking `cache=` (models/gpt.py's GPT): the prefix `source <|sep|>` runs once, then
+each new token costs one position's forward through the cached keys and values. `use_cache=False` recomputes the
+whole sequence at every step instead: the reference the cached path must match token for token (tests check it).
+The search never knows which model runs it (as in Hugging Face's generation utilities).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from largo.models.layers import KVCache
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One decoded output: its tokens (the stop token left out) and their summed log-probability under the model."""
+
+    tokens: list[int]
+    logprob: float
+    finished: bool  # ended with the stop token (else cut at the length limit)
+
+    def score(self, length_penalty: float) -> float:
+        """Beam search's ranking: logprob / length ** length_penalty (the stop token counts; 0 = plain log-probability)."""
+        return self.logprob / (len(self.tokens) + int(self.finished)) ** length_penalty
+
+
+class Stepper:
+    """Next-token log-probabilities (rows, vocab) for growing rows of tokens, through a KV cache or recomputed in full."""
+
+    def __init__(self, model: nn.Module, prefix: torch.Tensor, *, use_cache: bool):
+        self.model, self.use_cache = model, use_cache
+        self.tokens = prefix  # (rows, t)
+        self.cache = [KVCache() for _ in model.trunk.blocks] if use_cache else None
+        self.logprobs = self._forward(prefix)
+
+    def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.model(tokens, cache=self.cache)[:, -1].float(), dim=-1)  # (rows, vocab)
+
+    def advance(self, rows: torch.Tensor, nxt: torch.Tensor) -> None:
+        """Keep `rows` (indices of the current rows, repeats allowed), append nxt (len(rows),) and step the model."""
+        self.tokens = torch.cat([self.tokens[rows], nxt[:, None]], dim=1)
+        if self.cache is None:
+            self.logprobs = self._forward(self.tokens)
+            return
+        for c in self.cache:  # the beams that survive carry their own past
+            c.k, c.v = c.k[rows], c.v[rows]
+        self.logprobs = self._forward(nxt[:, None])
+
+
+@torch.no_grad()
+def greedy(model: nn.Module, prefixes: torch.Tensor, *, stop_id: int, max_new_tokens: int, use_cache: bool = True) -> list[Hypothesis]:
+    """The most likely token at each step for a batch of equally long prefixes (b, t), until each has stopped."""
+    step = Stepper(model, prefixes, use_cache=use_cache)
+    b = prefixes.shape[0]
+    out: list[list[int]] = [[] for _ in range(b)]
+    logprob, done = [0.0] * b, [False] * b
+    for i in range(max_new_tokens):
+        best = step.logprobs.max(dim=-1)  # values, indices (b,)
+        for r in range(b):
+            if not done[r]:
+                logprob[r] += float(best.values[r])
+                done[r] = int(best.indices[r]) == stop_id
+                if not done[r]:
+                    out[r].append(int(best.indices[r]))
+        if all(done) or i == max_new_tokens - 1:
+            break
+        step.advance(torch.arange(b, device=prefixes.device), best.indices)
+    return [Hypothesis(o, lp, d) for o, lp, d in zip(out, logprob, done)]
+
+
+@torch.no_grad()
+def beam_search(model: nn.Module, prefix: list[int], *, beam: int, stop_id: int, max_new_tokens: int,
+                length_penalty: float = 1.0, use_cache: bool = True) -> Hypothesis:
+    """The best of `beam` hypotheses kept at each step, ranked by Hypothesis.score; the greedy output is always a
+    candidate too, so the result never scores below greedy decoding's under the same ranking. The search ends when a
+    finished hypothesis outscores every live beam as it stands, or at max_new_tokens (live beams then count, unfinished)."""
+    device = next(model.parameters()).device
+    first = greedy(model, torch.tensor([prefix], device=device), stop_id=stop_id, max_new_tokens=max_new_tokens,
+                   use_cache=use_cache)[0]
+    if beam == 1:
+        return first
+    step = Stepper(model, torch.tensor([prefix], device=device), use_cache=use_cache)
+    live_lp = torch.zeros(1, device=device)  # (rows,) summed log-probabilities of the live beams
+    live: list[list[int]] = [[]]
+    finished = [first]
+    for i in range(max_new_tokens):
+        total = (live_lp[:, None] + step.logprobs).flatten()  # (rows * vocab,)
+        values, flat = total.topk(min(2 * beam, total.numel()))
+        vocab = step.logprobs.shape[-1]
+        rows, keep, nxt_lp = [], [], []
+        for v, f in zip(values.tolist(), flat.tolist()):
+            r, tok = divmod(f, vocab)
+            if tok == stop_id:
+                finished.append(Hypothesis(live[r], v, True))
+            elif len(rows) < beam:
+                rows.append(r)
+                keep.append(live[r] + [tok])
+                nxt_lp.append(v)
+        best_done = max(h.score(length_penalty) for h in finished)
+        # stop once a finished hypothesis beats every live beam as it stands (Hugging Face's early_stopping=False rule)
+        bound = max(nxt_lp, default=float("-inf")) / (i + 1) ** length_penalty
+        if not rows or i == max_new_tokens - 1 or best_done >= bound:
+            finished += [Hypothesis(k, lp, False) for k, lp in zip(keep, nxt_lp)] if i == max_new_tokens - 1 else []
+            break
+        live, live_lp = keep, torch.tensor(nxt_lp, device=device)
+        index = torch.tensor(rows, device=device)
+        step.advance(index, torch.tensor([k[-1] for k in keep], device=device))
+    return max(finished, key=lambda h: h.score(length_penalty))

@@ -1,0 +1,272 @@
+"""Sequence to sequence on the shared trunk: a decoder-only model reads `source <|sep|>` and writes the target after it.
+
+The model is the language model's (models/gpt.py: token embedding -> causal trunk -> tied head); only the data
+differs: each row is `source <|sep|> target <|endoftext|>` and the loss counts the target's tokens only (the
+source's positions are IGNORE). Why decoder-only rather than an encoder with cross-attention: it is the shared block
+as it stands (no second attention path in the block), the KV cache and sampling already serve it, and one stack of
+blocks reads both languages through one tied vocabulary. The price is causal attention over the source (a prefix-LM
+mask would let the source attend both ways). Decoding (greedy, beam search, both with the KV cache) is models/decode.py;
+scores and baselines are models/text_metrics.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+
+from largo.data.arrays import Prepared
+from largo.data.prepare import EOT
+from largo.data.seq2seq import SEP, TEST_PAIRS, TRAIN_PAIRS, PairData, Seq2SeqDataConfig, prepare_pairs, read_pairs
+from largo.errors import CheckpointError, ConfigError, DataError
+from largo.models.decode import Hypothesis, beam_search, greedy
+from largo.models.gpt import GPT, GPTConfig, GPTSpec
+from largo.models.layers import KVCache
+from largo.models.loss import IGNORE, Scored, linear_cross_entropy, linear_scores
+from largo.models.results import GenerateRequest, TaskResults
+from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, register
+from largo.models.text_metrics import baseline_outputs, score_texts
+from largo.precision import Layout
+from largo.rundir import TOKENIZER
+
+DEFAULT_TEST_LIMIT = 1000  # `largo eval` scores the first 1000 test pairs of their fixed shuffled order unless --limit says
+EXAMPLES = "examples.md"  # written into the run folder at the end of training
+EXAMPLES_SHOWN = 10
+
+
+@dataclass
+class Seq2SeqConfig(GPTConfig):
+    """The language model's shape, plus how evaluation and the end of training decode."""
+
+    arch: str = "seq2seq"
+    beam: int = 4  # beam width of evaluation's outputs (1 = greedy)
+    length_penalty: float = 1.0  # beam search ranks by log-probability / length ** this (0 = plain log-probability)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.beam < 1 or not self.length_penalty >= 0:
+            raise ConfigError(f"model.beam ({self.beam}) must be >= 1 and model.length_penalty ({self.length_penalty}) >= 0")
+
+
+class PrefixLM(GPT):
+    """The language model whose loss reads the target positions only: the head runs on them, not on the source or padding
+    (the vocabulary head is most of a small model's work; the source is about half of a row)."""
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None,
+                score: bool = False) -> torch.Tensor | Scored:
+        if targets is None:
+            return super().forward(tokens, cache=cache)
+        x = self.trunk(self.tok_emb(tokens))  # (b, t, dim)
+        keep = targets != IGNORE  # (b, t) the target's positions
+        w = self.head.weight if self.head is not None else self.tok_emb.weight
+        if not score:
+            return linear_cross_entropy(x[keep], w, targets[keep])
+        scored = linear_scores(x[keep], w, targets[keep])
+        predicted = torch.full_like(targets, IGNORE)
+        predicted[keep] = scored.predicted.to(predicted.dtype)
+        return scored._replace(predicted=predicted)
+
+
+@dataclass
+class PreparedPairs:
+    """What prepare returns: the token rows and the [data] section that names the folder (test pairs, tokenizer)."""
+
+    arrays: Prepared
+    data: Seq2SeqDataConfig
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.arrays.meta
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Text <-> the model's tokens for decoding: the tokenizer, its separator and stop ids, and the source budget."""
+
+    tok: Tokenizer
+    max_seq_len: int
+    max_target_tokens: int  # the longest training target: outputs never need more
+    truncate: bool  # long sources are cut (summarisation) rather than refused
+
+    @property
+    def sep(self) -> int:
+        return self.tok.token_to_id(SEP)
+
+    @property
+    def stop(self) -> int:
+        return self.tok.token_to_id(EOT)
+
+    def prefix(self, text: str) -> list[int]:
+        """`source <|sep|>` token ids; a source cut to leave room for the longest target where the data truncates."""
+        ids = self.tok.encode(text).ids
+        if self.truncate:
+            ids = ids[: max(1, self.max_seq_len - self.max_target_tokens - 2)]
+        return ids + [self.sep]
+
+    def room(self, prefix: list[int]) -> int:
+        """New tokens the context and the longest target allow after a prefix (the stop token included)."""
+        return max(1, min(self.max_seq_len - len(prefix), self.max_target_tokens + 1))
+
+    def text(self, hyp: Hypothesis) -> str:
+        return self.tok.decode(hyp.tokens).strip()
+
+
+def decode_texts(model: nn.Module, codec: Codec, sources: list[str], *, beam: int, length_penalty: float,
+                 log: Callable[[str], None] = print) -> list[str]:
+    """The model's outputs for the sources: greedy in batches of equally long prefixes, or beam search one by one."""
+    device = next(model.parameters()).device
+    prefixes = [codec.prefix(s) for s in sources]
+    out: list[str] = [""] * len(sources)
+    if beam == 1:
+        by_length: dict[int, list[int]] = {}
+        for i, p in enumerate(prefixes):
+            by_length.setdefault(len(p), []).append(i)
+        for n, rows in by_length.items():
+            batch = torch.tensor([prefixes[i] for i in rows], device=device)
+            for i, hyp in zip(rows, greedy(model, batch, stop_id=codec.stop, max_new_tokens=codec.room(prefixes[rows[0]]))):
+                out[i] = codec.text(hyp)
+        return out
+    for i, p in enumerate(prefixes):
+        out[i] = codec.text(beam_search(model, p, beam=beam, stop_id=codec.stop, max_new_tokens=codec.room(p),
+                                        length_penalty=length_penalty))
+        if (i + 1) % 250 == 0:
+            log(f"decode: {i + 1:,}/{len(prefixes):,} beam-{beam} outputs")
+    return out
+
+
+class Seq2SeqSpec(ArchSpec):
+    """Translation and summarisation: text pairs, the source as the prefix of a causal model's output."""
+
+    name = "seq2seq"
+    model_config = Seq2SeqConfig
+    data_config = Seq2SeqDataConfig
+    about = "sequence to sequence (decoder-only, source as prefix): translation, summarisation"
+    export_formats = ("safetensors",)
+
+    def build(self, cfg: Seq2SeqConfig) -> nn.Module:
+        return PrefixLM(cfg)
+
+    def prepare(self, data: Seq2SeqDataConfig, model: Seq2SeqConfig, *, force: bool = False,
+                log: Callable[[str], None] = print) -> PreparedPairs:
+        return PreparedPairs(prepare_pairs(data, seq_len=model.max_seq_len, force=force, log=log), data)
+
+    def resolve(self, model: Seq2SeqConfig, prepared: PreparedPairs) -> Seq2SeqConfig:
+        vocab = int(prepared.meta["vocab_size"])
+        if model.vocab_size not in (0, vocab):
+            raise ConfigError(f"model.vocab_size ({model.vocab_size}) differs from the tokenizer's {vocab}; set it to 0 or {vocab}")
+        return dataclasses.replace(model, vocab_size=vocab)
+
+    def positions(self, cfg: Seq2SeqConfig, prepared: PreparedPairs) -> int:
+        return int(prepared.meta["positions"])  # rows are cut to their batch's longest: the mean of that, not max_seq_len
+
+    def dataset(self, data: Seq2SeqDataConfig, model: Seq2SeqConfig, prepared: PreparedPairs, *, seed: int) -> PairData:
+        return PairData(prepared.arrays, seed=seed, bucket_rows=data.bucket_rows)
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return model(inputs, targets=targets)  # IGNORE on the source's positions: the loss is the target's
+
+    def score(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> Scored:
+        return model(inputs, targets=targets, score=True)
+
+    def checkpoint_files(self, data: Seq2SeqDataConfig) -> dict[str, Path]:
+        return {TOKENIZER: Path(data.dir) / TOKENIZER}
+
+    def data_shape(self, data: Seq2SeqDataConfig, model: Seq2SeqConfig) -> DataShape:
+        """Vocabulary and positions from the prepared manifest, or data.vocab_size and max_seq_len before preparing."""
+        vocab, positions, tokens = data.vocab_size, model.max_seq_len, None
+        try:
+            meta = json.loads((Path(data.dir) / "manifest.json").read_text())["meta"]
+            vocab, positions = int(meta["vocab_size"]), int(meta["positions"])
+            tokens = int(meta["pairs"]["train"]) * positions
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # not prepared yet (or another preparation's folder): plan from the config
+        model = model if model.vocab_size else dataclasses.replace(model, vocab_size=vocab)
+        return DataShape(model, positions, tokens)
+
+    # ---- the task's figures, examples and outputs
+    def codec(self, tokenizer: Path, cfg: Seq2SeqConfig, data: Seq2SeqDataConfig, max_target_tokens: int) -> Codec:
+        return Codec(Tokenizer.from_file(str(tokenizer)), cfg.max_seq_len, max_target_tokens, data.long_pairs == "truncate")
+
+    def results(self, model: nn.Module, task: Task, *, device: torch.device, precision: str, limit: int | None = None,
+                log: Callable[[str], None] = print) -> TaskResults:
+        """chrF, BLEU, ROUGE and placeholders kept on the first `limit` (default 1000) test pairs, next to the baselines."""
+        prepared: PreparedPairs = task.prepared
+        data, cfg = prepared.data, task.model
+        test = read_pairs(data.dir, TEST_PAIRS)[: DEFAULT_TEST_LIMIT if limit is None else max(0, limit)]
+        if not test:
+            raise DataError(f"{data.dir}/{TEST_PAIRS}: no test pairs to score (--limit {limit})")
+        sources, refs = [p["source"] for p in test], [p["reference"] for p in test]
+        codec = self.codec(Path(data.dir) / TOKENIZER, cfg, data, int(prepared.meta["max_target_tokens"]))
+        model.eval()
+        log(f"decode: {len(test):,} test pairs of {prepared.meta['pairs']['test']:,} (beam {cfg.beam}, length penalty {cfg.length_penalty:g})")
+        outputs = decode_texts(model, codec, sources, beam=cfg.beam, length_penalty=cfg.length_penalty, log=log)
+        metrics, lines = score_texts(outputs, refs)
+        if cfg.beam > 1:  # greedy on the same pairs, for the beam-vs-greedy comparison
+            greedy_out = decode_texts(model, codec, sources, beam=1, length_penalty=0.0, log=log)
+            metrics.update({f"{k}_greedy": v for k, v in score_texts(greedy_out, refs)[0].items() if k in ("chrf", "rougeL")})
+        train_pairs = read_pairs(data.dir, TRAIN_PAIRS)
+        baselines = {name: score_texts(baseline_outputs(name, sources, train_pairs), refs)[0] for name in data.baselines}
+        predictions = [{"input": s, "reference": r, "output": o, "group": p["group"]} for s, r, o, p in zip(sources, refs, outputs, test)]
+        lines.append(f"test set: the first {len(test):,} of {prepared.meta['pairs']['test']:,} pairs of the held-out groups "
+                     f"{', '.join(prepared.meta['groups']['test'])} (a fixed shuffled order)")
+        return TaskResults(metrics, baselines, predictions, lines)
+
+    def after_training(self, model: nn.Module, task: Task, run_dir: Path, *, device: torch.device, precision: str,
+                       log: Callable[[str], None] = print) -> dict[str, Any]:
+        """examples.md in the run folder: the first test pairs (source, reference, the model's output)."""
+        prepared: PreparedPairs = task.prepared
+        data, cfg = prepared.data, task.model
+        test = read_pairs(data.dir, TEST_PAIRS)[:EXAMPLES_SHOWN]
+        codec = self.codec(Path(data.dir) / TOKENIZER, cfg, data, int(prepared.meta["max_target_tokens"]))
+        model.eval()
+        outputs = decode_texts(model, codec, [p["source"] for p in test], beam=cfg.beam, length_penalty=cfg.length_penalty)
+        parts = [f"# Test examples (beam {cfg.beam})\n"]
+        for p, out in zip(test, outputs):
+            parts.append(f"- **source** ({p['group']}): {_inline(p['source'])}\n  - reference: {_inline(p['reference'])}\n"
+                         f"  - output: {_inline(out)}\n")
+        path = run_dir / EXAMPLES
+        path.write_text("\n".join(parts), encoding="utf-8")
+        log(f"examples: {len(test)} test pairs with the model's outputs in {path}")
+        return {"examples": str(path)}
+
+    def respond(self, model: nn.Module, ckpt: Any, cfg: Any, request: GenerateRequest) -> list[str]:
+        """The translation or summary of --input: greedy, or beam search with --beam and --length-penalty."""
+        if ckpt.tokenizer is None:
+            raise CheckpointError(f"{ckpt.path}: no tokenizer.json; a sequence-to-sequence checkpoint carries its tokenizer")
+        text = (request.input or "").strip()
+        if not text:
+            raise ConfigError("--input: give the source text, e.g. --input 'Save the file?' (it is empty)")
+        meta = json.loads((Path(cfg.data.dir) / "manifest.json").read_text())["meta"] if (Path(cfg.data.dir) / "manifest.json").is_file() else {}
+        codec = self.codec(ckpt.tokenizer, cfg.model, cfg.data, int(meta.get("max_target_tokens", cfg.model.max_seq_len // 2)))
+        n = len(codec.tok.encode(text).ids)
+        if n + 2 > cfg.model.max_seq_len:
+            raise ConfigError(f"--input: {n} tokens; this model reads sources of at most {cfg.model.max_seq_len - 2} tokens "
+                              f"(model.max_seq_len {cfg.model.max_seq_len}, one separator, one output token)")
+        prefix = codec.prefix(text)
+        room = min(codec.room(prefix), request.max_new_tokens)
+        model.eval()
+        hyp = beam_search(model, prefix, beam=request.beam, stop_id=codec.stop, max_new_tokens=room,
+                          length_penalty=request.length_penalty)
+        return [codec.text(hyp)]
+
+    # ---- planner terms: the language model's
+    def extra_matmul_params(self, cfg: Seq2SeqConfig, seq_len: int) -> int:
+        return cfg.vocab_size * cfg.dim
+
+    def memory_terms(self, cfg: Seq2SeqConfig, micro_batch: int, seq_len: int, layout: Layout) -> MemoryTerms:
+        return GPTSpec.memory_terms(self, cfg, micro_batch, seq_len, layout)  # type: ignore[arg-type]
+
+
+def _inline(text: str) -> str:
+    """Text on one markdown line: newlines shown as ⏎."""
+    return text.replace("\n", " ⏎ ")
+
+
+register(Seq2SeqSpec())
