@@ -1,6 +1,6 @@
 """The data-source registry: what `data.source` (and `data.test_source`) may name, and the one protocol every source speaks.
 
-A source hands out rows: dicts keyed by *role* ("text", "label", "image", "audio") that the preparer asks for, each
+A source hands out rows: dicts keyed by *role* ("text", "label", "image", "audio", "boxes") that the preparer asks for, each
 role read from the column the [data] section names (tables and datasets) or filled by the source itself (a built-in
 corpus). A row may also carry "id" (how messages name it) and "split" ("train" or "val", where the source fixes the
 held-out set itself, as Fashion-MNIST's official test set or whole held-out voices). Besides rows a source lists the
@@ -27,6 +27,7 @@ Row = dict[str, Any]  # role -> value, plus optional "id" and "split"
 Roles = dict[str, str]  # role -> the column holding it in tables and datasets (built-in corpora ignore the column)
 TEXT, LABELLED_TEXT = frozenset({"text"}), frozenset({"text", "label"})
 IMAGES, AUDIO = frozenset({"image", "label"}), frozenset({"audio", "label"})
+DETECTION = frozenset({"image", "boxes"})  # "boxes": a list of (class name, x0, y0, x1, y1) in the image's pixels
 
 
 @dataclass
