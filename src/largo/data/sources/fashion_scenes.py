@@ -20,7 +20,7 @@ import numpy as np
 from largo.data.sources.fashion_mnist import FASHION_CLASSES, fashion_files, read_idx
 from largo.data.sources.registry import DETECTION, DataSource, Roles, Row, SourceStats, register_source
 from largo.data.split import is_validation
-from largo.optional import require
+from largo.errors import DataError
 
 ITEM = 28  # Fashion-MNIST's side in pixels
 PLACE_TRIES = 30  # placements tried per item before the scene keeps fewer items
@@ -62,7 +62,10 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _resized(image: np.ndarray, side: int) -> np.ndarray:
     """A (28, 28) uint8 item resized bilinearly to (side, side)."""
-    Image = require("PIL.Image", "composing detection scenes")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise DataError("composing detection scenes needs Pillow; install it with: pip install pillow") from None
     return np.asarray(Image.fromarray(image).resize((side, side), Image.BILINEAR))
 
 
