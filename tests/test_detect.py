@@ -92,6 +92,8 @@ def test_fashion_scenes_keep_train_and_test_images_apart(tmp_path: Path) -> None
         assert all(pool == "train" and is_validation(k, 0.1) == (r["split"] == "val") for pool, k in r["items"])
         assert [b[0] for b in r["boxes"]] == [fashion_mnist.FASHION_CLASSES[train_labels[k]] for _, k in r["items"]]
     assert all(pool == "test" for r in tests for pool, _ in r["items"])
+    counts = np.unique([b[0] for r in rows for b in r["boxes"]], return_counts=True)[1]
+    assert len(counts) == 10 and counts.min() >= 0.4 * counts.mean()  # every class, none rare (items drawn uniformly)
     prepared = prepare_detection(d, in_channels=0, **quiet)
     assert prepared.arrays["train_x"].shape[1:] == (1, 96, 96) and prepared.arrays["test_y"].shape[2] == 5
     assert len(prepared.arrays["train_y"]) == 60 and len(prepared.arrays["val_y"]) == 6
