@@ -11,6 +11,7 @@ from __future__ import annotations
 from largo.data.sources import table, files, hf  # noqa: I001,F401  (path kinds and prefixes: this order is the order tried)
 from largo.data.sources import stdlib, fashion_mnist, digits, imdb, espeak_digits, asterisk_digits  # noqa: F401  (listing order)
 from largo.data.sources import gettext_catalogs, docstrings  # noqa: F401  (sequence-to-sequence pairs)
+from largo.data.sources import fashion_scenes, coco  # noqa: F401  (detection: composed scenes, COCO JSON)
 from largo.data.sources.registry import (
     AUDIO, IMAGES, LABELLED_TEXT, PAIRS, TEXT, DataSource, Roles, Row, SourceStats, open_source, register_path_kind, register_prefix,
     register_source, source_names,

@@ -1,7 +1,7 @@
 """The data-source registry: what `data.source` (and `data.test_source`) may name, and the one protocol every source speaks.
 
-A source hands out rows: dicts keyed by *role* ("text", "label", "image", "audio", "target") that the preparer asks for, each
-role read from the column the [data] section names (tables and datasets) or filled by the source itself (a built-in
+A source hands out rows: dicts keyed by *role* ("text", "label", "image", "audio", "target", "boxes") that the preparer asks
+for, each role read from the column the [data] section names (tables and datasets) or filled by the source itself (a built-in
 corpus). A row may also carry "id" (how messages name it) and "split" ("train" or "val", where the source fixes the
 held-out set itself, as Fashion-MNIST's official test set or whole held-out voices). Besides rows a source lists the
 files it reads and a fingerprint of its content, which goes into the prepared manifest: a changed source re-prepares.
@@ -28,6 +28,7 @@ Roles = dict[str, str]  # role -> the column holding it in tables and datasets (
 TEXT, LABELLED_TEXT = frozenset({"text"}), frozenset({"text", "label"})
 IMAGES, AUDIO = frozenset({"image", "label"}), frozenset({"audio", "label"})
 PAIRS = frozenset({"text", "target"})  # sequence to sequence: a source text and its target (a translation, a summary)
+DETECTION = frozenset({"image", "boxes"})  # "boxes": a list of (class name, x0, y0, x1, y1) in the image's pixels
 
 
 @dataclass
