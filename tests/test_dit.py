@@ -15,8 +15,8 @@ from largo.data.draws import SampleDraws
 from largo.errors import ConfigError
 from largo.models import build_model, get_spec
 from largo.models.block import Block, BlockConfig, Modulation
-from largo.models.dit import DiTConfig, flow_losses, flow_transform, sample
-from largo.models.imagegen import frechet_distance
+from largo.models.dit import DiTConfig, flow_transform
+from largo.models.imagegen import frechet_distance, sample
 from largo.train.run import train
 
 pytest.importorskip("sklearn", reason="scikit-learn's digits are the tiny image set: pip install scikit-learn")

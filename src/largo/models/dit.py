@@ -8,8 +8,8 @@ layer is modulated too and unpatchifies to the image's shape.
 Training is rectified flow (Liu et al. 2022; Lipman et al.'s flow matching): x_t = (1 - t) x0 + t noise, and the
 model predicts the velocity noise - x0. The noise, t and the label dropout of each training example are drawn by the
 data transform from (seed, sample index) (data/draws.py), so a resumed run sees exactly what an uninterrupted one does.
-Sampling integrates dx/dt = v from t = 1 (noise) to t = 0 with Euler or Heun steps (`sample`), guided as
-v_uncond + w (v_cond - v_uncond). The metrics (FID-F, class agreement) and pictures are models/imagegen.py's.
+Sampling (models/imagegen.py's `sample`, apart from the model as in DiT) integrates dx/dt = v from t = 1 (noise) to
+t = 0 with Euler or Heun steps, guided as v_uncond + w (v_cond - v_uncond); the metrics and pictures live there too.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from largo.data.images import ImageDataConfig, augment_images, prepare_images
 from largo.errors import ConfigError
 from largo.models.block import Modulation
 from largo.models.config import ModelConfig
+from largo.models.imagegen import generation_results, respond_pictures, write_class_grid
 from largo.models.loss import Scored
 from largo.models.results import GenerateRequest, TaskResults
 from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, register, resolved_field
@@ -131,14 +132,16 @@ class DiT(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Patch embedding at unit scale, embedders normal(0.02), the trunk's own init; adaLN and the output zero (adaLN-Zero):
+        """Patch embedding and conditioning at unit scale, the trunk's own init; adaLN and the output zero (adaLN-Zero):
         every block starts as the identity and the first prediction is 0."""
         nn.init.normal_(self.patch.weight, std=self.cfg.patch_pixels**-0.5)
         nn.init.zeros_(self.patch.bias)
+        # The conditioning starts at unit scale (DiT's 0.02 assumes 400k steps): with adaLN-Zero the gates open only as far
+        # as the conditioning carries a signal, and short CPU runs otherwise learned the class late (rows alike in samples.png).
         for lin in (self.time_mlp[0], self.time_mlp[2]):
-            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.normal_(lin.weight, std=lin.in_features**-0.5)
             nn.init.zeros_(lin.bias)
-        nn.init.normal_(self.labels.weight, std=0.02)
+        nn.init.normal_(self.labels.weight, std=1.0)
         self.trunk.init_weights()
         for lin in (*self.ada, self.final_ada, self.out):
             nn.init.zeros_(lin.weight)
@@ -146,16 +149,11 @@ class DiT(nn.Module):
         self.pos = sincos_positions(self.cfg.dim, self.cfg.image_size // self.cfg.patch_size).to(self.pos.device)
 
 
-# ---------------------------------------------------------------- flow matching: the data's draws, the loss, the sampler
+# ---------------------------------------------------------------- flow matching: the data's draws and the loss
 
 def to_unit(rows: np.ndarray) -> np.ndarray:
     """uint8 pixels -> float32 in [-1, 1] (the space the model generates in)."""
     return np.asarray(rows, dtype=np.float32) / 127.5 - 1.0
-
-
-def to_pixels(x: torch.Tensor) -> np.ndarray:
-    """Generated images in [-1, 1] -> uint8 pixels (clipped)."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
 def gaussians(draws: SampleDraws, count: int) -> np.ndarray:
@@ -189,42 +187,6 @@ def flow_losses(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch
     labels = torch.where(inputs["drop"], torch.full_like(labels, num_classes), labels)
     v = model(xt, t, labels)
     return (v.float() - (noise - x0)).pow(2).flatten(1).mean(1)
-
-
-def initial_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
-    """One standard-normal image per seed (b, *shape): a sample depends on its own seed only, whatever batch it is in."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
-
-
-@torch.no_grad()
-def sample(model: nn.Module, labels: torch.Tensor, seeds: list[int], *, steps: int, guidance: float,
-           sampler: str = "heun") -> torch.Tensor:
-    """Images (b, c, h, w) in about [-1, 1] for `labels`, integrating dx/dt = v from t = 1 to 0 with guidance."""
-    cfg: DiTConfig = model.cfg
-    device = next(model.parameters()).device
-    x = initial_noise(seeds, (cfg.in_channels, cfg.image_size, cfg.image_size)).to(device)
-    labels = labels.to(device)
-    times = torch.linspace(1.0, 0.0, steps + 1).tolist()
-
-    def velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-        tb = torch.full((x.shape[0],), t, device=device)
-        if guidance == 1.0:
-            return model(x, tb, labels).float()
-        null = torch.full_like(labels, cfg.num_classes)
-        v_c, v_u = model(torch.cat([x, x]), torch.cat([tb, tb]), torch.cat([labels, null])).float().chunk(2)
-        return v_u + guidance * (v_c - v_u)
-
-    for t, t_next in zip(times[:-1], times[1:]):
-        v = velocity(x, t)
-        x_euler = x + (t_next - t) * v
-        # Heun: average the slopes at both ends; the last step (to t = 0) stays Euler, as in EDM's sampler
-        x = x + (t_next - t) * 0.5 * (v + velocity(x_euler, t_next)) if sampler == "heun" and t_next > 0 else x_euler
-    return x
-
-
-def model_calls(cfg: DiTConfig) -> int:
-    """Forward passes per sampled batch (guidance doubles each one's rows)."""
-    return cfg.sample_steps * 2 - 1 if cfg.sampler == "heun" else cfg.sample_steps
 
 
 # ---------------------------------------------------------------- the spec
@@ -297,22 +259,16 @@ class DiTSpec(ArchSpec):
     # ---- the task's results, pictures and `largo generate` (models/imagegen.py)
     def results(self, model: nn.Module, task: Task, *, device: torch.device, precision: str, limit: int | None = None,
                 log: Callable[[str], None] = print) -> TaskResults:
-        from largo.models.imagegen import generation_results
-
         return generation_results(model, task, device=device, precision=precision, limit=limit, log=log)
 
     def after_training(self, model: nn.Module, task: Task, run_dir: Path, *, device: torch.device, precision: str,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
-        from largo.models.imagegen import write_class_grid
-
         path = run_dir / "samples.png"
         write_class_grid(model, list(range(task.model.num_classes)), 10, path, task.prepared.classes, seed=0, precision=precision)
         log(f"samples: 10 per class -> {path}")
         return {"samples": str(path)}
 
     def respond(self, model: nn.Module, ckpt: Any, cfg: Any, request: GenerateRequest) -> list[str]:
-        from largo.models.imagegen import respond_pictures
-
         return respond_pictures(model, cfg, request)
 
 
