@@ -209,7 +209,7 @@ def grid_figure(pixels: np.ndarray, rows: int, row_names: list[str], path: Path)
     cols = n // rows
     tiles = pixels.reshape(rows, cols, c, h, w).transpose(0, 3, 1, 4, 2)  # (rows, h, cols, w, c)
     pad = np.pad(tiles, ((0, 0), (1, 1), (0, 0), (1, 1), (0, 0)), constant_values=255).reshape(rows * (h + 2), cols * (w + 2), c)
-    fig, ax = plt.subplots(figsize=(0.35 * cols + 1.4, 0.35 * rows + 0.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(0.4 * cols + 1.3, 0.4 * rows + 0.2), dpi=150)  # about 2 screen pixels per image pixel
     ax.imshow(pad[..., 0] if c == 1 else pad, cmap="gray" if c == 1 else None, vmin=0, vmax=255, interpolation="nearest")
     ax.set_yticks([(h + 2) * (r + 0.5) for r in range(rows)], row_names, fontsize=7)
     ax.set_xticks([])
@@ -217,7 +217,7 @@ def grid_figure(pixels: np.ndarray, rows: int, row_names: list[str], path: Path)
         side.set_visible(False)
     fig.tight_layout(pad=0.2)
     tmp = path.with_name(f".{path.name}.tmp.png")  # written whole, then renamed: never half a picture
-    fig.savefig(tmp)
+    fig.savefig(tmp, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     tmp.replace(path)
 
