@@ -26,7 +26,8 @@ class BlockConfig:
 
 
 class Modulation(NamedTuple):
-    """adaLN-Zero's per-example conditioning of one block (DiT): each (b, 1, dim); all zero = the plain residual update."""
+    """adaLN-Zero's per-example conditioning of one block (DiT), each (b, 1, dim): shift = scale = 0 with gate = 1 is the
+    plain block; all zero (a DiT's start) is the identity."""
 
     shift_attn: torch.Tensor
     scale_attn: torch.Tensor
