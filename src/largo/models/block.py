@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,8 +25,24 @@ class BlockConfig:
     attention: str = "auto"  # the attention kernel: "auto", "sdpa" or "math" (models/layers.py)
 
 
+class Modulation(NamedTuple):
+    """adaLN-Zero's per-example conditioning of one block (DiT), each (b, 1, dim): shift = scale = 0 with gate = 1 is the
+    plain block; all zero (a DiT's start) is the identity."""
+
+    shift_attn: torch.Tensor
+    scale_attn: torch.Tensor
+    gate_attn: torch.Tensor
+    shift_mlp: torch.Tensor
+    scale_mlp: torch.Tensor
+    gate_mlp: torch.Tensor
+
+
 class Block(nn.Module):
-    """x + attn(norm(x)), then x + mlp(norm(x)). Modality lives in stems and heads, never here."""
+    """x + attn(norm(x)), then x + mlp(norm(x)). Modality lives in stems and heads, never here.
+
+    A conditioned model (a diffusion transformer) passes a Modulation: each branch's normalised input is scaled and
+    shifted, and its output gated, by what the model computed from its conditioning (timestep, class).
+    """
 
     def __init__(self, cfg: BlockConfig):
         super().__init__()
@@ -35,10 +52,14 @@ class Block(nn.Module):
         self.mlp = SwiGLU(cfg.dim, cfg.hidden)
 
     def forward(
-        self, x: torch.Tensor, rope: torch.Tensor | None = None, mask: torch.Tensor | None = None, cache: KVCache | None = None
+        self, x: torch.Tensor, rope: torch.Tensor | None = None, mask: torch.Tensor | None = None, cache: KVCache | None = None,
+        mod: Modulation | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, mask, cache)
-        return x + self.mlp(self.mlp_norm(x))
+        if mod is None:
+            x = x + self.attn(self.attn_norm(x), rope, mask, cache)
+            return x + self.mlp(self.mlp_norm(x))
+        x = x + mod.gate_attn * self.attn(self.attn_norm(x) * (1 + mod.scale_attn) + mod.shift_attn, rope, mask, cache)
+        return x + mod.gate_mlp * self.mlp(self.mlp_norm(x) * (1 + mod.scale_mlp) + mod.shift_mlp)
 
     def init_weights(self, std: float, n_layers: int) -> None:
         """Normal(0, std) inputs; output projections scaled by 1/sqrt(2 * n_layers) (GPT-2 style)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from largo.models.block import Block, BlockConfig
+from largo.models.block import Block, BlockConfig, Modulation
 from largo.models.config import ModelConfig
 from largo.models.layers import KVCache, RMSNorm, rope_tables
 
@@ -29,13 +29,15 @@ class Trunk(nn.Module):
     def _rope_table(self, device: torch.device | None = None) -> torch.Tensor:
         return rope_tables(self.cfg.head_dim, self.cfg.max_seq_len + self.extra, self.cfg.rope_theta, device)
 
-    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, cache: list[KVCache] | None = None) -> torch.Tensor:
-        """x (b, t, dim); mask broadcastable to (b, heads, t, t) (True = attend); a cache continues its positions."""
+    def forward(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, cache: list[KVCache] | None = None,
+                mods: list[Modulation] | None = None) -> torch.Tensor:
+        """x (b, t, dim); mask broadcastable to (b, heads, t, t) (True = attend); a cache continues its positions;
+        mods: one adaLN modulation per block (a conditioned model), None for the plain blocks."""
         end = x.shape[1] + (cache[0].length if cache else 0)
         if end > self.cfg.max_seq_len + self.extra:
             raise ValueError(f"sequence length {end - self.extra} exceeds model.max_seq_len ({self.cfg.max_seq_len})")
         for i, block in enumerate(self.blocks):
-            x = block(x, self.rope, mask, cache[i] if cache else None)
+            x = block(x, self.rope, mask, cache[i] if cache else None, mods[i] if mods else None)
         return self.norm(x)
 
     @torch.no_grad()
