@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from largo.models import gpt  # noqa: I001,F401  (each module registers its spec; this order is the listing order)
 from largo.models import vit, audio, text_classifier  # noqa: I001,F401
+from largo.models import asr  # noqa: I001,F401  (speech recognition, CTC)
 from largo.models.config import ModelConfig
 from largo.models.spec import (
     ArchSpec, DataShape, MemoryTerms, ParamCount, Task, build_model, count_params, get_spec, is_hidden_matrix, register,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from largo.data.sources import table, files, hf  # noqa: I001,F401  (path kinds and prefixes: this order is the order tried)
 from largo.data.sources import stdlib, fashion_mnist, digits, imdb, espeak_digits, asterisk_digits  # noqa: F401  (listing order)
+from largo.data.sources import asterisk_prompts, speech_sentences  # noqa: F401  (speech recognition: test prompts, synthesised training sentences)
 from largo.data.sources.registry import (
-    AUDIO, IMAGES, LABELLED_TEXT, TEXT, DataSource, Roles, Row, SourceStats, open_source, register_path_kind, register_prefix,
+    AUDIO, IMAGES, LABELLED_TEXT, SPEECH, TEXT, DataSource, Roles, Row, SourceStats, open_source, register_path_kind, register_prefix,
     register_source, source_names,
 )
 
-__all__ = ["AUDIO", "IMAGES", "LABELLED_TEXT", "TEXT", "DataSource", "Roles", "Row", "SourceStats", "open_source",
+__all__ = ["AUDIO", "IMAGES", "LABELLED_TEXT", "SPEECH", "TEXT", "DataSource", "Roles", "Row", "SourceStats", "open_source",
            "register_path_kind", "register_prefix", "register_source", "source_names"]

@@ -27,6 +27,7 @@ Row = dict[str, Any]  # role -> value, plus optional "id" and "split"
 Roles = dict[str, str]  # role -> the column holding it in tables and datasets (built-in corpora ignore the column)
 TEXT, LABELLED_TEXT = frozenset({"text"}), frozenset({"text", "label"})
 IMAGES, AUDIO = frozenset({"image", "label"}), frozenset({"audio", "label"})
+SPEECH = frozenset({"audio", "text"})  # a recording and what it says (speech recognition and synthesis)
 
 
 @dataclass
