@@ -27,6 +27,8 @@ from largo.data.split import is_validation
 from largo.data.transcripts import VOCAB, encode, normalise
 from largo.errors import ConfigError, DataError
 
+BUCKET = 512  # the training order is sorted by length within runs of this many samples: a micro-batch pads little
+PAD_TO = 4000  # a batch's waves are padded to a multiple of this many samples: few distinct lengths (the noise bank's cache)
 IGNORE = -100  # a padded target (data.Batch's convention, models/loss.py's IGNORE)
 _VERSION = 1  # bump when the preparation below changes what it stores
 _AUGMENT_DRAWS = 10  # AudioAugment's own draws (speed, shift, noise, channel), before its 4 per mask
@@ -167,9 +169,9 @@ def labels_of(prepared: Prepared, split: str, i: int) -> np.ndarray:
     return np.asarray(prepared.arrays[f"{split}_labels"][at[i] : at[i + 1]], dtype=np.int64)
 
 
-def pad_batch(waves: list[np.ndarray], labels: list[np.ndarray]) -> Batch:
-    """({"wave": (b, longest) zero-padded, "lengths": (b,)}, targets (b, longest label) padded with IGNORE)."""
-    n = max(len(w) for w in waves)
+def pad_batch(waves: list[np.ndarray], labels: list[np.ndarray], multiple: int = 1) -> Batch:
+    """({"wave": (b, longest rounded up to `multiple`) zero-padded, "lengths": (b,)}, targets (b, longest label) padded with IGNORE)."""
+    n = -(-max(len(w) for w in waves) // multiple) * multiple
     x = torch.zeros(len(waves), n)
     y = torch.full((len(labels), max(1, max(len(t) for t in labels))), IGNORE, dtype=torch.long)
     for i, (w, t) in enumerate(zip(waves, labels)):
@@ -179,8 +181,9 @@ def pad_batch(waves: list[np.ndarray], labels: list[np.ndarray]) -> Batch:
 
 
 class SpeechData:
-    """Utterances as a `Dataset`: sample s of training is row perm_e[s mod n] (perm seeded by (seed, epoch)), with its
-    augmentation draws a pure function of (seed, s), so a resumed run sees exactly what an uninterrupted one sees."""
+    """Utterances as a `Dataset`: sample s of training is row perm_e[s mod n], perm_e a permutation seeded by (seed, epoch)
+    and sorted by length within runs of BUCKET samples (a micro-batch of neighbours pads little), with its augmentation
+    draws a pure function of (seed, s), so a resumed run sees exactly what an uninterrupted one sees."""
 
     def __init__(self, prepared: Prepared, *, seed: int, draws: int):
         self.prepared, self.seed, self.draws = prepared, seed, draws
@@ -190,13 +193,16 @@ class SpeechData:
     def _perm(self, epoch: int) -> np.ndarray:
         if epoch not in self._perms:
             self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
-            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            lengths = np.diff(self.prepared.arrays["train_wave_at"])
+            runs = [perm[i : i + BUCKET] for i in range(0, self.n, BUCKET)]
+            self._perms[epoch] = np.concatenate([r[np.argsort(lengths[r], kind="stable")] for r in runs])
         return self._perms[epoch]
 
     def train_rows(self, samples: range) -> Batch:
         index = np.arange(samples.start, samples.stop)
         rows = [int(self._perm(int(s // self.n))[s % self.n]) for s in index]
-        x, y = pad_batch([wave_of(self.prepared, "train", r) for r in rows], [labels_of(self.prepared, "train", r) for r in rows])
+        x, y = pad_batch([wave_of(self.prepared, "train", r) for r in rows], [labels_of(self.prepared, "train", r) for r in rows], PAD_TO)
         if self.draws:
             x["draws"] = torch.from_numpy(SampleDraws(self.seed, index).uniform(10, self.draws)).float()
         return x, y

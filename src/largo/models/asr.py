@@ -84,10 +84,19 @@ class ASRModel(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.vocab_size)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, _ = self.stem(inputs["wave"])  # (b, t, dim)
+        x = self.stem_states(inputs["wave"], inputs["lengths"])  # (b, t, dim)
         lengths = self.cfg.tokens(inputs["lengths"]).clamp_max(x.shape[1])
         keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]  # (b, t) real positions
         return self.head(self.trunk(x, mask=keep[:, None, None, :])), lengths
+
+    def stem_states(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The audio stem with the frames past each clip's end zeroed before each convolution, as its own zero padding:
+        an utterance's outputs do not depend on how much padding its batch adds."""
+        stem, hop = self.stem, self.cfg.hop_length
+        feats = stem.features(wave)  # (b, n_mels, frames)
+        inside = (torch.arange(feats.shape[-1], device=wave.device)[None, :] < (lengths // hop + 1)[:, None])[:, None, :]
+        x = F.gelu(stem.conv1(feats * inside)) * inside
+        return F.gelu(stem.conv2(x)).transpose(1, 2)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -122,7 +131,12 @@ def windows(wave: np.ndarray, rate: int, max_seconds: float) -> list[np.ndarray]
         piece = wave[start : start + size]
         frames = len(piece) // hop
         energy = (piece[: frames * hop].reshape(frames, hop).astype(np.float64) ** 2).mean(axis=1)
-        cut = (frames // 2 + int(np.argmin(energy[frames // 2 :]))) * hop
+        half = energy[frames // 2 :]
+        quiet = int(np.argmin(half))
+        end = quiet
+        while end + 1 < len(half) and half[end + 1] <= half[quiet] * 1.01 + 1e-12:
+            end += 1  # the quietest run of frames: cut in its middle, not at its first frame
+        cut = (frames // 2 + (quiet + end + 1) // 2) * hop
         out.append(piece[:cut])
         start += cut
     out.append(wave[start:])
