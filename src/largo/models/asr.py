@@ -40,6 +40,7 @@ from largo.precision import Layout, autocast
 
 RESULTS_FILE = "speech_results.json"  # a finished run's figures, read as a baseline by another run (data.baseline_run)
 PROMPTS_CSV = "asr_prompts.csv"  # per test prompt: name, reference, hypothesis, cer, wer
+SPECTROGRAMS = "spectrograms.png"  # the model's log-mel input for a few human test prompts, reference and hypothesis above
 RESAMPLE_CHUNK_S = 60.0  # long recordings are resampled a minute at a time (memory stays flat for an hour-long file)
 
 
@@ -300,6 +301,8 @@ class ASRSpec(ArchSpec):
         (run_dir / RESULTS_FILE).write_text(json.dumps(results.as_json(), indent=1, sort_keys=True) + "\n")
         if results.predictions:
             write_prompts_csv(run_dir / PROMPTS_CSV, results.predictions)
+        if results.predictions and draw_spectrograms(model, task.prepared.prepared, results.predictions, run_dir / SPECTROGRAMS):
+            log(f"speech: log-mel spectrograms of 4 test prompts with their transcripts -> {run_dir / SPECTROGRAMS}")
         log("speech: " + " | ".join(f"{k} {v:.2f}" for k, v in results.metrics.items()))
         for base, figures in results.baselines.items():
             log(f"  baseline {base}: " + " | ".join(f"{k} {v:.2f}" for k, v in figures.items()))
@@ -338,6 +341,33 @@ class ASRSpec(ArchSpec):
             residual_bytes=2 if layout.autocast else 4, rotary=True, padding_mask=True, causal=False,
             extra_phases={"frontend": (micro_batch * wave, STFT_BYTES_PER_BIN * micro_batch * freqs * frames)},
         )
+
+
+@torch.no_grad()
+def draw_spectrograms(model: ASRModel, prepared: Prepared, predictions: list[dict[str, Any]], path: Path, count: int = 4) -> bool:
+    """The model's log-mel frames of `count` test prompts (spread over the set) with reference and hypothesis; False
+    without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    picks = np.linspace(0, len(predictions) - 1, min(count, len(predictions))).round().astype(int)
+    fig, axes = plt.subplots(len(picks), 1, figsize=(11, 2.3 * len(picks)), constrained_layout=True, squeeze=False)
+    cfg, device = model.cfg, next(model.parameters()).device
+    for ax, i in zip(axes[:, 0], picks):
+        wave = torch.from_numpy(wave_of(prepared, "test", int(i)))[None].to(device)
+        feats = model.stem.features(wave)[0].float().cpu().numpy()
+        ax.imshow(feats, origin="lower", aspect="auto", cmap="magma", extent=(0, feats.shape[1] * cfg.hop_length / cfg.sample_rate, 0, cfg.n_mels))
+        p = predictions[int(i)]
+        ax.set_title(f"{p['input']} (CER {p['cer']:.0f}%)\nref: {p['reference'][:110]}\nhyp: {p['output'][:110]}", fontsize=8, loc="left")
+        ax.set_ylabel("mel band")
+    axes[-1, 0].set_xlabel("seconds")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
 
 
 def write_prompts_csv(path: Path, predictions: list[dict[str, Any]]) -> None:
