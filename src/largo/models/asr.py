@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import math
+from importlib.metadata import version as package_version
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,7 +279,7 @@ class ASRSpec(ArchSpec):
         metrics.update({f"val_{k}": v for k, v in jiwer_scores(val_refs, val_hyps).items()})
         baselines = self.baselines(d, log)
         lines = [f"normalisation: data/transcripts.py (lowercase, [bracketed] dropped, # * & read out, numbers spelled, "
-                 f"punctuation but inner apostrophes dropped); jiwer {getattr(require('jiwer', 'metrics'), '__version__', '')}".rstrip(),
+                 f"punctuation but inner apostrophes dropped); jiwer {package_version('jiwer')}",
                  f"held-out synthetic voices: {', '.join(p.meta.get('val_voices', []))} ({n_val} utterances)"]
         return TaskResults(metrics, baselines, predictions, lines)
 
@@ -292,6 +293,7 @@ class ASRSpec(ArchSpec):
         except (OSError, ValueError, KeyError, TypeError):
             log(f"baseline: {path} is not there yet (train the baseline run first); no_augmentation left out")
             return {}
+        log(f"baseline no_augmentation: {path}, that run's own evaluation on its whole test set (not limited by --limit)")
         return {"no_augmentation": {k: float(v) for k, v in figures.items() if k in ("cer", "wer", "val_cer", "val_wer")}}
 
     def after_training(self, model: nn.Module, task: Task, run_dir: Path, *, device: torch.device, precision: str,
