@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -89,9 +90,15 @@ def without_test_prompts(sentences: list[str], tests: list[str]) -> list[str]:
     return [s for s, close in zip(sentences, near) if close == 0]
 
 
+@lru_cache(maxsize=1)
+def usable_sentences() -> tuple[str, ...]:
+    """Catalog sentences without the test prompts (read once per process: ~5 s of catalogs and fuzzy matching)."""
+    return tuple(without_test_prompts(catalog_sentences(), prompt_texts()))
+
+
 def training_sentences(count: int) -> list[str]:
     """`count` catalog sentences (all if fewer), test prompts excluded, in a fixed shuffled order."""
-    sentences = without_test_prompts(catalog_sentences(), prompt_texts())
+    sentences = usable_sentences()
     if not sentences:
         raise DataError(f"data.source 'synth-sentences': no usable English messages in {CATALOGS}; "
                         f"install some translated packages (e.g. apt-get install coreutils-l10n) or use another source")
