@@ -142,6 +142,21 @@ def cmd_generate(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     return 0
 
 
+def cmd_transcribe(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """A speech recogniser's text for a clip, one line (the spec's respond, as `largo generate RUN --audio clip.wav`)."""
+    from largo.checkpoint.handle import Checkpoint
+    from largo.checkpoint.restore import load_model
+    from largo.distributed.env import pick_device
+    from largo.models import get_spec
+    from largo.models.results import GenerateRequest
+
+    ckpt = Checkpoint.find(args.checkpoint)
+    model, cfg = load_model(ckpt, pick_device(args.device))
+    for line in get_spec(cfg.model.arch).respond(model, ckpt, cfg, GenerateRequest(audio=args.audio)):
+        print(line)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Summarise runs from their metrics.jsonl: curves.png per run, and report.html + report.md (all runs overlaid)."""
     from pathlib import Path
@@ -392,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--temperature", type=float, default=0.8)
             p.add_argument("--top-k", type=int, default=50)
             p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("transcribe", help="speech recognition: the text of a clip, one line")
+    p.add_argument("checkpoint", help="run directory or checkpoint folder of a speech recogniser (model.arch = asr)")
+    p.add_argument("audio", help="the clip: .wav (or .flac/.ogg/.mp3 with soundfile); long recordings go in windows")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(fn=cmd_transcribe)
+
     p = sub.add_parser("explain", help="why a model predicts what it does: attributions checked for completeness, attention rollout")
     p.add_argument("checkpoint", help="run directory or checkpoint folder")
     p.add_argument("inputs", nargs="*", help="files or folders (images, .wav, .txt), or for text models the text itself")

@@ -12,10 +12,11 @@ from largo.data.sources import table, files, hf  # noqa: I001,F401  (path kinds 
 from largo.data.sources import stdlib, fashion_mnist, digits, imdb, espeak_digits, asterisk_digits  # noqa: F401  (listing order)
 from largo.data.sources import gettext_catalogs, docstrings  # noqa: F401  (sequence-to-sequence pairs)
 from largo.data.sources import fashion_scenes, coco  # noqa: F401  (detection: composed scenes, COCO JSON)
+from largo.data.sources import asterisk_prompts, speech_sentences  # noqa: F401  (speech: human test prompts, synthesised sentences)
 from largo.data.sources.registry import (
-    AUDIO, IMAGES, LABELLED_TEXT, PAIRS, TEXT, DataSource, Roles, Row, SourceStats, open_source, register_path_kind, register_prefix,
+    AUDIO, IMAGES, LABELLED_TEXT, PAIRS, SPEECH, TEXT, DataSource, Roles, Row, SourceStats, open_source, register_path_kind, register_prefix,
     register_source, source_names,
 )
 
-__all__ = ["AUDIO", "IMAGES", "LABELLED_TEXT", "PAIRS", "TEXT", "DataSource", "Roles", "Row", "SourceStats", "open_source",
+__all__ = ["AUDIO", "IMAGES", "LABELLED_TEXT", "PAIRS", "SPEECH", "TEXT", "DataSource", "Roles", "Row", "SourceStats", "open_source",
            "register_path_kind", "register_prefix", "register_source", "source_names"]

@@ -29,6 +29,7 @@ TEXT, LABELLED_TEXT = frozenset({"text"}), frozenset({"text", "label"})
 IMAGES, AUDIO = frozenset({"image", "label"}), frozenset({"audio", "label"})
 PAIRS = frozenset({"text", "target"})  # sequence to sequence: a source text and its target (a translation, a summary)
 DETECTION = frozenset({"image", "boxes"})  # "boxes": a list of (class name, x0, y0, x1, y1) in the image's pixels
+SPEECH = frozenset({"audio", "text"})  # a recording and what it says (speech recognition and synthesis)
 
 
 @dataclass

@@ -1,0 +1,187 @@
+"""data.source = "synth-sentences": English sentences spoken by espeak-ng (every accent x every voice variant) and flite
+(every voice), each utterance at its own speed and pitch: a recogniser's training set made offline, no human voice in it.
+
+The sentences are the English messages (msgids) of the installed gettext catalogs (/usr/share/locale/*/LC_MESSAGES/*.mo):
+plain ones (letters, digits, simple punctuation, 2-14 words), deduplicated by their normalised form, and never equal or
+near-equal (rapidfuzz ratio >= 80 on normalised text) to a transcript of the test prompts (asterisk_prompts.py).
+Whole voices are held out for validation (an espeak variant over all its accents, or a flite voice), and each sentence is
+spoken once, so validation sentences are unseen too. Rows are (waveform, rate) at the engine's rate.
+"""
+
+from __future__ import annotations
+
+import gettext
+import glob
+import re
+import subprocess
+import tempfile
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from largo.data.audio_io import parse_wav, read_wav
+from largo.data.sources.asterisk_prompts import prompt_texts
+from largo.data.sources.espeak_digits import ESPEAK_ACCENTS, FLITE_VOICES, _need, espeak_variants
+from largo.data.sources.registry import SPEECH, DataSource, Roles, Row, SourceStats, register_source
+from largo.data.split import is_validation
+from largo.data.transcripts import normalise
+from largo.errors import DataError
+from largo.optional import require
+
+CATALOGS = "/usr/share/locale/*/LC_MESSAGES/*.mo"
+PLAIN = re.compile(r"^[A-Za-z][A-Za-z0-9 ,.'?!;:()-]*$")
+NEAR_TEST = 80.0  # rapidfuzz ratio (0-100) on normalised text at or above which a sentence is too close to a test prompt
+FLITE_SHARE = 0.4  # share of utterances spoken by flite (5 voices, closer to a human voice than espeak's formant synthesis)
+CHUNK = 32  # utterances synthesised per batch of subprocess calls
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One sentence in one voice at one speed and pitch."""
+
+    text: str
+    voice: str  # the held-out unit: an espeak variant or "flite-<voice>"
+    engine: str  # "espeak" or "flite"
+    name: str  # espeak "en-gb+f3", or a flite voice
+    speed: float  # espeak words per minute, or flite duration stretch
+    pitch: float  # espeak pitch 0..99, or flite mean F0 in Hz
+
+
+def largest_per_domain(paths: list[str]) -> list[str]:
+    """One catalog per text domain (file name): its languages share the msgids, and the largest has the most."""
+    best: dict[str, str] = {}
+    for p in sorted(paths):
+        name = Path(p).name
+        if name not in best or Path(p).stat().st_size > Path(best[name]).stat().st_size:
+            best[name] = p
+    return sorted(best.values())
+
+
+def catalog_sentences() -> list[str]:
+    """Plain English msgids of every installed gettext catalog, sorted, one per normalised form."""
+    found: dict[str, str] = {}
+    for path in largest_per_domain(glob.glob(CATALOGS)):
+        try:
+            with open(path, "rb") as f:
+                catalog = gettext.GNUTranslations(f)._catalog  # type: ignore[attr-defined]
+        except (OSError, ValueError, LookupError):  # UnicodeDecodeError is a ValueError; bad headers raise Index/KeyError
+            continue  # an unreadable catalog is skipped: the others hold tens of thousands of messages
+        for key in catalog:
+            text = " ".join((key[0] if isinstance(key, tuple) else key).split())
+            if PLAIN.match(text) and 2 <= len(text.split()) <= 14:
+                found.setdefault(normalise(text), text)
+    return [found[k] for k in sorted(found) if k]
+
+
+def without_test_prompts(sentences: list[str], tests: list[str]) -> list[str]:
+    """Sentences whose normalised form is not equal or near-equal (ratio >= NEAR_TEST) to any test transcript."""
+    fuzz = require("rapidfuzz", "data.source 'synth-sentences' (keeping training sentences away from the test prompts)")
+    refs = sorted({normalise(t) for t in tests} - {""})
+    if not refs or not sentences:
+        return list(sentences)
+    normal = [normalise(s) for s in sentences]
+    # ratio 100 covers equality; one C call scores every pair (sentences x prompts), scores under the cutoff are 0
+    near = fuzz.process.cdist(normal, refs, scorer=fuzz.fuzz.ratio, score_cutoff=NEAR_TEST, dtype=np.uint8).max(axis=1)
+    return [s for s, close in zip(sentences, near) if close == 0]
+
+
+@lru_cache(maxsize=1)
+def usable_sentences() -> tuple[str, ...]:
+    """Catalog sentences without the test prompts (read once per process: ~5 s of catalogs and fuzzy matching)."""
+    return tuple(without_test_prompts(catalog_sentences(), prompt_texts()))
+
+
+def training_sentences(count: int) -> list[str]:
+    """`count` catalog sentences (all if fewer), test prompts excluded, in a fixed shuffled order."""
+    sentences = usable_sentences()
+    if not sentences:
+        raise DataError(f"data.source 'synth-sentences': no usable English messages in {CATALOGS}; "
+                        f"install some translated packages (e.g. apt-get install coreutils-l10n) or use another source")
+    order = np.random.default_rng(0).permutation(len(sentences))
+    return [sentences[i] for i in order[:count]]
+
+
+def voices() -> tuple[list[str], list[str]]:
+    """(espeak variants, flite voices) available here."""
+    _need("flite", "flite")
+    return espeak_variants(), list(FLITE_VOICES)
+
+
+def utterances(sentences: list[str], variants: list[str], flites: list[str]) -> list[Utterance]:
+    """Each sentence once, in a voice, speed and pitch drawn from a generator seeded by the sentence."""
+    out = []
+    for text in sentences:
+        rng = np.random.default_rng(zlib.crc32(text.encode()))
+        if rng.random() < FLITE_SHARE:
+            voice = flites[rng.integers(len(flites))]
+            out.append(Utterance(text, f"flite-{voice}", "flite", voice, float(rng.uniform(0.8, 1.4)), float(rng.uniform(90, 220))))
+        else:
+            variant, accent = variants[rng.integers(len(variants))], ESPEAK_ACCENTS[rng.integers(len(ESPEAK_ACCENTS))]
+            out.append(Utterance(text, variant, "espeak", f"{accent}+{variant}", float(rng.integers(120, 201)), float(rng.integers(20, 81))))
+    return out
+
+
+def held_out_voices(all_voices: list[str], val_fraction: float) -> set[str]:
+    """Every 1/val_fraction-th voice of the sorted list."""
+    return {v for i, v in enumerate(sorted(all_voices)) if is_validation(i, val_fraction)}
+
+
+def speak(u: Utterance, workdir: Path) -> tuple[np.ndarray, int] | None:
+    """The utterance's waveform at the engine's rate; None where the engine fails or says nothing."""
+    try:
+        if u.engine == "espeak":
+            cmd = ["espeak-ng", "-v", u.name, "-s", str(int(u.speed)), "-p", str(int(u.pitch)), "--stdout", u.text]
+            x, rate = parse_wav(subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout, u.name)
+        else:
+            path = workdir / f"{zlib.crc32((u.name + u.text).encode())}.wav"
+            subprocess.run(["flite", "-voice", u.name, "--setf", f"duration_stretch={u.speed:.3f}", "--setf",
+                            f"int_f0_target_mean={u.pitch:.1f}", "-t", u.text, "-o", str(path)], capture_output=True, check=True, timeout=60)
+            x, rate = read_wav(path)
+            path.unlink()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, DataError):
+        return None
+    return (x, rate) if len(x) > rate // 10 else None
+
+
+class SynthSentencesSource(DataSource):
+    """Synthesised sentences split by voice; data.sentences decides how many (synthesis costs CPU time: ~30 ms espeak,
+    ~150 ms flite per sentence)."""
+
+    settings_keys = ("sentences",)
+
+    def fingerprint(self) -> str:
+        return super().fingerprint() + f":{getattr(self.data, 'sentences', 0)}"
+
+    def files(self) -> list[tuple[Path, str]]:
+        import shutil
+
+        return [(Path(p), Path(p).name) for p in (shutil.which("espeak-ng"), shutil.which("flite")) if p]
+
+    def rows(self, roles: Roles, stats: SourceStats) -> Iterator[Row]:
+        variants, flites = voices()
+        items = utterances(training_sentences(int(getattr(self.data, "sentences", 0)) or 10**9), variants, flites)
+        held = held_out_voices(variants + [f"flite-{v}" for v in flites], self.data.val_fraction)
+        self.log(f"prepare: synthesising {len(items):,} sentences with espeak-ng ({len(variants)} variants x {len(ESPEAK_ACCENTS)} "
+                 f"accents) and flite ({len(flites)} voices); held-out voices: {', '.join(sorted(held))}")
+        failed = 0
+        with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=2) as pool:
+            for start in range(0, len(items), CHUNK):
+                chunk = items[start : start + CHUNK]
+                for u, spoken in zip(chunk, pool.map(lambda u: speak(u, Path(tmp)), chunk)):
+                    if spoken is None:
+                        failed += 1
+                        continue
+                    yield {"id": f"{u.name}:{u.text[:40]}", "audio": spoken, "text": u.text, "voice": u.voice,
+                           "split": "val" if u.voice in held else "train"}
+                if start // CHUNK % 25 == 24:
+                    self.log(f"prepare: {start + len(chunk):,}/{len(items):,} sentences synthesised")
+        if failed:
+            self.log(f"prepare: {failed} utterances left out (the engine failed or said nothing)")
+
+
+register_source("synth-sentences", SynthSentencesSource, provides=[SPEECH])

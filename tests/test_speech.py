@@ -1,0 +1,208 @@
+"""Sentence-level speech recognition: transcripts and their normalisation, the test prompts kept out of training, CTC
+decoding and loss, jiwer's figures, long recordings in windows, and a tiny run through `largo eval --json`,
+`largo transcribe` and its bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from largo.cli import main
+from largo.data.sources import asterisk_prompts
+from largo.data.speech import SpeechAugment, SpeechDataConfig, augment_draws, pad_batch
+from largo.data.transcripts import VOCAB, check_speakable, encode, normalise, parse_transcripts, spell_number
+from largo.errors import DataError
+from largo.models.asr import ASRConfig, ASRModel, ctc_loss, greedy_decode, windows
+
+SPEECH_PACKAGES = "apt-get install espeak-ng flite asterisk-core-sounds-en-wav asterisk-core-sounds-en"
+needs_speech = pytest.mark.skipif(
+    not (shutil.which("espeak-ng") and shutil.which("flite") and asterisk_prompts.SOUNDS.is_dir()
+         and asterisk_prompts.TRANSCRIPTS.is_file()),
+    reason=f"needs espeak-ng, flite and Asterisk's prompts with transcripts: {SPEECH_PACKAGES} (.ci/run installs them)")
+
+
+def wav_bytes(x: np.ndarray, rate: int) -> bytes:
+    """16-bit mono PCM WAV."""
+    pcm = (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+    return (b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
+            + b"data" + struct.pack("<I", len(pcm)) + pcm)
+
+
+# ---- transcripts
+
+
+def test_transcripts_parse_and_a_line_without_a_colon_is_one_line() -> None:
+    good = "; Core sounds\n\nagent-pass: Please enter your password followed by the pound key.\ndigits/1: one\n"
+    assert parse_transcripts(good, "t.txt") == {"agent-pass": "Please enter your password followed by the pound key.", "digits/1": "one"}
+    with pytest.raises(DataError, match=r"^t\.txt:3: 'this line has no colon' is not a 'name: text' line") as e:
+        parse_transcripts("a: b\n\nthis line has no colon\n", "t.txt")
+    assert "\n" not in str(e.value)
+
+
+def test_normalisation_is_the_documented_one() -> None:
+    assert normalise("Please press 1 to mute, or # for more; you'd dial 500.") == \
+        "please press one to mute or pound for more you'd dial five hundred"
+    assert normalise("[ascending tones]") == ""
+    assert normalise("a 28.8 kilobit modem, Call-Forward * 'quoted'") == "a twenty eight point eight kilobit modem call forward star quoted"
+    assert spell_number(1234) == "one thousand two hundred thirty four" and spell_number(90) == "ninety"
+    assert set(normalise("Ünïcode & ASCII / 42%")) <= set(VOCAB)
+    with pytest.raises(DataError, match="outside the vocabulary"):
+        encode("héllo")
+    with pytest.raises(DataError, match="outside the vocabulary"):
+        check_speakable("日本語")
+
+
+def test_training_sentences_near_a_test_prompt_are_left_out() -> None:
+    pytest.importorskip("rapidfuzz", reason="jiwer's dependency: pip install jiwer (the speech extra)")
+    from largo.data.sources.speech_sentences import without_test_prompts
+
+    tests = ["Please enter your password followed by the pound key.", "Goodbye."]
+    sentences = ["please enter your password, followed by the pound key", "Please enter your passwords followed by the pound key",
+                 "Enter the file name", "GOODBYE!", "Good bye now, friend"]
+    assert without_test_prompts(sentences, tests) == ["Enter the file name", "Good bye now, friend"]
+
+
+@needs_speech
+def test_the_human_prompts_are_test_only_and_kept_out_of_training() -> None:
+    from largo.data.sources.speech_sentences import training_sentences
+
+    found = asterisk_prompts.prompts()
+    assert len(found) > 550 and all(p.is_file() and normalise(t) for _, p, t in found)
+    refs = {normalise(t) for t in asterisk_prompts.prompt_texts()} - {""}
+    assert not refs & {normalise(s) for s in training_sentences(3000)}
+
+
+# ---- CTC
+
+
+def one_hot_logits(path: list[int], vocab: int) -> torch.Tensor:
+    """(1, t, vocab) logits whose argmax is `path`."""
+    return torch.nn.functional.one_hot(torch.tensor([path]), vocab).float() * 10
+
+
+def test_greedy_decode_merges_repeats_and_drops_blanks() -> None:
+    h, e, l, o = (VOCAB.index(c) + 1 for c in "helo")
+    path = [0, h, h, 0, e, l, l, 0, l, o, o, 0]  # "hello": the blank between the l's keeps both
+    logits = one_hot_logits(path, len(VOCAB) + 1)
+    assert greedy_decode(logits, torch.tensor([len(path)])) == [[h, e, l, l, o]]
+    assert greedy_decode(logits, torch.tensor([6])) == [[h, e, l]]  # positions past the length are padding
+
+
+def tiny_asr(**kw: int) -> ASRModel:
+    torch.manual_seed(0)
+    cfg = ASRConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=128, vocab_size=len(VOCAB) + 1, **kw)
+    model = ASRModel(cfg)
+    model.init_weights()
+    return model
+
+
+def test_a_tiny_model_learns_ctc(one_thread: None) -> None:
+    rng = np.random.default_rng(0)
+    texts = ["ab", "ba", "abc", "cab"]
+    tones = {c: 300.0 * (k + 1) for k, c in enumerate("abc")}
+    waves = [np.concatenate([0.5 * np.sin(2 * np.pi * tones[c] * np.arange(1600) / 8000) for c in t]).astype(np.float32)
+             + 0.01 * rng.standard_normal(1600 * len(t)).astype(np.float32) for t in texts]
+    x, y = pad_batch(waves, [np.array(encode(t)) for t in texts])
+    model = tiny_asr()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = ctc_loss(*model(x), y) / (y != -100).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_padding_does_not_change_an_utterances_outputs() -> None:
+    model = tiny_asr().eval()
+    wave = np.random.default_rng(1).standard_normal(4000).astype(np.float32) * 0.1
+    alone, _ = pad_batch([wave], [np.array([3])])
+    padded, _ = pad_batch([wave, np.zeros(9000, np.float32)], [np.array([3]), np.array([3])])
+    with torch.no_grad():
+        a, n = model(alone)
+        b, _ = model(padded)
+    assert torch.allclose(a[0, : n[0]], b[0, : n[0]], atol=1e-4)
+
+
+def test_augmentation_keeps_lengths_and_silent_padding() -> None:
+    d = SpeechDataConfig(noise_snr_db=10.0, band_limit_hz=3000.0, reverb=1.0, spec_masks=2)
+    x, _ = pad_batch([np.ones(3000, np.float32) * 0.1, np.ones(8000, np.float32) * 0.1], [np.array([1]), np.array([1])])
+    x["draws"] = torch.rand(2, augment_draws(d), generator=torch.Generator().manual_seed(0))
+    out = SpeechAugment(d, 8000)(x)
+    assert out["wave"].shape == (2, 8000) and torch.equal(out["lengths"], torch.tensor([3000, 8000]))
+    assert out["wave"][0, 3000:].abs().max() == 0 and not torch.allclose(out["wave"][1], x["wave"][1])
+
+
+# ---- metrics and long recordings
+
+
+def test_jiwer_figures_are_percentages() -> None:
+    pytest.importorskip("jiwer", reason="pip install jiwer (the speech extra)")
+    from largo.models.asr import jiwer_scores
+
+    scores = jiwer_scores(["hello world", "good bye"], ["hello word", "good bye"])
+    assert scores["wer"] == pytest.approx(100 * 1 / 4) and scores["cer"] == pytest.approx(100 * 1 / 19)
+
+
+def test_a_long_recording_is_cut_at_pauses_into_windows() -> None:
+    rate, rng = 8000, np.random.default_rng(3)
+    speech = [np.concatenate([0.3 * rng.standard_normal(int(rng.uniform(0.5, 3.0) * rate)), np.zeros(rate // 4)]) for _ in range(400)]
+    wave = np.concatenate(speech).astype(np.float32)  # ~12 minutes
+    pieces = windows(wave, rate, 8.0)
+    assert sum(len(p) for p in pieces) == len(wave) and max(len(p) for p in pieces) <= 8 * rate
+    assert all(np.abs(p[-40:]).max() == 0 for p in pieces[:-1])  # every cut falls in a pause
+
+
+# ---- a tiny run: eval --json, predictions, transcribe and its bad inputs
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("asr")
+    torch.set_num_threads(1)
+    argv = ["train", "asr_sentences", "--run.out_dir", str(root / "runs"), "--data.dir", str(root / "data"),
+            "--data.sentences", "40", "--data.baseline_run", "", "--model.dim", "32", "--model.n_layers", "1", "--model.n_heads", "2",
+            "--train.steps", "3", "--train.global_batch", "4", "--train.micro_batch", "4", "--eval.every", "0",
+            "--checkpoint.every", "0", "--train.precision", "fp32", "--train.threads", "1"]
+    assert main(argv) == 0
+    return root / "runs" / "asr_sentences"
+
+
+@needs_speech
+def test_a_tiny_run_reports_its_figures_and_prompts(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert (tiny_run / "speech_results.json").is_file()
+    header = (tiny_run / "asr_prompts.csv").read_text().splitlines()[0]
+    assert header == "name,reference,hypothesis,cer,wer"
+    assert (tiny_run / "spectrograms.png").is_file() or not __import__("importlib").util.find_spec("matplotlib")
+    capsys.readouterr()
+    assert main(["eval", str(tiny_run), "--json", "--limit", "4", "--predictions", str(tmp_path / "p.jsonl")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"cer", "wer", "val_cer", "val_wer"} <= set(result["metrics"]) and result["baselines"] == {}
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(lines) == 4 and {"input", "reference", "output", "cer", "wer"} <= set(lines[0])
+
+
+@needs_speech
+def test_transcribe_answers_one_line_and_refuses_bad_clips(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["transcribe", str(tiny_run), str(asterisk_prompts.SOUNDS / "agent-pass.wav")]) == 0
+    assert main(["generate", str(tiny_run), "--audio", str(asterisk_prompts.SOUNDS / "agent-pass.wav")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0] == out[1] and set(out[0]) <= set(VOCAB)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(wav_bytes(np.zeros(0), 8000))
+    for argv, message in ((["transcribe", str(tiny_run), str(empty)], "holds no samples"),
+                          (["transcribe", str(tiny_run), str(tmp_path / "missing.wav")], "no such audio file"),
+                          (["generate", str(tiny_run)], "give --audio clip.wav")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.wav"]  # nothing written
