@@ -82,7 +82,7 @@ def test_presets_load_by_name_from_any_folder(tmp_path: Path) -> None:
     by_name = load_config("text_tiny", {"train.steps": "7"})
     assert by_name.train.steps == 7 and by_name == load_config(PRESETS / "text_tiny.toml", {"train.steps": "7"})
     assert load_config("text_tiny.toml") == load_config("text_tiny")
-    with pytest.raises(ConfigError, match=r"config text_tnyi: no such file, and no preset of that name; presets: gpt2_124m, "):
+    with pytest.raises(ConfigError, match=r"config text_tnyi: no such file, and no preset of that name; presets: .*\btext_tiny, "):
         load_config("text_tnyi")
     listing = _largo("presets", cwd=tmp_path)  # another folder: presets come from the package, not the checkout
     names = [line.split()[0] for line in listing.stdout.splitlines()]
