@@ -25,7 +25,8 @@ def test_param_count_matches_module(tie: bool, kv: int) -> None:
 def test_presets_param_count_on_meta() -> None:
     for path in sorted(PRESETS.glob("*.toml")):
         cfg = load_config(path).model
-        for key, value in {"vocab_size": 4096, "num_classes": 10, "image_size": 28, "in_channels": 1}.items():
+        decided = {"vocab_size": 4096, "num_classes": 10, "image_size": 4 * getattr(cfg, "patch_size", 7), "in_channels": 1}
+        for key, value in decided.items():
             if getattr(cfg, key, None) == 0:  # fields the data decides at run time
                 setattr(cfg, key, value)
         with torch.device("meta"):

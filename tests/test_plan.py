@@ -240,7 +240,7 @@ def test_every_preset_counts_like_the_built_module() -> None:
     shapes = {f"--model {k}": s.model for k, s in MODEL_SIZES.items()}
     for path in sorted(PRESETS.glob("*.toml")):
         cfg = load_config(path)
-        decided = {"vocab_size": getattr(cfg.data, "vocab_size", 0), "num_classes": 10, "in_channels": 1,
+        decided = {"vocab_size": getattr(cfg.data, "vocab_size", 0) or 64, "num_classes": 10, "in_channels": 1,
                    "image_size": 4 * getattr(cfg.model, "patch_size", 1)}  # fields the data decides, as the recipes' data would
         shapes[str(path)] = dataclasses.replace(cfg.model, **{k: v for k, v in decided.items() if getattr(cfg.model, k, None) == 0})
     for name, cfg in shapes.items():
