@@ -85,6 +85,34 @@ def test_muon_and_wsd_learn(tmp_path: Path, tiny_data: Path) -> None:
     assert losses[-1] < losses[0] - 0.3
 
 
+def test_muon_in_fp32_follows_torchs_muon() -> None:
+    """largo's Muon (Newton-Schulz in fp32, for CPUs where bf16 is slow) takes torch's steps up to bf16 rounding, and in
+    bf16 is torch's Muon exactly."""
+    from largo.train.optim import Muon
+
+    torch.manual_seed(0)
+    start = [torch.randn(48, 32), torch.randn(32, 64)]
+    grads = [[torch.randn_like(w) for w in start] for _ in range(3)]
+
+    def trained(make) -> list[torch.Tensor]:
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = make(params)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        return [p.detach() - w for p, w in zip(params, start)]  # the updates taken
+
+    kw = dict(lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    reference = trained(lambda ps: torch.optim.Muon(ps, **kw))
+    ours = trained(lambda ps: Muon(ps, ns_dtype=torch.float32, **kw))
+    for r, o in zip(reference, ours):
+        assert ((o - r).norm() / r.norm()).item() < 0.03  # bf16's rounding in torch's iteration: ~1% here
+        assert not torch.equal(o, r)  # the fp32 path really ran
+    for r, o in zip(reference, trained(lambda ps: Muon(ps, ns_dtype=torch.bfloat16, **kw))):
+        assert torch.equal(o, r)
+
+
 def test_generation_is_deterministic_under_a_seed(tmp_path: Path, tiny_data: Path) -> None:
     cfg = tiny_config(tmp_path, tiny_data)
     train(cfg, **quiet)

@@ -236,7 +236,7 @@ class Trainer:
         per_epoch = len(loader) // stride if hasattr(loader, "__len__") else None  # this rank's batches per epoch
         cfg.train.steps = self._steps(per_epoch)
         trained = [p for p in self.model.parameters() if p.requires_grad]
-        optimizers = [self.make_optimizer(trained)] if self.make_optimizer else build_optimizers(self.model, cfg.optim)
+        optimizers = [self.make_optimizer(trained)] if self.make_optimizer else build_optimizers(self.model, cfg.optim, cfg.train.precision)
         schedule = Schedule(optimizers, cfg.optim, cfg.train.steps, env.device)
         session = RunSession.resolve(cfg, env, resume=self.resume, say=self.log)
         with session.open(cfg, overwrite=self.overwrite):  # locked until the end

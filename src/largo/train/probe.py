@@ -118,7 +118,7 @@ def _time_steps(cfg: RunConfig, task: Any, env: Any, compiled: str, peak: float)
                               eval=dataclasses.replace(cfg.eval, every=0), checkpoint=dataclasses.replace(cfg.checkpoint, every=0))
     seed_everything(cfg.run.seed)
     model = build_trained_model(run, env, "none", full_init=True, compiled=compiled, say=lambda _m: None)[0]  # adapters too
-    optimizers = build_optimizers(model, cfg.optim)
+    optimizers = build_optimizers(model, cfg.optim, cfg.train.precision)
     session = RunSession.in_memory(run, env)  # no folder, no checkpoints: the records stay in memory
     parts = LoopParts(model=model, optimizers=optimizers, schedule=Schedule(optimizers, cfg.optim, total, env.device),
                       **task_steps(run, task, model, env), evaluate=None, save=session.save, flops_per_step=0.0, peak_flops=peak)

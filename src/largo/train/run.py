@@ -207,7 +207,7 @@ def _train_in(session: RunSession, task: Task, env: DistEnv, strategy: str, comp
     cfg, t = session.cfg, session.cfg.train
     memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
     trained, model, base = build_trained_model(cfg, env, strategy, full_init=session.resumed is None, compiled=compiled, say=say)
-    optimizers = build_optimizers(model, cfg.optim)
+    optimizers = build_optimizers(model, cfg.optim, cfg.train.precision)
     schedule = Schedule(optimizers, cfg.optim, t.steps, env.device)
     check_adapters_base(session.resumed, cfg, base)
     start_step = session.attach(model, optimizers, schedule, position=lambda step: {"samples_seen": step * t.global_batch},
