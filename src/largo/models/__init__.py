@@ -12,6 +12,7 @@ from largo.models import seq2seq  # noqa: F401  (translation, summarisation)
 from largo.models import detect  # noqa: I001,F401  (object detection: ViT trunk, dense head)
 from largo.models import dit  # noqa: I001,F401
 from largo.models import asr  # noqa: I001,F401  (speech recognition, CTC)
+from largo.models import tts  # noqa: I001,F401  (speech synthesis: durations, Griffin-Lim)
 from largo.models.config import ModelConfig
 from largo.models.spec import (
     ArchSpec, DataShape, MemoryTerms, ParamCount, Task, build_model, count_params, get_spec, is_hidden_matrix, register,
