@@ -157,6 +157,21 @@ def cmd_transcribe(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     return 0
 
 
+def cmd_speak(args: argparse.Namespace, overrides: dict[str, str]) -> int:
+    """A speech synthesiser says the text into a WAV (the spec's respond, as `largo generate RUN --input TEXT --out F`)."""
+    from largo.checkpoint.handle import Checkpoint
+    from largo.checkpoint.restore import load_model
+    from largo.distributed.env import pick_device
+    from largo.models import get_spec
+    from largo.models.results import GenerateRequest
+
+    ckpt = Checkpoint.find(args.checkpoint)
+    model, cfg = load_model(ckpt, pick_device(args.device))
+    for line in get_spec(cfg.model.arch).respond(model, ckpt, cfg, GenerateRequest(input=args.text, out=args.out)):
+        print(line)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Summarise runs from their metrics.jsonl: curves.png per run, and report.html + report.md (all runs overlaid)."""
     from pathlib import Path
@@ -412,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("audio", help="the clip: .wav (or .flac/.ogg/.mp3 with soundfile); long recordings go in windows")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(fn=cmd_transcribe)
+    p = sub.add_parser("speak", help="speech synthesis: say a text into a WAV file")
+    p.add_argument("checkpoint", help="run directory or checkpoint folder of a speech synthesiser (model.arch = tts)")
+    p.add_argument("text", help="what to say (letters, digits, punctuation; # * & %% @ + = are read out)")
+    p.add_argument("--out", required=True, help="the .wav file to write")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(fn=cmd_speak)
 
     p = sub.add_parser("explain", help="why a model predicts what it does: attributions checked for completeness, attention rollout")
     p.add_argument("checkpoint", help="run directory or checkpoint folder")

@@ -28,7 +28,7 @@ from largo.data.transcripts import encode, normalise
 from largo.errors import ConfigError, DataError
 
 IGNORE = -100.0  # a padded mel bin (data.Batch's convention)
-VERSION = 1  # bump when the preparation below changes what it stores
+VERSION = 2  # bump when the preparation below changes what it stores
 
 
 @dataclass
@@ -105,6 +105,8 @@ def build_tts(d: TTSDataConfig, rate: int, mel_of: MelOf, align: Aligner, log: C
             store(arrays, split, recs, labels, spans, mel_of)
             meta[f"{split}_names"], meta[f"{split}_texts"] = [r.name for r in recs], [r.text for r in recs]
             meta.update({f"{split}_{k}": v for k, v in stats.items()})
+        train_mel = arrays["train_mel"].astype(np.float64)
+        meta["mel_mean"], meta["mel_std"] = float(train_mel.mean()), float(train_mel.std())  # the model's output scale
         log("prepare: prompts " + ", ".join(f"{s} {len(v)}" for s, v in splits.items()) +
             f" (test = every prompt held out by name; train and val at most {d.max_seconds:g} s)")
         return Built(arrays, meta)

@@ -51,9 +51,13 @@ class TTSConfig(ModelConfig):
     recogniser: str = "runs/asr_sentences"  # an "asr" run folder (or checkpoint): durations by alignment, intelligibility
     durations: str = "ctc"  # "ctc": forced alignment by the recogniser; "uniform": tokens spread evenly over characters
     griffin_lim_iters: int = 60  # Griffin-Lim iterations per synthesised clip
+    mel_mean: float = 0.0  # the training frames' mean log-mel (nats): the head writes mean + std * its output; 0 = from the data
+    mel_std: float = 0.0  # their standard deviation; 0 = from the data (unit-scale outputs: Adam's steps fit the targets' range)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.mel_std < 0:
+            raise ConfigError(f"model.mel_std ({self.mel_std}) must be >= 0 (0 = from the data)")
         if self.durations not in ("ctc", "uniform"):
             raise ConfigError(f"model.durations ({self.durations!r}) must be 'ctc' or 'uniform'")
         if self.n_mels < 8 or self.sample_rate < 1000 or self.vocab_size < 0 or self.griffin_lim_iters < 1:
@@ -116,7 +120,7 @@ class TTSModel(nn.Module):
         x, lengths = regulate(states, spans)
         keep = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
         y = self.head(self.decoder(x, mask=keep[:, None, None, :]))  # (b, T, 2 n_mels)
-        return y.reshape(len(y), -1, self.cfg.n_mels)
+        return y.reshape(len(y), -1, self.cfg.n_mels) * self.cfg.mel_std + self.cfg.mel_mean
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         states, keep, log_durations = self.encode(inputs["symbols"])
@@ -134,7 +138,8 @@ class TTSModel(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Trunks as theirs; embedding, predictor and head normal(init_std), biases zero (the head's at the mel floor)."""
+        """Trunks as theirs; embedding, predictor and head normal(init_std), biases zero (the head starts at the mean frame;
+        the predictor at about 2.7 tokens per character, log(1 + d) = 1.3)."""
         self.encoder.init_weights()
         self.decoder.init_weights()
         for w in (self.embed.weight, self.head.weight, self.duration.out.weight):
@@ -142,8 +147,8 @@ class TTSModel(nn.Module):
         for conv in (self.duration.conv1, self.duration.conv2):
             nn.init.normal_(conv.weight, std=(conv.in_channels * 3) ** -0.5)
             nn.init.zeros_(conv.bias)
-        nn.init.zeros_(self.duration.out.bias)
-        nn.init.constant_(self.head.bias, -5.0)  # about the recordings' mean log-mel: the first steps fit shape, not level
+        nn.init.constant_(self.duration.out.bias, 1.3)
+        nn.init.zeros_(self.head.bias)
 
 
 def tts_loss(mel: torch.Tensor, log_durations: torch.Tensor, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
@@ -253,7 +258,8 @@ class TTSSpec(ArchSpec):
         if tokens > model.max_seq_len:
             raise ConfigError(f"model.max_seq_len ({model.max_seq_len}) is below the {tokens} tokens of the longest training "
                               f"recording; raise it or lower data.max_seconds")
-        return dataclasses.replace(model, vocab_size=resolved_field("vocab_size", model.vocab_size, len(VOCAB) + 1))
+        scale = {"mel_mean": model.mel_mean or prepared.meta["mel_mean"], "mel_std": model.mel_std or prepared.meta["mel_std"]}
+        return dataclasses.replace(model, vocab_size=resolved_field("vocab_size", model.vocab_size, len(VOCAB) + 1), **scale)
 
     def positions(self, cfg: TTSConfig, prepared: Prepared) -> int:
         """Decoder positions of the longest training recording (its tokens)."""
