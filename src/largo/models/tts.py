@@ -11,9 +11,8 @@ characters instead. Results (intelligibility by that recogniser, MCD, baselines,
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from largo.checkpoint.store import load_tensors, locate
 from largo.data.arrays import Prepared, cached_arrays
 from largo.data.sources import SPEECH, open_source
 from largo.data.transcripts import VOCAB
 from largo.data.tts import IGNORE, VERSION, TTSData, TTSDataConfig, build_tts
-from largo.errors import CheckpointError, ConfigError
+from largo.errors import ConfigError
 from largo.models.align import durations, forced_path, heard_share, uniform_durations
-from largo.models.asr import ASRConfig, ASRModel
 from largo.models.config import ModelConfig
 from largo.models.loss import Scored
-from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, build_model, register, resolved_field
+from largo.models.recogniser import load_recogniser, recogniser_fingerprint, recogniser_log_probs
+from largo.models.results import GenerateRequest, TaskResults
+from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, register, resolved_field
 from largo.models.trunk import Trunk
+from largo.models.tts_eval import speak, tts_results, write_run_files
 from largo.models.vocoder import MelAnalysis
 from largo.precision import Layout
 
@@ -161,38 +161,7 @@ def tts_loss(mel: torch.Tensor, log_durations: torch.Tensor, inputs: dict[str, t
     return l1 + err.square().sum() / symbols.sum().clamp_min(1) * keep.sum()
 
 
-# ---------------------------------------------------------------- the recogniser: alignment, and the judge of intelligibility
-
-def load_recogniser(where: str, *, sample_rate: int, device: torch.device, log: Callable[[str], None]) -> tuple[ASRModel, Path]:
-    """The "asr" run (or checkpoint) `where` names, at the synthesiser's rate, on device, in eval mode; and its folder."""
-    hint = "train one with `largo train asr_sentences` and set model.recogniser to its run folder"
-    if not where or not Path(where).exists():
-        raise ConfigError(f"model.recogniser ({where or 'unset'}): no such run folder; durations and intelligibility need a "
-                          f"speech recogniser: {hint}")
-    try:
-        path, state = locate(where, log=log)
-    except CheckpointError as e:
-        raise ConfigError(f"model.recogniser: {e}; {hint}") from None
-    raw = state["config"]["model"]
-    if raw.get("arch") != "asr" or state.get("sharded") or state.get("adapters"):
-        raise ConfigError(f"model.recogniser {where}: model.arch = {raw.get('arch')!r}, not a plain 'asr' checkpoint; {hint}")
-    cfg = ASRConfig(**{f.name: raw[f.name] for f in fields(ASRConfig) if f.name in raw})
-    cfg = dataclasses.replace(cfg, vocab_size=cfg.vocab_size or len(VOCAB) + 1, init_from="")
-    if cfg.sample_rate != sample_rate:
-        raise ConfigError(f"model.recogniser {where}: hears {cfg.sample_rate} Hz; the synthesiser's model.sample_rate is {sample_rate}")
-    model = build_model(cfg, device)
-    model.load_state_dict(load_tensors(path / "model.safetensors"))
-    return model.eval(), path
-
-
-@torch.no_grad()
-def recogniser_log_probs(model: ASRModel, wave: np.ndarray) -> np.ndarray:
-    """Per-token log-probabilities (tokens, vocab) of one recording, fp32."""
-    device = next(model.parameters()).device
-    x = torch.from_numpy(np.asarray(wave, dtype=np.float32))[None].to(device)
-    logits, lengths = model({"wave": x, "lengths": torch.tensor([x.shape[1]], device=device)})
-    return F.log_softmax(logits[0, : int(lengths[0])].float(), -1).cpu().numpy()
-
+# ---------------------------------------------------------------- durations by the recogniser
 
 def make_aligner(cfg: TTSConfig, log: Callable[[str], None]) -> Callable[[list[np.ndarray], list[list[int]]], tuple[list[np.ndarray], dict[str, float]]]:
     """(waves, labels) -> (tokens per label, alignment statistics), by forced alignment or evenly (cfg.durations)."""
@@ -216,18 +185,6 @@ def make_aligner(cfg: TTSConfig, log: Callable[[str], None]) -> Callable[[list[n
         return out, stats
 
     return align
-
-
-def recogniser_fingerprint(where: str) -> str:
-    """What identifies the recogniser's weights in the data cache's settings (its checkpoint's model file digest)."""
-    if not where or not Path(where).exists():
-        raise ConfigError(f"model.recogniser ({where or 'unset'}): no such run folder; durations and intelligibility need a "
-                          f"speech recogniser: train one with `largo train asr_sentences` and set model.recogniser to its run folder")
-    try:
-        path, _ = locate(where, log=lambda _m: None)
-    except CheckpointError as e:
-        raise ConfigError(f"model.recogniser: {e}") from None
-    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- the spec
@@ -294,20 +251,14 @@ class TTSSpec(ArchSpec):
 
     # ---- results, files and `largo generate` / `largo speak`: models/tts_eval.py
     def results(self, model: nn.Module, task: Task, *, device: torch.device, precision: str, limit: int | None = None,
-                log: Callable[[str], None] = print) -> Any:
-        from largo.models.tts_eval import tts_results  # noqa: PLC0415  (scoring pulls in flite, jiwer and librosa)
-
+                log: Callable[[str], None] = print) -> TaskResults:
         return tts_results(model, task.prepared, device=device, limit=limit, log=log)
 
     def after_training(self, model: nn.Module, task: Task, run_dir: Path, *, device: torch.device, precision: str,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
-        from largo.models.tts_eval import write_run_files  # noqa: PLC0415
-
         return write_run_files(model, task.prepared, run_dir, device=device, log=log)
 
-    def respond(self, model: nn.Module, ckpt: Any, cfg: Any, request: Any) -> list[str]:
-        from largo.models.tts_eval import speak  # noqa: PLC0415
-
+    def respond(self, model: nn.Module, ckpt: Any, cfg: Any, request: GenerateRequest) -> list[str]:
         return speak(model, ckpt, request)
 
     # ---- planner terms

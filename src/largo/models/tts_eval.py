@@ -2,6 +2,7 @@
 their intelligibility (model.recogniser's CER on them, jiwer) next to the recogniser's CER on the real recordings of the
 same prompts (the floor) and on flite's synthesis of them (a reference synthesiser), mel-cepstral distortion against
 the real recordings (DTW by librosa), WAVs and spectrograms of 8 held-out prompts, and `largo speak`.
+`model` is a models/tts.py TTSModel (not imported here: tts.py imports this module).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from largo.data.arrays import Prepared
 from largo.data.audio_io import read_wav
@@ -30,7 +32,7 @@ from largo.data.tts import count, piece
 from largo.errors import ConfigError, DataError
 from largo.models.asr import jiwer_scores, transcribe
 from largo.models.results import GenerateRequest, TaskResults
-from largo.models.tts import TTSModel, load_recogniser
+from largo.models.recogniser import load_recogniser
 from largo.models.vocoder import griffin_lim, mcd
 from largo.optional import require
 
@@ -42,7 +44,7 @@ FLITE_VOICE = "slt"  # flite's US English female voice (the speaker is a US Engl
 WINDOW_S = 8.0  # the recogniser hears long clips in windows of at most this (its data.window_seconds default)
 
 
-def synthesise(model: TTSModel, text: str) -> np.ndarray:
+def synthesise(model: nn.Module, text: str) -> np.ndarray:
     """Raw text -> waveform at the model's rate (normalised as the recogniser's transcripts, Griffin-Lim)."""
     spoken = check_speakable(text)
     try:
@@ -70,7 +72,7 @@ def recognised(judge: torch.nn.Module, waves: list[np.ndarray], refs: list[str],
     return hyps, jiwer_scores(refs, hyps)
 
 
-def tts_results(model: TTSModel, prepared: Prepared, *, device: torch.device, limit: int | None,
+def tts_results(model: nn.Module, prepared: Prepared, *, device: torch.device, limit: int | None,
                 log: Callable[[str], None]) -> TaskResults:
     """Intelligibility and MCD of the synthesised held-out prompts, with the real_recordings and flite baselines."""
     cfg, n = model.cfg, count(prepared, "test") if limit is None else min(limit, count(prepared, "test"))
@@ -135,7 +137,7 @@ def draw_pair(path: Path, real: torch.Tensor, synth: torch.Tensor, title: str, h
     return True
 
 
-def write_run_files(model: TTSModel, prepared: Prepared, run_dir: Path, *, device: torch.device,
+def write_run_files(model: nn.Module, prepared: Prepared, run_dir: Path, *, device: torch.device,
                     log: Callable[[str], None]) -> dict[str, Any]:
     """tts_results.json, tts_prompts.csv, and WAVs (real, synthesised) and spectrograms of SAMPLE_COUNT held-out prompts."""
     results = tts_results(model, prepared, device=device, limit=None, log=log)
@@ -165,7 +167,7 @@ def write_run_files(model: TTSModel, prepared: Prepared, run_dir: Path, *, devic
     return {"tts": results.as_json()}
 
 
-def speak(model: TTSModel, ckpt: Any, request: GenerateRequest) -> list[str]:
+def speak(model: nn.Module, ckpt: Any, request: GenerateRequest) -> list[str]:
     """`largo speak RUN TEXT --out say.wav` / `largo generate RUN --input TEXT --out say.wav`: one WAV, one line."""
     if not request.input or not request.out:
         raise ConfigError(f"{ckpt.path}: a speech synthesiser says text; give the text (--input TEXT) and --out say.wav")
