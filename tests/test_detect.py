@@ -19,6 +19,7 @@ from largo.data.split import is_validation
 from largo.errors import ConfigError, DataError
 from largo.models.coco_eval import Boxes, coco_map
 from largo.models.detect import DetectConfig, Detector, decode, detection_loss
+from largo.models.spec import Attribution
 from largo.train.run import train
 
 pytest.importorskip("pycocotools", reason="detection metrics need pycocotools: pip install pycocotools")
@@ -214,6 +215,59 @@ def test_a_tiny_detector_learns(one_thread: None) -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.4 * losses[0]
+
+
+def test_explanations_of_a_detection_fall_on_its_object(one_thread: None) -> None:
+    """Known answer: in scenes of two squares (the class is the square's brightness), a trained detector credits each
+    detection to its own square's pixels, not the other square's (integrated gradients, complete to 5%)."""
+    pytest.importorskip("captum", reason="largo explain needs Captum: pip install captum")
+    from largo.explain.attribute import COMPLETENESS_TOLERANCE, integrated_gradients
+    from largo.explain.detect import chosen, heat_logits, inside_share
+
+    def scenes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g, rows = torch.Generator().manual_seed(seed), []
+        x = 0.3 * torch.randn(n, 1, 32, 32, generator=g)
+        for k in range(n):
+            row = []
+            for left in (0, 17):  # one square in each half
+                c, x0, y0 = int(torch.randint(0, 3, (1,), generator=g)), left + int(torch.randint(0, 4, (1,), generator=g)), \
+                    int(torch.randint(0, 21, (1,), generator=g))
+                x[k, 0, y0 : y0 + 11, x0 : x0 + 11] += 1.0 + c
+                row.append((c, float(x0), float(y0), x0 + 11.0, y0 + 11.0))
+            rows.append(row)
+        return x, targets(rows, width=2)
+
+    torch.manual_seed(0)
+    model = Detector(TINY)
+    model.init_weights()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(150):
+        x, y = scenes(32, step)
+        loss = detection_loss(model(x), y, TINY).total / (5 * 64)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, y = scenes(12, 1000)  # held out
+    model.requires_grad_(False)
+    own, other, picks = [], [], []
+    for i in range(len(x)):
+        with torch.no_grad():
+            found = chosen(model(x[i : i + 1]), TINY, 1, None)
+        if found:  # the best detection of the scene, and the true square it lies on
+            j = int(np.argmin([abs(found[0][3][0] - float(b[1])) for b in y[i]]))
+            picks.append((i, j, found[0]))
+    assert len(picks) >= 10
+    rows = torch.tensor([i for i, _, _ in picks])
+    att = Attribution("image", heat_logits(model, TINY), x[rows], torch.zeros_like(x[rows]), lambda a: a.sum(1))
+    result = integrated_gradients(att, torch.tensor([cell * TINY.num_classes + k for _, _, (cell, k, _, _) in picks]))
+    for n, (i, j, _) in enumerate(picks):
+        a = result.maps[n].numpy()
+        own.append(inside_share(a, y[i, j, 1:].tolist(), 0)[0])
+        other.append(inside_share(a, y[i, 1 - j, 1:].tolist(), 0)[0])
+    print(f"\ndetection: median share of the positive credit on the detected square {np.median(own):.2f}, on the other "
+          f"{np.median(other):.2f}; completeness max error {100 * float(result.completeness_error.max()):.2f}%")
+    assert np.median(own) >= 0.7 and max(other) < 0.2
+    assert float(result.completeness_error.max()) <= COMPLETENESS_TOLERANCE
 
 
 # ---- COCOeval with known answers ----------------------------------------------------------------------------

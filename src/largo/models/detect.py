@@ -31,6 +31,7 @@ from torch import nn
 
 from largo.data.arrays import Prepared
 from largo.data.detection import DetectData, DetectDataConfig, prepare_detection, scene_batches
+from largo.data.images import IMAGE_SUFFIXES, read_image
 from largo.errors import ConfigError
 from largo.models.coco_eval import Boxes, class_key, coco_map
 from largo.models.config import ModelConfig
@@ -207,17 +208,23 @@ def detection_loss(out: torch.Tensor, targets: torch.Tensor, cfg: DetectConfig) 
 
 
 @torch.no_grad()
-def decode(out: torch.Tensor, cfg: DetectConfig, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Outputs (b, cells, classes + 4) -> the top-k heatmap peaks per image: boxes (b, k, 4), scores (b, k), classes (b, k).
+def peaks(out: torch.Tensor, cfg: DetectConfig, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs (b, cells, classes + 4) -> the top-k heatmap peaks per image: scores (b, k), classes (b, k), cells (b, k).
 
     A peak is a cell whose score is the largest in its 3x3 neighbourhood for that class (CenterNet's max-pool in place
-    of non-maximum suppression); boxes are clipped to the image."""
+    of non-maximum suppression)."""
     b, c, g = out.shape[0], cfg.num_classes, cfg.grid
     heat = out[..., :c].float().sigmoid().transpose(1, 2).reshape(b, c, g, g)
-    peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
-    scores, index = peaks.flatten(1).topk(min(k or cfg.max_detections, c * g * g), dim=1)  # over classes x cells
-    classes, cell = index // (g * g), index % (g * g)
-    at = out[..., c:].gather(1, cell[..., None].expand(-1, -1, 4))
+    top = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
+    scores, index = top.flatten(1).topk(min(k or cfg.max_detections, c * g * g), dim=1)  # over classes x cells
+    return scores, index // (g * g), index % (g * g)
+
+
+@torch.no_grad()
+def decode(out: torch.Tensor, cfg: DetectConfig, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs (b, cells, classes + 4) -> the top-k peaks' boxes (b, k, 4) clipped to the image, scores (b, k), classes (b, k)."""
+    scores, classes, cell = peaks(out, cfg, k)
+    at = out[..., cfg.num_classes:].gather(1, cell[..., None].expand(-1, -1, 4))
     boxes = cell_boxes(at, cell, cfg).clamp(0, cfg.image_size)
     return boxes, scores, classes
 
@@ -350,6 +357,12 @@ class DetectSpec(ArchSpec):
             return {}
         log(f"detections: {path}")
         return {"detections_png": str(path)}
+
+    # ---- explanations: a scene from the split or an image file (resized to the canvas); explain/detect.py does the rest
+    example_suffixes = tuple(sorted(IMAGE_SUFFIXES))
+
+    def read_example(self, data: DetectDataConfig, model: DetectConfig, ckpt: Path, source: str) -> np.ndarray:
+        return read_image(Path(source), model.image_size, model.in_channels)
 
     # ---- planner terms
     def extra_matmul_params(self, cfg: DetectConfig, seq_len: int) -> int:
