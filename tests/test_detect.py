@@ -18,7 +18,7 @@ from largo.data.sources.fashion_scenes import SceneSettings, box_iou, compose_sc
 from largo.data.split import is_validation
 from largo.errors import ConfigError, DataError
 from largo.models.coco_eval import Boxes, coco_map
-from largo.models.detect import DetectConfig, Detector, decode, detection_loss
+from largo.models.detect import DetectConfig, Detector, box_weights, bumps, decode, detection_loss, objects
 from largo.models.spec import Attribution
 from largo.train.run import train
 
@@ -185,15 +185,21 @@ def test_decoding_reads_back_the_boxes_the_targets_encode() -> None:
     for i, row in enumerate(y):
         for j, (c, x0, y0, x1, y1) in enumerate(row[row[:, 0] != IGNORE].tolist()):
             col, r = int((x0 + x1) / 2 // 8), int((y0 + y1) / 2 // 8)
-            cx, cy = (col + 0.5) * 8, (r + 0.5) * 8
             out[i, r * 4 + col, int(c)] = 6.0 - j  # the first object scores highest
-            out[i, r * 4 + col, 3:] = torch.log(torch.tensor([cx - x0, cy - y0, x1 - cx, y1 - cy]) / 8)
+            for cell in range(16):  # every cell inside the box (where its box is learned) points at the true sides
+                cx, cy = (cell % 4 + 0.5) * 8, (cell // 4 + 0.5) * 8
+                if x0 < cx < x1 and y0 < cy < y1 or cell == r * 4 + col:
+                    out[i, cell, 3:] = torch.log(torch.tensor([cx - x0, cy - y0, x1 - cx, y1 - cy]) / 8)
     boxes, scores, classes = decode(out, cfg, k=2)
     torch.testing.assert_close(boxes[0], y[0, :2, 1:])
     assert classes[0].tolist() == [2, 0] and classes[1, 0] == 1 and scores[1, 1] < 0.01
     torch.testing.assert_close(boxes[1, 0], y[1, 0, 1:])
     loss = detection_loss(out, y, cfg)
     assert loss.found == loss.objects == 3 and loss.box < 1e-4  # exact boxes: GIoU 1, L1 0
+    obj = objects(y, cfg)
+    w = box_weights(obj, cfg, bumps(obj, cfg))  # each real object's box is taught with weights summing to 1, centre first
+    torch.testing.assert_close(w.sum(-1), obj.real.float())
+    assert (w.argmax(-1) == obj.cell)[obj.real].all() and (w > 0).sum() > 3
 
 
 def test_a_tiny_detector_learns(one_thread: None) -> None:

@@ -3,7 +3,7 @@
 Every patch of the grid predicts, for each class, how likely an object's centre falls in it (a heatmap), and the
 distances from its centre to the four sides of that object's box. Training (CenterNet, Zhou et al. 2019): the
 target heatmap is a Gaussian bump at each object's centre cell, learned with the penalty-reduced focal loss; the
-box is learned at the centre cell only, with GIoU plus L1 (DETR's box terms). Decoding keeps the local maxima of
+box is learned with GIoU plus L1 (DETR's box terms) at the cells inside it, weighted by the bump (TTFNet). Decoding keeps the local maxima of
 the heatmap (a 3x3 max-pool: no NMS), the top `model.max_detections` of them with their boxes.
 
 Why dense and not DETR's set prediction: on a CPU budget DETR is known to converge slowly (hundreds of epochs; the
@@ -133,17 +133,37 @@ def objects(targets: torch.Tensor, cfg: DetectConfig) -> Objects:
     return Objects(real, targets[..., 0].clamp_min(0).long(), boxes, (row * cfg.grid + col).long(), col, row)
 
 
-def heatmap(obj: Objects, cfg: DetectConfig) -> torch.Tensor:
-    """Target heatmap (b, cells, classes): per class the largest Gaussian bump (1 at each centre cell, sigma from the
-    box's short side: a quarter of it, in cells)."""
+def bumps(obj: Objects, cfg: DetectConfig) -> torch.Tensor:
+    """Each object's Gaussian bump over the grid (b, m, cells): 1 at its centre cell, sigma a quarter of the box's short
+    side (in cells); padding objects are all zero."""
     g = torch.arange(cfg.grid, device=obj.boxes.device, dtype=torch.float32)
     gy, gx = torch.meshgrid(g, g, indexing="ij")
     d2 = (gx.flatten()[None, None] - obj.col[..., None]) ** 2 + (gy.flatten()[None, None] - obj.row[..., None]) ** 2
     side = torch.minimum(obj.boxes[..., 2] - obj.boxes[..., 0], obj.boxes[..., 3] - obj.boxes[..., 1])
     sigma = (side / (4 * cfg.patch_size)).clamp_min(MIN_SIGMA)
-    bumps = torch.exp(-d2 / (2 * sigma[..., None] ** 2)) * obj.real[..., None]  # (b, m, cells)
+    return torch.exp(-d2 / (2 * sigma[..., None] ** 2)) * obj.real[..., None]
+
+
+def heatmap(obj: Objects, cfg: DetectConfig, bump: torch.Tensor | None = None) -> torch.Tensor:
+    """Target heatmap (b, cells, classes): per class the largest of its objects' Gaussian bumps."""
+    bump = bumps(obj, cfg) if bump is None else bump
     onehot = F.one_hot(obj.classes, cfg.num_classes).float() * obj.real[..., None]  # (b, m, classes)
-    return (bumps[..., None] * onehot[:, :, None, :]).amax(1)  # (b, cells, classes)
+    return (bump[..., None] * onehot[:, :, None, :]).amax(1)  # (b, cells, classes)
+
+
+def box_weights(obj: Objects, cfg: DetectConfig, bump: torch.Tensor) -> torch.Tensor:
+    """Where each object's box is learned (b, m, cells): every cell whose centre lies inside the box and whose strongest
+    bump is this object's, weighted by the bump and normalised to sum to 1 per object (TTFNet, Liu et al. 2020: many
+    Gaussian-weighted cells teach the box faster than CenterNet's single centre cell). The centre cell always counts."""
+    s = cfg.patch_size
+    centre = (torch.arange(cfg.grid, device=bump.device, dtype=torch.float32) + 0.5) * s
+    cy, cx = torch.meshgrid(centre, centre, indexing="ij")
+    b = obj.boxes[..., None, :]
+    inside = ((cx.flatten() > b[..., 0]) & (cx.flatten() < b[..., 2]) & (cy.flatten() > b[..., 1]) & (cy.flatten() < b[..., 3]))
+    owner = bump == bump.amax(1, keepdim=True)  # overlapping objects: a cell teaches the box of the nearer centre
+    at_centre = F.one_hot(obj.cell, cfg.num_patches).bool()
+    w = bump * ((inside & owner) | at_centre) * obj.real[..., None]
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -195,14 +215,15 @@ def detection_loss(out: torch.Tensor, targets: torch.Tensor, cfg: DetectConfig) 
     """Focal heatmap loss over every cell and class, plus GIoU and L1 box terms at each object's centre cell."""
     obj = objects(targets, cfg)
     logits, distances = out[..., : cfg.num_classes], out[..., cfg.num_classes:]
-    heat = focal_loss(logits, heatmap(obj, cfg))
-    at = distances.gather(1, obj.cell[..., None].expand(-1, -1, 4))  # (b, m, 4)
-    pred = cell_boxes(at, obj.cell, cfg)
-    iou, g = giou(pred, obj.boxes)
-    l1 = (pred - obj.boxes).abs().sum(-1) / cfg.patch_size
-    real = obj.real.float()
-    box = ((GIOU_WEIGHT * (1 - g) + L1_WEIGHT * l1) * real).sum()
+    bump = bumps(obj, cfg)
+    heat = focal_loss(logits, heatmap(obj, cfg, bump))
+    cells = torch.arange(cfg.num_patches, device=out.device)
+    pred = cell_boxes(distances, cells, cfg)[:, None]  # (b, 1, cells, 4): every cell's box
+    iou, g = giou(pred, obj.boxes[:, :, None])  # (b, m, cells)
+    l1 = (pred - obj.boxes[:, :, None]).abs().sum(-1) / cfg.patch_size
+    box = ((GIOU_WEIGHT * (1 - g) + L1_WEIGHT * l1) * box_weights(obj, cfg, bump)).sum()
     best = logits.gather(1, obj.cell[..., None].expand(-1, -1, cfg.num_classes)).argmax(-1)  # (b, m)
+    iou = iou.gather(2, obj.cell[..., None])[..., 0]  # at each object's centre cell
     found = ((best == obj.classes) & (iou >= 0.5) & obj.real).sum()
     return DetectionLoss(heat, box, found, obj.real.sum())
 
