@@ -322,3 +322,22 @@ def test_eval_json_reports_map_and_the_baseline(tmp_path: Path, capsys: pytest.C
     found = [Boxes(np.array(p["output"]["boxes"]).reshape(-1, 4), np.array([cls.index(c) for c in p["output"]["labels"]]),
                    np.array(p["output"]["scores"])) for p in lines]
     assert coco_map(truth, found, cls, (32, 32)).map == pytest.approx(out["metrics"]["map"], abs=1e-3)
+
+
+@pytest.mark.parametrize("patch,side", [(12, 96), (8, 64), (7, 28)])
+def test_conv_stem_reaches_the_patch_grid_and_the_planner_counts_its_work(patch: int, side: int) -> None:
+    """model.stem = "conv" gives the patch stem's grid; its multiply-adds, counted on a real forward, are the planner's."""
+    from largo.models.vit import ConvStem, conv_stem_macs_per_patch
+
+    cfg = DetectConfig(dim=64, n_layers=1, n_heads=2, num_classes=3, image_size=side, in_channels=1, patch_size=patch,
+                       max_seq_len=(side // patch) ** 2, stem="conv")
+    stem = ConvStem(cfg)
+    stem.init_weights()
+    macs: list[int] = []
+    for m in stem.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda m, _a, out: macs.append(out[0].numel() * m.in_channels * m.kernel_size[0] ** 2))
+    states, _ = stem(torch.randn(2, 1, side, side))
+    assert states.shape == (2, cfg.num_patches, 64)
+    assert sum(macs) == conv_stem_macs_per_patch(cfg) * cfg.num_patches
+    assert 0.3 < states.std().item() < 3  # unit-scale states for normalised pixels

@@ -39,7 +39,7 @@ from largo.models.loss import IGNORE, Scored
 from largo.models.results import TaskResults
 from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, register, resolved_field
 from largo.models.trunk import Trunk
-from largo.models.vit import PatchStem
+from largo.models.vit import ConvStem, PatchStem, conv_stem_macs_per_patch
 from largo.optional import require
 from largo.precision import Layout, autocast
 
@@ -58,6 +58,7 @@ class DetectConfig(ModelConfig):
     in_channels: int = 0  # image channels; 0 = the data's (1 grey, 3 colour)
     patch_size: int = 8  # side of the square patches, the stride of the prediction grid; must divide image_size
     max_detections: int = 50  # boxes kept per image when decoding (COCO scores at most 100)
+    stem: str = "patch"  # "patch": ViT's linear patchify; "conv": stacked small convolutions to the same grid (ConvStem)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -67,6 +68,8 @@ class DetectConfig(ModelConfig):
         if self.patch_size < 1 or not 1 <= self.max_detections <= 100:
             raise ConfigError(f"model.patch_size ({self.patch_size}) must be >= 1 and model.max_detections "
                               f"({self.max_detections}) in [1, 100]")
+        if self.stem not in ("patch", "conv"):
+            raise ConfigError(f"model.stem = {self.stem!r} is not valid; choose 'patch' or 'conv'")
         if self.image_size and self.image_size % self.patch_size:
             raise ConfigError(f"model.image_size ({self.image_size}) must divide by model.patch_size ({self.patch_size})")
 
@@ -88,7 +91,7 @@ class Detector(nn.Module):
         if cfg.num_classes < 1:
             raise ValueError("DetectConfig.num_classes must be resolved (>= 1) before building a detector")
         self.cfg = cfg
-        self.stem = PatchStem(cfg)
+        self.stem = ConvStem(cfg) if cfg.stem == "conv" else PatchStem(cfg)
         self.pos = nn.Parameter(torch.empty(cfg.num_patches, cfg.dim))
         self.trunk = Trunk(cfg, causal=False, rotary=False)
         self.head = nn.Linear(cfg.dim, cfg.num_classes + 4)
@@ -387,7 +390,8 @@ class DetectSpec(ArchSpec):
 
     # ---- planner terms
     def extra_matmul_params(self, cfg: DetectConfig, seq_len: int) -> int:
-        return cfg.in_channels * cfg.patch_size**2 * cfg.dim + cfg.dim * (cfg.num_classes + 4)  # stem and head, per cell
+        stem = conv_stem_macs_per_patch(cfg) if cfg.stem == "conv" else cfg.in_channels * cfg.patch_size**2 * cfg.dim
+        return stem + cfg.dim * (cfg.num_classes + 4)  # stem and head, per cell
 
     def memory_terms(self, cfg: DetectConfig, micro_batch: int, seq_len: int, layout: Layout) -> MemoryTerms:
         pixels = cfg.in_channels * cfg.image_size**2
