@@ -197,18 +197,24 @@ def prepare(data: Path, env: dict[str, str]) -> None:
         raise SystemExit(f"largo prepare failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    a = parse_args(argv)
-    lrs = sweeps(a)
-    (a.out / "logs").mkdir(parents=True, exist_ok=True)
-    env = child_env(a, Path(tempfile.mkdtemp(prefix="speedrun-cache-")))
+def race(a: argparse.Namespace, lrs: dict[str, list[float]], env: dict[str, str], precision: str) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Round 1 (the sweeps), then the later rounds at each contender's best lr; every run's record and the chosen lrs."""
     prepare(a.data, env)
-    precision = choose_precision(a.precision)
-    print(f"speedrun: {', '.join(lrs)} | {a.budget_s:g} s each | {a.rounds} round(s) | {precision} | threads {a.threads or 'default'}", flush=True)
     results = [run_one(a, run, env, precision) for run in sweep_round(lrs)]
     chosen = best_lrs(results)
     for rnd in range(2, a.rounds + 1):
         results += [run_one(a, run, env, precision) for run in race_round(chosen, rnd)]
+    return results, chosen
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = parse_args(argv)
+    lrs = sweeps(a)
+    (a.out / "logs").mkdir(parents=True, exist_ok=True)
+    precision = choose_precision(a.precision)
+    print(f"speedrun: {', '.join(lrs)} | {a.budget_s:g} s each | {a.rounds} round(s) | {precision} | threads {a.threads or 'default'}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="speedrun-cache-") as cache:
+        results, chosen = race(a, lrs, child_env(a, Path(cache)), precision)
     rows = rows_of(results, chosen)
     stem = "speedrun_ablation" if a.ablate else "speedrun"
     md = table(rows, "largo")

@@ -1,6 +1,6 @@
 """Contender: a plain PyTorch loop, AdamW with warm-up then cosine decay, compiled, on largo's GPT used as a plain nn.Module.
 
-The model is text_tiny's (--extra model.KEY=VALUE changes it; compile=false runs it eagerly) (4 layers, width 256, grouped-query attention, tied head, context 256, batch 16); the
+The model is text_tiny's (--extra model.KEY=VALUE changes it; compile=false runs it eagerly, warmup_steps=N) (4 layers, width 256, grouped-query attention, tied head, context 256, batch 16); the
 loop is nanoGPT's: fused AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), clipping at 1.0, 30 warm-up steps,
 cosine to lr/10 over the steps that fit the budget (fixed after the first timed steps).
 """
@@ -24,13 +24,13 @@ from benchmarks.race.heldout import score
 WARMUP_STEPS, BATCH = 30, 16
 
 
-def cosine_lr(step: int, peak: float, total: int | None) -> float:
+def cosine_lr(step: int, peak: float, total: int | None, warmup: int = WARMUP_STEPS) -> float:
     """Linear warm-up to peak, then cosine to peak / 10 at `total` (peak until total is known)."""
-    if step < WARMUP_STEPS:
-        return peak * (step + 1) / (WARMUP_STEPS + 1)
+    if step < warmup:
+        return peak * (step + 1) / (warmup + 1)
     if total is None:
         return peak
-    progress = min(1.0, (step - WARMUP_STEPS) / max(1, total - WARMUP_STEPS))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return peak / 10 + (peak - peak / 10) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -66,10 +66,11 @@ def main() -> None:
 
     clock = Clock(a.budget_s, a.points, evaluate)
     setup_s, step, total = time.perf_counter() - t0, 0, None
+    warmup = int(extra(a).get("warmup_steps", WARMUP_STEPS))
     while total is None or step < total:
         clock.start()
         for g in opt.param_groups:
-            g["lr"] = cosine_lr(step, a.lr, total)
+            g["lr"] = cosine_lr(step, a.lr, total, warmup)
         x, y = corpus.batch(step, BATCH)
         with autocast:
             logits = compiled(x)
