@@ -18,7 +18,9 @@ from benchmarks.race.common import Corpus, the_held_out  # noqa: E402
 from benchmarks.race.heldout import bits_per_byte, score, stream_nats, token_stream  # noqa: E402
 from benchmarks.race.tally import best_lrs, headline, race_round, sweep_round, time_to  # noqa: E402
 from largo.data.config import TextDataConfig  # noqa: E402
+from largo.config import load_config  # noqa: E402
 from largo.data.prepare import EOT, prepare, train_tokenizer  # noqa: E402
+from largo.train.run import train  # noqa: E402
 
 DOCS = ("def add(a, b):\n    return a + b\n", "# café: naïve UTF-8, ünïcödé ✓\nx = [i * i for i in range(10)]\n",
         "class Point:\n    def __init__(self, x, y):\n        self.x, self.y = x, y\n")
@@ -118,3 +120,26 @@ def test_gpu_script_takes_the_speedrun_recipe(tiny_data: Path, tmp_path: Path) -
     config = json.loads((tmp_path / "throughput" / "config.json").read_text())
     assert result["recipe"] == "speedrun" and result["tokens_per_s"] > 0
     assert config["optim"]["name"] == "muon" and config["optim"]["schedule"] == "wsd" and config["model"]["zero_init_head"] is True
+
+
+def test_speedrun_recipe_resumes_bitwise_and_accumulates_exactly(tmp_path: Path, tiny_data: Path) -> None:
+    """text_speedrun's optimiser, schedule and head (Muon, WSD, zero-initialised untied head): a run stopped at step 3 and
+    resumed ends with the same bytes as one run straight through; 2 micro-batches of 4 match 1 of 8."""
+    from tests.conftest import tiny_config
+
+    recipe = load_config("text_speedrun")
+    optim = {k: getattr(recipe.optim, k) for k in ("name", "lr", "schedule", "decay_fraction", "min_lr_ratio")}
+    model = {"tie_embeddings": False, "zero_init_head": True}
+
+    def run(name: str, stop_at: int | None = None, resume: str | None = None, micro: int = 4) -> Path:
+        cfg = tiny_config(tmp_path / name, tiny_data, optim=optim, model=model, train={"threads": 1, "micro_batch": micro})
+        train(cfg, stop_at=stop_at, resume=resume, log=lambda _m: None)
+        return cfg.run_dir / "checkpoints" / "step_0000006" / "model.safetensors"
+
+    whole = run("whole").read_bytes()
+    run("parted", stop_at=3)
+    assert run("parted", resume="auto").read_bytes() == whole
+    from safetensors.torch import load_file
+
+    one, two = load_file(run("one", micro=8)), load_file(tmp_path / "whole" / "runs" / "t" / "checkpoints" / "step_0000006" / "model.safetensors")
+    assert all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)
