@@ -110,15 +110,15 @@ def child_env(a: argparse.Namespace, cache: Path) -> dict[str, str]:
 def run_one(a: argparse.Namespace, run: Run, env: dict[str, str], precision: str) -> dict[str, Any]:
     """One contender at one lr in one round, in a fresh process; its JSON plus round, wall time and load."""
     rnd, name, lr = run
-    stem = a.out / "logs" / f"speedrun_r{rnd}_{name}_lr{lr:g}"
-    result = stem.with_suffix(".json")
+    stem = f"{a.out}/logs/speedrun_r{rnd}_{name}_lr{lr:g}"  # no with_suffix: the lr's own dot would be taken for one
+    result, log_file = Path(stem + ".json"), Path(stem + ".log")
     result.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    with open(stem.with_suffix(".log"), "w") as log:
+    with open(log_file, "w") as log:
         rc = subprocess.run(command(a, name, lr, result, precision), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     meta = {"contender": name, "round": rnd, "lr": lr, "wall_s": round(time.perf_counter() - t0, 1), "load": os.getloadavg()[0]}
     if rc != 0 or not result.exists():
-        tail = stem.with_suffix(".log").read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
         print(f"  r{rnd} {name} lr {lr:g}: FAILED (exit {rc}): {tail[0][:200]}", flush=True)
         return {**meta, "final_bpb": math.nan, "points": [], "error": tail[0][:300]}
     record = {**json.loads(result.read_text()), **meta}

@@ -40,12 +40,12 @@ def main() -> None:
     held = the_held_out(a.held_bytes)
     with tempfile.TemporaryDirectory(prefix="largo-race-") as out:
         cfg = load_config(preset, overrides(a, out))
-        step_s = float(probe_step(cfg, log=lambda _m: None)["step_s"])
+        step_s = float(probe_step(cfg, log=print)["step_s"])
         steps = max(2, int(a.budget_s / step_s))
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps),
                                   checkpoint=dataclasses.replace(cfg.checkpoint, every=max(1, steps // a.points)))
         setup_s = time.perf_counter() - t0
-        summary = train(cfg, log=lambda _m: None)
+        summary = train(cfg, log=print)  # every step a line: the race's log of the run
         clock, params = curve(Path(summary["run_dir"]), a, held, cfg.model.max_seq_len)
     write_result(a, f"largo:{preset}", clock, params=params, setup_s=setup_s, planned_step_s=step_s,
                  overrides=extra(a))
