@@ -18,7 +18,8 @@ from largo.data.sources.fashion_scenes import SceneSettings, box_iou, compose_sc
 from largo.data.split import is_validation
 from largo.errors import ConfigError, DataError
 from largo.models.coco_eval import Boxes, coco_map
-from largo.models.detect import DetectConfig, Detector, decode, detection_loss
+from largo.models.detect import DetectConfig, Detector, box_weights, bumps, decode, detection_loss, objects
+from largo.models.spec import Attribution
 from largo.train.run import train
 
 pytest.importorskip("pycocotools", reason="detection metrics need pycocotools: pip install pycocotools")
@@ -184,15 +185,21 @@ def test_decoding_reads_back_the_boxes_the_targets_encode() -> None:
     for i, row in enumerate(y):
         for j, (c, x0, y0, x1, y1) in enumerate(row[row[:, 0] != IGNORE].tolist()):
             col, r = int((x0 + x1) / 2 // 8), int((y0 + y1) / 2 // 8)
-            cx, cy = (col + 0.5) * 8, (r + 0.5) * 8
             out[i, r * 4 + col, int(c)] = 6.0 - j  # the first object scores highest
-            out[i, r * 4 + col, 3:] = torch.log(torch.tensor([cx - x0, cy - y0, x1 - cx, y1 - cy]) / 8)
+            for cell in range(16):  # every cell inside the box (where its box is learned) points at the true sides
+                cx, cy = (cell % 4 + 0.5) * 8, (cell // 4 + 0.5) * 8
+                if x0 < cx < x1 and y0 < cy < y1 or cell == r * 4 + col:
+                    out[i, cell, 3:] = torch.log(torch.tensor([cx - x0, cy - y0, x1 - cx, y1 - cy]) / 8)
     boxes, scores, classes = decode(out, cfg, k=2)
     torch.testing.assert_close(boxes[0], y[0, :2, 1:])
     assert classes[0].tolist() == [2, 0] and classes[1, 0] == 1 and scores[1, 1] < 0.01
     torch.testing.assert_close(boxes[1, 0], y[1, 0, 1:])
     loss = detection_loss(out, y, cfg)
     assert loss.found == loss.objects == 3 and loss.box < 1e-4  # exact boxes: GIoU 1, L1 0
+    obj = objects(y, cfg)
+    w = box_weights(obj, cfg, bumps(obj, cfg))  # each real object's box is taught with weights summing to 1, centre first
+    torch.testing.assert_close(w.sum(-1), obj.real.float())
+    assert (w.argmax(-1) == obj.cell)[obj.real].all() and (w > 0).sum() > 3
 
 
 def test_a_tiny_detector_learns(one_thread: None) -> None:
@@ -214,6 +221,59 @@ def test_a_tiny_detector_learns(one_thread: None) -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.4 * losses[0]
+
+
+def test_explanations_of_a_detection_fall_on_its_object(one_thread: None) -> None:
+    """Known answer: in scenes of two squares (the class is the square's brightness), a trained detector credits each
+    detection to its own square's pixels, not the other square's (integrated gradients, complete to 5%)."""
+    pytest.importorskip("captum", reason="largo explain needs Captum: pip install captum")
+    from largo.explain.attribute import COMPLETENESS_TOLERANCE, integrated_gradients
+    from largo.explain.detect import chosen, heat_logits, inside_share
+
+    def scenes(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g, rows = torch.Generator().manual_seed(seed), []
+        x = 0.3 * torch.randn(n, 1, 32, 32, generator=g)
+        for k in range(n):
+            row = []
+            for left in (0, 17):  # one square in each half
+                c, x0, y0 = int(torch.randint(0, 3, (1,), generator=g)), left + int(torch.randint(0, 4, (1,), generator=g)), \
+                    int(torch.randint(0, 21, (1,), generator=g))
+                x[k, 0, y0 : y0 + 11, x0 : x0 + 11] += 1.0 + c
+                row.append((c, float(x0), float(y0), x0 + 11.0, y0 + 11.0))
+            rows.append(row)
+        return x, targets(rows, width=2)
+
+    torch.manual_seed(0)
+    model = Detector(TINY)
+    model.init_weights()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(150):
+        x, y = scenes(32, step)
+        loss = detection_loss(model(x), y, TINY).total / (5 * 64)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, y = scenes(12, 1000)  # held out
+    model.requires_grad_(False)
+    own, other, picks = [], [], []
+    for i in range(len(x)):
+        with torch.no_grad():
+            found = chosen(model(x[i : i + 1]), TINY, 1, None)
+        if found:  # the best detection of the scene, and the true square it lies on
+            j = int(np.argmin([abs(found[0][3][0] - float(b[1])) for b in y[i]]))
+            picks.append((i, j, found[0]))
+    assert len(picks) >= 10
+    rows = torch.tensor([i for i, _, _ in picks])
+    att = Attribution("image", heat_logits(model, TINY), x[rows], torch.zeros_like(x[rows]), lambda a: a.sum(1))
+    result = integrated_gradients(att, torch.tensor([cell * TINY.num_classes + k for _, _, (cell, k, _, _) in picks]))
+    for n, (i, j, _) in enumerate(picks):
+        a = result.maps[n].numpy()
+        own.append(inside_share(a, y[i, j, 1:].tolist(), 0)[0])
+        other.append(inside_share(a, y[i, 1 - j, 1:].tolist(), 0)[0])
+    print(f"\ndetection: median share of the positive credit on the detected square {np.median(own):.2f}, on the other "
+          f"{np.median(other):.2f}; completeness max error {100 * float(result.completeness_error.max()):.2f}%")
+    assert np.median(own) >= 0.7 and max(other) < 0.2
+    assert float(result.completeness_error.max()) <= COMPLETENESS_TOLERANCE
 
 
 # ---- COCOeval with known answers ----------------------------------------------------------------------------
@@ -262,3 +322,22 @@ def test_eval_json_reports_map_and_the_baseline(tmp_path: Path, capsys: pytest.C
     found = [Boxes(np.array(p["output"]["boxes"]).reshape(-1, 4), np.array([cls.index(c) for c in p["output"]["labels"]]),
                    np.array(p["output"]["scores"])) for p in lines]
     assert coco_map(truth, found, cls, (32, 32)).map == pytest.approx(out["metrics"]["map"], abs=1e-3)
+
+
+@pytest.mark.parametrize("patch,side", [(12, 96), (8, 64), (7, 28)])
+def test_conv_stem_reaches_the_patch_grid_and_the_planner_counts_its_work(patch: int, side: int) -> None:
+    """model.stem = "conv" gives the patch stem's grid; its multiply-adds, counted on a real forward, are the planner's."""
+    from largo.models.vit import ConvStem, conv_stem_macs_per_patch
+
+    cfg = DetectConfig(dim=64, n_layers=1, n_heads=2, num_classes=3, image_size=side, in_channels=1, patch_size=patch,
+                       max_seq_len=(side // patch) ** 2, stem="conv")
+    stem = ConvStem(cfg)
+    stem.init_weights()
+    macs: list[int] = []
+    for m in stem.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda m, _a, out: macs.append(out[0].numel() * m.in_channels * m.kernel_size[0] ** 2))
+    states, _ = stem(torch.randn(2, 1, side, side))
+    assert states.shape == (2, cfg.num_patches, 64)
+    assert sum(macs) == conv_stem_macs_per_patch(cfg) * cfg.num_patches
+    assert 0.3 < states.std().item() < 3  # unit-scale states for normalised pixels

@@ -57,9 +57,13 @@ def _diverging_bar(fig: Any, ax: Any, m: float, label: str) -> None:
     fig.colorbar(ScalarMappable(Normalize(-m, m), cmap), ax=ax, shrink=0.8, label=label)
 
 
-def image_png(path: Path, image: np.ndarray, attributions: np.ndarray, rolled: np.ndarray | None, title: str) -> Path:
-    """Input | integrated gradients over it (green for, red against the target) | attention rollout over it."""
+def image_png(path: Path, image: np.ndarray, attributions: np.ndarray, rolled: np.ndarray | None, title: str, *,
+              boxes: list[tuple[float, float, float, float]] = ()) -> Path:
+    """Input | integrated gradients over it (green for, red against the target) | attention rollout over it; boxes
+    (x0, y0, x1, y1 in pixels: a detection) outlined on every panel."""
     plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
     panels = 3 if rolled is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(3.2 * panels, 3.6), dpi=FIGURE_DPI, constrained_layout=True)
     shown = _display(image)
@@ -78,6 +82,8 @@ def image_png(path: Path, image: np.ndarray, attributions: np.ndarray, rolled: n
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
+        for x0, y0, x1, y1 in boxes:
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="deepskyblue", lw=1.2))
     fig.suptitle(title, fontsize=9)
     fig.savefig(path)
     plt.close(fig)

@@ -2,7 +2,7 @@
 
 Classifiers: integrated gradients of the predicted (or a named) class, the completeness check, and attention
 rollout as a second view; one PNG (images, spectrograms) or HTML page (tokens) per input. Language models:
-see lm.py. Every call writes index.html and explain.json (the figures per input) to the output folder.
+see lm.py; detectors (one PNG per detection): detect.py. Every call writes index.html and explain.json (the figures per input) to the output folder.
 """
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ from largo.config import RunConfig
 from largo.errors import ConfigError
 from largo.explain import render
 from largo.explain.attribute import COMPLETENESS_TOLERANCE, Attributed, captum_attr, integrated_gradients, scores
+from largo.explain.detect import explain_detector
 from largo.explain.inputs import Example, expand_sources, output_name, run_dir_of
 from largo.explain.lm import explain_lm
 from largo.explain.rollout import attention_rollout
 from largo.fileio import write_json_atomic
 from largo.models import ArchSpec, get_spec
 from largo.models.classifier import ClassifierSpec
+from largo.models.detect import DetectSpec
 from largo.models.spec import Attribution
 
 BATCH = 8  # inputs attributed together (each becomes steps x BATCH forwards)
@@ -54,8 +56,11 @@ def explain(checkpoint: str | Path, sources: list[str], *, out: str | Path | Non
     elif isinstance(spec, ClassifierSpec):
         records = explain_classifier(model, cfg, ckpt, spec, sources, out_dir, split=split, limit=limit, target=target,
                                      steps=steps, max_steps=max_steps, log=log)
+    elif isinstance(spec, DetectSpec):
+        records = explain_detector(model, cfg, ckpt, spec, sources, out_dir, split=split, limit=limit, target=target, steps=steps,
+                                   max_steps=max_steps, top_k=top_k, log=log)
     else:
-        raise ConfigError(f"model.arch = {cfg.model.arch!r}: largo explain covers classifiers and language models")
+        raise ConfigError(f"model.arch = {cfg.model.arch!r}: largo explain covers classifiers, detectors and language models")
     return write_index(out_dir, ckpt, cfg, records, method=f"integrated gradients (Captum), {steps} steps, doubled up to "
                        f"{max_steps} where completeness needs it", log=log)
 

@@ -3,7 +3,7 @@
 Every patch of the grid predicts, for each class, how likely an object's centre falls in it (a heatmap), and the
 distances from its centre to the four sides of that object's box. Training (CenterNet, Zhou et al. 2019): the
 target heatmap is a Gaussian bump at each object's centre cell, learned with the penalty-reduced focal loss; the
-box is learned at the centre cell only, with GIoU plus L1 (DETR's box terms). Decoding keeps the local maxima of
+box is learned with GIoU plus L1 (DETR's box terms) at the cells inside it, weighted by the bump (TTFNet). Decoding keeps the local maxima of
 the heatmap (a 3x3 max-pool: no NMS), the top `model.max_detections` of them with their boxes.
 
 Why dense and not DETR's set prediction: on a CPU budget DETR is known to converge slowly (hundreds of epochs; the
@@ -31,6 +31,7 @@ from torch import nn
 
 from largo.data.arrays import Prepared
 from largo.data.detection import DetectData, DetectDataConfig, prepare_detection, scene_batches
+from largo.data.images import IMAGE_SUFFIXES, read_image
 from largo.errors import ConfigError
 from largo.models.coco_eval import Boxes, class_key, coco_map
 from largo.models.config import ModelConfig
@@ -38,7 +39,7 @@ from largo.models.loss import IGNORE, Scored
 from largo.models.results import TaskResults
 from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, register, resolved_field
 from largo.models.trunk import Trunk
-from largo.models.vit import PatchStem
+from largo.models.vit import ConvStem, PatchStem, conv_stem_macs_per_patch
 from largo.optional import require
 from largo.precision import Layout, autocast
 
@@ -57,6 +58,7 @@ class DetectConfig(ModelConfig):
     in_channels: int = 0  # image channels; 0 = the data's (1 grey, 3 colour)
     patch_size: int = 8  # side of the square patches, the stride of the prediction grid; must divide image_size
     max_detections: int = 50  # boxes kept per image when decoding (COCO scores at most 100)
+    stem: str = "patch"  # "patch": ViT's linear patchify; "conv": stacked small convolutions to the same grid (ConvStem)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,6 +68,8 @@ class DetectConfig(ModelConfig):
         if self.patch_size < 1 or not 1 <= self.max_detections <= 100:
             raise ConfigError(f"model.patch_size ({self.patch_size}) must be >= 1 and model.max_detections "
                               f"({self.max_detections}) in [1, 100]")
+        if self.stem not in ("patch", "conv"):
+            raise ConfigError(f"model.stem = {self.stem!r} is not valid; choose 'patch' or 'conv'")
         if self.image_size and self.image_size % self.patch_size:
             raise ConfigError(f"model.image_size ({self.image_size}) must divide by model.patch_size ({self.patch_size})")
 
@@ -87,7 +91,7 @@ class Detector(nn.Module):
         if cfg.num_classes < 1:
             raise ValueError("DetectConfig.num_classes must be resolved (>= 1) before building a detector")
         self.cfg = cfg
-        self.stem = PatchStem(cfg)
+        self.stem = ConvStem(cfg) if cfg.stem == "conv" else PatchStem(cfg)
         self.pos = nn.Parameter(torch.empty(cfg.num_patches, cfg.dim))
         self.trunk = Trunk(cfg, causal=False, rotary=False)
         self.head = nn.Linear(cfg.dim, cfg.num_classes + 4)
@@ -132,17 +136,37 @@ def objects(targets: torch.Tensor, cfg: DetectConfig) -> Objects:
     return Objects(real, targets[..., 0].clamp_min(0).long(), boxes, (row * cfg.grid + col).long(), col, row)
 
 
-def heatmap(obj: Objects, cfg: DetectConfig) -> torch.Tensor:
-    """Target heatmap (b, cells, classes): per class the largest Gaussian bump (1 at each centre cell, sigma from the
-    box's short side: a quarter of it, in cells)."""
+def bumps(obj: Objects, cfg: DetectConfig) -> torch.Tensor:
+    """Each object's Gaussian bump over the grid (b, m, cells): 1 at its centre cell, sigma a quarter of the box's short
+    side (in cells); padding objects are all zero."""
     g = torch.arange(cfg.grid, device=obj.boxes.device, dtype=torch.float32)
     gy, gx = torch.meshgrid(g, g, indexing="ij")
     d2 = (gx.flatten()[None, None] - obj.col[..., None]) ** 2 + (gy.flatten()[None, None] - obj.row[..., None]) ** 2
     side = torch.minimum(obj.boxes[..., 2] - obj.boxes[..., 0], obj.boxes[..., 3] - obj.boxes[..., 1])
     sigma = (side / (4 * cfg.patch_size)).clamp_min(MIN_SIGMA)
-    bumps = torch.exp(-d2 / (2 * sigma[..., None] ** 2)) * obj.real[..., None]  # (b, m, cells)
+    return torch.exp(-d2 / (2 * sigma[..., None] ** 2)) * obj.real[..., None]
+
+
+def heatmap(obj: Objects, cfg: DetectConfig, bump: torch.Tensor | None = None) -> torch.Tensor:
+    """Target heatmap (b, cells, classes): per class the largest of its objects' Gaussian bumps."""
+    bump = bumps(obj, cfg) if bump is None else bump
     onehot = F.one_hot(obj.classes, cfg.num_classes).float() * obj.real[..., None]  # (b, m, classes)
-    return (bumps[..., None] * onehot[:, :, None, :]).amax(1)  # (b, cells, classes)
+    return (bump[..., None] * onehot[:, :, None, :]).amax(1)  # (b, cells, classes)
+
+
+def box_weights(obj: Objects, cfg: DetectConfig, bump: torch.Tensor) -> torch.Tensor:
+    """Where each object's box is learned (b, m, cells): every cell whose centre lies inside the box and whose strongest
+    bump is this object's, weighted by the bump and normalised to sum to 1 per object (TTFNet, Liu et al. 2020: many
+    Gaussian-weighted cells teach the box faster than CenterNet's single centre cell). The centre cell always counts."""
+    s = cfg.patch_size
+    centre = (torch.arange(cfg.grid, device=bump.device, dtype=torch.float32) + 0.5) * s
+    cy, cx = torch.meshgrid(centre, centre, indexing="ij")
+    b = obj.boxes[..., None, :]
+    inside = ((cx.flatten() > b[..., 0]) & (cx.flatten() < b[..., 2]) & (cy.flatten() > b[..., 1]) & (cy.flatten() < b[..., 3]))
+    owner = bump == bump.amax(1, keepdim=True)  # overlapping objects: a cell teaches the box of the nearer centre
+    at_centre = F.one_hot(obj.cell, cfg.num_patches).bool()
+    w = bump * ((inside & owner) | at_centre) * obj.real[..., None]
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -194,30 +218,37 @@ def detection_loss(out: torch.Tensor, targets: torch.Tensor, cfg: DetectConfig) 
     """Focal heatmap loss over every cell and class, plus GIoU and L1 box terms at each object's centre cell."""
     obj = objects(targets, cfg)
     logits, distances = out[..., : cfg.num_classes], out[..., cfg.num_classes:]
-    heat = focal_loss(logits, heatmap(obj, cfg))
-    at = distances.gather(1, obj.cell[..., None].expand(-1, -1, 4))  # (b, m, 4)
-    pred = cell_boxes(at, obj.cell, cfg)
-    iou, g = giou(pred, obj.boxes)
-    l1 = (pred - obj.boxes).abs().sum(-1) / cfg.patch_size
-    real = obj.real.float()
-    box = ((GIOU_WEIGHT * (1 - g) + L1_WEIGHT * l1) * real).sum()
+    bump = bumps(obj, cfg)
+    heat = focal_loss(logits, heatmap(obj, cfg, bump))
+    cells = torch.arange(cfg.num_patches, device=out.device)
+    pred = cell_boxes(distances, cells, cfg)[:, None]  # (b, 1, cells, 4): every cell's box
+    iou, g = giou(pred, obj.boxes[:, :, None])  # (b, m, cells)
+    l1 = (pred - obj.boxes[:, :, None]).abs().sum(-1) / cfg.patch_size
+    box = ((GIOU_WEIGHT * (1 - g) + L1_WEIGHT * l1) * box_weights(obj, cfg, bump)).sum()
     best = logits.gather(1, obj.cell[..., None].expand(-1, -1, cfg.num_classes)).argmax(-1)  # (b, m)
+    iou = iou.gather(2, obj.cell[..., None])[..., 0]  # at each object's centre cell
     found = ((best == obj.classes) & (iou >= 0.5) & obj.real).sum()
     return DetectionLoss(heat, box, found, obj.real.sum())
 
 
 @torch.no_grad()
-def decode(out: torch.Tensor, cfg: DetectConfig, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Outputs (b, cells, classes + 4) -> the top-k heatmap peaks per image: boxes (b, k, 4), scores (b, k), classes (b, k).
+def peaks(out: torch.Tensor, cfg: DetectConfig, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs (b, cells, classes + 4) -> the top-k heatmap peaks per image: scores (b, k), classes (b, k), cells (b, k).
 
     A peak is a cell whose score is the largest in its 3x3 neighbourhood for that class (CenterNet's max-pool in place
-    of non-maximum suppression); boxes are clipped to the image."""
+    of non-maximum suppression)."""
     b, c, g = out.shape[0], cfg.num_classes, cfg.grid
     heat = out[..., :c].float().sigmoid().transpose(1, 2).reshape(b, c, g, g)
-    peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
-    scores, index = peaks.flatten(1).topk(min(k or cfg.max_detections, c * g * g), dim=1)  # over classes x cells
-    classes, cell = index // (g * g), index % (g * g)
-    at = out[..., c:].gather(1, cell[..., None].expand(-1, -1, 4))
+    top = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat)
+    scores, index = top.flatten(1).topk(min(k or cfg.max_detections, c * g * g), dim=1)  # over classes x cells
+    return scores, index // (g * g), index % (g * g)
+
+
+@torch.no_grad()
+def decode(out: torch.Tensor, cfg: DetectConfig, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Outputs (b, cells, classes + 4) -> the top-k peaks' boxes (b, k, 4) clipped to the image, scores (b, k), classes (b, k)."""
+    scores, classes, cell = peaks(out, cfg, k)
+    at = out[..., cfg.num_classes:].gather(1, cell[..., None].expand(-1, -1, 4))
     boxes = cell_boxes(at, cell, cfg).clamp(0, cfg.image_size)
     return boxes, scores, classes
 
@@ -351,9 +382,16 @@ class DetectSpec(ArchSpec):
         log(f"detections: {path}")
         return {"detections_png": str(path)}
 
+    # ---- explanations: a scene from the split or an image file (resized to the canvas); explain/detect.py does the rest
+    example_suffixes = tuple(sorted(IMAGE_SUFFIXES))
+
+    def read_example(self, data: DetectDataConfig, model: DetectConfig, ckpt: Path, source: str) -> np.ndarray:
+        return read_image(Path(source), model.image_size, model.in_channels)
+
     # ---- planner terms
     def extra_matmul_params(self, cfg: DetectConfig, seq_len: int) -> int:
-        return cfg.in_channels * cfg.patch_size**2 * cfg.dim + cfg.dim * (cfg.num_classes + 4)  # stem and head, per cell
+        stem = conv_stem_macs_per_patch(cfg) if cfg.stem == "conv" else cfg.in_channels * cfg.patch_size**2 * cfg.dim
+        return stem + cfg.dim * (cfg.num_classes + 4)  # stem and head, per cell
 
     def memory_terms(self, cfg: DetectConfig, micro_batch: int, seq_len: int, layout: Layout) -> MemoryTerms:
         pixels = cfg.in_channels * cfg.image_size**2

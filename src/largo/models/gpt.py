@@ -42,11 +42,14 @@ class GPTConfig(ModelConfig):
     arch: str = "gpt"
     vocab_size: int = 0  # tokens in the vocabulary; 0 = take it from the prepared tokenizer
     tie_embeddings: bool = True  # share the token embedding with the output head
+    zero_init_head: bool = False  # an untied head starts at zero: uniform first predictions (modded-nanogpt's speedrun)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.vocab_size < 0:
             raise ConfigError(f"model.vocab_size ({self.vocab_size}) must be >= 0 (0 = from the tokenizer)")
+        if self.zero_init_head and self.tie_embeddings:
+            raise ConfigError("model.zero_init_head needs model.tie_embeddings = false (a zero tied head is a zero embedding)")
 
 
 class GPT(nn.Module):
@@ -84,7 +87,9 @@ class GPT(nn.Module):
         """Fill every parameter and the rotary table; used after to_empty() on a meta-built model."""
         nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.cfg.init_std)
         self.trunk.init_weights()
-        if self.head is not None:
+        if self.head is not None and self.cfg.zero_init_head:
+            nn.init.zeros_(self.head.weight)
+        elif self.head is not None:
             nn.init.normal_(self.head.weight, mean=0.0, std=self.cfg.init_std)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,64 @@ class PatchStem(nn.Module):
         """As a linear layer of fan-in in_channels * patch^2: unit-scale outputs for normalised pixels."""
         nn.init.normal_(self.patch.weight, std=self.fan_in**-0.5)
         nn.init.zeros_(self.patch.bias)
+
+
+class ConvStem(nn.Module):
+    """Images (b, channels, size, size) -> patch states (b, patches, dim) through stacked small convolutions, one per prime
+    factor of the patch side (12: strides 2, 2, 3), widths dim/8 .. dim/2, GELU, then a 1x1 projection to dim.
+
+    Why: "Early convolutions help transformers see better" (Xiao et al. 2021): a few convolutions in place of the
+    linear patchify make a ViT learn faster and more stably, for about a tenth more compute at these widths."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        if cfg.image_size < 1 or cfg.in_channels < 1:
+            raise ValueError("image_size and in_channels must be resolved (> 0) before building a convolutional stem")
+        layers: list[nn.Module] = []
+        for c_in, c_out, s in conv_stem_layers(cfg):
+            k = 2 * s - 1  # overlapping windows: 3 for stride 2, 5 for stride 3
+            layers += [nn.Conv2d(c_in, c_out, k, stride=s, padding=k // 2 - (s - 1) // 2), nn.GELU()]
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(layers[-2].out_channels, cfg.dim, 1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return self.proj(self.convs(images)).flatten(2).transpose(1, 2), None
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """He-normal convolutions (GELU follows), the projection as a linear layer: unit-scale states for normalised pixels."""
+        for m in [*self.convs, self.proj]:
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+                nn.init.normal_(m.weight, std=(2.0 / fan_in if m is not self.proj else 1.0 / fan_in) ** 0.5)
+                nn.init.zeros_(m.bias)
+
+
+def conv_stem_layers(cfg: ViTConfig) -> list[tuple[int, int, int]]:
+    """ConvStem's convolutions as (in channels, out channels, stride): a stride per prime factor of the patch side."""
+    strides = prime_factors(cfg.patch_size)
+    widths = [max(8, cfg.dim // 2 ** (len(strides) - i)) for i in range(len(strides))]
+    return list(zip([cfg.in_channels, *widths], widths, strides))
+
+
+def conv_stem_macs_per_patch(cfg: ViTConfig) -> int:
+    """Multiply-adds of ConvStem per output patch: each layer's kernel work times its outputs per final patch."""
+    layers, macs = conv_stem_layers(cfg), 0
+    for i, (c_in, c_out, s) in enumerate(layers):
+        later = math.prod(st for _, _, st in layers[i + 1 :])  # outputs of this layer per final patch, per side
+        macs += c_in * (2 * s - 1) ** 2 * c_out * later**2
+    return macs + layers[-1][1] * cfg.dim
+
+
+def prime_factors(n: int) -> list[int]:
+    """n's prime factors in ascending order (12 -> [2, 2, 3])."""
+    out, f = [], 2
+    while n > 1:
+        while n % f == 0:
+            out.append(f)
+            n //= f
+        f += 1
+    return out
 
 
 class ViTSpec(ClassifierSpec):
