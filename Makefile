@@ -17,7 +17,7 @@ demo: install
 	largo generate runs/text_tiny --prompt "def " --max-new-tokens 120
 
 test: install
-	$(PYTHON) -m pytest -rs
+	$(PYTHON) -m pytest -rs --durations=25
 
 # Peers (transformers, accelerate, Lightning) come from the bench extra; torch is pinned to the installed
 # version in the same pip call so no peer can swap it. Extra options: make bench BENCH_ARGS="--quick".

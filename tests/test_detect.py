@@ -18,7 +18,7 @@ from largo.data.sources.fashion_scenes import SceneSettings, box_iou, compose_sc
 from largo.data.split import is_validation
 from largo.errors import ConfigError, DataError
 from largo.models.coco_eval import Boxes, coco_map
-from largo.models.detect import DetectConfig, Detector, box_weights, bumps, decode, detection_loss, objects
+from largo.models.detect import DetectConfig, Detector, box_weights, bumps, decode, detection_loss, flip_averaged, objects
 from largo.models.spec import Attribution
 from largo.train.run import train
 
@@ -200,6 +200,40 @@ def test_decoding_reads_back_the_boxes_the_targets_encode() -> None:
     w = box_weights(obj, cfg, bumps(obj, cfg))  # each real object's box is taught with weights summing to 1, centre first
     torch.testing.assert_close(w.sum(-1), obj.real.float())
     assert (w.argmax(-1) == obj.cell)[obj.real].all() and (w > 0).sum() > 3
+
+
+class BoxOracle(torch.nn.Module):
+    """A perfect detector of the one bright rectangle in each image (class 1): the peak at its centre cell, and at every
+    cell the true log distances to its sides; it sees a mirrored image as a new image, as a trained model does."""
+
+    def __init__(self, cfg: DetectConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        cfg, s = self.cfg, self.cfg.patch_size
+        out = torch.full((len(images), cfg.num_patches, cfg.num_classes + 4), -9.0)
+        centre = (torch.arange(cfg.grid, dtype=torch.float32) + 0.5) * s
+        cy, cx = (t.flatten() for t in torch.meshgrid(centre, centre, indexing="ij"))
+        for i, image in enumerate(images[:, 0] > 0):
+            rows, cols = image.any(1).nonzero()[:, 0], image.any(0).nonzero()[:, 0]
+            x0, y0, x1, y1 = float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)
+            out[i, int((y0 + y1) / 2 // s) * cfg.grid + int((x0 + x1) / 2 // s), 1] = 6.0
+            out[i, :, cfg.num_classes:] = torch.stack([cx - x0, cy - y0, x1 - cx, y1 - cy], -1).clamp_min(0.5).div(s).log()
+        return out
+
+
+def test_the_flip_test_averages_an_image_with_its_mirror_in_the_image_frame() -> None:
+    """A perfect detector's boxes survive the flip test unchanged: the mirror's grid and its left/right sides are put back."""
+    cfg = TINY
+    images = torch.zeros(2, 1, 32, 32)
+    images[0, 0, 3:17, 2:13] = 1.0  # off-centre in its cell: left and right distances differ
+    images[1, 0, 20:30, 17:30] = 1.0  # (a centre on a cell edge would fall in the other cell when mirrored)
+    oracle = BoxOracle(cfg)
+    plain, flipped = decode(oracle(images), cfg, k=1), decode(flip_averaged(oracle, images, cfg), cfg, k=1)
+    torch.testing.assert_close(plain[0][:, 0], torch.tensor([[2.0, 3.0, 13.0, 17.0], [17.0, 20.0, 30.0, 30.0]]))
+    torch.testing.assert_close(flipped[0], plain[0])
+    assert flipped[2].tolist() == [[1], [1]] and (flipped[1] > 0.99).all()
 
 
 def test_a_tiny_detector_learns(one_thread: None) -> None:

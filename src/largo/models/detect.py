@@ -59,6 +59,7 @@ class DetectConfig(ModelConfig):
     patch_size: int = 8  # side of the square patches, the stride of the prediction grid; must divide image_size
     max_detections: int = 50  # boxes kept per image when decoding (COCO scores at most 100)
     stem: str = "patch"  # "patch": ViT's linear patchify; "conv": stacked small convolutions to the same grid (ConvStem)
+    flip_test: bool = False  # evaluate on each image and its mirror, outputs averaged (CenterNet's flip test): 2x the cost
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -245,6 +246,18 @@ def peaks(out: torch.Tensor, cfg: DetectConfig, k: int | None = None) -> tuple[t
 
 
 @torch.no_grad()
+def flip_averaged(model: nn.Module, images: torch.Tensor, cfg: DetectConfig) -> torch.Tensor:
+    """Outputs (b, cells, classes + 4) averaged over the images and their mirrors (CenterNet's flip test): the mirror's
+    grid flipped back, its left and right distances swapped; heatmap probabilities and log distances averaged."""
+    b, c, g = images.shape[0], cfg.num_classes, cfg.grid
+    out = model(images).float()
+    mirror = model(images.flip(-1)).float().reshape(b, g, g, -1).flip(2).reshape(b, g * g, -1)
+    heat = (out[..., :c].sigmoid() + mirror[..., :c].sigmoid()) / 2
+    distances = (out[..., c:] + mirror[..., c:][..., [2, 1, 0, 3]]) / 2
+    return torch.cat([torch.logit(heat, eps=1e-6), distances], dim=-1)
+
+
+@torch.no_grad()
 def decode(out: torch.Tensor, cfg: DetectConfig, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Outputs (b, cells, classes + 4) -> the top-k peaks' boxes (b, k, 4) clipped to the image, scores (b, k), classes (b, k)."""
     scores, classes, cell = peaks(out, cfg, k)
@@ -359,7 +372,7 @@ class DetectSpec(ArchSpec):
         dummy = np.zeros((len(x), 1, 5), dtype=np.float32)
         for inputs, _ in scene_batches(x, dummy, task.dataset.pixels, batch):
             with autocast(device, precision):
-                raw = model(inputs.to(device))
+                raw = flip_averaged(model, inputs.to(device), cfg) if cfg.flip_test else model(inputs.to(device))
             boxes, scores, classes = (t.cpu().numpy() for t in decode(raw.float(), cfg))
             out += [Boxes(b.astype(np.float64), c, s.astype(np.float64)) for b, s, c in zip(boxes, scores, classes)]
         model.train(was_training)
