@@ -10,7 +10,6 @@ Class agreement is the share of samples that classifier labels as the class they
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from largo.checkpoint.store import load_tensors, locate
-from largo.errors import CheckpointError, ConfigError
+from largo.errors import ConfigError
 from largo.models.results import GenerateRequest, TaskResults
-from largo.models.spec import Task, build_model, get_spec
+from largo.models.scorer_run import load_scorer, locate_scorer, saved_section
+from largo.models.spec import Task, get_spec
 from largo.optional import require
 from largo.precision import autocast
 
@@ -59,25 +58,15 @@ def load_judge(where: str, *, image_size: int, in_channels: int, classes: list[s
                log: Callable[[str], None]) -> Judge:
     """The classifier run (or checkpoint) `where` names, checked against the generator's images and classes."""
     hint = "train one with `largo train vision_fashion` and set model.classifier to its run folder"
-    if not where or not Path(where).exists():
-        raise ConfigError(f"model.classifier ({where or 'unset'}): no such run folder; FID-F and class agreement need an image "
-                          f"classifier: {hint}")
-    try:
-        path, state = locate(where, log=log)
-    except CheckpointError as e:
-        raise ConfigError(f"model.classifier: {e}; {hint}") from None
+    path, state = locate_scorer(where, "model.classifier", f"FID-F and class agreement need an image classifier: {hint}", log=log)
     raw = state["config"]
     spec = get_spec(raw["model"]["arch"])
-    cfg = spec.model_config(**{f.name: raw["model"][f.name] for f in fields(spec.model_config) if f.name in raw["model"]})
-    data = spec.data_config(**{f.name: raw["data"][f.name] for f in fields(spec.data_config) if f.name in raw["data"]})
+    cfg, data = saved_section(spec.model_config, raw["model"]), saved_section(spec.data_config, raw["data"])
     found = (getattr(cfg, "image_size", None), getattr(cfg, "in_channels", None), getattr(cfg, "num_classes", None))
     if found != (image_size, in_channels, len(classes)):
         raise ConfigError(f"model.classifier {where}: classifies {found[0]}x{found[0]} images of {found[1]} channel(s) into "
                           f"{found[2]} classes; the generator makes {image_size}x{image_size}x{in_channels} of {len(classes)}")
-    if state.get("sharded") or state.get("adapters"):
-        raise ConfigError(f"model.classifier {path}: a sharded or adapter checkpoint; export it to plain safetensors first")
-    model = build_model(cfg, device)
-    model.load_state_dict(load_tensors(path / "model.safetensors"))
+    model = load_scorer(cfg, path, device)
     prepared = spec.prepare(data, cfg, log=log)  # its own normalisation statistics (a cache hit after its training)
     if prepared.classes != classes:
         raise ConfigError(f"model.classifier {where}: its classes {prepared.classes} differ from the generator's {classes}")

@@ -6,42 +6,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from largo.checkpoint.store import load_tensors, locate
 from largo.data.transcripts import VOCAB
-from largo.errors import CheckpointError, ConfigError
+from largo.errors import ConfigError
 from largo.models.asr import ASRConfig, ASRModel
-from largo.models.spec import build_model
+from largo.models.scorer_run import load_scorer, locate_scorer, saved_section
 
 HINT = "train one with `largo train asr_sentences` and set model.recogniser to its run folder"
+NEED = f"durations and intelligibility need a speech recogniser: {HINT}"
 
 
 def load_recogniser(where: str, *, sample_rate: int, device: torch.device, log: Callable[[str], None]) -> tuple[ASRModel, Path]:
     """The "asr" run (or checkpoint) `where` names, at the synthesiser's rate, on device, in eval mode; and its folder."""
-    hint = HINT
-    if not where or not Path(where).exists():
-        raise ConfigError(f"model.recogniser ({where or 'unset'}): no such run folder; durations and intelligibility need a "
-                          f"speech recogniser: {hint}")
-    try:
-        path, state = locate(where, log=log)
-    except CheckpointError as e:
-        raise ConfigError(f"model.recogniser: {e}; {hint}") from None
+    path, state = locate_scorer(where, "model.recogniser", NEED, log=log)
     raw = state["config"]["model"]
-    if raw.get("arch") != "asr" or state.get("sharded") or state.get("adapters"):
-        raise ConfigError(f"model.recogniser {where}: model.arch = {raw.get('arch')!r}, not a plain 'asr' checkpoint; {hint}")
-    cfg = ASRConfig(**{f.name: raw[f.name] for f in fields(ASRConfig) if f.name in raw})
+    if raw.get("arch") != "asr":
+        raise ConfigError(f"model.recogniser {where}: model.arch = {raw.get('arch')!r}, not an 'asr' checkpoint; {HINT}")
+    cfg = saved_section(ASRConfig, raw)
     cfg = dataclasses.replace(cfg, vocab_size=cfg.vocab_size or len(VOCAB) + 1, init_from="")
     if cfg.sample_rate != sample_rate:
         raise ConfigError(f"model.recogniser {where}: hears {cfg.sample_rate} Hz; the synthesiser's model.sample_rate is {sample_rate}")
-    model = build_model(cfg, device)
-    model.load_state_dict(load_tensors(path / "model.safetensors"))
-    return model.eval(), path
+    return load_scorer(cfg, path, device), path
 
 
 @torch.no_grad()
@@ -55,11 +45,5 @@ def recogniser_log_probs(model: ASRModel, wave: np.ndarray) -> np.ndarray:
 
 def recogniser_fingerprint(where: str) -> str:
     """What identifies the recogniser's weights in the data cache's settings (its checkpoint's model file digest)."""
-    if not where or not Path(where).exists():
-        raise ConfigError(f"model.recogniser ({where or 'unset'}): no such run folder; durations and intelligibility need a "
-                          f"speech recogniser: {HINT}")
-    try:
-        path, _ = locate(where, log=lambda _m: None)
-    except CheckpointError as e:
-        raise ConfigError(f"model.recogniser: {e}") from None
+    path, _ = locate_scorer(where, "model.recogniser", NEED, log=lambda _m: None)
     return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()[:16]
