@@ -50,6 +50,7 @@ ABLATIONS: dict[str, tuple[float, str]] = {
     "no_muon": (2e-3, "optim.name=adamw"),  # AdamW at text_tiny's lr
     "no_wsd": (8e-3, "optim.schedule=cosine,optim.min_lr_ratio=0.1"),
     "no_zero_head": (8e-3, "model.tie_embeddings=true,model.zero_init_head=false"),
+    "width_256": (8e-3, "model.dim=256,model.max_seq_len=256"),  # text_tiny's size: the budget-sized model removed
     "text_tiny": (2e-3, "preset=text_tiny"),
 }
 
