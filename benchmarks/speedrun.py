@@ -13,7 +13,10 @@ Method
 - Round 1 sweeps each peer's learning rate (3 points) and keeps its best final figure's lr; later rounds run each
   contender once at that lr, the order rotated each round. Runs interleave, so outside load lands on all of them.
 - A contender's figure is the median over rounds of its final bits per byte; the best peer's sets the target.
-  The last line: largo's median time to reach it, as a share of that peer's time to its own final figure.
+  The last line: largo's median time to reach it, as a share of that peer's time to its own final figure. largo runs
+  twice per round: on the full budget (`largo`, the equal-time comparison) and on half of it (`largo_half`: its
+  schedule decays by the half-way mark, so it tests the goal, the peer's final in half the time, directly); the
+  faster of the two rows' medians is the recipe's time.
 Writes speedrun.json (every run, every point), speedrun.md (the table) and speedrun.png (bpb against training
 seconds, one line per contender) under --out; each run's output under --out/logs/.
 """
@@ -40,10 +43,15 @@ from benchmarks.race.tally import Run, best_lrs, headline, race_round, sweep_rou
 # contender -> (module under benchmarks/race, default learning rates: a 3-point sweep for each peer)
 CONTENDERS: dict[str, tuple[str, list[float]]] = {
     "largo": ("largo_run", [8e-3]),  # the preset's own lr: the recipe is largo's entry, not swept
+    "largo_half": ("largo_run", [8e-3]),  # the same recipe given half the budget: the goal's own test (see BUDGET_SHARE)
     "plain": ("plain", [1e-3, 2e-3, 4e-3]),
     "hf": ("hf_llama", [5e-4, 1e-3, 2e-3]),
     "nanogpt": ("nanogpt", [5e-4, 1e-3, 2e-3]),  # its CPU recipe's 1e-3, halved and doubled
 }
+# A contender trained on a share of --budget-s. largo's schedule (warmup-stable-decay) is fitted to its budget, so the
+# point where a full-budget curve crosses a target is not the time the recipe needs to reach it: a run given half the
+# time, decayed by its end, is the direct test of "the peer's final in half the peer's time".
+BUDGET_SHARE: dict[str, float] = {"largo_half": 0.5}
 # --ablate: text_speedrun with one technique taken out per row (dotted overrides of the preset), text_tiny as the base.
 ABLATIONS: dict[str, tuple[float, str]] = {
     "largo": (8e-3, ""),
@@ -68,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--data", type=Path, default=REPO / "data" / "stdlib", help="the prepared corpus; prepared with text_speedrun's settings when missing")
     p.add_argument("--extra", action="append", default=[], help="NAME:key=value,...: a contender's own settings (repeatable; "
-                   "largo: dotted overrides; plain, hf: model.KEY=VALUE, plain: compile=false)")
+                   "largo (and largo_half): dotted overrides; plain, hf: model.KEY=VALUE, plain: compile=false)")
     p.add_argument("--nanogpt", default="", help="nanoGPT snapshot: a checkout or a git folder (default: the fetch tool's mirror)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     return p.parse_args(argv)
@@ -79,7 +87,8 @@ def sweeps(a: argparse.Namespace) -> dict[str, list[float]]:
     table = {n: list(lrs) for n, (_, lrs) in CONTENDERS.items()} if not a.ablate else {n: [lr] for n, (lr, _) in ABLATIONS.items()}
     for item in a.lrs:
         name, _, values = item.partition("=")
-        table[name] = [float(v) for v in values.split(",")]
+        for row in [n for n in table if n == name or family(n) == name]:  # largo=... also sets largo_half's
+            table[row] = [float(v) for v in values.split(",")]
     names = [n for n in a.only.split(",") if n] or list(table)
     unknown = [n for n in names if n not in table]
     if unknown:
@@ -87,13 +96,19 @@ def sweeps(a: argparse.Namespace) -> dict[str, list[float]]:
     return {n: table[n] for n in names}
 
 
+def family(name: str) -> str:
+    """The contender a row belongs to: largo_half is largo's recipe on a shorter budget."""
+    return "largo" if name.startswith("largo") else name
+
+
 def command(a: argparse.Namespace, name: str, lr: float, result: Path, precision: str) -> list[str]:
-    """The contender's process: python -m benchmarks.race.MODULE with the race's settings."""
+    """The contender's process: python -m benchmarks.race.MODULE with the race's settings (and its share of the budget)."""
     module, more = ("largo_run", ABLATIONS[name][1]) if a.ablate else (CONTENDERS[name][0], "")
     if name == "nanogpt" and a.nanogpt:
         more = f"repo={a.nanogpt}"
-    more = ",".join(filter(None, [more, *(e.partition(":")[2] for e in a.extra if e.partition(":")[0] in (name, "all"))]))
-    return [sys.executable, "-m", f"benchmarks.race.{module}", "--budget-s", str(a.budget_s), "--lr", repr(lr), "--data", str(a.data),
+    more = ",".join(filter(None, [more, *(e.partition(":")[2] for e in a.extra if e.partition(":")[0] in (name, family(name), "all"))]))
+    budget = a.budget_s * (1.0 if a.ablate else BUDGET_SHARE.get(name, 1.0))
+    return [sys.executable, "-m", f"benchmarks.race.{module}", "--budget-s", str(budget), "--lr", repr(lr), "--data", str(a.data),
             "--out", str(result), "--points", str(a.points), "--held-bytes", str(a.held_bytes), "--precision", precision, "--threads", str(a.threads), "--extra", more]
 
 

@@ -78,6 +78,12 @@ def test_best_lr_and_time_to_target() -> None:
     line, fig = headline(rows)
     assert fig["largo_s"] == pytest.approx(22.5) and fig["peer_s"] == 80.0  # median of 25 and 20; the peer's last point
     assert line == "time-to-target: largo 0.28 of plain's wall time (target 2.5000 bits/byte)"
+    rows["largo_half"] = {"final_bpb": 2.4, "curves": [[[10.0, 3.0], [15.0, 2.4]], [[12.0, 2.6], [16.0, 2.5]]]}
+    line, fig = headline(rows)  # the recipe's time is its fastest row's median: the half-budget runs' 14.17 s and 16 s
+    assert fig["largo_row"] == "largo_half" and fig["largo_s"] == pytest.approx((10 + 5 * 0.5 / 0.6 + 16) / 2)
+    assert line == "time-to-target: largo 0.19 of plain's wall time (target 2.5000 bits/byte, by largo_half)"
+    rows["largo_half"]["curves"] = [[[10.0, 3.0]]]
+    assert headline(rows)[1]["largo_row"] == "largo"  # never reached: the full-budget row's time stands
 
 
 @pytest.fixture(scope="module")
