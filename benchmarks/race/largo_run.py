@@ -2,7 +2,8 @@
 
 What `largo plan text_speedrun && largo train text_speedrun --train.time_budget_s S` does, in one process: the plan's
 timed steps of this very configuration (probe_step; setup, not counted) give the step time, train.steps is what fits
-the budget, and the run checkpoints every steps / points steps. Each step is logged (log_every = 1; on a CPU a
+the budget (re-fitted by the trainer to the step time it measures, until the decay starts: train/budget.py), and the
+run checkpoints every planned steps / points steps. Each step is logged (log_every = 1; on a CPU a
 loss read costs nothing), so training time at step n is metrics.jsonl's elapsed_s minus compile_s (step 1's time
 less step 2's). Each checkpoint is then scored in bits per byte on the race's held-out text.
 """
@@ -28,7 +29,7 @@ from benchmarks.race.heldout import HeldOut, score
 def overrides(a: argparse.Namespace, out_dir: str) -> dict[str, str]:
     """The preset as the race runs it: the swept lr, no eval, fixed precision and compile, per-step logs."""
     chosen = {k: v for k, v in extra(a).items() if k != "preset"}
-    return {"run.out_dir": out_dir, "data.dir": a.data, "optim.lr": repr(a.lr), "train.time_budget_s": "0",
+    return {"run.out_dir": out_dir, "data.dir": a.data, "optim.lr": repr(a.lr), "train.time_budget_s": repr(a.budget_s),
             "train.precision": a.precision, "train.compile": "true", "train.log_every": "1", "train.threads": str(a.threads),
             "eval.every": "0", "eval.max_batches": "1", "checkpoint.keep_last": "100000", **chosen}
 
@@ -41,9 +42,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="largo-race-") as out:
         cfg = load_config(preset, overrides(a, out))
         step_s = float(probe_step(cfg, log=print)["step_s"])
-        steps = max(2, int(a.budget_s / step_s))
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps),
-                                  checkpoint=dataclasses.replace(cfg.checkpoint, every=max(1, steps // a.points)))
+        steps = max(2, int(a.budget_s / step_s))  # what the trainer's fit will plan: the checkpoints' spacing
+        cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, every=max(1, steps // a.points)))
         setup_s = time.perf_counter() - t0
         summary = train(cfg, log=print)  # every step a line: the race's log of the run
         clock, params = curve(Path(summary["run_dir"]), a, held, cfg.model.max_seq_len)

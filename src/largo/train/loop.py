@@ -26,6 +26,7 @@ from largo.distributed.parallelize import clip_grad_norm, grad_sync
 from largo.observe.metrics import MetricsLog
 from largo.observe.progress import PLAIN_EVERY_S, beating_through_first, heartbeat
 from largo.precision import autocast
+from largo.train.budget import StepBudget
 from largo.train.evaluate import format_result, to_device
 from largo.train.faults import StepGuard
 from largo.train.optim import Schedule
@@ -49,6 +50,7 @@ class LoopParts:
     flops_per_step: float  # for MFU; 0 = unknown
     peak_flops: float  # device peak over all ranks
     throughput_unit: str = "tok"  # what tokens_per_step counts: "tok" or "samples"
+    budget: StepBudget | None = None  # a fresh time-budgeted run: its total re-fitted to the measured step time
 
 
 def seed_everything(seed: int) -> None:
@@ -79,7 +81,8 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
     preempted, window_start = False, time.perf_counter()
     last_line = window_start  # when the last plain progress line went out
     # the first step compiles a compiled model (20-40 s on 2 cores): it says it still runs rather than look like a hang
-    steps = beating_through_first(guard.steps(start_step, total), f"step {start_step + 1} (compiles a compiled model)",
+    last = parts.budget.cap if parts.budget else total  # a budgeted run may be re-fitted up to its configured steps
+    steps = beating_through_first(guard.steps(start_step, last), f"step {start_step + 1} (compiles a compiled model)",
                                   bar.write if live else say)
     for step in steps:  # SIGTERM/SIGUSR1 are caught while the loop runs
         # 1) data: a pure function of the step, so a resumed run reads exactly the same batches
@@ -127,6 +130,8 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
             loss_sum /= env.world
         loss_value = loss_sum.item()
         dt = (time.perf_counter() - window_start) / window_steps  # device work included: the settle waited for it
+        if parts.budget:  # re-fitted from the seconds trained so far, while the schedule's rates do not depend on it
+            total = bar.total = parts.budget.refit(done, total, window_steps, dt, schedule)
         train_s, window_steps = train_s + dt * window_steps, 0
         windows.append(dt)
         if log_now:
@@ -160,6 +165,8 @@ def run_steps(parts: LoopParts, cfg: RunConfig, env: DistEnv, *, start_step: int
                 say(f"step {done}: {guard.signal_name} received; checkpoint written, stopping")
             break
         window_start = time.perf_counter()  # evaluation and checkpoint time stay out of tokens/s
+        if done >= total:
+            break
     bar.close()
     steps_run = done - start_step
     return {

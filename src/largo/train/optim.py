@@ -154,6 +154,20 @@ class Schedule:
                 else:  # a checkpoint's load_state_dict put a number back
                     g["lr"] = (mult * base).to(torch.float32)
 
+    def fixed_until(self, total_steps: int) -> int:
+        """Applied steps whose rates do not depend on total_steps: up to the decay's start (WSD), every one (constant),
+        the warm-up (cosine). A run may change its total up to this step without changing any rate it already used."""
+        if self.cfg.schedule == "constant":
+            return total_steps
+        if self.cfg.schedule == "wsd":
+            return total_steps - max(1, int(self.cfg.decay_fraction * total_steps))
+        return min(self.cfg.warmup_steps, total_steps)
+
+    def refit(self, total_steps: int) -> None:
+        """Lay the schedule out for another total (a time-budgeted run re-fitted to its measured step time)."""
+        self.total_steps = total_steps
+        self.set_lrs()
+
     def advance(self, skipped: torch.Tensor | bool) -> None:
         """After an optimizer step: one more applied step unless it was skipped; set the next rates."""
         self.applied = self.applied + (1 - skipped.double()) if self.on_device else self.applied + (0 if skipped else 1)

@@ -33,6 +33,7 @@ from largo.plan.estimate import compile_decision
 from largo.plan.check import planned_step
 from largo.plan.planner import choose_strategy
 from largo.precision import choose as choose_precision
+from largo.train.budget import StepBudget
 from largo.train.evaluate import evaluate
 from largo.train.loop import LoopParts, run_steps, seed_everything
 from largo.models.loss import IGNORE
@@ -147,13 +148,14 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     check_finetune(cfg.model, cfg.finetune)  # adapter targets name real modules: checked before the run directory is touched
     strategy, why = choose_strategy(cfg, positions=task.positions, env=env)
     say(f"parallel: {strategy} ({why})")
+    cap = None  # a fresh budgeted run: the configured steps, the most its re-fits may give it
     if t.time_budget_s and session.resumed is None:
-        cfg = fit_time_budget(cfg, task.positions, env.device, env.world, say)
+        cap, cfg = t.steps, fit_time_budget(cfg, task.positions, env.device, env.world, say)
         t = cfg.train
     compiled, why = compile_mode(cfg, task, strategy)
     say(f"compile: {compiled} ({why})")
     with session.open(cfg, overwrite=overwrite):  # locked until the end
-        return _train_in(session, task, env, strategy, compiled, stop_at=stop_at, say=say)
+        return _train_in(session, task, env, strategy, compiled, stop_at=stop_at, step_cap=cap, say=say)
 
 
 def build_trained_model(cfg: RunConfig, env: DistEnv, strategy: str, *, full_init: bool, compiled: str,
@@ -202,7 +204,7 @@ def check_adapters_base(resumed: tuple[Path, dict[str, Any]] | None, cfg: RunCon
 
 
 def _train_in(session: RunSession, task: Task, env: DistEnv, strategy: str, compiled: str, *, stop_at: int | None,
-              say: Callable[[str], None]) -> dict[str, Any]:
+              step_cap: int | None, say: Callable[[str], None]) -> dict[str, Any]:
     """Everything after the run directory is opened and locked: model, optimizers, checkpoints, the loop, the reports."""
     cfg, t = session.cfg, session.cfg.train
     memory = PeakMemory(env.device)  # baseline before the model exists, for plan vs measured
@@ -225,10 +227,14 @@ def _train_in(session: RunSession, task: Task, env: DistEnv, strategy: str, comp
         save=session.save,
         flops_per_step=t.global_batch * task.flops_per_sample,
         peak_flops=peak_flops(env.device, t.precision, t.peak_tflops, log=say) * env.world,
+        budget=StepBudget(t.time_budget_s, step_cap, agree=lambda n: int(rank0_value(n, env.device)),
+                          on_refit=session.refit_steps) if step_cap else None,
     )
     say(f"model: {trainable(model):,} params | {parts.tokens_per_step:,} tokens/step | "
         f"{-(-t.global_batch // env.world // t.micro_batch)} micro-steps | {t.precision} | device {env.device} | world {env.world}")
     memory.start()
     progress = session.run(parts, stop_at=stop_at)
-    return end_of_run(parts, cfg, task, progress, model=model, run_dir=session.run_dir, env=env, memory=memory, confusion=confusion,
+    if session.cfg.train.steps != t.steps:
+        say(f"time budget: the measured step time re-fitted the run from {t.steps} to {session.cfg.train.steps} steps")
+    return end_of_run(parts, session.cfg, task, progress, model=model, run_dir=session.run_dir, env=env, memory=memory, confusion=confusion,
                       metrics=metrics, say=say)

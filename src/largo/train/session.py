@@ -12,6 +12,8 @@ on disk. In order:
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,6 +116,10 @@ class RunSession:
             self.metrics = open_metrics(self.run_dir, trackers=cfg.observe.trackers, config=cfg.to_dict(),
                                         project=cfg.observe.project, start_step=self.start_step)
         return self.start_step
+
+    def refit_steps(self, steps: int) -> None:
+        """A budgeted run's re-fitted train.steps (train/budget.py): its next checkpoints record it, so a resume heads there."""
+        self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, steps=steps))
 
     def save(self, step: int) -> None:
         """Checkpoint `step`: the data position, the config and the caller's extra state (a collective; none in memory)."""
