@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from largo.checkpoint.restore import restore
@@ -83,6 +84,27 @@ def test_muon_and_wsd_learn(tmp_path: Path, tiny_data: Path) -> None:
     train(cfg, **quiet)
     losses = _losses(cfg.run_dir)
     assert losses[-1] < losses[0] - 0.3
+
+
+def test_embedding_rate_is_its_own_group_under_the_schedule() -> None:
+    """optim.embed_lr_mult gives the token embeddings lr x mult, scaled by the schedule like every group; at 1 the
+    groups are the two they always were (checkpoints written before the option load)."""
+    from largo.config import OptimConfig
+    from largo.train.optim import Schedule, build_optimizers
+
+    model = build_model(ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=2, max_seq_len=16, tie_embeddings=False))
+    embeds = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    cfg = OptimConfig(name="muon", lr=1e-2, warmup_steps=4, embed_lr_mult=8.0)
+    adamw = build_optimizers(model, cfg)[0]
+    own = [g for g in adamw.param_groups if {id(p) for p in g["params"]} == embeds]
+    assert len(own) == 1 and own[0]["weight_decay"] == cfg.weight_decay
+    others = [p for g in adamw.param_groups if g is not own[0] for p in g["params"]]
+    assert not embeds & {id(p) for p in others}
+    schedule = Schedule([adamw], cfg, total_steps=10, device=torch.device("cpu"))
+    schedule.advance(torch.tensor(False))  # applied step 1 of a 4-step warmup: the multiplier is 2/5
+    assert float(own[0]["lr"]) == pytest.approx(1e-2 * 8 * 2 / 5)
+    assert float(adamw.param_groups[0]["lr"]) == pytest.approx(1e-2 * 2 / 5)
+    assert len(build_optimizers(model, dataclasses.replace(cfg, embed_lr_mult=1.0))[0].param_groups) == 2
 
 
 def test_muon_in_fp32_follows_torchs_muon() -> None:

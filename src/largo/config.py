@@ -61,10 +61,11 @@ class OptimConfig:
     warmup_steps: int = 20  # linear warmup from 0 to lr
     min_lr_ratio: float = 0.1  # final lr as a fraction of the peak
     decay_fraction: float = 0.2  # wsd: share of steps spent decaying at the end
+    embed_lr_mult: float = 1.0  # token embeddings' lr as a multiple of lr (AdamW): each row sees few tokens a step
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr ({self.lr}) must be > 0")
+        if not self.lr > 0 or not self.embed_lr_mult > 0:
+            raise ConfigError(f"optim.lr ({self.lr}) and optim.embed_lr_mult ({self.embed_lr_mult}) must be > 0")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0 or self.eps <= 0:
             raise ConfigError("optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
         for key in ("beta1", "beta2", "min_lr_ratio", "decay_fraction"):

@@ -19,9 +19,14 @@ def build_optimizers(model: nn.Module, cfg: OptimConfig, precision: str = "fp32"
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     muon_params = [p for n, p in params if cfg.name == "muon" and is_hidden_matrix(n, p)]
     taken = {id(p) for p in muon_params}
+    embeds = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad]
+    if cfg.embed_lr_mult != 1.0:  # a group of their own, at their own rate (one group when equal: old checkpoints load)
+        taken |= {id(p) for p in embeds}
     decay = [p for _, p in params if p.dim() >= 2 and id(p) not in taken]
     no_decay = [p for _, p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.embed_lr_mult != 1.0 and embeds:
+        groups.append({"params": embeds, "weight_decay": cfg.weight_decay, "lr": cfg.lr * cfg.embed_lr_mult})
     device = next(model.parameters()).device.type
     # fused kernels exist for CPU and CUDA; they give the same result on every run (resume-safe).
     adamw = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=device in ("cpu", "cuda"))
