@@ -46,7 +46,8 @@ SMOKE = {"model.dim": "64", "model.n_layers": "2", "model.n_heads": "2", "model.
 RECIPES: dict[str, dict[str, str]] = {
     "gpt2": {},
     "speedrun": {"optim.name": "muon", "optim.lr": "2.4e-3", "optim.schedule": "wsd", "optim.decay_fraction": "0.3",
-                 "optim.min_lr_ratio": "0.0", "model.tie_embeddings": "false", "model.zero_init_head": "true"},
+                 "optim.min_lr_ratio": "0.0", "optim.embed_lr_mult": "8", "model.tie_embeddings": "false",
+                 "model.zero_init_head": "true"},
 }
 
 
