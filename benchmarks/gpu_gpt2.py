@@ -45,7 +45,7 @@ SMOKE = {"model.dim": "64", "model.n_layers": "2", "model.n_heads": "2", "model.
 # demo model) applied to gpt2_124m's 6e-4, unswept at this size.
 RECIPES: dict[str, dict[str, str]] = {
     "gpt2": {},
-    "speedrun": {"optim.name": "muon", "optim.lr": "2.4e-3", "optim.schedule": "wsd", "optim.decay_fraction": "0.3",
+    "speedrun": {"optim.name": "muon", "optim.lr": "2.4e-3", "optim.schedule": "wsd", "optim.decay_fraction": "0.5",
                  "optim.min_lr_ratio": "0.0", "optim.embed_lr_mult": "8", "model.tie_embeddings": "false",
                  "model.zero_init_head": "true"},
 }

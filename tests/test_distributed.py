@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 
 import largo
 from largo.cli import main
+from largo.config import load_config
 from largo.checkpoint.restore import restore
 from largo.observe.metrics import read_metrics
 from largo.train.run import train
@@ -115,6 +116,24 @@ def test_ddp_on_two_processes_matches_one(setup: dict) -> None:
     _assert_same_run(setup["runs"] / "ddp", setup["reference"])
     final = read_metrics(setup["runs"] / "ddp" / "metrics.jsonl", "summary")[0]
     assert final["val_loss"] == pytest.approx(setup["val_loss"], rel=1e-5)  # eval sharded over ranks, sums all-reduced
+
+
+def test_ddp_with_the_speedrun_recipe_matches_one(tmp_path: Path, tiny_data: Path) -> None:
+    """text_speedrun's recipe (Muon, WSD, embeddings at their own rate, zero-initialised untied head) on 2 DDP processes
+    takes the steps of 1 process: Muon orthogonalises the all-reduced gradient, the same matrix on every rank."""
+    recipe = load_config("text_speedrun").optim
+    optim = {k: getattr(recipe, k) for k in ("name", "lr", "warmup_steps", "schedule", "decay_fraction", "min_lr_ratio", "embed_lr_mult")}
+    sections = dict(SECTIONS, optim=optim, model={"tie_embeddings": False, "zero_init_head": True})
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(tiny_config(tmp_path, tiny_data, **sections).to_dict()))
+    ref = tiny_config(tmp_path, tiny_data, run={"name": "reference"}, **sections)
+    train(ref, log=lambda _m: None)
+    torch.set_num_threads(2)
+    proc = subprocess.run([sys.executable, *_largo({"config": config}, "ddp", "--nproc", "2", "--parallel.strategy", "ddp")],
+                          env=_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    _check(proc, proc.stdout + proc.stderr)
+    assert "parallel: ddp" in proc.stdout and "world 2" in proc.stdout
+    _assert_same_run(tmp_path / "runs" / "ddp", ref.run_dir)
 
 
 def test_fsdp_on_two_nodes_matches_one_and_halves_the_state(setup: dict, fsdp_two_nodes: Path) -> None:

@@ -129,12 +129,12 @@ def test_gpu_script_takes_the_speedrun_recipe(tiny_data: Path, tmp_path: Path) -
 
 
 def test_speedrun_recipe_resumes_bitwise_and_accumulates_exactly(tmp_path: Path, tiny_data: Path) -> None:
-    """text_speedrun's optimiser, schedule and head (Muon, WSD, zero-initialised untied head): a run stopped at step 3 and
-    resumed ends with the same bytes as one run straight through; 2 micro-batches of 4 match 1 of 8."""
+    """text_speedrun's optimiser, schedule and head (Muon, WSD, embeddings at 8x, zero-initialised untied head): a run
+    stopped at step 3 and resumed ends with the same bytes as one run straight through; 2 micro-batches of 4 match 1 of 8."""
     from tests.conftest import tiny_config
 
     recipe = load_config("text_speedrun")
-    optim = {k: getattr(recipe.optim, k) for k in ("name", "lr", "schedule", "decay_fraction", "min_lr_ratio")}
+    optim = {k: getattr(recipe.optim, k) for k in ("name", "lr", "warmup_steps", "schedule", "decay_fraction", "min_lr_ratio", "embed_lr_mult")}
     model = {"tie_embeddings": False, "zero_init_head": True}
 
     def run(name: str, stop_at: int | None = None, resume: str | None = None, micro: int = 4) -> Path:
