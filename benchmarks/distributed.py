@@ -58,7 +58,8 @@ def main() -> None:
     else:
         config, runs = "text_tiny", CPU_RUNS
         overrides = ["--train.steps", str(args.steps or 30), "--train.log_every", "5", "--optim.warmup_steps", "5",
-                     "--data.dir", "data/bench-stdlib", "--data.max_bytes", "3000000", "--train.device", "cpu"]
+                     "--data.dir", "data/bench-stdlib", "--data.max_bytes", "3000000", "--train.device", "cpu",
+                     "--optim.name", "adamw", "--train.time_budget_s", "0"]  # FSDP shards what Muon orthogonalises whole
         # One yardstick for MFU: this machine's bf16 GEMM peak on all cores, each of N ranks owning 1/N of it.
         sys.path.insert(0, str(REPO / "src"))
         from largo.observe.throughput import peak_flops

@@ -52,15 +52,18 @@ CONTENDERS: dict[str, tuple[str, list[float]]] = {
 # point where a full-budget curve crosses a target is not the time the recipe needs to reach it: a run given half the
 # time, decayed by its end, is the direct test of "the peer's final in half the peer's time".
 BUDGET_SHARE: dict[str, float] = {"largo_half": 0.5}
-# --ablate: text_speedrun with one technique taken out per row (dotted overrides of the preset), text_tiny as the base.
+# --ablate: text_speedrun with one technique taken out per row (dotted overrides of the preset), the old text_tiny as the base.
 ABLATIONS: dict[str, tuple[float, str]] = {
     "largo": (8e-3, ""),
-    "no_muon": (2e-3, "optim.name=adamw"),  # AdamW at text_tiny's lr
+    "no_muon": (2e-3, "optim.name=adamw"),  # AdamW at the old text_tiny's lr
     "no_wsd": (8e-3, "optim.schedule=cosine,optim.min_lr_ratio=0.1"),
     "no_embed_lr": (8e-3, "optim.embed_lr_mult=1"),  # the embeddings at the AdamW groups' rate
     "no_zero_head": (8e-3, "model.tie_embeddings=true,model.zero_init_head=false"),
-    "width_256": (8e-3, "model.dim=256,model.max_seq_len=256"),  # text_tiny's size: the budget-sized model removed
-    "text_tiny": (2e-3, "preset=text_tiny"),
+    "width_256": (8e-3, "model.dim=256,model.max_seq_len=256"),  # the old text_tiny's size: the budget-sized model removed
+    # the demo's recipe before it took this one: AdamW, cosine to 0.1, width 256 / context 256, tied head
+    "text_tiny_before": (2e-3, "optim.name=adamw,optim.schedule=cosine,optim.min_lr_ratio=0.1,optim.warmup_steps=30,"
+                               "optim.embed_lr_mult=1,model.dim=256,model.max_seq_len=256,model.tie_embeddings=true,"
+                               "model.zero_init_head=false"),
 }
 
 

@@ -55,9 +55,14 @@ def extra(a: argparse.Namespace) -> dict[str, str]:
     return dict(kv.split("=", 1) for kv in a.extra.split(",") if kv)
 
 
+# The peers' model: text_tiny's as it was before it took text_speedrun's recipe (width 256, context 256, tied head;
+# 4.0M parameters), the shape every recorded race gave plain and hf.
+PEER_MODEL = {"model.dim": "256", "model.max_seq_len": "256", "model.tie_embeddings": "true", "model.zero_init_head": "false"}
+
+
 def model_shape(a: argparse.Namespace) -> GPTConfig:
-    """text_tiny's model, with any model.* keys of --extra (a smaller model for smoke tests)."""
-    return load_config("text_tiny", {k: v for k, v in extra(a).items() if k.startswith("model.")}).model
+    """The peers' model (PEER_MODEL), with any model.* keys of --extra (a smaller model for smoke tests)."""
+    return load_config("text_tiny", {**PEER_MODEL, **{k: v for k, v in extra(a).items() if k.startswith("model.")}}).model
 
 
 def the_held_out(held_bytes: int) -> HeldOut:

@@ -2,7 +2,7 @@
 
 run_clm.py leaves TrainingArguments at their defaults: AdamW (betas 0.9/0.999, eps 1e-8), no weight decay, no
 warm-up, linear decay to 0 over max_steps, 8 sequences per device, blocks of consecutive tokens; the learning
-rate is the one swept. The model is text_tiny's shape as a Llama (width 256, 4 layers, 4 heads, 2 kv heads,
+rate is the one swept. The model is the peers' shape (common.PEER_MODEL: text_tiny's before it took text_speedrun's recipe) as a Llama (width 256, 4 layers, 4 heads, 2 kv heads,
 SwiGLU 704, tied embeddings, context 256). max_steps is what fits the budget at the step time of a few timed
 steps of the same model before the Trainer starts; a callback keeps the race clock and stops at the budget.
 """

@@ -1,6 +1,7 @@
 """Contender: a plain PyTorch loop, AdamW with warm-up then cosine decay, compiled, on largo's GPT used as a plain nn.Module.
 
-The model is text_tiny's (--extra model.KEY=VALUE changes it; compile=false runs it eagerly, warmup_steps=N) (4 layers, width 256, grouped-query attention, tied head, context 256, batch 16); the
+The model is the peers' (common.PEER_MODEL, text_tiny's old shape: 4 layers, width 256, grouped-query attention,
+tied head, context 256, batch 16; --extra model.KEY=VALUE changes it; compile=false runs it eagerly, warmup_steps=N); the
 loop is nanoGPT's: fused AdamW (betas 0.9/0.95, weight decay 0.1 on matrices), clipping at 1.0, 30 warm-up steps,
 cosine to lr/10 over the steps that fit the budget (fixed after the first timed steps).
 """

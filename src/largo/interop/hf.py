@@ -31,9 +31,9 @@ from largo.models.config import ModelConfig
 from largo.models.gpt import GPTConfig
 from largo.rundir import TOKENIZER, RunDir
 
-# ModelConfig fields that map onto a Llama config (or do not change the computation).
+# ModelConfig fields that map onto a Llama config (or do not change the computation: how weights start).
 _MAPPED = {"arch", "vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden", "multiple_of",
-           "max_seq_len", "rope_theta", "norm_eps", "tie_embeddings", "init_std", "init_from"}
+           "max_seq_len", "rope_theta", "norm_eps", "tie_embeddings", "init_std", "init_from", "zero_init_head"}
 
 
 def expand_names(table: dict[str, Any], n_layers: int, *, tied: bool) -> dict[str, Any]:
