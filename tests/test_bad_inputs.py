@@ -314,6 +314,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], str, int]] = [
     ("override not a choice", lambda w: ["train", w.config(), "--train.precision", "fp16"],
      "train.precision = 'fp16' is not valid; choose one of 'auto', 'fp32', 'bf16'", 2),
     ("negative learning rate", lambda w: ["train", w.config(), "--optim.lr", "-1"], "optim.lr (-1.0) must be > 0", 2),
+    ("zero embedding rate", lambda w: ["train", w.config(), "--optim.embed_lr_mult", "0"], "optim.embed_lr_mult (0.0) must be > 0", 2),
     ("max_bad_steps zero", lambda w: ["train", w.config(), "--faults.max_bad_steps", "0"], "faults.max_bad_steps (0) must be >= 1", 2),
     ("missing config file", lambda w: ["train", str(w.tmp / "nope.toml")], "config {tmp}/nope.toml: no such file, and no preset of that name; presets: asr_sentences, detect_fashion, generate_fashion, gpt2_124m, sentiment_imdb, speech_digits, summarize_docstrings, text_speedrun, text_tiny, translate_en_fr, tts_allison, vision_digits, vision_fashion (largo presets lists them)", 2),
     # --- data ----------------------------------------------------------------------------------------------------

@@ -64,8 +64,9 @@ class OptimConfig:
     embed_lr_mult: float = 1.0  # token embeddings' lr as a multiple of lr (AdamW): each row sees few tokens a step
 
     def __post_init__(self) -> None:
-        if not self.lr > 0 or not self.embed_lr_mult > 0:
-            raise ConfigError(f"optim.lr ({self.lr}) and optim.embed_lr_mult ({self.embed_lr_mult}) must be > 0")
+        for key in ("lr", "embed_lr_mult"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"optim.{key} ({getattr(self, key)}) must be > 0")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0 or self.eps <= 0:
             raise ConfigError("optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
         for key in ("beta1", "beta2", "min_lr_ratio", "decay_fraction"):
