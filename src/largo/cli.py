@@ -222,7 +222,7 @@ def cmd_explain(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from largo.distributed.env import pick_device
     from largo.explain.run import explain
 
-    explain(args.checkpoint, args.inputs, out=args.out, split=args.split, limit=args.limit, target=args.target,
+    explain(args.checkpoint, [*args.inputs, *args.texts], out=args.out, split=args.split, limit=args.limit, target=args.target,
             steps=args.steps, max_steps=args.max_steps, top_k=args.top_k, device=pick_device(args.device))
     return 0
 
@@ -437,13 +437,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="why a model predicts what it does: attributions checked for completeness, attention rollout")
     p.add_argument("checkpoint", help="run directory or checkpoint folder")
     p.add_argument("inputs", nargs="*", help="files or folders (images, .wav, .txt), or for text models the text itself")
-    p.add_argument("--split", help="explain the first --limit examples of the prepared data's split: val or test")
+    p.add_argument("--input", action="append", default=[], dest="texts",
+                   help="one more input, read as the positional ones are (as `largo generate RUN --input` takes a source); repeatable")
+    p.add_argument("--split", help="explain the first --limit examples of the prepared data's split: val, or test "
+                   "(sequence to sequence: its test pairs)")
     p.add_argument("--limit", type=int, default=16, help="inputs taken from a split or from each folder")
-    p.add_argument("--target", help="class name (classifiers) or next-token text (language models); default: the prediction")
+    p.add_argument("--target", help="class name (classifiers), next-token text (language models), or the output text whose "
+                   "tokens are attributed (sequence to sequence); default: the prediction")
     p.add_argument("--steps", type=int, default=64, help="integration steps of integrated gradients")
     p.add_argument("--max-steps", type=int, default=4096,
                    help="steps are doubled up to this while an input's completeness error is above 5%%")
-    p.add_argument("--top-k", type=int, default=5, help="language models: next-token predictions listed per position")
+    p.add_argument("--top-k", type=int, default=5,
+                   help="language models, sequence to sequence: next-token predictions listed per position")
     p.add_argument("--out", help="output folder (default: RUN/explain)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(fn=cmd_explain)

@@ -44,6 +44,12 @@ class Attributed:
         return (self.total - self.difference).abs() / self.difference.abs().clamp_min(1e-6)
 
 
+def completeness(result: Attributed, j: int) -> dict[str, float]:
+    """Input j's completeness figures, as explain.json records them."""
+    return {"score": float(result.score[j]), "baseline_score": float(result.baseline_score[j]), "steps": int(result.steps[j]),
+            "attribution_sum": float(result.total[j]), "completeness_error": float(result.completeness_error[j])}
+
+
 def scores(att: Attribution, which: torch.Tensor | None = None) -> torch.Tensor:
     """The forward's scores (b, outputs) at the inputs (or at `which`, e.g. the baseline), without gradients."""
     with torch.no_grad():

@@ -39,7 +39,7 @@ def expand_sources(spec: ArchSpec, sources: list[str], limit: int) -> list[str]:
     out = []
     for src in sources:
         p = Path(src)
-        if p.is_dir():
+        if src.strip() and p.is_dir():  # Path("") is the working folder: an empty text is a text, refused by its reader
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in spec.example_suffixes)
             if not found:
                 raise DataError(f"{p}: no {'/'.join(spec.example_suffixes) or 'input'} files in this folder")

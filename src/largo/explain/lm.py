@@ -20,7 +20,7 @@ from largo.config import RunConfig
 from largo.data.prepare import EOT
 from largo.errors import ConfigError
 from largo.explain import render
-from largo.explain.attribute import integrated_gradients, scores
+from largo.explain.attribute import completeness, integrated_gradients, scores
 from largo.explain.inputs import expand_sources, output_name
 from largo.explain.rollout import attention_rollout
 from largo.models import ArchSpec
@@ -68,8 +68,7 @@ def explain_lm(model: nn.Module, cfg: RunConfig, ckpt: Path, spec: ArchSpec, sou
         mean_loss = float(losses.mean()) if len(losses) else float("nan")
         record = {"input": name, "tokens": len(row), "mean_loss": mean_loss, "perplexity": float(np.exp(min(mean_loss, 50.0))),
                   "next_token": tok.decode([next_id]), "next_token_probability": float(scores(att).softmax(-1)[0, next_id]),
-                  "score": float(result.score[0]), "baseline_score": float(result.baseline_score[0]), "steps": int(result.steps[0]),
-                  "attribution_sum": float(result.total[0]), "completeness_error": float(result.completeness_error[0])}
+                  **completeness(result, 0)}
         stem = output_name(i, name, "")
         pieces = spec.token_pieces(ckpt, row.tolist())
         rolled_map = None if rolled is None else rolled[0].cpu().numpy()

@@ -17,6 +17,8 @@ table { border-collapse: collapse; } td, th { border: 1px solid #ddd; padding: 3
 .tokens { font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.9; border: 1px solid #eee; padding: .5em; }
 .tokens span { border-radius: 3px; padding: 1px 0; }
 .small { color: #666; font-size: 90%; }
+.heat td { font-family: ui-monospace, monospace; font-size: 80%; text-align: right; }
+.heat th { font-family: ui-monospace, monospace; font-weight: normal; white-space: pre; }
 </style>"""
 
 
@@ -167,3 +169,17 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>\n" for row in rows)
     return f"<table><tr>{head}</tr>\n{body}</table>"
+
+
+def heat_table(row_labels: list[str], column_labels: list[str], values: np.ndarray) -> str:
+    """A matrix as an HTML table, each cell coloured by its value against its column's largest |value| (hover: the value);
+    NaN cells are left blank (what a column does not read)."""
+    values = np.asarray(values, dtype=np.float64)
+    scales = [float(np.nanmax(np.abs(c))) if np.isfinite(c).any() else 1.0 for c in values.T]
+    head = "<th></th>" + "".join(f"<th>{html.escape(c)}</th>" for c in column_labels)
+    body = []
+    for label, row in zip(row_labels, values):
+        cells = "".join("<td></td>" if not np.isfinite(v) else
+                        f'<td style="background:{colour(v, s)}" title="{v:+.4f}">{v:+.2g}</td>' for v, s in zip(row, scales))
+        body.append(f"<tr><th>{html.escape(label)}</th>{cells}</tr>\n")
+    return f'<table class="heat"><tr>{head}</tr>\n{"".join(body)}</table>'

@@ -2,7 +2,8 @@
 
 Classifiers: integrated gradients of the predicted (or a named) class, the completeness check, and attention
 rollout as a second view; one PNG (images, spectrograms) or HTML page (tokens) per input. Language models:
-see lm.py; detectors (one PNG per detection): detect.py. Every call writes index.html and explain.json (the figures per input) to the output folder.
+see lm.py; sequence to sequence (a record per output token): seq2seq.py; detectors (one PNG per detection): detect.py.
+Every call writes index.html and explain.json (the figures per input) to the output folder.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ from largo.checkpoint.restore import restore
 from largo.config import RunConfig
 from largo.errors import ConfigError
 from largo.explain import render
-from largo.explain.attribute import COMPLETENESS_TOLERANCE, Attributed, captum_attr, integrated_gradients, scores
+from largo.explain.attribute import COMPLETENESS_TOLERANCE, Attributed, captum_attr, completeness, integrated_gradients, scores
 from largo.explain.detect import explain_detector
 from largo.explain.inputs import Example, expand_sources, output_name, run_dir_of
 from largo.explain.lm import explain_lm
 from largo.explain.rollout import attention_rollout
+from largo.explain.seq2seq import explain_seq2seq
 from largo.fileio import write_json_atomic
 from largo.models import ArchSpec, get_spec
 from largo.models.classifier import ClassifierSpec
 from largo.models.detect import DetectSpec
+from largo.models.seq2seq import Seq2SeqSpec
 from largo.models.spec import Attribution
 
 BATCH = 8  # inputs attributed together (each becomes steps x BATCH forwards)
@@ -50,7 +53,10 @@ def explain(checkpoint: str | Path, sources: list[str], *, out: str | Path | Non
     spec = get_spec(cfg.model.arch)
     out_dir = Path(out) if out is not None else run_dir_of(ckpt) / "explain"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if spec.generates:
+    if isinstance(spec, Seq2SeqSpec):
+        records = explain_seq2seq(model, cfg, ckpt, spec, sources, out_dir, split=split, limit=limit, target=target, steps=steps,
+                                  max_steps=max_steps, top_k=top_k, log=log)
+    elif spec.generates:
         records = explain_lm(model, cfg, ckpt, spec, sources, out_dir, split=split, limit=limit, target=target, steps=steps,
                              max_steps=max_steps, top_k=top_k, log=log)
     elif isinstance(spec, ClassifierSpec):
@@ -60,7 +66,8 @@ def explain(checkpoint: str | Path, sources: list[str], *, out: str | Path | Non
         records = explain_detector(model, cfg, ckpt, spec, sources, out_dir, split=split, limit=limit, target=target, steps=steps,
                                    max_steps=max_steps, top_k=top_k, log=log)
     else:
-        raise ConfigError(f"model.arch = {cfg.model.arch!r}: largo explain covers classifiers, detectors and language models")
+        raise ConfigError(f"model.arch = {cfg.model.arch!r}: largo explain covers classifiers, detectors, language models "
+                          f"and sequence to sequence")
     return write_index(out_dir, ckpt, cfg, records, method=f"integrated gradients (Captum), {steps} steps, doubled up to "
                        f"{max_steps} where completeness needs it", log=log)
 
@@ -115,11 +122,6 @@ def explain_classifier(model: nn.Module, cfg: RunConfig, ckpt: Path, spec: Class
     return records
 
 
-def completeness(result: Attributed, j: int) -> dict[str, float]:
-    return {"score": float(result.score[j]), "baseline_score": float(result.baseline_score[j]), "steps": int(result.steps[j]),
-            "attribution_sum": float(result.total[j]), "completeness_error": float(result.completeness_error[j])}
-
-
 def title_of(r: dict[str, Any]) -> str:
     true = f" | true {r['true']}" if r.get("true") is not None else ""
     return (f"predicted {r['predicted']} ({r['probability']:.2f}){true} | attributed: {r['target']} | completeness: "
@@ -163,7 +165,8 @@ def write_index(out_dir: Path, ckpt: Path, cfg: RunConfig, records: list[dict[st
     for i, r in enumerate(records):
         name = html.escape(r["file"])
         link = f'<a href="{name}">{name}</a>' + (f'<br><img src="{name}" height="120">' if r["file"].endswith(".png") else "")
-        shown = {k: v for k, v in r.items() if k not in ("file", "input", "completeness_error") and v is not None}
+        shown = {k: v for k, v in r.items()  # a record's attributions (seq2seq.py) stay in explain.json
+                 if k not in ("file", "input", "completeness_error", "attribution") and v is not None}
         figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
         rows.append([i, r["input"], figures, f"{100 * r['completeness_error']:.2f}%", f"<div>{link}</div>"])
     body = (f"<p class=\"small\">{html.escape(str(ckpt))} | model.arch = {cfg.model.arch} | {summary['method']}; "

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
 from largo.data.arrays import Prepared
-from largo.data.prepare import EOT
+from largo.data.prepare import EOT, read_text_input, token_pieces
 from largo.data.seq2seq import SEP, TEST_PAIRS, TRAIN_PAIRS, PairData, Seq2SeqDataConfig, prepare_pairs, read_pairs
 from largo.errors import CheckpointError, ConfigError, DataError
 from largo.models.decode import Hypothesis, beam_search, greedy
@@ -31,7 +33,7 @@ from largo.models.gpt import GPT, GPTConfig, GPTSpec
 from largo.models.layers import KVCache
 from largo.models.loss import IGNORE, Scored, linear_cross_entropy, linear_scores
 from largo.models.results import GenerateRequest, TaskResults
-from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, register
+from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Task, register
 from largo.models.text_metrics import baseline_outputs, score_texts
 from largo.precision import Layout
 from largo.rundir import TOKENIZER
@@ -72,6 +74,13 @@ class PrefixLM(GPT):
         predicted = torch.full_like(targets, IGNORE)
         predicted[keep] = scored.predicted.to(predicted.dtype)
         return scored._replace(predicted=predicted)
+
+    def logits_at(self, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """Logits (b, vocab) of the token after position at[i] of row i: the head on those positions only (explanations
+        run it on many rows of path points; full logits would be (rows, t, vocab))."""
+        x = self.trunk(self.tok_emb(tokens))  # (b, t, dim)
+        w = self.head.weight if self.head is not None else self.tok_emb.weight
+        return F.linear(x[torch.arange(len(at), device=x.device), at], w)
 
 
 @dataclass
@@ -114,6 +123,17 @@ class Codec:
         """New tokens the context and the longest target allow after a prefix (the stop token included)."""
         return max(1, min(self.max_seq_len - len(prefix), self.max_target_tokens + 1))
 
+    def checked_prefix(self, text: str, what: str = "--input") -> list[int]:
+        """prefix(text) of a user's source, or one line when it is empty or longer than the context."""
+        text = text.strip()
+        if not text:
+            raise ConfigError(f"{what}: give the source text, e.g. --input 'Save the file?' (it is empty)")
+        n = len(self.tok.encode(text).ids)
+        if n + 2 > self.max_seq_len:
+            raise ConfigError(f"{what}: {n} tokens; this model reads sources of at most {self.max_seq_len - 2} tokens "
+                              f"(model.max_seq_len {self.max_seq_len}, one separator, one output token)")
+        return self.prefix(text)
+
     def text(self, hyp: Hypothesis) -> str:
         return self.tok.decode(hyp.tokens).strip()
 
@@ -149,6 +169,7 @@ class Seq2SeqSpec(ArchSpec):
     data_config = Seq2SeqDataConfig
     about = "sequence to sequence (decoder-only, source as prefix): translation, summarisation"
     export_formats = ("safetensors",)
+    example_suffixes = (".txt",)  # `largo explain` reads each text file of a folder as one source
 
     def build(self, cfg: Seq2SeqConfig) -> nn.Module:
         return PrefixLM(cfg)
@@ -193,6 +214,12 @@ class Seq2SeqSpec(ArchSpec):
     # ---- the task's figures, examples and outputs
     def codec(self, tokenizer: Path, cfg: Seq2SeqConfig, data: Seq2SeqDataConfig, max_target_tokens: int) -> Codec:
         return Codec(Tokenizer.from_file(str(tokenizer)), cfg.max_seq_len, max_target_tokens, data.long_pairs == "truncate")
+
+    def run_codec(self, tokenizer: Path, cfg: Seq2SeqConfig, data: Seq2SeqDataConfig) -> Codec:
+        """A trained run's codec: its checkpoint's tokenizer, the longest training target from its data's manifest."""
+        manifest = Path(data.dir) / "manifest.json"
+        meta = json.loads(manifest.read_text())["meta"] if manifest.is_file() else {}
+        return self.codec(tokenizer, cfg, data, int(meta.get("max_target_tokens", cfg.max_seq_len // 2)))
 
     def results(self, model: nn.Module, task: Task, *, device: torch.device, precision: str, limit: int | None = None,
                 log: Callable[[str], None] = print) -> TaskResults:
@@ -240,21 +267,30 @@ class Seq2SeqSpec(ArchSpec):
         """The translation or summary of --input: greedy, or beam search with --beam and --length-penalty."""
         if ckpt.tokenizer is None:
             raise CheckpointError(f"{ckpt.path}: no tokenizer.json; a sequence-to-sequence checkpoint carries its tokenizer")
-        text = (request.input or "").strip()
-        if not text:
-            raise ConfigError("--input: give the source text, e.g. --input 'Save the file?' (it is empty)")
-        meta = json.loads((Path(cfg.data.dir) / "manifest.json").read_text())["meta"] if (Path(cfg.data.dir) / "manifest.json").is_file() else {}
-        codec = self.codec(ckpt.tokenizer, cfg.model, cfg.data, int(meta.get("max_target_tokens", cfg.model.max_seq_len // 2)))
-        n = len(codec.tok.encode(text).ids)
-        if n + 2 > cfg.model.max_seq_len:
-            raise ConfigError(f"--input: {n} tokens; this model reads sources of at most {cfg.model.max_seq_len - 2} tokens "
-                              f"(model.max_seq_len {cfg.model.max_seq_len}, one separator, one output token)")
-        prefix = codec.prefix(text)
+        codec = self.run_codec(ckpt.tokenizer, cfg.model, cfg.data)
+        prefix = codec.checked_prefix(request.input or "")
         room = min(codec.room(prefix), request.max_new_tokens)
         model.eval()
         hyp = beam_search(model, prefix, beam=request.beam, stop_id=codec.stop, max_new_tokens=room,
                           length_penalty=request.length_penalty)
         return [codec.text(hyp)]
+
+    # ---- `largo explain`: an output token's log-probability attributed to the tokens it reads (explain/seq2seq.py)
+    def read_example(self, data: Seq2SeqDataConfig, model: Seq2SeqConfig, ckpt: Path, source: str) -> np.ndarray:
+        """A text file or the text itself as the `source <|sep|>` ids decoding starts from (refused as `largo generate` does)."""
+        codec = self.run_codec(ckpt / TOKENIZER, model, data)
+        return np.array(codec.checked_prefix(read_text_input(source), repr(source)), dtype=np.int64)
+
+    def token_pieces(self, ckpt: Path, ids: list[int]) -> list[str]:
+        return token_pieces(Tokenizer.from_file(str(ckpt / TOKENIZER)), ids)
+
+    def attribution(self, model: PrefixLM, inputs: torch.Tensor, blank: torch.Tensor, at: torch.Tensor | None = None) -> Attribution:
+        """Scores = the log-probabilities of the token after position at[i] of row i (default: the last), so that one batch
+        holds every output token of a sequence; baseline = blank (explain/seq2seq.py: <|endoftext|> but at the separator)."""
+        at = torch.full((len(inputs),), inputs.shape[1] - 1, device=inputs.device) if at is None else at
+        rows = torch.arange(len(inputs), device=inputs.device)
+        return Attribution("tokens", lambda ids, where: torch.log_softmax(model.logits_at(ids, where).float(), -1), inputs, blank,
+                           lambda a: a.sum(-1), layer=model.tok_emb, extra=(at,), rollout=lambda r: r[rows, at])
 
     # ---- planner terms: the language model's
     def extra_matmul_params(self, cfg: Seq2SeqConfig, seq_len: int) -> int:
