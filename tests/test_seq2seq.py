@@ -15,8 +15,8 @@ from largo.data.sources import PAIRS, SourceStats, open_source
 from largo.data.sources.docstrings import module_pairs, top_level
 from largo.data.sources.gettext_catalogs import LOCALE_DIR, catalog_messages, unique_catalogs
 from largo.errors import DataError
-from largo.models.decode import beam_search, greedy
-from largo.models.seq2seq import PrefixLM, Seq2SeqConfig
+from largo.models.decode import Hypothesis, beam_search, best_of, greedy
+from largo.models.seq2seq import PrefixLM, Seq2SeqConfig, keeps_placeholders
 from largo.models.text_metrics import placeholders, placeholders_kept
 
 FR = LOCALE_DIR / "fr" / "LC_MESSAGES"
@@ -110,6 +110,27 @@ def test_cached_decoding_gives_the_uncached_tokens_and_beam_never_scores_below_g
     assert better >= 1  # the search finds something greedy misses
 
 
+
+def test_beam_search_returns_the_best_candidate_a_constraint_accepts(one_thread: None) -> None:
+    model = _tiny_model()
+    free = greedy(model, torch.tensor([[3, 7, 9, 1]]), stop_id=-1, max_new_tokens=20)[0].tokens
+    stop = next(t for i, t in enumerate(free) if i >= 3 and t not in free[:i])
+    for prefix in ([3, 7, 9, 1], [4, 4, 2, 8], [5, 11, 12, 13, 14]):
+        best = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0)
+        other = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0,
+                            accept=lambda t, best=best: t != best.tokens)  # noqa: B023 (bound per prefix)
+        assert other.tokens != best.tokens and other.logprob <= best.logprob + 1e-6  # the runner-up, never a better one
+        assert other.logprob == pytest.approx(_logprob(model, prefix, other.tokens, stop, other.finished), abs=1e-3)
+        nothing = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0, accept=lambda t: False)
+        assert nothing.tokens == best.tokens  # accepting none falls back to the best of all
+
+
+def test_best_of_ranks_by_score_and_keeps_the_placeholder_test() -> None:
+    cands = [Hypothesis([1, 2], -1.0, True), Hypothesis([3], -0.5, True), Hypothesis([4, 5, 6], -2.0, True)]
+    assert best_of(cands, 0.0, None).tokens == [3]
+    assert best_of(cands, 0.0, lambda t: len(t) > 1).tokens == [1, 2]
+    assert best_of(cands, 0.0, lambda t: 9 in t).tokens == [3]
+
 @needs_fr
 def test_a_tiny_translation_run_learns_and_answers(tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture[str]) -> None:
     catalogs = _small_catalogs()
@@ -153,3 +174,17 @@ def test_a_language_without_catalogs_and_a_file_that_is_not_a_catalog_are_one_li
         assert not (tmp_path / "data").exists()  # nothing written
     with pytest.raises(DataError, match="not a readable gettext catalog"):
         list(catalog_messages(not_mo))
+
+
+def test_the_placeholder_test_compares_output_and_source_placeholders_as_multisets() -> None:
+    class Letters:  # a codec whose token i is the i-th piece
+        pieces = ["Ouvrir ", "%s", " et ", "%d", "\n", "{name}"]
+
+        def text(self, hyp: Hypothesis) -> str:
+            return "".join(self.pieces[t] for t in hyp.tokens).strip()
+
+    keeps = keeps_placeholders(Letters(), "Open %s and %d")  # type: ignore[arg-type]
+    assert keeps([0, 1, 2, 3]) and keeps([0, 3, 2, 1])  # order is the translator's
+    assert not keeps([0, 1, 2]) and not keeps([0, 1, 2, 3, 1]) and not keeps([0, 1, 2, 3, 4, 0])
+    assert keeps_placeholders(Letters(), "Open it")([0, 2])  # no placeholders wanted: none may appear  # type: ignore[arg-type]
+    assert not keeps_placeholders(Letters(), "Open it")([0, 5])  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ The search never knows which model runs it (as in Hugging Face's generation util
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -75,10 +76,13 @@ def greedy(model: nn.Module, prefixes: torch.Tensor, *, stop_id: int, max_new_to
 
 @torch.no_grad()
 def beam_search(model: nn.Module, prefix: list[int], *, beam: int, stop_id: int, max_new_tokens: int,
-                length_penalty: float = 1.0, use_cache: bool = True) -> Hypothesis:
+                length_penalty: float = 1.0, use_cache: bool = True,
+                accept: Callable[[list[int]], bool] | None = None) -> Hypothesis:
     """The best of `beam` hypotheses kept at each step, ranked by Hypothesis.score; the greedy output is always a
     candidate too, so the result never scores below greedy decoding's under the same ranking. The search ends when a
-    finished hypothesis outscores every live beam as it stands, or at max_new_tokens (live beams then count, unfinished)."""
+    finished hypothesis outscores every live beam as it stands, or at max_new_tokens (live beams then count, unfinished).
+    With `accept`, the best candidate it accepts wins (the best of all when it accepts none): an n-best re-ranking by
+    a constraint the model does not know, such as keeping the source's placeholders."""
     device = next(model.parameters()).device
     first = greedy(model, torch.tensor([prefix], device=device), stop_id=stop_id, max_new_tokens=max_new_tokens,
                    use_cache=use_cache)[0]
@@ -110,4 +114,10 @@ def beam_search(model: nn.Module, prefix: list[int], *, beam: int, stop_id: int,
         live, live_lp = keep, torch.tensor(nxt_lp, device=device)
         index = torch.tensor(rows, device=device)
         step.advance(index, torch.tensor([k[-1] for k in keep], device=device))
-    return max(finished, key=lambda h: h.score(length_penalty))
+    return best_of(finished, length_penalty, accept)
+
+
+def best_of(candidates: list[Hypothesis], length_penalty: float, accept: Callable[[list[int]], bool] | None) -> Hypothesis:
+    """The highest-scoring candidate that `accept` accepts; the highest-scoring of all when none is (or no test is given)."""
+    ranked = sorted(candidates, key=lambda h: h.score(length_penalty), reverse=True)
+    return next((h for h in ranked if accept(h.tokens)), ranked[0]) if accept is not None else ranked[0]

@@ -34,7 +34,7 @@ from largo.models.layers import KVCache
 from largo.models.loss import IGNORE, Scored, linear_cross_entropy, linear_scores
 from largo.models.results import GenerateRequest, TaskResults
 from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Task, register
-from largo.models.text_metrics import baseline_outputs, score_texts
+from largo.models.text_metrics import baseline_outputs, placeholders, score_texts
 from largo.precision import Layout
 from largo.rundir import TOKENIZER
 
@@ -50,6 +50,7 @@ class Seq2SeqConfig(GPTConfig):
     arch: str = "seq2seq"
     beam: int = 4  # beam width of evaluation's outputs (1 = greedy)
     length_penalty: float = 1.0  # beam search ranks by log-probability / length ** this (0 = plain log-probability)
+    keep_placeholders: bool = False  # beam search returns its best output with the source's placeholders (%s, {name}, \n), if any has
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,8 +139,14 @@ class Codec:
         return self.tok.decode(hyp.tokens).strip()
 
 
+def keeps_placeholders(codec: Codec, source: str) -> Callable[[list[int]], bool]:
+    """A test of output tokens: do they hold the source's placeholders, each as often (text_metrics.placeholders)?"""
+    want = placeholders(source)
+    return lambda tokens: placeholders(codec.text(Hypothesis(tokens, 0.0, True))) == want
+
+
 def decode_texts(model: nn.Module, codec: Codec, sources: list[str], *, beam: int, length_penalty: float,
-                 log: Callable[[str], None] = print) -> list[str]:
+                 keep_placeholders: bool = False, log: Callable[[str], None] = print) -> list[str]:
     """The model's outputs for the sources: greedy in batches of equally long prefixes, or beam search one by one."""
     device = next(model.parameters()).device
     prefixes = [codec.prefix(s) for s in sources]
@@ -154,8 +161,9 @@ def decode_texts(model: nn.Module, codec: Codec, sources: list[str], *, beam: in
                 out[i] = codec.text(hyp)
         return out
     for i, p in enumerate(prefixes):
+        accept = keeps_placeholders(codec, sources[i]) if keep_placeholders else None
         out[i] = codec.text(beam_search(model, p, beam=beam, stop_id=codec.stop, max_new_tokens=codec.room(p),
-                                        length_penalty=length_penalty))
+                                        length_penalty=length_penalty, accept=accept))
         if (i + 1) % 250 == 0:
             log(f"decode: {i + 1:,}/{len(prefixes):,} beam-{beam} outputs")
     return out
@@ -233,7 +241,8 @@ class Seq2SeqSpec(ArchSpec):
         codec = self.codec(Path(data.dir) / TOKENIZER, cfg, data, int(prepared.meta["max_target_tokens"]))
         model.eval()
         log(f"decode: {len(test):,} test pairs of {prepared.meta['pairs']['test']:,} (beam {cfg.beam}, length penalty {cfg.length_penalty:g})")
-        outputs = decode_texts(model, codec, sources, beam=cfg.beam, length_penalty=cfg.length_penalty, log=log)
+        outputs = decode_texts(model, codec, sources, beam=cfg.beam, length_penalty=cfg.length_penalty,
+                               keep_placeholders=cfg.keep_placeholders, log=log)
         metrics, lines = score_texts(outputs, refs)
         if cfg.beam > 1:  # greedy on the same pairs, for the beam-vs-greedy comparison
             greedy_out = decode_texts(model, codec, sources, beam=1, length_penalty=0.0, log=log)
@@ -253,7 +262,8 @@ class Seq2SeqSpec(ArchSpec):
         test = read_pairs(data.dir, TEST_PAIRS)[:EXAMPLES_SHOWN]
         codec = self.codec(Path(data.dir) / TOKENIZER, cfg, data, int(prepared.meta["max_target_tokens"]))
         model.eval()
-        outputs = decode_texts(model, codec, [p["source"] for p in test], beam=cfg.beam, length_penalty=cfg.length_penalty)
+        outputs = decode_texts(model, codec, [p["source"] for p in test], beam=cfg.beam, length_penalty=cfg.length_penalty,
+                               keep_placeholders=cfg.keep_placeholders)
         parts = [f"# Test examples (beam {cfg.beam})\n"]
         for p, out in zip(test, outputs):
             parts.append(f"- **source** ({p['group']}): {_inline(p['source'])}\n  - reference: {_inline(p['reference'])}\n"
@@ -271,8 +281,9 @@ class Seq2SeqSpec(ArchSpec):
         prefix = codec.checked_prefix(request.input or "")
         room = min(codec.room(prefix), request.max_new_tokens)
         model.eval()
+        accept = keeps_placeholders(codec, request.input or "") if cfg.model.keep_placeholders else None
         hyp = beam_search(model, prefix, beam=request.beam, stop_id=codec.stop, max_new_tokens=room,
-                          length_penalty=request.length_penalty)
+                          length_penalty=request.length_penalty, accept=accept)
         return [codec.text(hyp)]
 
     # ---- `largo explain`: an output token's log-probability attributed to the tokens it reads (explain/seq2seq.py)
