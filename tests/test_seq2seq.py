@@ -3,20 +3,24 @@ decoding against the uncached path, beam search against greedy, a tiny translati
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from tokenizers import Tokenizer
 
 from largo.cli import main
-from largo.data.seq2seq import Seq2SeqDataConfig, split_pairs
+from largo.data.prepare import train_tokenizer
+from largo.data.seq2seq import Seq2SeqDataConfig, prepare_pairs, split_pairs
 from largo.data.sources import PAIRS, SourceStats, open_source
 from largo.data.sources.docstrings import module_pairs, top_level
 from largo.data.sources.gettext_catalogs import LOCALE_DIR, catalog_messages, unique_catalogs
-from largo.errors import DataError
+from largo.errors import ConfigError, DataError
 from largo.models.decode import Hypothesis, beam_search, best_of, greedy
-from largo.models.seq2seq import PrefixLM, Seq2SeqConfig, keeps_placeholders
+from largo.models.seq2seq import KeepPlaceholders, PrefixLM, Seq2SeqConfig
 from largo.models.text_metrics import placeholders, placeholders_kept
 
 FR = LOCALE_DIR / "fr" / "LC_MESSAGES"
@@ -111,18 +115,48 @@ def test_cached_decoding_gives_the_uncached_tokens_and_beam_never_scores_below_g
 
 
 
+class _Rule:
+    """A constraint for the tests: `accepts` as given, every beam viable unless `at_most_once` names a token."""
+
+    def __init__(self, accepts: Callable[[list[int]], bool], at_most_once: int | None = None):
+        self.accepts, self.once = accepts, at_most_once
+
+    def viable(self, tokens: list[int]) -> bool:
+        return self.once is None or tokens.count(self.once) <= 1
+
+
+def _stop_token(model: PrefixLM) -> int:
+    """A token the model emits a few steps in: the stop token, so that searches end and differ."""
+    free = greedy(model, torch.tensor([[3, 7, 9, 1]]), stop_id=-1, max_new_tokens=20)[0].tokens
+    return next(t for i, t in enumerate(free) if i >= 3 and t not in free[:i])
+
+
 def test_beam_search_returns_the_best_candidate_a_constraint_accepts(one_thread: None) -> None:
     model = _tiny_model()
-    free = greedy(model, torch.tensor([[3, 7, 9, 1]]), stop_id=-1, max_new_tokens=20)[0].tokens
-    stop = next(t for i, t in enumerate(free) if i >= 3 and t not in free[:i])
+    stop = _stop_token(model)
     for prefix in ([3, 7, 9, 1], [4, 4, 2, 8], [5, 11, 12, 13, 14]):
         best = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0)
         other = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0,
-                            accept=lambda t, best=best: t != best.tokens)  # noqa: B023 (bound per prefix)
+                            constraint=_Rule(lambda t, best=best: t != best.tokens))  # type: ignore[misc]
         assert other.tokens != best.tokens and other.logprob <= best.logprob + 1e-6  # the runner-up, never a better one
         assert other.logprob == pytest.approx(_logprob(model, prefix, other.tokens, stop, other.finished), abs=1e-3)
-        nothing = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0, accept=lambda t: False)
+        nothing = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0,
+                              constraint=_Rule(lambda t: False))
         assert nothing.tokens == best.tokens  # accepting none falls back to the best of all
+
+
+def test_a_constraint_steers_the_search_to_outputs_the_model_does_not_prefer(one_thread: None) -> None:
+    model = _tiny_model()
+    stop = _stop_token(model)
+    # (prefix, token): the unconstrained best holds the token 0 or 2 times; the rule wants it exactly once
+    for prefix, x in (([3, 7, 9, 1], 31), ([4, 4, 2, 8], 18), ([5, 11, 12, 13, 14], 17)):
+        best = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0)
+        assert best.tokens.count(x) != 1
+        got = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0,
+                          constraint=_Rule(lambda t, x=x: t.count(x) == 1, at_most_once=x))  # type: ignore[misc]
+        assert got.finished and got.tokens.count(x) == 1  # found by the search, not only re-ranked
+        assert got.logprob == pytest.approx(_logprob(model, prefix, got.tokens, stop, True), abs=1e-3)
+        assert got.logprob <= best.logprob + 1e-6
 
 
 def test_best_of_ranks_by_score_and_keeps_the_placeholder_test() -> None:
@@ -130,6 +164,9 @@ def test_best_of_ranks_by_score_and_keeps_the_placeholder_test() -> None:
     assert best_of(cands, 0.0, None).tokens == [3]
     assert best_of(cands, 0.0, lambda t: len(t) > 1).tokens == [1, 2]
     assert best_of(cands, 0.0, lambda t: 9 in t).tokens == [3]
+    cut = [Hypothesis([7] * 9, -0.1, False), *cands]  # the best score, but cut at the length limit
+    assert best_of(cut, 0.0, None).tokens == [7] * 9  # unconstrained: the score alone
+    assert best_of(cut, 0.0, lambda t: 9 in t).tokens == [3]  # none accepted: the best finished one
 
 @needs_fr
 def test_a_tiny_translation_run_learns_and_answers(tmp_path: Path, one_thread: None, capsys: pytest.CaptureFixture[str]) -> None:
@@ -183,8 +220,32 @@ def test_the_placeholder_test_compares_output_and_source_placeholders_as_multise
         def text(self, hyp: Hypothesis) -> str:
             return "".join(self.pieces[t] for t in hyp.tokens).strip()
 
-    keeps = keeps_placeholders(Letters(), "Open %s and %d")  # type: ignore[arg-type]
-    assert keeps([0, 1, 2, 3]) and keeps([0, 3, 2, 1])  # order is the translator's
-    assert not keeps([0, 1, 2]) and not keeps([0, 1, 2, 3, 1]) and not keeps([0, 1, 2, 3, 4, 0])
-    assert keeps_placeholders(Letters(), "Open it")([0, 2])  # no placeholders wanted: none may appear  # type: ignore[arg-type]
-    assert not keeps_placeholders(Letters(), "Open it")([0, 5])  # type: ignore[arg-type]
+    rule = KeepPlaceholders(Letters(), "Open %s and %d")  # type: ignore[arg-type]
+    assert rule.accepts([0, 1, 2, 3]) and rule.accepts([0, 3, 2, 1])  # order is the translator's
+    assert not rule.accepts([0, 1, 2]) and not rule.accepts([0, 1, 2, 3, 1]) and not rule.accepts([0, 1, 2, 3, 4, 0])
+    assert rule.viable([0, 1, 2]) and rule.viable([0, 3])  # may still gain the missing one
+    assert not rule.viable([0, 1, 2, 1]) and not rule.viable([0, 4, 2])  # one %s too many, a newline the source lacks
+    bare = KeepPlaceholders(Letters(), "Open it")  # type: ignore[arg-type]
+    assert bare.accepts([0, 2]) and not bare.accepts([0, 5]) and not bare.viable([0, 5])  # none wanted: none may appear
+
+
+@needs_fr
+def test_pairs_encode_with_a_given_tokenizer_and_its_own_separator(tmp_path: Path) -> None:
+    catalogs = _small_catalogs()[:4]
+    if len(catalogs) < 4:
+        pytest.skip(f"fewer than 4 of the small French catalogs {SMALL} in {FR}")
+    given = train_tokenizer(iter(["Ouvrir le fichier", "Open the file", "Enregistrer sous"] * 50), 300)
+    given.add_special_tokens(["<|im_start|>"])  # a pretrained model's tokenizer: its own special tokens, no <|sep|>
+    path = tmp_path / "given.json"
+    given.save(str(path))
+    d = Seq2SeqDataConfig(lang="fr", catalogs=catalogs, dir=str(tmp_path / "data"), tokenizer=str(path),
+                          separator="<|im_start|>", test_fraction=0.2, val_fraction=0.1)
+    prepared = prepare_pairs(d, seq_len=64, log=lambda _m: None)
+    assert Tokenizer.from_file(str(tmp_path / "data" / "tokenizer.json")).get_vocab() == given.get_vocab()  # no new BPE
+    sep = given.token_to_id("<|im_start|>")
+    x, src = prepared.arrays["train_x"], prepared.arrays["train_src"]
+    assert len(x) > 20 and all(int(x[i, src[i]]) == sep for i in range(len(x)))
+    assert prepared.meta["sep_id"] == sep and prepared.meta["vocab_size"] == given.get_vocab_size()
+    with pytest.raises(ConfigError, match="data.separator '<|sep|>' is not a token of data.tokenizer"):
+        prepare_pairs(dataclasses.replace(d, separator="<|sep|>", dir=str(tmp_path / "other")), seq_len=64, log=lambda _m: None)
+    assert not (tmp_path / "other").exists()  # nothing written

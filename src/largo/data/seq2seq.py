@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from largo.data import Batch
 from largo.data.arrays import Built, Prepared, cached_arrays
 from largo.data.config import DataConfig, check_non_negative
-from largo.data.prepare import EOT, train_tokenizer
+from largo.data.prepare import EOT, existing_tokenizer_path, load_existing_tokenizer, train_tokenizer
 from largo.data.sources import PAIRS, DataSource, Row, SourceStats, open_source
 from largo.data.split import even_subset
 from largo.errors import ConfigError, DataError
@@ -55,6 +55,8 @@ class Seq2SeqDataConfig(DataConfig):
     catalogs: list[str] = field(default_factory=list)  # gettext: read these .mo files instead of every catalog of data.lang
     packages: list[str] = field(default_factory=list)  # docstrings: installed site-packages whose docstrings join training
     vocab_size: int = 8192  # BPE vocabulary trained on both sides of the training pairs, special tokens included
+    tokenizer: str = ""  # encode with this existing tokenizer.json (a pretrained model's, for model.init_from); "" = train a BPE
+    separator: str = SEP  # the token between source and target: added to a trained BPE; one of data.tokenizer's own tokens
     test_fraction: float = 0.1  # share of the pairs in held-out groups (whole catalogs or packages) for the test set
     long_pairs: Literal["drop", "truncate"] = "drop"  # a pair longer than max_seq_len: dropped, or its source's tail cut
     bucket_rows: int = 64  # training rows drawn together from one length bucket (set it to the micro-batch)
@@ -126,10 +128,10 @@ def split_pairs(rows: list[Row], test_fraction: float, val_fraction: float) -> d
     return out
 
 
-def encode_pairs(tok: Tokenizer, pairs: list[Pair], seq_len: int, long_pairs: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def encode_pairs(tok: Tokenizer, pairs: list[Pair], seq_len: int, long_pairs: str, separator: str = SEP) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Rows (n, seq_len + 1) `source <|sep|> target <|endoftext|>` sorted by length, the <|sep|> index and the length of
     each, and how many pairs did not fit (dropped, or with a target too long to leave room for any source)."""
-    sep, eot = tok.token_to_id(SEP), tok.token_to_id(EOT)
+    sep, eot = tok.token_to_id(separator), tok.token_to_id(EOT)
     sources = tok.encode_batch([p.source for p in pairs])
     targets = tok.encode_batch([p.target for p in pairs])
     rows, dropped = [], 0
@@ -185,14 +187,11 @@ def _build(d: Seq2SeqDataConfig, seq_len: int, source: DataSource, log: Callable
         if not train or not splits["val"] or not splits["test"]:
             raise DataError(f"data.source {d.source!r}: {len(train)} train, {len(splits['val'])} val, {len(splits['test'])} "
                             f"test pairs; every split needs at least one")
-        log(f"prepare: training a {d.vocab_size}-token BPE on {len(train):,} training pairs (both sides)")
-        tok = train_tokenizer(iter([p.source for p in train] + [p.target for p in train]), d.vocab_size - 1)
-        tok.add_special_tokens([SEP])
-        if tok.token_to_id(EOT) != 0:
-            raise DataError(f"the tokenizer put {EOT} at id {tok.token_to_id(EOT)}, not the padding id 0")
-        arrays, meta = {}, {"classes": [], "vocab_size": tok.get_vocab_size(), "sep_id": tok.token_to_id(SEP), "eot_id": 0}
+        tok = pair_tokenizer(d, train, log)
+        arrays, meta = {}, {"classes": [], "vocab_size": tok.get_vocab_size(), "sep_id": tok.token_to_id(d.separator), "eot_id": 0}
         for name in ("train", "val"):
-            x, src_len, length, dropped = encode_pairs(tok, train if name == "train" else splits["val"], seq_len, d.long_pairs)
+            x, src_len, length, dropped = encode_pairs(tok, train if name == "train" else splits["val"], seq_len, d.long_pairs,
+                                                       d.separator)
             arrays.update({f"{name}_x": x, f"{name}_src": src_len, f"{name}_len": length})
             meta[f"{name}_dropped"] = dropped
         order = np.random.default_rng(_TEST_ORDER_SEED).permutation(len(splits["test"]))
@@ -212,12 +211,33 @@ def _build(d: Seq2SeqDataConfig, seq_len: int, source: DataSource, log: Callable
     return build
 
 
+def pair_tokenizer(d: Seq2SeqDataConfig, train: list[Pair], log: Callable[[str], None]) -> Tokenizer:
+    """data.tokenizer (a pretrained model's, which must hold data.separator), else a BPE trained on both sides of the pairs."""
+    if d.tokenizer:
+        tok = load_existing_tokenizer(d.tokenizer)
+        if tok.token_to_id(d.separator) is None:
+            raise ConfigError(f"data.separator {d.separator!r} is not a token of data.tokenizer {d.tokenizer}; name one of its "
+                              f"special tokens (e.g. <|im_start|> for SmolLM2)")
+        log(f"prepare: encoding with {d.tokenizer} ({tok.get_vocab_size():,} tokens), {d.separator} between source and target")
+    else:
+        log(f"prepare: training a {d.vocab_size}-token BPE on {len(train):,} training pairs (both sides)")
+        tok = train_tokenizer(iter([p.source for p in train] + [p.target for p in train]), d.vocab_size - 1)
+        tok.add_special_tokens([d.separator])
+    if tok.token_to_id(EOT) != 0:
+        raise DataError(f"the tokenizer puts {EOT} at id {tok.token_to_id(EOT)}, not the padding id 0")
+    return tok
+
+
 def prepare_pairs(d: Seq2SeqDataConfig, *, seq_len: int, force: bool = False, log: Callable[[str], None] = print) -> Prepared:
     """Prepare (or load from the cache) d's pairs as token rows of at most seq_len + 1 tokens (the model's max_seq_len)."""
     source = pair_source(d, log)
     settings = {"kind": "seq2seq", "version": _VERSION, "source": d.source, "fingerprint": source.fingerprint(),
                 **{k: getattr(d, k) for k in ("lang", "catalogs", "packages", "vocab_size", "test_fraction", "val_fraction",
                                               "long_pairs", "bucket_rows", "max_rows")}, "seq_len": seq_len}
+    if d.separator != SEP:  # only then: caches prepared before the key existed stay valid
+        settings["separator"] = d.separator
+    if d.tokenizer:  # a given tokenizer is identified by its content, not its path
+        settings["tokenizer_sha256"] = sha256_file(existing_tokenizer_path(d.tokenizer))
     prepared = cached_arrays(d.dir, settings, _build(d, seq_len, source, log), force=force, log=lambda _m: None)
     path = Path(d.dir) / TOKENIZER
     if not path.is_file() or sha256_file(path) != prepared.meta.get("tokenizer_sha256"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -28,6 +29,16 @@ class Hypothesis:
     def score(self, length_penalty: float) -> float:
         """Beam search's ranking: logprob / length ** length_penalty (the stop token counts; 0 = plain log-probability)."""
         return self.logprob / (len(self.tokens) + int(self.finished)) ** length_penalty
+
+
+class Constraint(Protocol):
+    """A rule on outputs the model does not know (e.g. keep the source's placeholders), applied inside beam search."""
+
+    def viable(self, tokens: list[int]) -> bool:
+        """Can these tokens, extended, still end in an accepted output? (False prunes the beam.)"""
+
+    def accepts(self, tokens: list[int]) -> bool:
+        """May these tokens be the output? (False: the stop token does not end the search there.)"""
 
 
 class Stepper:
@@ -76,36 +87,44 @@ def greedy(model: nn.Module, prefixes: torch.Tensor, *, stop_id: int, max_new_to
 
 @torch.no_grad()
 def beam_search(model: nn.Module, prefix: list[int], *, beam: int, stop_id: int, max_new_tokens: int,
-                length_penalty: float = 1.0, use_cache: bool = True,
-                accept: Callable[[list[int]], bool] | None = None) -> Hypothesis:
+                length_penalty: float = 1.0, use_cache: bool = True, constraint: Constraint | None = None) -> Hypothesis:
     """The best of `beam` hypotheses kept at each step, ranked by Hypothesis.score; the greedy output is always a
     candidate too, so the result never scores below greedy decoding's under the same ranking. The search ends when a
     finished hypothesis outscores every live beam as it stands, or at max_new_tokens (live beams then count, unfinished).
-    With `accept`, the best candidate it accepts wins (the best of all when it accepts none): an n-best re-ranking by
-    a constraint the model does not know, such as keeping the source's placeholders."""
+    With a `constraint`, live beams it finds not viable give their place to the next candidates, only finished
+    hypotheses it accepts can end the search, and the best accepted one wins (the best of all when none is accepted)."""
     device = next(model.parameters()).device
     first = greedy(model, torch.tensor([prefix], device=device), stop_id=stop_id, max_new_tokens=max_new_tokens,
                    use_cache=use_cache)[0]
     if beam == 1:
         return first
+    accepts = constraint.accepts if constraint is not None else None
     step = Stepper(model, torch.tensor([prefix], device=device), use_cache=use_cache)
     live_lp = torch.zeros(1, device=device)  # (rows,) summed log-probabilities of the live beams
     live: list[list[int]] = [[]]
     finished = [first]
+    best_done = first.score(length_penalty) if accepts is None or accepts(first.tokens) else float("-inf")  # accepted only
+    width = 2 * beam if constraint is None else 4 * beam  # candidates read per step: pruned ones take no place
     for i in range(max_new_tokens):
         total = (live_lp[:, None] + step.logprobs).flatten()  # (rows * vocab,)
-        values, flat = total.topk(min(2 * beam, total.numel()))
+        values, flat = total.topk(min(width, total.numel()))
         vocab = step.logprobs.shape[-1]
-        rows, keep, nxt_lp = [], [], []
+        rows, keep, nxt_lp, seen = [], [], [], 0
         for v, f in zip(values.tolist(), flat.tolist()):
             r, tok = divmod(f, vocab)
+            if seen == 2 * beam:  # the unconstrained search's 2 x beam candidates, less the pruned
+                break
             if tok == stop_id:
+                seen += 1
                 finished.append(Hypothesis(live[r], v, True))
-            elif len(rows) < beam:
-                rows.append(r)
-                keep.append(live[r] + [tok])
-                nxt_lp.append(v)
-        best_done = max(h.score(length_penalty) for h in finished)
+                if accepts is None or accepts(live[r]):
+                    best_done = max(best_done, finished[-1].score(length_penalty))
+            elif constraint is None or constraint.viable(live[r] + [tok]):
+                seen += 1
+                if len(rows) < beam:
+                    rows.append(r)
+                    keep.append(live[r] + [tok])
+                    nxt_lp.append(v)
         # stop once a finished hypothesis beats every live beam as it stands (Hugging Face's early_stopping=False rule)
         bound = max(nxt_lp, default=float("-inf")) / (i + 1) ** length_penalty
         if not rows or i == max_new_tokens - 1 or best_done >= bound:
@@ -114,10 +133,13 @@ def beam_search(model: nn.Module, prefix: list[int], *, beam: int, stop_id: int,
         live, live_lp = keep, torch.tensor(nxt_lp, device=device)
         index = torch.tensor(rows, device=device)
         step.advance(index, torch.tensor([k[-1] for k in keep], device=device))
-    return best_of(finished, length_penalty, accept)
+    return best_of(finished, length_penalty, accepts)
 
 
 def best_of(candidates: list[Hypothesis], length_penalty: float, accept: Callable[[list[int]], bool] | None) -> Hypothesis:
-    """The highest-scoring candidate that `accept` accepts; the highest-scoring of all when none is (or no test is given)."""
+    """The highest-scoring candidate that `accept` accepts; when none is, the highest-scoring finished one (a search the
+    constraint kept going may end in beams cut at the length limit), else the highest-scoring of all."""
     ranked = sorted(candidates, key=lambda h: h.score(length_penalty), reverse=True)
-    return next((h for h in ranked if accept(h.tokens)), ranked[0]) if accept is not None else ranked[0]
+    if accept is None:
+        return ranked[0]
+    return next((h for h in ranked if accept(h.tokens)), next((h for h in ranked if h.finished), ranked[0]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ class Seq2SeqConfig(GPTConfig):
     arch: str = "seq2seq"
     beam: int = 4  # beam width of evaluation's outputs (1 = greedy)
     length_penalty: float = 1.0  # beam search ranks by log-probability / length ** this (0 = plain log-probability)
-    keep_placeholders: bool = False  # beam search returns its best output with the source's placeholders (%s, {name}, \n), if any has
+    keep_placeholders: bool = False  # beam search keeps the source's placeholders (%s, {name}, \n): only such outputs end it
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,10 +105,11 @@ class Codec:
     max_seq_len: int
     max_target_tokens: int  # the longest training target: outputs never need more
     truncate: bool  # long sources are cut (summarisation) rather than refused
+    separator: str = SEP  # the token between source and output (data.separator)
 
     @property
     def sep(self) -> int:
-        return self.tok.token_to_id(SEP)
+        return self.tok.token_to_id(self.separator)
 
     @property
     def stop(self) -> int:
@@ -139,10 +141,22 @@ class Codec:
         return self.tok.decode(hyp.tokens).strip()
 
 
-def keeps_placeholders(codec: Codec, source: str) -> Callable[[list[int]], bool]:
-    """A test of output tokens: do they hold the source's placeholders, each as often (text_metrics.placeholders)?"""
-    want = placeholders(source)
-    return lambda tokens: placeholders(codec.text(Hypothesis(tokens, 0.0, True))) == want
+class KeepPlaceholders:
+    """Beam search's constraint: the output holds the source's placeholders, each as often (text_metrics.placeholders);
+    a beam that already holds one more often than the source (or one it lacks) is pruned."""
+
+    def __init__(self, codec: Codec, source: str):
+        self.codec, self.want = codec, placeholders(source)
+
+    def _have(self, tokens: list[int]) -> Counter[str]:
+        return placeholders(self.codec.text(Hypothesis(tokens, 0.0, True)))
+
+    def viable(self, tokens: list[int]) -> bool:
+        # placeholders only accumulate as tokens are appended (an unfinished '%' or '{' matches nothing yet)
+        return not (self._have(tokens) - self.want)
+
+    def accepts(self, tokens: list[int]) -> bool:
+        return self._have(tokens) == self.want
 
 
 def decode_texts(model: nn.Module, codec: Codec, sources: list[str], *, beam: int, length_penalty: float,
@@ -161,9 +175,9 @@ def decode_texts(model: nn.Module, codec: Codec, sources: list[str], *, beam: in
                 out[i] = codec.text(hyp)
         return out
     for i, p in enumerate(prefixes):
-        accept = keeps_placeholders(codec, sources[i]) if keep_placeholders else None
+        rule = KeepPlaceholders(codec, sources[i]) if keep_placeholders else None
         out[i] = codec.text(beam_search(model, p, beam=beam, stop_id=codec.stop, max_new_tokens=codec.room(p),
-                                        length_penalty=length_penalty, accept=accept))
+                                        length_penalty=length_penalty, constraint=rule))
         if (i + 1) % 250 == 0:
             log(f"decode: {i + 1:,}/{len(prefixes):,} beam-{beam} outputs")
     return out
@@ -221,7 +235,8 @@ class Seq2SeqSpec(ArchSpec):
 
     # ---- the task's figures, examples and outputs
     def codec(self, tokenizer: Path, cfg: Seq2SeqConfig, data: Seq2SeqDataConfig, max_target_tokens: int) -> Codec:
-        return Codec(Tokenizer.from_file(str(tokenizer)), cfg.max_seq_len, max_target_tokens, data.long_pairs == "truncate")
+        return Codec(Tokenizer.from_file(str(tokenizer)), cfg.max_seq_len, max_target_tokens, data.long_pairs == "truncate",
+                     data.separator)
 
     def run_codec(self, tokenizer: Path, cfg: Seq2SeqConfig, data: Seq2SeqDataConfig) -> Codec:
         """A trained run's codec: its checkpoint's tokenizer, the longest training target from its data's manifest."""
@@ -281,9 +296,9 @@ class Seq2SeqSpec(ArchSpec):
         prefix = codec.checked_prefix(request.input or "")
         room = min(codec.room(prefix), request.max_new_tokens)
         model.eval()
-        accept = keeps_placeholders(codec, request.input or "") if cfg.model.keep_placeholders else None
+        rule = KeepPlaceholders(codec, request.input or "") if cfg.model.keep_placeholders else None
         hyp = beam_search(model, prefix, beam=request.beam, stop_id=codec.stop, max_new_tokens=room,
-                          length_penalty=request.length_penalty, accept=accept)
+                          length_penalty=request.length_penalty, constraint=rule)
         return [codec.text(hyp)]
 
     # ---- `largo explain`: an output token's log-probability attributed to the tokens it reads (explain/seq2seq.py)
