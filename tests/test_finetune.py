@@ -81,6 +81,11 @@ def test_init_from_takes_the_model_shape_from_the_source(tmp_path: Path, tiny_da
         build_config({"model": {"init_from": str(ckpt)}}, {"model.mlp_hidden": "0"})  # resolves to 192, not 96
     with pytest.raises(ConfigError, match="model.init_from 'nowhere': no largo checkpoint folder or run directory there"):
         build_config({"model": {"init_from": "nowhere"}})
+    # an architecture built on the source's model takes its weights for another task; any other is refused
+    seq2seq = build_config({"model": {"init_from": str(ckpt), "arch": "seq2seq"}}).model
+    assert seq2seq.arch == "seq2seq" and (seq2seq.dim, seq2seq.n_kv_heads, seq2seq.mlp_hidden) == (64, 2, 96)
+    with pytest.raises(ConfigError, match="model.arch = 'vit' contradicts model.init_from .* whose model.arch is 'gpt'"):
+        build_config({"model": {"init_from": str(ckpt), "arch": "vit"}})
 
     run = tiny_config(tmp_path / "b", tiny_data, train={"steps": 1})
     run = build_config({**{k: v for k, v in run.to_dict().items() if k not in ("model", "finetune")},

@@ -20,7 +20,7 @@ from largo.checkpoint.store import locate
 from largo.data.config import DataConfig, TextDataConfig
 from largo.presets import preset_names, preset_path
 from largo.errors import ConfigError
-from largo.models import get_spec, spec_names
+from largo.models import extends_arch, get_spec, spec_names
 from largo.models.config import ModelConfig
 from largo.models.finetune import FinetuneConfig
 from largo.models.gpt import GPTConfig
@@ -341,6 +341,8 @@ def _with_source(model: dict[str, Any], source: dict[str, Any], cls: type[ModelC
     """The [model] keys with every shape field the config leaves out taken from the source; a written one must agree."""
     fields = [f.name for f in dataclasses.fields(cls) if f.name not in _INIT_OWN and f.name in source]
     for key in fields:
+        if key == "arch" and extends_arch(model.get("arch"), source[key]):
+            continue
         if key in model and key not in _INIT_RESOLVED and not _same(model[key], source[key]):
             raise _contradiction(key, model[key], source[key], init_from)
     return {**{k: source[k] for k in fields if k not in model}, **model}

@@ -13,7 +13,7 @@ from largo.checkpoint.checkpointer import load_weights
 from largo.checkpoint.handle import Checkpoint
 from largo.config import RunConfig, build_config
 from largo.errors import CheckpointError
-from largo.models import build_model
+from largo.models import build_model, extends_arch
 from largo.models.config import ModelConfig
 from largo.models.finetune import adapter_state, apply_finetune, merge_adapters
 
@@ -75,6 +75,8 @@ def load_init_weights(model: nn.Module, cfg: ModelConfig) -> Checkpoint:
     keys = ["arch"] + [f.name for f in dataclasses.fields(theirs) if f.name not in _INIT_FREE | {"arch"}] + ["hidden", "kv_heads"]
     for key in keys:
         a, b = getattr(theirs, key), getattr(cfg, key, None)
+        if key == "arch" and extends_arch(b, a):  # seq2seq on a gpt: the same weights, another task
+            continue
         if a != b and not (isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-6)):  # float32-stored values
             raise CheckpointError(f"model.init_from {ckpt.path}: its model.{key} is {a!r}, this run's is {b!r}; set them equal")
     if ckpt.adapters:  # a LoRA run: start from its merged weights

@@ -15,9 +15,9 @@ from largo.models import asr  # noqa: I001,F401  (speech recognition, CTC)
 from largo.models import tts  # noqa: I001,F401  (speech synthesis: durations, Griffin-Lim)
 from largo.models.config import ModelConfig
 from largo.models.spec import (
-    ArchSpec, DataShape, MemoryTerms, ParamCount, Task, build_model, count_params, get_spec, is_hidden_matrix, register,
+    ArchSpec, DataShape, MemoryTerms, ParamCount, Task, build_model, count_params, extends_arch, get_spec, is_hidden_matrix, register,
     spec_names, trainable,
 )
 
 __all__ = ["ArchSpec", "DataShape", "MemoryTerms", "ModelConfig", "ParamCount", "Task", "build_model", "count_params",
-           "get_spec", "is_hidden_matrix", "register", "spec_names", "trainable"]
+           "extends_arch", "get_spec", "is_hidden_matrix", "register", "spec_names", "trainable"]

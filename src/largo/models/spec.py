@@ -250,6 +250,13 @@ def spec_names() -> list[str]:
     return list(_SPECS)
 
 
+def extends_arch(mine: Any, theirs: Any) -> bool:
+    """Whether architecture `mine` is built on `theirs`'s model (seq2seq on gpt): the same weights, another task."""
+    if not isinstance(mine, str) or not isinstance(theirs, str) or mine == theirs or not {mine, theirs} <= set(_SPECS):
+        return False
+    return issubclass(_SPECS[mine].model_config, _SPECS[theirs].model_config)
+
+
 def get_spec(name: str) -> ArchSpec:
     """The spec registered as `name`, or a one-line error listing the valid names."""
     if name not in _SPECS:
