@@ -50,15 +50,18 @@ def llama(m: GPTConfig, vocab: int) -> torch.nn.Module:
     return transformers.LlamaForCausalLM(cfg)
 
 
-def step_time(model: torch.nn.Module, data: Blocks, lr: float) -> float:
-    """Median seconds of a forward, backward and AdamW step of a copy of the model (the first one warms up)."""
+def step_time(model: torch.nn.Module, data: Blocks, lr: float, bf16: bool) -> float:
+    """Median seconds of a forward, backward and AdamW step of a copy of the model (the first one warms up), under the
+    Trainer's autocast: an fp32 probe of a bf16 run made max_steps too small and the schedule reach 0 half-way."""
     probe = copy.deepcopy(model)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr)
     batch = torch.stack([data[i]["input_ids"] for i in range(BATCH)])
     times = []
     for _ in range(4):
         t = time.perf_counter()
-        probe(input_ids=batch, labels=batch).loss.backward()
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss = probe(input_ids=batch, labels=batch).loss
+        loss.backward()
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t)
@@ -75,7 +78,7 @@ def main() -> None:
     seq_len = shape.max_seq_len
     corpus = Corpus(Path(a.data), seq_len)
     model, data = llama(shape, corpus.vocab_size), Blocks(corpus)
-    max_steps = max(2, int(a.budget_s / step_time(model, data, a.lr)) + 1)
+    max_steps = max(2, int(a.budget_s / step_time(model, data, a.lr, a.precision == "bf16")) + 1)
 
     def evaluate() -> float:
         model.eval()
