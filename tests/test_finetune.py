@@ -49,7 +49,8 @@ def _lora(tmp: Path, data_dir: Path, base: Path, finetune: dict | None = None, *
            "data": {"source": "stdlib", "dir": str(data_dir), "vocab_size": 512, "max_bytes": 300_000, "val_fraction": 0.2},
            "model": {"init_from": str(base), "max_seq_len": 32},  # the shape comes from the base
            "optim": {"lr": 1e-2, "warmup_steps": 1, "weight_decay": 0.0},
-           "train": {"steps": 6, "global_batch": 8, "micro_batch": 4, "log_every": 1, "peak_tflops": 1.0},
+           # fp32 pinned: `auto` measures bf16 against fp32 per run, and a loaded machine can answer differently per run
+           "train": {"steps": 6, "global_batch": 8, "micro_batch": 4, "log_every": 1, "peak_tflops": 1.0, "precision": "fp32"},
            "eval": {"every": 0, "max_batches": 4}, "checkpoint": {"every": 3, "keep_last": 5},
            "finetune": finetune or LORA}
     for name, values in sections.items():
