@@ -16,6 +16,7 @@ import torch
 
 from largo import precision
 from largo.observe import throughput
+from largo.observe.metrics import read_metrics
 from largo.observe.progress import beating_through_first, heartbeat
 from largo.train import run as run_module
 from largo.train.run import train
@@ -201,3 +202,23 @@ def test_largo_plan_shows_the_steps_a_time_budget_leaves(budget: float, steps: i
     out = capsys.readouterr()
     assert json.loads(out.out)["batch"]["steps"] == steps  # stdout holds only the JSON; what was measured went to stderr
     assert f"time budget: {steps} of 6 steps fit train.time_budget_s" in out.err
+
+
+def test_a_resumed_auto_run_keeps_the_precision_it_started_with(tmp_path: Path, tiny_data: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A busy machine can measure bf16 differently on resume; the resume must still compute like the run it continues."""
+    def run(name: str, **kw) -> tuple[dict, list[str]]:
+        cfg = tiny_config(tmp_path, tiny_data, run={"name": name}, train={"steps": 4, "precision": "auto"},
+                          checkpoint={"every": 2})
+        lines: list[str] = []
+        return train(cfg, log=lines.append, **kw), lines
+
+    _rates(monkeypatch, FAST_BF16)
+    whole, _ = run("whole")
+    run("part", stop_at=2)
+    _rates(monkeypatch, SLOW_BF16)  # measured again now, auto would take fp32
+    part, lines = run("part", resume="auto")
+    assert "precision: bf16 chosen when the run started (train.precision = auto)" in lines
+    assert "precision: bf16 (train.precision; bf16 matmul 1.0 vs fp32 157.0 GFLOP/s on this CPU at 512x64x192)" in lines
+    losses = lambda d: [r["loss"] for r in read_metrics(Path(d) / "metrics.jsonl", "train")]  # noqa: E731
+    assert losses(part["run_dir"]) == losses(whole["run_dir"])  # bitwise: both computed every step in bf16

@@ -105,11 +105,17 @@ def fit_time_budget(cfg: RunConfig, positions: int, device: torch.device, world:
     return dataclasses.replace(cfg, train=dataclasses.replace(t, steps=steps))
 
 
-def started_steps(cfg: RunConfig, resumed: tuple[Path, dict[str, Any]], say: Callable[[str], None]) -> RunConfig:
-    """cfg with the train.steps a time-budgeted run started with: its schedule was laid out for them."""
-    steps = int(((resumed[1].get("config") or {}).get("train") or {}).get("steps") or cfg.train.steps)
-    say(f"time budget: {steps} steps, as the run started with")
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps))
+def as_started(cfg: RunConfig, resumed: tuple[Path, dict[str, Any]], say: Callable[[str], None]) -> RunConfig:
+    """cfg with the choices a resumed run made when it started: the train.steps a time-budgeted run laid its schedule
+    out for, and the precision 'auto' chose (measured again on a busy machine it may differ, and the resume with it)."""
+    t, started = cfg.train, (resumed[1].get("config") or {}).get("train") or {}
+    if t.time_budget_s:
+        t = dataclasses.replace(t, steps=int(started.get("steps") or t.steps))
+        say(f"time budget: {t.steps} steps, as the run started with")
+    if t.precision == "auto" and started.get("precision") in ("fp32", "bf16"):
+        t = dataclasses.replace(t, precision=started["precision"])
+        say(f"precision: {t.precision} chosen when the run started (train.precision = auto)")
+    return dataclasses.replace(cfg, train=t)
 
 
 def compile_mode(cfg: RunConfig, task: Task, strategy: str) -> tuple[str, str]:
@@ -137,8 +143,8 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
                           "(a run directory or checkpoint, e.g. one made by largo import)")
 
     session = RunSession.resolve(cfg, env, resume=resume, say=say)  # a bad --resume fails before anything is prepared or written
-    if session.resumed is not None and t.time_budget_s:  # a budgeted run resumes towards the steps it started with
-        session.cfg = cfg = started_steps(cfg, session.resumed, say)
+    if session.resumed is not None:  # towards the steps a budgeted run started with, in the precision it chose
+        session.cfg = cfg = as_started(cfg, session.resumed, say)
         t = cfg.train
     if session.finished_step is not None:
         return session.finished()  # a requeued job of a run that already reached train.steps: one line, exit 0
