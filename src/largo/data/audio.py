@@ -145,7 +145,7 @@ class AudioAugment:
         between = lambda k, lo, hi: lo + (hi - lo) * u[:, k : k + 1]  # noqa: E731  (b, 1)
         t = (torch.arange(n, device=x.device) - torch.floor(between(1, -self.max_shift, self.max_shift + 1)) - n / 2) \
             * between(0, 1 - self.speed, 1 + self.speed) + n / 2
-        x = _interpolate(x, t)  # sample j reads time t_j
+        x = interpolate(x, t)  # sample j reads time t_j
         spec = torch.fft.rfft(x)  # (b, freqs)
         freqs = torch.fft.rfftfreq(n, 1.0 / self.rate, device=x.device)
         if self.snr_db:
@@ -202,7 +202,7 @@ class NoiseBank:
         return self.spectra[row] * (tilt * torch.sqrt(signal_power / (power + 1e-12) / 10 ** (snr_db / 10)))
 
 
-def _interpolate(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def interpolate(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """x (b, n) read at fractional times t (b, n) by linear interpolation, zero outside the clip."""
     n = x.shape[1]
     padded = torch.nn.functional.pad(x, (1, 1))  # zeros either side: out-of-range reads land on them

@@ -18,7 +18,7 @@ import torch
 
 from largo.data import Batch
 from largo.data.arrays import Built, Prepared, cached_arrays
-from largo.data.audio import AudioAugment
+from largo.data.audio import AudioAugment, interpolate
 from largo.data.audio_io import PEAK, read_audio, resample, trim_silence
 from largo.data.config import DataConfig, check_non_negative
 from largo.data.draws import SampleDraws
@@ -33,6 +33,7 @@ IGNORE = -100  # a padded target (data.Batch's convention, models/loss.py's IGNO
 _VERSION = 1  # bump when the preparation below changes what it stores
 _AUGMENT_DRAWS = 10  # AudioAugment's own draws (speed, shift, noise, channel), before its 4 per mask
 _REVERB_DRAWS = 3  # flag, RT60, impulse-response row
+_SPEED_DRAWS = 1  # the playback speed (drawn only when data.speed_perturb is set: other runs draw as before)
 
 
 @dataclass
@@ -49,22 +50,25 @@ class SpeechDataConfig(DataConfig):
     band_limit_hz: float = 0.0  # half the training clips through a channel cut off at random above this (Hz); 0 = none
     reverb: float = 0.0  # share of training clips convolved with a synthetic room (RT60 0.1-0.6 s); 0 = none
     spec_masks: int = 0  # silenced spans (<= 60 ms) and removed bands (<= 300 Hz) per training clip (SpecAugment)
+    speed_perturb: float = 0.0  # play training clips faster or slower by up to this fraction (pitch, formants, tempo; lengths follow)
     window_seconds: float = 8.0  # recognition: longer recordings are cut at pauses into windows of at most this
     baseline_run: str = ""  # a run folder (e.g. the same recipe without augmentation) whose speech_results.json is the baseline
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_non_negative(self, "sentences", "max_rows", "noise_snr_db", "band_limit_hz", "reverb", "spec_masks")
+        check_non_negative(self, "sentences", "max_rows", "noise_snr_db", "band_limit_hz", "reverb", "spec_masks", "speed_perturb")
         if not 0.5 <= self.max_seconds <= 30.0:
             raise ConfigError(f"data.max_seconds ({self.max_seconds}) must be in [0.5, 30]")
         if not 1.0 <= self.window_seconds <= 30.0:
             raise ConfigError(f"data.window_seconds ({self.window_seconds}) must be in [1, 30]")
         if self.reverb > 1.0:
             raise ConfigError(f"data.reverb ({self.reverb}) must be a share in [0, 1]")
+        if self.speed_perturb >= 0.5:
+            raise ConfigError(f"data.speed_perturb ({self.speed_perturb}) must be in [0, 0.5)")
 
     @property
     def augmented(self) -> bool:
-        return bool(self.noise_snr_db or self.band_limit_hz or self.reverb or self.spec_masks)
+        return bool(self.noise_snr_db or self.band_limit_hz or self.reverb or self.spec_masks or self.speed_perturb)
 
 
 def utterance(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
@@ -221,19 +225,20 @@ def split_batches(prepared: Prepared, split: str, micro_batch: int, max_batches:
 
 def augment_draws(d: SpeechDataConfig) -> int:
     """Uniform draws per training utterance the augmentation reads (0 = none)."""
-    return _AUGMENT_DRAWS + 4 * d.spec_masks + _REVERB_DRAWS if d.augmented else 0
+    return _AUGMENT_DRAWS + 4 * d.spec_masks + _REVERB_DRAWS + (_SPEED_DRAWS if d.speed_perturb else 0) if d.augmented else 0
 
 
 IR_BANK = 64  # room impulse responses' noise drawn once (seeded); each clip picks one and its own decay
 
 
 class SpeechAugment:
-    """A training batch {"wave", "lengths", "draws"} -> {"wave", "lengths"}, on the batch's device: a synthetic room
-    (exponentially decaying noise, RT60 0.1-0.6 s, for a `reverb` share of clips), then AudioAugment's noise of random
-    colour, telephone channel and SpecAugment masks (no speed change or shift: synthesis varied the speed already)."""
+    """A training batch {"wave", "lengths", "draws"} -> {"wave", "lengths"}, on the batch's device: a change of playback
+    speed (each clip's length follows: its transcript is the same), a synthetic room (exponentially decaying noise,
+    RT60 0.1-0.6 s, for a `reverb` share of clips), then AudioAugment's noise of random colour, telephone channel and
+    SpecAugment masks (AudioAugment's own speed change, about the centre of a fixed-length clip, is not used)."""
 
     def __init__(self, d: SpeechDataConfig, rate: int):
-        self.rate, self.reverb, self.masks = rate, d.reverb, d.spec_masks
+        self.rate, self.reverb, self.masks, self.speed = rate, d.reverb, d.spec_masks, d.speed_perturb
         self.audio = AudioAugment(rate=rate, time_shift_s=0.0, noise_snr_db=d.noise_snr_db, band_limit_hz=d.band_limit_hz,
                                   spec_masks=d.spec_masks)
         self.ir_noise = torch.randn(IR_BANK, int(0.6 * rate), generator=torch.Generator().manual_seed(rate))
@@ -243,11 +248,24 @@ class SpeechAugment:
             return batch
         x, u, lengths = batch["wave"], batch["draws"], batch["lengths"]
         own = _AUGMENT_DRAWS + 4 * self.masks
+        if self.speed:
+            x, lengths = self.play(x, u[:, own + _REVERB_DRAWS], lengths)
         if self.reverb:
             x = self.room(x, u[:, own:], lengths)
         x = self.audio({"wave": x, "draws": u[:, :own]})
         inside = torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]
         return {"wave": x * inside, "lengths": lengths}  # noise stays out of the padding the model masks anyway
+
+    def play(self, x: torch.Tensor, u: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each clip played at a speed in [1 - speed_perturb, 1 + speed_perturb] from its start (linear interpolation),
+        its length divided by the speed; the batch widens to hold the longest in whole PAD_TO blocks."""
+        speed = 1.0 + self.speed * (2.0 * u - 1.0)  # (b,)
+        out = torch.floor((lengths - 1) / speed).long() + 1  # the last output sample reads at most the last input one
+        width = -(-int(out.max()) // PAD_TO) * PAD_TO
+        t = torch.arange(width, device=x.device)[None, :] * speed[:, None]
+        x = torch.nn.functional.pad(x, (0, max(0, width - x.shape[1])))[:, : max(width, x.shape[1])]
+        inside = torch.arange(width, device=x.device)[None, :] < out[:, None]
+        return interpolate(x, t) * inside, out
 
     def room(self, x: torch.Tensor, u: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x convolved (by FFT) with a decaying-noise impulse response where u[:, 0] < reverb; loudness kept."""
