@@ -16,9 +16,10 @@ import torch
 from largo.cli import main
 from largo.data.sources import asterisk_prompts
 from largo.data.speech import SpeechAugment, SpeechDataConfig, augment_draws, pad_batch
-from largo.data.transcripts import VOCAB, check_speakable, encode, normalise, parse_transcripts, spell_number
+from largo.data.transcripts import VOCAB, check_speakable, decode, encode, normalise, parse_transcripts, spell_number
 from largo.errors import DataError
 from largo.models.asr import ASRConfig, ASRModel, ctc_loss, greedy_decode, windows
+from largo.models.ctc_beam import END, CharNgram, prefix_beam_search
 
 SPEECH_PACKAGES = "apt-get install espeak-ng flite asterisk-core-sounds-en-wav asterisk-core-sounds-en"
 needs_speech = pytest.mark.skipif(
@@ -86,6 +87,40 @@ def one_hot_logits(path: list[int], vocab: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(torch.tensor([path]), vocab).float() * 10
 
 
+def label_log_probs(rows: list[dict[str, float]]) -> np.ndarray:
+    """(tokens, labels) log-probabilities: each row's named characters ("" = blank) get their probability, the rest
+    share what is left."""
+    out = np.zeros((len(rows), len(VOCAB) + 1))
+    for t, row in enumerate(rows):
+        out[t] = (1.0 - sum(row.values())) / (out.shape[1] - len(row))
+        for c, p in row.items():
+            out[t, VOCAB.index(c) + 1 if c else 0] = p
+    return np.log(out)
+
+
+def test_prefix_beam_search_finds_the_most_probable_labelling_not_the_best_path() -> None:
+    """Two tokens each 60% blank, 40% 'a': the best path is blank-blank (0.36), but "a" is spelt by three paths
+    (0.16 + 0.24 + 0.24 = 0.64): greedy says "", the beam (no LM, no bonus) says "a"."""
+    lp = label_log_probs([{"": 0.6, "a": 0.4 - 1e-6}] * 2)
+    assert decode(greedy_decode(torch.from_numpy(lp)[None], torch.tensor([2]))[0]) == ""
+    assert prefix_beam_search(lp, None, width=4, lm_weight=0.0, char_bonus=0.0) == "a"
+    repeat = label_log_probs([{"a": 0.9}, {"": 0.9}, {"a": 0.9}])  # a blank between two a's keeps both
+    assert prefix_beam_search(repeat, None, width=4, lm_weight=0.0, char_bonus=0.0) == "aa"
+
+
+def test_the_character_ngram_is_a_distribution_and_steers_the_beam_to_words_it_knows() -> None:
+    lm = CharNgram(["the cat sat", "a cat", "cats and dogs"], order=4)
+    for history in ("", "the c", "zzz"):
+        total = sum(np.exp(lm.log_prob(history, c)) for c in VOCAB + END)
+        assert total == pytest.approx(1.0, abs=1e-9)
+    assert lm.log_prob("the c", "a") > lm.log_prob("the c", "k")
+    heard = label_log_probs([{"": 0.9}, {"c": 0.45, "k": 0.45}, {"": 0.9}, {"a": 0.9}, {"": 0.9}, {"t": 0.9}])
+    assert prefix_beam_search(heard, None, width=8, lm_weight=0.0, char_bonus=0.0) in ("kat", "cat")
+    assert prefix_beam_search(heard, lm, width=8, lm_weight=1.0, char_bonus=0.0) == "cat"
+    heard_k = label_log_probs([{"": 0.9}, {"c": 0.05, "k": 0.9}, {"": 0.9}, {"a": 0.9}, {"": 0.9}, {"t": 0.9}])
+    assert prefix_beam_search(heard_k, lm, width=8, lm_weight=0.3, char_bonus=0.0) == "kat"  # clear acoustics win
+
+
 def test_greedy_decode_merges_repeats_and_drops_blanks() -> None:
     h, e, l, o = (VOCAB.index(c) + 1 for c in "helo")
     path = [0, h, h, 0, e, l, l, 0, l, o, o, 0]  # "hello": the blank between the l's keeps both
@@ -141,6 +176,22 @@ def test_augmentation_keeps_lengths_and_silent_padding() -> None:
     assert out["wave"][0, 3000:].abs().max() == 0 and not torch.allclose(out["wave"][1], x["wave"][1])
 
 
+def test_speed_perturbation_moves_pitch_and_length_together() -> None:
+    """A 500 Hz tone played at speed r lasts len / r and sounds at 500 r Hz; the transcript is unchanged, so CTC sees
+    the same characters over fewer (or more) tokens."""
+    d, rate = SpeechDataConfig(speed_perturb=0.2), 8000
+    tone = (0.3 * np.sin(2 * np.pi * 500 * np.arange(6000) / rate)).astype(np.float32)
+    x, _ = pad_batch([tone, tone[:3000]], [np.array([1]), np.array([1])], 4000)
+    draws = torch.zeros(2, augment_draws(d))
+    draws[:, -1] = torch.tensor([1.0, 0.0])  # speeds 1.2 and 0.8
+    out = SpeechAugment(d, rate)(x | {"draws": draws})
+    assert out["lengths"].tolist() == [5000, 3749]  # floor((n - 1) / r) + 1
+    assert out["wave"].shape == (2, 8000) and out["wave"][0, 5000:].abs().max() == 0 and out["wave"][1, 3749:].abs().max() == 0
+    for row, n, hz in ((0, 5000, 600.0), (1, 3749, 400.0)):
+        spectrum = np.abs(np.fft.rfft(out["wave"][row, :n].numpy()))
+        assert abs(np.argmax(spectrum) * rate / n - hz) < 3.0
+
+
 # ---- metrics and long recordings
 
 
@@ -171,7 +222,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     argv = ["train", "asr_sentences", "--run.out_dir", str(root / "runs"), "--data.dir", str(root / "data"),
             "--data.sentences", "40", "--data.baseline_run", "", "--model.dim", "32", "--model.n_layers", "1", "--model.n_heads", "2",
             "--train.steps", "3", "--train.global_batch", "4", "--train.micro_batch", "4", "--eval.every", "0",
-            "--checkpoint.every", "0", "--train.precision", "fp32", "--train.threads", "1"]
+            "--checkpoint.every", "0", "--train.precision", "fp32", "--train.threads", "1", "--model.beam", "4"]
     assert main(argv) == 0
     return root / "runs" / "asr_sentences"
 
@@ -185,7 +236,10 @@ def test_a_tiny_run_reports_its_figures_and_prompts(tiny_run: Path, tmp_path: Pa
     capsys.readouterr()
     assert main(["eval", str(tiny_run), "--json", "--limit", "4", "--predictions", str(tmp_path / "p.jsonl")]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert {"cer", "wer", "val_cer", "val_wer"} <= set(result["metrics"]) and result["baselines"] == {}
+    assert {"cer", "wer", "val_cer", "val_wer", "cer_greedy", "val_cer_greedy"} <= set(result["metrics"])
+    assert result["baselines"] == {}
+    transcripts = (tiny_run / "lm_transcripts.txt").read_text().splitlines()  # what the beam's n-gram counted
+    assert transcripts and all(set(t) <= set(VOCAB) for t in transcripts)
     lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and {"input", "reference", "output", "cer", "wer"} <= set(lines[0])
 

@@ -32,16 +32,19 @@ from largo.data.transcripts import BLANK, VOCAB, decode, normalise
 from largo.errors import ConfigError, DataError
 from largo.models.audio import STFT_BYTES_PER_BIN, AudioStem
 from largo.models.config import ModelConfig
+from largo.models.ctc_beam import BeamDecoder, CharNgram
 from largo.models.loss import IGNORE, Scored
 from largo.models.results import GenerateRequest, TaskResults
 from largo.models.spec import ArchSpec, DataShape, MemoryTerms, Task, register, resolved_field
 from largo.models.trunk import Trunk
 from largo.optional import require
 from largo.precision import Layout, autocast
+from largo.rundir import RunDir
 
 RESULTS_FILE = "speech_results.json"  # a finished run's figures, read as a baseline by another run (data.baseline_run)
 PROMPTS_CSV = "asr_prompts.csv"  # per test prompt: name, reference, hypothesis, cer, wer
 SPECTROGRAMS = "spectrograms.png"  # the model's log-mel input for a few human test prompts, reference and hypothesis above
+LM_TEXTS = "lm_transcripts.txt"  # the training transcripts the beam's n-gram counts (written by after_training, for transcribe)
 RESAMPLE_CHUNK_S = 60.0  # long recordings are resampled a minute at a time (memory stays flat for an hour-long file)
 
 
@@ -54,9 +57,16 @@ class ASRConfig(ModelConfig):
     n_mels: int = 40  # mel bands of the log-mel frontend
     f_max: float = 0.0  # top edge of the mel filterbank in Hz; 0 = sample_rate / 2
     vocab_size: int = 0  # CTC outputs (characters + blank); 0 = from the data
+    beam: int = 1  # CTC prefix beam width of eval and transcribe (1 = greedy)
+    lm_order: int = 5  # beam search: a character n-gram of this order, counted on the training transcripts (0 = none)
+    lm_weight: float = 1.0  # beam search: weight of the n-gram's log-probability
+    char_bonus: float = 2.0  # beam search: added per character (the n-gram alone favours short outputs)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.beam < 1 or self.lm_order < 0 or not self.lm_weight >= 0 or not math.isfinite(self.char_bonus):
+            raise ConfigError(f"model.beam ({self.beam}) must be >= 1, model.lm_order ({self.lm_order}) >= 0, "
+                              f"model.lm_weight ({self.lm_weight}) >= 0 and model.char_bonus ({self.char_bonus}) finite")
         if self.n_mels < 1 or self.sample_rate < 1000 or self.vocab_size < 0:
             raise ConfigError(f"model.n_mels ({self.n_mels}) must be >= 1, model.sample_rate ({self.sample_rate}) >= 1000 Hz "
                               f"and model.vocab_size ({self.vocab_size}) >= 0")
@@ -153,13 +163,14 @@ def at_rate(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def transcribe(model: ASRModel, waves: list[np.ndarray], *, window_s: float, device: torch.device, precision: str = "fp32",
-               batch: int = 16) -> list[str]:
-    """Texts of recordings already at the model's rate: windows batched by length, decoded greedily, joined per recording."""
+def window_log_probs(model: ASRModel, waves: list[np.ndarray], *, window_s: float, device: torch.device,
+                     precision: str = "fp32", batch: int = 16) -> list[list[np.ndarray]]:
+    """Per recording (already at the model's rate), per window, the (tokens, labels) log-probabilities in fp32: windows
+    batched by length."""
     cfg = model.cfg
     pieces = [(i, w) for i, wave in enumerate(waves) for w in windows(wave, cfg.sample_rate, window_s)]
     order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][1]))
-    texts = [""] * len(pieces)
+    out: list[np.ndarray | None] = [None] * len(pieces)
     was_training = model.training
     model.eval()
     for start in range(0, len(order), batch):
@@ -171,13 +182,51 @@ def transcribe(model: ASRModel, waves: list[np.ndarray], *, window_s: float, dev
         lengths = torch.tensor([len(pieces[k][1]) for k in chosen])
         with autocast(device, precision):
             logits, out_lengths = model({"wave": x.to(device), "lengths": lengths.to(device)})
-        for k, labels in zip(chosen, greedy_decode(logits, out_lengths)):
-            texts[k] = decode(labels)
+        log_probs = F.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        for j, (k, n) in enumerate(zip(chosen, out_lengths.tolist())):
+            out[k] = log_probs[j, :n]
     model.train(was_training)
-    joined = [[] for _ in waves]
-    for (i, _), text in zip(pieces, texts):
-        joined[i].append(text)
-    return [" ".join(" ".join(parts).split()) for parts in joined]
+    per_wave: list[list[np.ndarray]] = [[] for _ in waves]
+    for (i, _), lp in zip(pieces, out):
+        per_wave[i].append(lp)
+    return per_wave
+
+
+def texts_of(per_wave: list[list[np.ndarray]], decoder: BeamDecoder | None = None) -> list[str]:
+    """One line per recording: its windows decoded (greedily, or by the beam decoder) and joined."""
+    def one(lp: np.ndarray) -> str:
+        if decoder is not None:
+            return decoder(lp)
+        return decode(greedy_decode(torch.from_numpy(lp)[None], torch.tensor([len(lp)]))[0])
+    return [" ".join(" ".join(one(lp) for lp in windows_).split()) for windows_ in per_wave]
+
+
+def transcribe(model: ASRModel, waves: list[np.ndarray], *, window_s: float, device: torch.device, precision: str = "fp32",
+               decoder: BeamDecoder | None = None) -> list[str]:
+    """Texts of recordings already at the model's rate: recognised window by window, greedily or by the beam decoder."""
+    return texts_of(window_log_probs(model, waves, window_s=window_s, device=device, precision=precision), decoder)
+
+
+def training_transcripts(prepared: Prepared) -> list[str]:
+    """The training split's transcripts (what the beam's n-gram counts: never a test prompt)."""
+    labels, at = prepared.arrays["train_labels"], prepared.arrays["train_labels_at"]
+    return [decode(np.asarray(labels[at[i] : at[i + 1]]).tolist()) for i in range(len(at) - 1)]
+
+
+def beam_decoder(cfg: ASRConfig, lm_texts: list[str] | None) -> BeamDecoder | None:
+    """model.beam's decoder (None: greedy), with the n-gram of lm_texts when model.lm_order > 0 and texts are given."""
+    if cfg.beam <= 1:
+        return None
+    lm = CharNgram(lm_texts, cfg.lm_order) if cfg.lm_order and lm_texts else None
+    return BeamDecoder(lm, width=cfg.beam, lm_weight=cfg.lm_weight, char_bonus=cfg.char_bonus)
+
+
+def decoding(cfg: ASRConfig) -> str:
+    """How transcripts are decoded, in words."""
+    if cfg.beam <= 1:
+        return "greedy CTC"
+    lm = f", character {cfg.lm_order}-gram of the training transcripts at weight {cfg.lm_weight:g}" if cfg.lm_order else ""
+    return f"CTC prefix beam search, width {cfg.beam}{lm}, {cfg.char_bonus:g} per character"
 
 
 def jiwer_scores(refs: list[str], hyps: list[str]) -> dict[str, float]:
@@ -264,22 +313,32 @@ class ASRSpec(ArchSpec):
         p, d = spoken.prepared, spoken.data
         metrics: dict[str, float] = {}
         predictions: list[dict[str, Any]] = []
+        cfg: ASRConfig = model.cfg
+        decoder = beam_decoder(cfg, training_transcripts(p))
+        recognise = lambda split, n: window_log_probs(model, [wave_of(p, split, i) for i in range(n)], window_s=d.window_seconds,  # noqa: E731
+                                                      device=device, precision=precision)
         if "test_wave_at" in p.arrays:
             n = count(p, "test") if limit is None else min(limit, count(p, "test"))
             names, refs = p.meta["test_names"][:n], [normalise(t) for t in p.meta["test_texts"][:n]]
-            hyps = transcribe(model, [wave_of(p, "test", i) for i in range(n)], window_s=d.window_seconds, device=device, precision=precision)
+            log_probs = recognise("test", n)
+            hyps = texts_of(log_probs, decoder)
             metrics.update(jiwer_scores(refs, hyps))
+            if decoder:
+                metrics.update({f"{k}_greedy": v for k, v in jiwer_scores(refs, texts_of(log_probs)).items()})
             jiwer = require("jiwer", "speech recognition metrics (WER, CER)")
             predictions = [{"input": name, "reference": r, "output": h, "cer": 100.0 * jiwer.cer(r, h), "wer": 100.0 * jiwer.wer(r, h)}
                            for name, r, h in zip(names, refs, hyps)]
             metrics["test_prompts"] = float(n)
         n_val = count(p, "val") if limit is None else min(limit, count(p, "val"))
         val_refs = [normalise(t) for t in p.meta["val_texts"][:n_val]]
-        val_hyps = transcribe(model, [wave_of(p, "val", i) for i in range(n_val)], window_s=d.window_seconds, device=device, precision=precision)
-        metrics.update({f"val_{k}": v for k, v in jiwer_scores(val_refs, val_hyps).items()})
+        log_probs = recognise("val", n_val)
+        metrics.update({f"val_{k}": v for k, v in jiwer_scores(val_refs, texts_of(log_probs, decoder)).items()})
+        if decoder:
+            metrics.update({f"val_{k}_greedy": v for k, v in jiwer_scores(val_refs, texts_of(log_probs)).items()})
         baselines = self.baselines(d, log)
         lines = [f"normalisation: data/transcripts.py (lowercase, [bracketed] dropped, # * & read out, numbers spelled, "
                  f"punctuation but inner apostrophes dropped); jiwer {package_version('jiwer')}",
+                 f"decoding: {decoding(cfg)}",
                  f"held-out synthetic voices: {', '.join(p.meta.get('val_voices', []))} ({n_val} utterances)"]
         return TaskResults(metrics, baselines, predictions, lines)
 
@@ -299,6 +358,7 @@ class ASRSpec(ArchSpec):
     def after_training(self, model: nn.Module, task: Task, run_dir: Path, *, device: torch.device, precision: str,
                        log: Callable[[str], None] = print) -> dict[str, Any]:
         """speech_results.json (metrics, baselines) and asr_prompts.csv (one row per test prompt) in the run folder."""
+        (run_dir / LM_TEXTS).write_text("".join(t + "\n" for t in training_transcripts(task.prepared.prepared)))
         results = self.results(model, task, device=device, precision=precision, log=log)
         (run_dir / RESULTS_FILE).write_text(json.dumps(results.as_json(), indent=1, sort_keys=True) + "\n")
         if results.predictions:
@@ -324,7 +384,10 @@ class ASRSpec(ArchSpec):
         clip = at_rate(wave, rate, model.cfg.sample_rate)
         if len(clip) == 0:
             return [""]  # silence: nothing said
-        return transcribe(model, [clip], window_s=cfg.data.window_seconds, device=device)
+        run = RunDir.of_checkpoint(ckpt.path)
+        texts = run.path / LM_TEXTS if run else None
+        decoder = beam_decoder(model.cfg, texts.read_text().splitlines() if texts and texts.is_file() else None)
+        return transcribe(model, [clip], window_s=cfg.data.window_seconds, device=device, decoder=decoder)
 
     # ---- planner terms
     def extra_matmul_params(self, cfg: ASRConfig, seq_len: int) -> int:
