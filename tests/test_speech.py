@@ -242,6 +242,13 @@ def test_a_tiny_run_reports_its_figures_and_prompts(tiny_run: Path, tmp_path: Pa
     assert transcripts and all(set(t) <= set(VOCAB) for t in transcripts)
     lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(lines) == 4 and {"input", "reference", "output", "cer", "wer"} <= set(lines[0])
+    assert main(["eval", str(tiny_run), "--json", "--limit", "4", "--model.beam", "1"]) == 0  # another decoding, same weights
+    greedy = json.loads(capsys.readouterr().out)["metrics"]
+    assert "cer_greedy" not in greedy and greedy["cer"] == result["metrics"]["cer_greedy"]
+    assert main(["eval", str(tiny_run), "--model.dim", "64"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "largo: error: --model.dim: largo eval overrides only how outputs are decoded (--model.beam, --model.lm_order, "
+        "--model.lm_weight, --model.char_bonus); the rest is the checkpoint's"]
 
 
 @needs_speech

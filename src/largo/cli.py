@@ -61,12 +61,16 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from largo.models import get_spec
     from largo.models.results import TaskResults
     from largo.train.run import build_task
+    from largo.config import with_decoding
 
     if args.max_batches < 0:
         raise ConfigError(f"--max-batches ({args.max_batches}) must be >= 0 (0 = the whole held-out split)")
     device = pick_device(args.device)
     if args.tasks:  # lm-evaluation-harness
         from largo.train.harness import evaluate_tasks
+
+        if overrides:
+            raise ConfigError(f"--{next(iter(overrides))}: decoding overrides apply to a run's own test set, not to --tasks")
 
         if (args.limit is not None and args.limit < 1) or args.batch_size < 1:
             raise ConfigError(f"--limit ({args.limit}) and --batch-size ({args.batch_size}) must be >= 1")
@@ -77,6 +81,7 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     if args.predictions and os.path.isdir(args.predictions):
         raise ConfigError(f"--predictions {args.predictions}: is a folder; give a file to write, e.g. predictions.jsonl")
     model, cfg, ckpt = restore(args.checkpoint, device)
+    cfg = with_decoding(cfg, overrides)  # e.g. --model.beam 16: another decoding of the same weights
     say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print  # --json: stdout holds the one JSON object
     task = build_task(cfg, DistEnv(device=device), log=say)
     spec = get_spec(cfg.model.arch)
@@ -466,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show"])
     p.add_argument("config", help="a preset name or a TOML file; --section.key overrides apply")
     p.set_defaults(fn=cmd_config_show, takes_overrides=True)
-    for name in ("prepare", "train", "plan"):
+    for name in ("prepare", "train", "plan", "eval"):  # eval: only the model's decoding keys (config.with_decoding)
         sub.choices[name].set_defaults(takes_overrides=True)
     return parser
 
@@ -496,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if rest and not getattr(args, "takes_overrides", False):  # silently ignoring them would run something else than asked
             raise ConfigError(f"largo {args.command} does not take {rest[0]!r}: --section.key overrides apply to prepare, train, "
-                              f"plan and config show; `largo {args.command} --help` lists its options")
+                              f"plan, config show (and eval: decoding keys); `largo {args.command} --help` lists its options")
         return run(args, parse_overrides(rest))
     except LargoError as e:
         if args.debug:

@@ -397,6 +397,19 @@ def build_config(raw: dict[str, Any], overrides: dict[str, str] | None = None) -
     return RunConfig(**built)
 
 
+def with_decoding(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
+    """cfg with `largo eval`'s overrides of how the model decodes (its config's decoding_keys); any other key is refused."""
+    allowed, model = type(cfg.model).decoding_keys, cfg.model
+    values: dict[str, Any] = {}
+    for key, text in overrides.items():
+        section, _, name = key.partition(".")
+        if section != "model" or name not in allowed:
+            choices = ", ".join(f"--model.{k}" for k in allowed) or f"none for model.arch = {model.arch!r}"
+            raise ConfigError(f"--{key}: largo eval overrides only how outputs are decoded ({choices}); the rest is the checkpoint's")
+        values[name] = _parse_override(key, text, _hints(type(model))[name])
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, **values)) if values else cfg
+
+
 def load_config(path: str | Path | None, overrides: dict[str, str] | None = None) -> RunConfig:
     """Read a TOML (or a run's config.json), or a preset by name (`text_tiny`), and apply dotted overrides."""
     raw: dict[str, Any] = {}

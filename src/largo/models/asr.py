@@ -52,6 +52,7 @@ RESAMPLE_CHUNK_S = 60.0  # long recordings are resampled a minute at a time (mem
 class ASRConfig(ModelConfig):
     """Waveforms at sample_rate -> log-mel frames (25 ms windows, 10 ms hop) -> 20 ms tokens -> characters + blank."""
 
+    decoding_keys = ("beam", "lm_order", "lm_weight", "char_bonus")
     arch: str = "asr"
     sample_rate: int = 8000  # waveform rate (Hz); telephone band, as the real test speaker is recorded
     n_mels: int = 40  # mel bands of the log-mel frontend
@@ -313,7 +314,7 @@ class ASRSpec(ArchSpec):
         p, d = spoken.prepared, spoken.data
         metrics: dict[str, float] = {}
         predictions: list[dict[str, Any]] = []
-        cfg: ASRConfig = model.cfg
+        cfg: ASRConfig = task.model  # with any decoding settings `largo eval` was given
         decoder = beam_decoder(cfg, training_transcripts(p))
         recognise = lambda split, n: window_log_probs(model, [wave_of(p, split, i) for i in range(n)], window_s=d.window_seconds,  # noqa: E731
                                                       device=device, precision=precision)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from largo.errors import ConfigError
 
@@ -12,6 +12,7 @@ from largo.errors import ConfigError
 class ModelConfig:
     """The trunk every model shares; an architecture's config (models/<arch>.py) adds its stem and head fields."""
 
+    decoding_keys: ClassVar[tuple[str, ...]] = ()  # how outputs are decoded, not what was trained: `largo eval` may override them
     arch: str = "gpt"  # which architecture's spec builds the model: gpt, vit, audio, text_classifier, or one registered
     dim: int = 256  # residual stream width (d_model)
     n_layers: int = 4  # transformer blocks

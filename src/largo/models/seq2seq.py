@@ -49,6 +49,7 @@ class Seq2SeqConfig(GPTConfig):
     """The language model's shape, plus how evaluation and the end of training decode."""
 
     arch: str = "seq2seq"
+    decoding_keys = ("beam", "length_penalty", "keep_placeholders")
     beam: int = 4  # beam width of evaluation's outputs (1 = greedy)
     length_penalty: float = 1.0  # beam search ranks by log-probability / length ** this (0 = plain log-probability)
     keep_placeholders: bool = False  # beam search keeps the source's placeholders (%s, {name}, \n): only such outputs end it
