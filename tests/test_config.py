@@ -111,7 +111,7 @@ def test_commands_refuse_overrides_they_would_ignore_and_print_their_version(tmp
         proc = _largo(*cmd, "--train.steps", "3", cwd=tmp_path)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
             f"largo: error: largo {cmd[0]} does not take '--train.steps': --section.key overrides apply to prepare, train, "
-            f"plan, config show (and eval: decoding keys); `largo {cmd[0]} --help` lists its options"]
+            f"plan, config show (eval, transcribe: decoding keys); `largo {cmd[0]} --help` lists its options"]
     version = _largo("--version")
     from largo import __version__
 

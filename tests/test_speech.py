@@ -247,7 +247,7 @@ def test_a_tiny_run_reports_its_figures_and_prompts(tiny_run: Path, tmp_path: Pa
     assert "cer_greedy" not in greedy and greedy["cer"] == result["metrics"]["cer_greedy"]
     assert main(["eval", str(tiny_run), "--model.dim", "64"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "largo: error: --model.dim: largo eval overrides only how outputs are decoded (--model.beam, --model.lm_order, "
+        "largo: error: --model.dim: a trained model takes overrides only of how it decodes (--model.beam, --model.lm_order, "
         "--model.lm_weight, --model.char_bonus); the rest is the checkpoint's"]
 
 
@@ -258,6 +258,10 @@ def test_transcribe_answers_one_line_and_refuses_bad_clips(tiny_run: Path, tmp_p
     assert main(["generate", str(tiny_run), "--audio", str(asterisk_prompts.SOUNDS / "agent-pass.wav")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2 and out[0] == out[1] and set(out[0]) <= set(VOCAB)
+    clip = str(asterisk_prompts.SOUNDS / "agent-pass.wav")
+    assert main(["transcribe", str(tiny_run), clip, "--model.beam", "1"]) == 0  # greedy, as eval's cer_greedy decodes
+    assert main(["transcribe", str(tiny_run), clip, "--model.n_layers", "2"]) == 2
+    assert "a trained model takes overrides only of how it decodes" in capsys.readouterr().err
     empty = tmp_path / "empty.wav"
     empty.write_bytes(wav_bytes(np.zeros(0), 8000))
     for argv, message in ((["transcribe", str(tiny_run), str(empty)], "holds no samples"),

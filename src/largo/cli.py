@@ -155,8 +155,11 @@ def cmd_transcribe(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     from largo.models import get_spec
     from largo.models.results import GenerateRequest
 
+    from largo.config import with_decoding
+
     ckpt = Checkpoint.find(args.checkpoint)
     model, cfg = load_model(ckpt, pick_device(args.device))
+    cfg = with_decoding(cfg, overrides)  # e.g. --model.beam 1: greedy
     for line in get_spec(cfg.model.arch).respond(model, ckpt, cfg, GenerateRequest(audio=args.audio)):
         print(line)
     return 0
@@ -471,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["show"])
     p.add_argument("config", help="a preset name or a TOML file; --section.key overrides apply")
     p.set_defaults(fn=cmd_config_show, takes_overrides=True)
-    for name in ("prepare", "train", "plan", "eval"):  # eval: only the model's decoding keys (config.with_decoding)
+    for name in ("prepare", "train", "plan", "eval", "transcribe"):  # eval, transcribe: only decoding keys (config.with_decoding)
         sub.choices[name].set_defaults(takes_overrides=True)
     return parser
 
@@ -501,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if rest and not getattr(args, "takes_overrides", False):  # silently ignoring them would run something else than asked
             raise ConfigError(f"largo {args.command} does not take {rest[0]!r}: --section.key overrides apply to prepare, train, "
-                              f"plan, config show (and eval: decoding keys); `largo {args.command} --help` lists its options")
+                              f"plan, config show (eval, transcribe: decoding keys); `largo {args.command} --help` lists its options")
         return run(args, parse_overrides(rest))
     except LargoError as e:
         if args.debug:

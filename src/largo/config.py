@@ -405,7 +405,7 @@ def with_decoding(cfg: RunConfig, overrides: dict[str, str]) -> RunConfig:
         section, _, name = key.partition(".")
         if section != "model" or name not in allowed:
             choices = ", ".join(f"--model.{k}" for k in allowed) or f"none for model.arch = {model.arch!r}"
-            raise ConfigError(f"--{key}: largo eval overrides only how outputs are decoded ({choices}); the rest is the checkpoint's")
+            raise ConfigError(f"--{key}: a trained model takes overrides only of how it decodes ({choices}); the rest is the checkpoint's")
         values[name] = _parse_override(key, text, _hints(type(model))[name])
     return dataclasses.replace(cfg, model=dataclasses.replace(model, **values)) if values else cfg
 

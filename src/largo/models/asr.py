@@ -387,7 +387,7 @@ class ASRSpec(ArchSpec):
             return [""]  # silence: nothing said
         run = RunDir.of_checkpoint(ckpt.path)
         texts = run.path / LM_TEXTS if run else None
-        decoder = beam_decoder(model.cfg, texts.read_text().splitlines() if texts and texts.is_file() else None)
+        decoder = beam_decoder(cfg.model, texts.read_text().splitlines() if texts and texts.is_file() else None)
         return transcribe(model, [clip], window_s=cfg.data.window_seconds, device=device, decoder=decoder)
 
     # ---- planner terms
