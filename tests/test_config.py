@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,19 @@ def test_integer_keys_beyond_64_bits_are_one_line(key: str) -> None:
         build_config({}, {key: str(2**63)})
     assert str(info.value) == f"{key} ({2**63}) must be at most {2**63 - 1}: integer keys take 64-bit values"
     assert build_config({}, {"run.seed": str(-(2**63))}).run.seed == -(2**63)  # the seed may be any 64-bit value
+
+
+def test_a_trained_model_takes_overrides_of_how_it_decodes_only() -> None:
+    from largo.config import with_decoding
+
+    cfg = build_config({"model": {"arch": "seq2seq", "beam": 4}})
+    decoded = with_decoding(cfg, {"model.beam": "1", "model.length_penalty": "0.6", "model.keep_placeholders": "true"})
+    assert (decoded.model.beam, decoded.model.length_penalty, decoded.model.keep_placeholders) == (1, 0.6, True)
+    assert decoded.model.dim == cfg.model.dim and decoded.train == cfg.train
+    for bad, says in (({"model.beam": "0"}, "model.beam (0) must be >= 1"), ({"train.steps": "3"}, "--train.steps: a trained model"),
+                      ({"model.dim": "8"}, "--model.dim: a trained model")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            with_decoding(cfg, bad)
+    gpt = build_config({})
+    with pytest.raises(ConfigError, match="none for model.arch = 'gpt'"):
+        with_decoding(gpt, {"model.beam": "2"})
