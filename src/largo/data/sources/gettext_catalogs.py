@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gettext
 import hashlib
+import io
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,12 +38,28 @@ def unique_catalogs(paths: list[Path]) -> list[Path]:
     return sorted(seen.values())
 
 
+def ascii_header(data: bytes) -> bytes:
+    """The .mo bytes with the header entry's non-ASCII bytes (a translator's name in the declared charset) made '?':
+    the same length, so every offset holds and the messages still decode with the header's charset."""
+    order = "<" if data[:4] == b"\xde\x12\x04\x95" else ">"
+    count, _, translations = struct.unpack(order + "3I", data[8:20])
+    for i in range(count):
+        length, offset = struct.unpack(order + "2I", data[translations + 8 * i : translations + 8 * i + 8])
+        if b"charset=" in data[offset : offset + length]:
+            header = bytes(b if b < 128 else 63 for b in data[offset : offset + length])
+            return data[:offset] + header + data[offset + length :]
+    return data
+
+
 def catalog_messages(path: Path) -> Iterator[tuple[str, str]]:
     """(English, translation) of one .mo file: singular forms of plural entries, context stripped, header skipped."""
     try:
-        with open(path, "rb") as f:
-            catalog = gettext.GNUTranslations(f)._catalog  # msgid -> msgstr; (msgid, n) -> plural form n
-    except (OSError, UnicodeDecodeError) as e:
+        data = path.read_bytes()
+        try:
+            catalog = gettext.GNUTranslations(io.BytesIO(data))._catalog  # msgid -> msgstr; (msgid, n) -> plural form n
+        except UnicodeDecodeError:  # Python reads the header as UTF-8 before its charset line: a Latin-1 name in it
+            catalog = gettext.GNUTranslations(io.BytesIO(ascii_header(data)))._catalog
+    except (OSError, UnicodeDecodeError, struct.error) as e:
         raise DataError(f"{path}: not a readable gettext catalog ({e})") from None
     for key, value in catalog.items():
         if isinstance(key, tuple):  # a plural entry: keep its singular (form 0), drop the others
