@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -249,3 +250,51 @@ def test_pairs_encode_with_a_given_tokenizer_and_its_own_separator(tmp_path: Pat
     with pytest.raises(ConfigError, match="data.separator '<|sep|>' is not a token of data.tokenizer"):
         prepare_pairs(dataclasses.replace(d, separator="<|sep|>", dir=str(tmp_path / "other")), seq_len=64, log=lambda _m: None)
     assert not (tmp_path / "other").exists()  # nothing written
+
+
+def test_the_source_loss_adds_the_sources_next_token_loss_in_training_only(one_thread: None) -> None:
+    """With model.source_loss w, training reads sum_target + w x mean_source x n_target; evaluation the target's alone."""
+    from largo.data.seq2seq import pair_batch
+
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, max_seq_len=40, tie_embeddings=False, source_loss=0.5)
+    model = PrefixLM(cfg)
+    model.init_weights()
+    rows = torch.randint(3, 50, (2, 12))
+    rows[0, 5], rows[1, 3] = 1, 1  # the separator (id 1) after a source of 5 and of 3 tokens; row 1 ends early
+    inputs, targets = pair_batch(rows.numpy(), src_len=torch.tensor([5, 3]).numpy(), length=torch.tensor([12, 9]).numpy())
+    with torch.no_grad():
+        logp = torch.log_softmax(model(inputs).float(), -1)  # (b, t, vocab): the full head
+        nll = -logp.gather(-1, rows[:, 1:, None])[..., 0]  # (b, t): every position's next-token loss
+        tgt = targets != -100
+        src = torch.zeros_like(tgt)
+        src[0, :5], src[1, :3] = True, True  # positions before the separator predict source tokens, then the separator
+        expected = nll[tgt].sum() + 0.5 * nll[src].mean() * tgt.sum()
+        assert torch.allclose(model.train()(inputs, targets=targets), expected, rtol=1e-4)
+        assert torch.allclose(model.eval()(inputs, targets=targets), nll[tgt].sum(), rtol=1e-4)
+
+
+def _mo_file(entries: dict[bytes, bytes]) -> bytes:
+    """A little-endian .mo file of (msgid, msgstr) byte strings, the layout msgfmt writes (no hash table)."""
+    keys = sorted(entries)
+    head, table = 28, 28 + 16 * len(keys)
+    originals, translations, blob = [], [], b""
+    for k in keys:
+        originals.append((len(k), table + len(blob)))
+        blob += k + b"\0"
+    for k in keys:
+        translations.append((len(entries[k]), table + len(blob)))
+        blob += entries[k] + b"\0"
+    index = b"".join(struct.pack("<2I", *e) for e in originals + translations)
+    return struct.pack("<7I", 0x950412DE, 0, len(keys), head, head + 8 * len(keys), 0, table) + index + blob
+
+
+def test_a_catalog_with_a_latin1_header_is_read_in_its_charset(tmp_path: Path) -> None:
+    """Python's gettext reads a header as UTF-8 before its charset line (Debian's German net-tools.mo): read anyway."""
+    header = "Last-Translator: Ralf B\xe4chle\nContent-Type: text/plain; charset=iso-8859-1\n".encode("latin-1")
+    path = tmp_path / "net.mo"
+    path.write_bytes(_mo_file({b"": header, b"Flags": "Flaggen f\xfcr".encode("latin-1")}))
+    assert list(catalog_messages(path)) == [("Flags", "Flaggen f\xfcr")]
+    path.write_bytes(b"\xde\x12\x04\x95" + b"\xff" * 10)  # a truncated catalog is still one line
+    with pytest.raises(DataError, match="not a readable gettext catalog"):
+        list(catalog_messages(path))

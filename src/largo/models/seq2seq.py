@@ -53,11 +53,17 @@ class Seq2SeqConfig(GPTConfig):
     beam: int = 4  # beam width of evaluation's outputs (1 = greedy)
     length_penalty: float = 1.0  # beam search ranks by log-probability / length ** this (0 = plain log-probability)
     keep_placeholders: bool = False  # beam search keeps the source's placeholders (%s, {name}, \n): only such outputs end it
+    # training only: weight of a language-model loss on the source's tokens beside the target's (0 = the target's
+    # alone). A summarisation source is most of a row; predicting it teaches the language the summary is written in.
+    # The training loss then reads target + weight x source (each per token); the dev loss stays the target's.
+    source_loss: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.beam < 1 or not self.length_penalty >= 0:
             raise ConfigError(f"model.beam ({self.beam}) must be >= 1 and model.length_penalty ({self.length_penalty}) >= 0")
+        if not self.source_loss >= 0:
+            raise ConfigError(f"model.source_loss ({self.source_loss}) must be >= 0 (0 = the target's loss only)")
 
 
 class PrefixLM(GPT):
@@ -72,11 +78,23 @@ class PrefixLM(GPT):
         keep = targets != IGNORE  # (b, t) the target's positions
         w = self.head.weight if self.head is not None else self.tok_emb.weight
         if not score:
-            return linear_cross_entropy(x[keep], w, targets[keep])
+            loss = linear_cross_entropy(x[keep], w, targets[keep])
+            weight = self.cfg.source_loss if self.training else 0.0
+            return loss if not weight else loss + weight * self.source_loss(x, w, tokens, keep)
         scored = linear_scores(x[keep], w, targets[keep])
         predicted = torch.full_like(targets, IGNORE)
         predicted[keep] = scored.predicted.to(predicted.dtype)
         return scored._replace(predicted=predicted)
+
+    def source_loss(self, x: torch.Tensor, w: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The summed next-token loss over the source's positions (those before a row's first target, each predicting
+        the next input: a source token or the separator), rescaled to the target's token count so that the sum the
+        trainer divides by that count reads as a per-token mean."""
+        first = keep.int().argmax(dim=1)  # (b,) the separator's position: the first target
+        source = torch.arange(tokens.shape[1], device=tokens.device)[None] < first[:, None]  # (b, t)
+        nxt = tokens.roll(-1, dims=1)  # position p predicts input p + 1 (< first + 1 <= t - 1: never wraps)
+        count = source.sum().clamp(min=1)
+        return linear_cross_entropy(x[source], w, nxt[source]) * (keep.sum() / count)
 
     def logits_at(self, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """Logits (b, vocab) of the token after position at[i] of row i: the head on those positions only (explanations
