@@ -46,6 +46,7 @@ RESULTS_FILE = "speech_results.json"  # a finished run's figures, read as a base
 PROMPTS_CSV = "asr_prompts.csv"  # per test prompt: name, reference, hypothesis, cer, wer
 SPECTROGRAMS = "spectrograms.png"  # the model's log-mel input for a few human test prompts, reference and hypothesis above
 LM_TEXTS = "lm_transcripts.txt"  # the training transcripts the beam's n-gram counts (written by after_training, for transcribe)
+FEATURE_NORMS = ("peak", "band_mean")
 RESAMPLE_CHUNK_S = 60.0  # long recordings are resampled a minute at a time (memory stays flat for an hour-long file)
 
 
@@ -63,6 +64,9 @@ class ASRConfig(ModelConfig):
     lm_order: int = 6  # beam search: a character n-gram of this order, counted on the training transcripts (0 = none)
     lm_weight: float = 0.8  # beam search: weight of the n-gram's log-probability (0.8 and 1.5: chosen on held-out voices)
     char_bonus: float = 1.5  # beam search: added per character (the n-gram alone favours short outputs)
+    # "peak": log-mel scaled per clip from its loudest cell; "band_mean": then each band's mean over the clip removed
+    # (cepstral mean normalisation: a fixed microphone or line colouring is a constant per band in the log domain)
+    feature_norm: str = "peak"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -72,6 +76,8 @@ class ASRConfig(ModelConfig):
         if self.n_mels < 1 or self.sample_rate < 1000 or self.vocab_size < 0:
             raise ConfigError(f"model.n_mels ({self.n_mels}) must be >= 1, model.sample_rate ({self.sample_rate}) >= 1000 Hz "
                               f"and model.vocab_size ({self.vocab_size}) >= 0")
+        if self.feature_norm not in FEATURE_NORMS:
+            raise ConfigError(f"model.feature_norm ({self.feature_norm!r}) must be one of {', '.join(FEATURE_NORMS)}")
         if not 0 <= self.f_max <= self.sample_rate / 2:
             raise ConfigError(f"model.f_max ({self.f_max}) must be in [0, sample_rate / 2 = {self.sample_rate / 2}]")
 
@@ -106,11 +112,18 @@ class ASRModel(nn.Module):
     def stem_states(self, wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The audio stem with the frames past each clip's end zeroed before each convolution, as its own zero padding:
         an utterance's outputs do not depend on how much padding its batch adds."""
-        stem, hop = self.stem, self.cfg.hop_length
-        feats = stem.features(wave)  # (b, n_mels, frames)
-        inside = (torch.arange(feats.shape[-1], device=wave.device)[None, :] < (lengths // hop + 1)[:, None])[:, None, :]
-        x = F.gelu(stem.conv1(feats * inside)) * inside
-        return F.gelu(stem.conv2(x)).transpose(1, 2)
+        feats, inside = self.features(wave, lengths)
+        x = F.gelu(self.stem.conv1(feats * inside)) * inside
+        return F.gelu(self.stem.conv2(x)).transpose(1, 2)
+
+    def features(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-mel frames (b, n_mels, frames) normalised as cfg.feature_norm says, and the mask (b, 1, frames) of each
+        clip's own frames."""
+        feats = self.stem.features(wave)
+        inside = (torch.arange(feats.shape[-1], device=wave.device)[None, :] < (lengths // self.cfg.hop_length + 1)[:, None])[:, None, :]
+        if self.cfg.feature_norm == "band_mean":  # each band's mean over the clip's own frames (not its padding)
+            feats = feats - (feats * inside).sum(-1, keepdim=True) / inside.sum(-1, keepdim=True).clamp_min(1)
+        return feats, inside
 
     @torch.no_grad()
     def init_weights(self) -> None:
