@@ -69,6 +69,25 @@ def test_training_sentences_near_a_test_prompt_are_left_out() -> None:
     assert without_test_prompts(sentences, tests) == ["Enter the file name", "Good bye now, friend"]
 
 
+FESTIVAL_PACKAGES = "apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k"
+
+
+def test_festival_speaks_a_batch_in_one_process_and_its_rate_factor_moves_pitch_and_tempo(tmp_path: Path) -> None:
+    from largo.data.sources.speech_sentences import FESTIVAL_VOICES, Utterance, festival_batch, festival_voices
+
+    if "kal" not in festival_voices():
+        pytest.skip(f"needs festival's kal voice: {FESTIVAL_PACKAGES} (.ci/run installs it)")
+    name = FESTIVAL_VOICES["kal"]
+    items = [Utterance('Say "yes" \\ or no.', "festival-kal", "festival", name, 1.0, 1.0),  # quotes and a backslash
+             Utterance("Open the file.", "festival-kal", "festival", name, 1.0, 1.0),
+             Utterance("Open the file.", "festival-kal", "festival", name, 1.5, 1.1)]
+    said = festival_batch(items, tmp_path)
+    assert all(s is not None for s in said) and not list(tmp_path.iterdir())  # a quote does not end the batch early
+    (x0, r0), (x1, r1), (x2, r2) = said  # type: ignore[misc]
+    assert r1 == 16000 and r2 == 17600  # 1.1 x the rate: played back 10% faster and higher
+    assert len(x2) > 1.3 * len(x1)  # a diphone voice follows the duration stretch
+
+
 @needs_speech
 def test_the_human_prompts_are_test_only_and_kept_out_of_training() -> None:
     from largo.data.sources.speech_sentences import training_sentences
@@ -129,7 +148,7 @@ def test_greedy_decode_merges_repeats_and_drops_blanks() -> None:
     assert greedy_decode(logits, torch.tensor([6])) == [[h, e, l]]  # positions past the length are padding
 
 
-def tiny_asr(**kw: int) -> ASRModel:
+def tiny_asr(**kw: object) -> ASRModel:
     torch.manual_seed(0)
     cfg = ASRConfig(dim=32, n_layers=1, n_heads=2, max_seq_len=128, vocab_size=len(VOCAB) + 1, **kw)
     model = ASRModel(cfg)
@@ -156,8 +175,9 @@ def test_a_tiny_model_learns_ctc(one_thread: None) -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_padding_does_not_change_an_utterances_outputs() -> None:
-    model = tiny_asr().eval()
+@pytest.mark.parametrize("norm", ["peak", "band_mean"])
+def test_padding_does_not_change_an_utterances_outputs(norm: str) -> None:
+    model = tiny_asr(feature_norm=norm).eval()
     wave = np.random.default_rng(1).standard_normal(4000).astype(np.float32) * 0.1
     alone, _ = pad_batch([wave], [np.array([3])])
     padded, _ = pad_batch([wave, np.zeros(9000, np.float32)], [np.array([3]), np.array([3])])
@@ -165,6 +185,19 @@ def test_padding_does_not_change_an_utterances_outputs() -> None:
         a, n = model(alone)
         b, _ = model(padded)
     assert torch.allclose(a[0, : n[0]], b[0, : n[0]], atol=1e-4)
+
+
+def test_band_mean_features_remove_a_fixed_colouring_of_the_channel() -> None:
+    """A constant gain per band (a microphone's colouring, in the log domain) leaves band_mean features unchanged."""
+    model = tiny_asr(feature_norm="band_mean").eval()
+    wave = np.random.default_rng(2).standard_normal(4000).astype(np.float32) * 0.1
+    x, _ = pad_batch([wave, np.zeros(6000, np.float32)], [np.array([3]), np.array([3])])
+    feats, inside = model.features(x["wave"], x["lengths"])
+    assert torch.allclose((feats * inside).sum(-1)[0] / inside[0].sum(), torch.zeros(feats.shape[1]), atol=1e-5)
+    tilt = torch.linspace(-0.3, 0.2, feats.shape[1])[None, :, None]  # what a fixed filter adds to each log band
+    model.stem.features = lambda w: type(model.stem).features(model.stem, w) + tilt  # type: ignore[method-assign]
+    coloured, _ = model.features(x["wave"], x["lengths"])
+    assert torch.allclose((coloured - feats) * inside, torch.zeros_like(feats), atol=1e-5)
 
 
 def test_augmentation_keeps_lengths_and_silent_padding() -> None:

@@ -1,11 +1,13 @@
-"""data.source = "synth-sentences": English sentences spoken by espeak-ng (every accent x every voice variant) and flite
-(every voice), each utterance at its own speed and pitch: a recogniser's training set made offline, no human voice in it.
+"""data.source = "synth-sentences": English sentences spoken by espeak-ng (every accent x every voice variant), flite
+(every voice) and, where installed, festival (an HTS statistical voice and two diphone voices), each utterance at its own
+speed and pitch: a recogniser's training set made offline, no human voice in it.
 
 The sentences are the English messages (msgids) of the installed gettext catalogs (/usr/share/locale/*/LC_MESSAGES/*.mo):
 plain ones (letters, digits, simple punctuation, 2-14 words), deduplicated by their normalised form, and never equal or
 near-equal (rapidfuzz ratio >= 80 on normalised text) to a transcript of the test prompts (asterisk_prompts.py).
-Whole voices are held out for validation (an espeak variant over all its accents, or a flite voice), and each sentence is
-spoken once, so validation sentences are unseen too. Rows are (waveform, rate) at the engine's rate.
+Whole voices are held out for validation (an espeak variant over all its accents, or a flite voice; festival's few all
+train), and each sentence is spoken once, so validation sentences are unseen too. Rows are (waveform, rate) at the
+engine's rate.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import gettext
 import glob
 import re
+import shutil
 import subprocess
 import tempfile
 import zlib
@@ -37,6 +40,13 @@ CATALOGS = "/usr/share/locale/*/LC_MESSAGES/*.mo"
 PLAIN = re.compile(r"^[A-Za-z][A-Za-z0-9 ,.'?!;:()-]*$")
 NEAR_TEST = 80.0  # rapidfuzz ratio (0-100) on normalised text at or above which a sentence is too close to a test prompt
 FLITE_SHARE = 0.4  # share of utterances spoken by flite (5 voices, closer to a human voice than espeak's formant synthesis)
+# festival's voices, where installed (apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k):
+# an HTS voice trained on a woman's recordings and two diphone voices made of human speech; they take FESTIVAL_SHARE of
+# the utterances and flite FLITE_SHARE_WITH_FESTIVAL, espeak the rest
+FESTIVAL_VOICES = {"slt": "cmu_us_slt_arctic_hts", "kal": "kal_diphone", "ked": "ked_diphone"}
+FESTIVAL_DIRS = "/usr/share/festival/voices/*/"
+FESTIVAL_SHARE = 0.4
+FLITE_SHARE_WITH_FESTIVAL = 0.3
 CHUNK = 32  # utterances synthesised per batch of subprocess calls
 
 
@@ -45,11 +55,11 @@ class Utterance:
     """One sentence in one voice at one speed and pitch."""
 
     text: str
-    voice: str  # the held-out unit: an espeak variant or "flite-<voice>"
-    engine: str  # "espeak" or "flite"
-    name: str  # espeak "en-gb+f3", or a flite voice
-    speed: float  # espeak words per minute, or flite duration stretch
-    pitch: float  # espeak pitch 0..99, or flite mean F0 in Hz
+    voice: str  # the held-out unit: an espeak variant, "flite-<voice>" or "festival-<voice>"
+    engine: str  # "espeak", "flite" or "festival"
+    name: str  # espeak "en-gb+f3", a flite voice, or a festival voice ("cmu_us_slt_arctic_hts")
+    speed: float  # espeak words per minute, or flite/festival duration stretch
+    pitch: float  # espeak pitch 0..99, flite mean F0 in Hz, or festival's playback-rate factor (pitch and formants)
 
 
 def largest_per_domain(paths: list[str]) -> list[str]:
@@ -106,18 +116,33 @@ def training_sentences(count: int) -> list[str]:
     return [sentences[i] for i in order[:count]]
 
 
-def voices() -> tuple[list[str], list[str]]:
-    """(espeak variants, flite voices) available here."""
+def festival_voices() -> list[str]:
+    """Short names of the festival voices installed here (none without text2wave)."""
+    if shutil.which("text2wave") is None:
+        return []
+    installed = {Path(d).name for d in glob.glob(FESTIVAL_DIRS + "*")}
+    return [short for short, name in FESTIVAL_VOICES.items() if name in installed]
+
+
+def voices() -> tuple[list[str], list[str], list[str]]:
+    """(espeak variants, flite voices, festival voices) available here."""
     _need("flite", "flite")
-    return espeak_variants(), list(FLITE_VOICES)
+    return espeak_variants(), list(FLITE_VOICES), festival_voices()
 
 
-def utterances(sentences: list[str], variants: list[str], flites: list[str]) -> list[Utterance]:
+def utterances(sentences: list[str], variants: list[str], flites: list[str], festivals: list[str] = ()) -> list[Utterance]:
     """Each sentence once, in a voice, speed and pitch drawn from a generator seeded by the sentence."""
+    festival_share = FESTIVAL_SHARE if festivals else 0.0
+    flite_share = FLITE_SHARE_WITH_FESTIVAL if festivals else FLITE_SHARE
     out = []
     for text in sentences:
         rng = np.random.default_rng(zlib.crc32(text.encode()))
-        if rng.random() < FLITE_SHARE:
+        draw = rng.random()
+        if draw < festival_share:
+            voice = festivals[rng.integers(len(festivals))]
+            out.append(Utterance(text, f"festival-{voice}", "festival", FESTIVAL_VOICES[voice], float(rng.uniform(0.85, 1.3)),
+                                 float(rng.uniform(0.88, 1.14))))
+        elif draw < festival_share + flite_share:
             voice = flites[rng.integers(len(flites))]
             out.append(Utterance(text, f"flite-{voice}", "flite", voice, float(rng.uniform(0.8, 1.4)), float(rng.uniform(90, 220))))
         else:
@@ -137,6 +162,8 @@ def speak(u: Utterance, workdir: Path) -> tuple[np.ndarray, int] | None:
         if u.engine == "espeak":
             cmd = ["espeak-ng", "-v", u.name, "-s", str(int(u.speed)), "-p", str(int(u.pitch)), "--stdout", u.text]
             x, rate = parse_wav(subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout, u.name)
+        elif u.engine == "festival":
+            return festival_batch([u], workdir)[0]
         else:
             path = workdir / f"{zlib.crc32((u.name + u.text).encode())}.wav"
             subprocess.run(["flite", "-voice", u.name, "--setf", f"duration_stretch={u.speed:.3f}", "--setf",
@@ -148,31 +175,84 @@ def speak(u: Utterance, workdir: Path) -> tuple[np.ndarray, int] | None:
     return (x, rate) if len(x) > rate // 10 else None
 
 
+def _scheme_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def festival_batch(items: list[Utterance], workdir: Path) -> list[tuple[np.ndarray, int] | None]:
+    """festival's renditions of utterances in one voice, from one festival process (its start-up costs more than a
+    sentence). `pitch` scales the rate each wave claims, so resampling moves its pitch, formants and tempo together (a
+    longer or shorter vocal tract): one recorded speaker becomes many (HTS voices ignore the duration stretch)."""
+    paths = [workdir / f"{zlib.crc32((u.name + u.text).encode())}-{i}.wav" for i, u in enumerate(items)]  # a text may recur
+    script = [f"(voice_{items[0].name})"] + [
+        f"(Parameter.set 'Duration_Stretch {u.speed:.3f})\n(utt.save.wave (utt.synth (Utterance Text {_scheme_string(u.text)})) "
+        f"{_scheme_string(str(path))} 'riff)" for u, path in zip(items, paths)]
+    try:
+        subprocess.run(["festival", "--pipe"], input="\n".join(script).encode(), capture_output=True, timeout=60 + 10 * len(items))
+    except subprocess.TimeoutExpired:
+        pass  # the files written so far are kept
+    out: list[tuple[np.ndarray, int] | None] = []
+    for u, path in zip(items, paths):
+        try:
+            x, rate = read_wav(path)
+            path.unlink()
+        except (OSError, DataError):
+            out.append(None)
+            continue
+        # the claimed rate is a multiple of 100 Hz: resampling it to 8 or 16 kHz then takes a short polyphase filter
+        out.append((x, int(round(rate * u.pitch / 100)) * 100) if len(x) > rate // 10 else None)
+    return out
+
+
+def render(chunk: list[Utterance], workdir: Path, pool: ThreadPoolExecutor) -> list[tuple[np.ndarray, int] | None]:
+    """Every utterance of the chunk spoken, in order: festival's grouped by voice (one process each), the others one by one."""
+    groups: dict[str, list[int]] = {}
+    for i, u in enumerate(chunk):
+        if u.engine == "festival":
+            groups.setdefault(u.name, []).append(i)
+    batches = {name: pool.submit(festival_batch, [chunk[i] for i in idx], workdir) for name, idx in groups.items()}
+    singles = {i: pool.submit(speak, u, workdir) for i, u in enumerate(chunk) if u.engine != "festival"}
+    out: list[tuple[np.ndarray, int] | None] = [None] * len(chunk)
+    for name, idx in groups.items():
+        for i, spoken in zip(idx, batches[name].result()):
+            out[i] = spoken
+    for i, future in singles.items():
+        out[i] = future.result()
+    return out
+
+
 class SynthSentencesSource(DataSource):
     """Synthesised sentences split by voice; data.sentences decides how many (synthesis costs CPU time: ~30 ms espeak,
-    ~150 ms flite per sentence)."""
+    ~150 ms flite, ~100 ms festival per sentence)."""
 
     settings_keys = ("sentences",)
 
     def fingerprint(self) -> str:
-        return super().fingerprint() + f":{getattr(self.data, 'sentences', 0)}"
+        mix = f"festival{FESTIVAL_SHARE}-all-train/flite{FLITE_SHARE_WITH_FESTIVAL}" if festival_voices() else f"flite{FLITE_SHARE}"
+        return super().fingerprint() + f":{getattr(self.data, 'sentences', 0)}:{mix}"
 
     def files(self) -> list[tuple[Path, str]]:
-        import shutil
-
-        return [(Path(p), Path(p).name) for p in (shutil.which("espeak-ng"), shutil.which("flite")) if p]
+        tools = [Path(p) for p in (shutil.which("espeak-ng"), shutil.which("flite")) if p]
+        voices_dirs = [Path(d) for d in sorted(glob.glob(FESTIVAL_DIRS + "*")) if Path(d).name in FESTIVAL_VOICES.values()]
+        festival = [Path(shutil.which("text2wave") or "")] + voices_dirs if festival_voices() else []
+        return [(p, p.name) for p in tools + festival]
 
     def rows(self, roles: Roles, stats: SourceStats) -> Iterator[Row]:
-        variants, flites = voices()
-        items = utterances(training_sentences(int(getattr(self.data, "sentences", 0)) or 10**9), variants, flites)
+        variants, flites, festivals = voices()
+        items = utterances(training_sentences(int(getattr(self.data, "sentences", 0)) or 10**9), variants, flites, festivals)
+        # festival's voices all train: the closest to a human's and only three (one held out took 13% of the sentences
+        # and cost the human test a voice of its kind); validation holds out espeak and flite voices as before
         held = held_out_voices(variants + [f"flite-{v}" for v in flites], self.data.val_fraction)
+        if not festivals:
+            self.log("prepare: festival's voices are not installed, so espeak-ng and flite speak every sentence "
+                     "(apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k adds voices closer to a human's)")
         self.log(f"prepare: synthesising {len(items):,} sentences with espeak-ng ({len(variants)} variants x {len(ESPEAK_ACCENTS)} "
-                 f"accents) and flite ({len(flites)} voices); held-out voices: {', '.join(sorted(held))}")
+                 f"accents), flite ({len(flites)} voices) and festival ({len(festivals)} voices); held-out voices: {', '.join(sorted(held))}")
         failed = 0
         with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max_workers=2) as pool:
             for start in range(0, len(items), CHUNK):
                 chunk = items[start : start + CHUNK]
-                for u, spoken in zip(chunk, pool.map(lambda u: speak(u, Path(tmp)), chunk)):
+                for u, spoken in zip(chunk, render(chunk, Path(tmp), pool)):
                     if spoken is None:
                         failed += 1
                         continue
