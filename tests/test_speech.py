@@ -225,6 +225,47 @@ def test_speed_perturbation_moves_pitch_and_length_together() -> None:
         assert abs(np.argmax(spectrum) * rate / n - hz) < 3.0
 
 
+def test_vtlp_moves_a_tone_by_the_warp_factor_and_keeps_its_timing() -> None:
+    """Vocal tract length perturbation scales frequencies (below the bend) by the drawn factor, leaves the duration
+    and the silent padding alone, and a factor of 1 gives the clip back."""
+    d, rate = SpeechDataConfig(vtlp=0.1), 8000
+    tone = (0.3 * np.sin(2 * np.pi * 1000 * np.arange(6000) / rate)).astype(np.float32)
+    x, _ = pad_batch([tone, tone, tone], [np.array([1])] * 3, 4000)
+    draws = torch.zeros(3, augment_draws(d))
+    draws[:, -1] = torch.tensor([1.0, 0.0, 0.5])  # factors 1.1, 0.9 and 1
+    out = SpeechAugment(d, rate)(x | {"draws": draws})
+    assert out["wave"].shape == (3, 8000) and out["lengths"].tolist() == [6000] * 3 and out["wave"][:, 6000:].abs().max() == 0
+    for row, hz in ((0, 1100.0), (1, 900.0)):
+        spectrum = np.abs(np.fft.rfft(out["wave"][row, :6000].numpy()))
+        assert abs(np.argmax(spectrum) * rate / 6000 - hz) < 3.0
+    assert torch.allclose(SpeechAugment(d, rate).warp(x["wave"], torch.tensor([0.5] * 3)), x["wave"], atol=1e-3)
+
+
+def test_adaptation_lowers_the_entropy_and_leaves_no_trace(one_thread: None) -> None:
+    """Test-time adaptation: the entropy it minimises falls over its steps; a recording's outputs do not depend on
+    which recordings were adapted to before it; the weights are the trained ones afterwards; outputs differ from
+    the unadapted model's."""
+    from largo.models.asr import window_log_probs
+    from largo.models.asr_adapt import adapt, adaptable, restored
+
+    model, rng = tiny_asr(), np.random.default_rng(5)
+    waves = [(0.2 * rng.standard_normal(n)).astype(np.float32) for n in (3000, 5000)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = dict(window_s=8.0, device=torch.device("cpu"), adapt_steps=5, adapt_lr=1e-2)
+    both = window_log_probs(model, waves, **kw)
+    alone = window_log_probs(model, waves[1:], **kw)
+    plain = window_log_probs(model, waves[1:], window_s=8.0, device=torch.device("cpu"))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert np.allclose(both[1][0], alone[0][0], atol=1e-5) and not np.allclose(alone[0][0], plain[0][0], atol=1e-3)
+    x = torch.from_numpy(waves[1])[None]
+    params = adaptable(model)
+    with restored(params):
+        history = adapt(lambda: model({"wave": x, "lengths": torch.tensor([x.shape[1]])}), params, steps=5, lr=1e-2,
+                        device=torch.device("cpu"), precision="fp32")
+    assert history[-1] < history[0]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
 # ---- metrics and long recordings
 
 
@@ -278,10 +319,13 @@ def test_a_tiny_run_reports_its_figures_and_prompts(tiny_run: Path, tmp_path: Pa
     assert main(["eval", str(tiny_run), "--json", "--limit", "4", "--model.beam", "1"]) == 0  # another decoding, same weights
     greedy = json.loads(capsys.readouterr().out)["metrics"]
     assert "cer_greedy" not in greedy and greedy["cer"] == result["metrics"]["cer_greedy"]
+    assert main(["eval", str(tiny_run), "--json", "--limit", "4", "--model.beam", "1", "--model.adapt_steps", "2"]) == 0
+    out = capsys.readouterr()
+    assert "after 2 entropy steps on each recording" in out.err and json.loads(out.out)["metrics"]["test_prompts"] == 4
     assert main(["eval", str(tiny_run), "--model.dim", "64"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "largo: error: --model.dim: a trained model takes overrides only of how it decodes (--model.beam, --model.lm_order, "
-        "--model.lm_weight, --model.char_bonus); the rest is the checkpoint's"]
+        "--model.lm_weight, --model.char_bonus, --model.adapt_steps, --model.adapt_lr); the rest is the checkpoint's"]
 
 
 @needs_speech

@@ -34,6 +34,8 @@ _VERSION = 1  # bump when the preparation below changes what it stores
 _AUGMENT_DRAWS = 10  # AudioAugment's own draws (speed, shift, noise, channel), before its 4 per mask
 _REVERB_DRAWS = 3  # flag, RT60, impulse-response row
 _SPEED_DRAWS = 1  # the playback speed (drawn only when data.speed_perturb is set: other runs draw as before)
+_WARP_DRAWS = 1  # the vocal tract length factor (drawn only when data.vtlp is set)
+WARP_EDGE = 0.8  # VTLP: frequencies above this share of Nyquist bend so that Nyquist stays in place
 
 
 @dataclass
@@ -51,12 +53,13 @@ class SpeechDataConfig(DataConfig):
     reverb: float = 0.0  # share of training clips convolved with a synthetic room (RT60 0.1-0.6 s); 0 = none
     spec_masks: int = 0  # silenced spans (<= 60 ms) and removed bands (<= 300 Hz) per training clip (SpecAugment)
     speed_perturb: float = 0.0  # play training clips faster or slower by up to this fraction (pitch, formants, tempo; lengths follow)
+    vtlp: float = 0.0  # vocal tract length perturbation: each clip's spectrum warped by a factor in [1 - vtlp, 1 + vtlp], tempo kept
     window_seconds: float = 8.0  # recognition: longer recordings are cut at pauses into windows of at most this
     baseline_run: str = ""  # a run folder (e.g. the same recipe without augmentation) whose speech_results.json is the baseline
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_non_negative(self, "sentences", "max_rows", "noise_snr_db", "band_limit_hz", "reverb", "spec_masks", "speed_perturb")
+        check_non_negative(self, "sentences", "max_rows", "noise_snr_db", "band_limit_hz", "reverb", "spec_masks", "speed_perturb", "vtlp")
         if not 0.5 <= self.max_seconds <= 30.0:
             raise ConfigError(f"data.max_seconds ({self.max_seconds}) must be in [0.5, 30]")
         if not 1.0 <= self.window_seconds <= 30.0:
@@ -65,10 +68,12 @@ class SpeechDataConfig(DataConfig):
             raise ConfigError(f"data.reverb ({self.reverb}) must be a share in [0, 1]")
         if self.speed_perturb >= 0.5:
             raise ConfigError(f"data.speed_perturb ({self.speed_perturb}) must be in [0, 0.5)")
+        if self.vtlp >= 0.5:
+            raise ConfigError(f"data.vtlp ({self.vtlp}) must be in [0, 0.5)")
 
     @property
     def augmented(self) -> bool:
-        return bool(self.noise_snr_db or self.band_limit_hz or self.reverb or self.spec_masks or self.speed_perturb)
+        return bool(self.noise_snr_db or self.band_limit_hz or self.reverb or self.spec_masks or self.speed_perturb or self.vtlp)
 
 
 def utterance(wave: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
@@ -225,7 +230,9 @@ def split_batches(prepared: Prepared, split: str, micro_batch: int, max_batches:
 
 def augment_draws(d: SpeechDataConfig) -> int:
     """Uniform draws per training utterance the augmentation reads (0 = none)."""
-    return _AUGMENT_DRAWS + 4 * d.spec_masks + _REVERB_DRAWS + (_SPEED_DRAWS if d.speed_perturb else 0) if d.augmented else 0
+    if not d.augmented:
+        return 0
+    return _AUGMENT_DRAWS + 4 * d.spec_masks + _REVERB_DRAWS + (_SPEED_DRAWS if d.speed_perturb else 0) + (_WARP_DRAWS if d.vtlp else 0)
 
 
 IR_BANK = 64  # room impulse responses' noise drawn once (seeded); each clip picks one and its own decay
@@ -233,12 +240,13 @@ IR_BANK = 64  # room impulse responses' noise drawn once (seeded); each clip pic
 
 class SpeechAugment:
     """A training batch {"wave", "lengths", "draws"} -> {"wave", "lengths"}, on the batch's device: a change of playback
-    speed (each clip's length follows: its transcript is the same), a synthetic room (exponentially decaying noise,
+    speed (each clip's length follows: its transcript is the same), a warp of its frequency axis (another vocal tract
+    length, tempo kept), a synthetic room (exponentially decaying noise,
     RT60 0.1-0.6 s, for a `reverb` share of clips), then AudioAugment's noise of random colour, telephone channel and
     SpecAugment masks (AudioAugment's own speed change, about the centre of a fixed-length clip, is not used)."""
 
     def __init__(self, d: SpeechDataConfig, rate: int):
-        self.rate, self.reverb, self.masks, self.speed = rate, d.reverb, d.spec_masks, d.speed_perturb
+        self.rate, self.reverb, self.masks, self.speed, self.vtlp = rate, d.reverb, d.spec_masks, d.speed_perturb, d.vtlp
         self.audio = AudioAugment(rate=rate, time_shift_s=0.0, noise_snr_db=d.noise_snr_db, band_limit_hz=d.band_limit_hz,
                                   spec_masks=d.spec_masks)
         self.ir_noise = torch.randn(IR_BANK, int(0.6 * rate), generator=torch.Generator().manual_seed(rate))
@@ -250,6 +258,8 @@ class SpeechAugment:
         own = _AUGMENT_DRAWS + 4 * self.masks
         if self.speed:
             x, lengths = self.play(x, u[:, own + _REVERB_DRAWS], lengths)
+        if self.vtlp:
+            x = self.warp(x, u[:, -1])
         if self.reverb:
             x = self.room(x, u[:, own:], lengths)
         x = self.audio({"wave": x, "draws": u[:, :own]})
@@ -266,6 +276,33 @@ class SpeechAugment:
         x = torch.nn.functional.pad(x, (0, max(0, width - x.shape[1])))[:, : max(width, x.shape[1])]
         inside = torch.arange(width, device=x.device)[None, :] < out[:, None]
         return interpolate(x, t) * inside, out
+
+    def warp(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Vocal tract length perturbation (Jaitly & Hinton, 2013) on the waveform: each short-time spectrum's frequency
+        axis scaled by a in [1 - vtlp, 1 + vtlp] up to WARP_EDGE x Nyquist (a, bent linearly above so that Nyquist
+        stays), magnitudes read by linear interpolation with the phase of the nearest source bin, then overlap-added."""
+        n_fft = 2 ** math.ceil(math.log2(self.rate // 32))  # 256 at 8 kHz: 32 ms
+        window = torch.hann_window(n_fft, device=x.device)
+        spec = torch.stft(x, n_fft, n_fft // 4, window=window, return_complex=True)  # (b, bins, frames)
+        bins = spec.shape[1]
+        alpha = (1.0 + self.vtlp * (2.0 * u - 1.0))[:, None]  # (b, 1)
+        out_edge = WARP_EDGE * torch.clamp(alpha, max=1.0)  # as shares of Nyquist: where the bend starts, after ...
+        in_edge = out_edge / alpha  # ... and before the warp
+        f = torch.linspace(0.0, 1.0, bins, device=x.device)[None, :]  # each output bin's frequency / Nyquist
+        source = torch.where(f <= out_edge, f / alpha, 1.0 - (1.0 - f) * (1.0 - in_edge) / (1.0 - out_edge))
+        at = (source * (bins - 1)).clamp(0, bins - 1)  # (b, bins): fractional source bins
+        lo = at.floor().long()
+        hi = (lo + 1).clamp_max(bins - 1)
+        mag, hop = spec.abs(), n_fft // 4
+        pick = lambda t, i: torch.gather(t, 1, i[..., None].expand_as(t))  # noqa: E731  (b, bins, frames) rows at bins i
+        warped = torch.lerp(pick(mag, lo), pick(mag, hi), (at - lo)[..., None])
+        # phase vocoder: each bin's unwrapped phase (its expected advance per hop plus the wrapped deviation), scaled by
+        # a, so the warped bin turns at the warped frequency and overlapping frames add up in phase
+        expected = 2 * math.pi * hop * torch.arange(bins, device=x.device)[None, :, None] / n_fft
+        step = torch.diff(spec.angle(), dim=2, prepend=torch.zeros_like(mag[..., :1])) - expected
+        step = expected + step - 2 * math.pi * torch.round(step / (2 * math.pi))
+        phase = pick(torch.cumsum(step, dim=2), at.round().long()) * alpha[..., None]
+        return torch.istft(torch.polar(warped, phase), n_fft, hop, window=window, length=x.shape[1])
 
     def room(self, x: torch.Tensor, u: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x convolved (by FFT) with a decaying-noise impulse response where u[:, 0] < reverb; loudness kept."""

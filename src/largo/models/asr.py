@@ -31,6 +31,7 @@ from largo.data.audio_io import read_audio, resample
 from largo.data.speech import SpeechAugment, SpeechData, SpeechDataConfig, augment_draws, count, prepare_speech, utterance, wave_of
 from largo.data.transcripts import BLANK, VOCAB, decode, normalise
 from largo.errors import ConfigError, DataError
+from largo.models.asr_adapt import adapt, adaptable, restored
 from largo.models.audio import STFT_BYTES_PER_BIN, AudioStem
 from largo.models.config import ModelConfig
 from largo.models.ctc_beam import BeamDecoder, CharNgram
@@ -54,7 +55,7 @@ RESAMPLE_CHUNK_S = 60.0  # long recordings are resampled a minute at a time (mem
 class ASRConfig(ModelConfig):
     """Waveforms at sample_rate -> log-mel frames (25 ms windows, 10 ms hop) -> 20 ms tokens -> characters + blank."""
 
-    decoding_keys = ("beam", "lm_order", "lm_weight", "char_bonus")
+    decoding_keys = ("beam", "lm_order", "lm_weight", "char_bonus", "adapt_steps", "adapt_lr")
     arch: str = "asr"
     sample_rate: int = 8000  # waveform rate (Hz); telephone band, as the real test speaker is recorded
     n_mels: int = 40  # mel bands of the log-mel frontend
@@ -67,6 +68,10 @@ class ASRConfig(ModelConfig):
     # "peak": log-mel scaled per clip from its loudest cell; "band_mean": then each band's mean over the clip removed
     # (cepstral mean normalisation: a fixed microphone or line colouring is a constant per band in the log domain)
     feature_norm: str = "peak"
+    # test-time adaptation (models/asr_adapt.py): before decoding a recording, this many AdamW steps at adapt_lr lower
+    # the entropy of the model's outputs on it (stem and norm gains only), undone before the next; 0 = none
+    adapt_steps: int = 0
+    adapt_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,6 +81,8 @@ class ASRConfig(ModelConfig):
         if self.n_mels < 1 or self.sample_rate < 1000 or self.vocab_size < 0:
             raise ConfigError(f"model.n_mels ({self.n_mels}) must be >= 1, model.sample_rate ({self.sample_rate}) >= 1000 Hz "
                               f"and model.vocab_size ({self.vocab_size}) >= 0")
+        if self.adapt_steps < 0 or not self.adapt_lr > 0:
+            raise ConfigError(f"model.adapt_steps ({self.adapt_steps}) must be >= 0 and model.adapt_lr ({self.adapt_lr}) > 0")
         if self.feature_norm not in FEATURE_NORMS:
             raise ConfigError(f"model.feature_norm ({self.feature_norm!r}) must be one of {', '.join(FEATURE_NORMS)}")
         if not 0 <= self.f_max <= self.sample_rate / 2:
@@ -177,29 +184,47 @@ def at_rate(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
     return utterance(np.concatenate(pieces) if pieces else wave, target, target)
 
 
+def _padded(waves: list[np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Waves as one zero-padded batch {"wave", "lengths"} on device."""
+    x = torch.zeros(len(waves), max(len(w) for w in waves))
+    for j, w in enumerate(waves):
+        x[j, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+    return {"wave": x.to(device), "lengths": torch.tensor([len(w) for w in waves], device=device)}
+
+
 @torch.no_grad()
+def _log_probs(model: ASRModel, batch: dict[str, torch.Tensor], device: torch.device, precision: str) -> list[np.ndarray]:
+    """Each row's (tokens, labels) log-probabilities in fp32, cut to its own length."""
+    with autocast(device, precision):
+        logits, lengths = model(batch)
+    log_probs = F.log_softmax(logits.float(), dim=-1).cpu().numpy()
+    return [log_probs[j, :n] for j, n in enumerate(lengths.tolist())]
+
+
 def window_log_probs(model: ASRModel, waves: list[np.ndarray], *, window_s: float, device: torch.device,
-                     precision: str = "fp32", batch: int = 16) -> list[list[np.ndarray]]:
+                     precision: str = "fp32", batch: int = 16, adapt_steps: int = 0, adapt_lr: float = 1e-3) -> list[list[np.ndarray]]:
     """Per recording (already at the model's rate), per window, the (tokens, labels) log-probabilities in fp32: windows
-    batched by length."""
+    batched by length, or, with adapt_steps, one recording at a time after adapting to it (models/asr_adapt.py)."""
     cfg = model.cfg
     pieces = [(i, w) for i, wave in enumerate(waves) for w in windows(wave, cfg.sample_rate, window_s)]
-    order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][1]))
     out: list[np.ndarray | None] = [None] * len(pieces)
     was_training = model.training
     model.eval()
-    for start in range(0, len(order), batch):
-        chosen = order[start : start + batch]
-        longest = max(len(pieces[k][1]) for k in chosen)
-        x = torch.zeros(len(chosen), longest)
-        for j, k in enumerate(chosen):
-            x[j, : len(pieces[k][1])] = torch.from_numpy(np.asarray(pieces[k][1], dtype=np.float32))
-        lengths = torch.tensor([len(pieces[k][1]) for k in chosen])
-        with autocast(device, precision):
-            logits, out_lengths = model({"wave": x.to(device), "lengths": lengths.to(device)})
-        log_probs = F.log_softmax(logits.float(), dim=-1).cpu().numpy()
-        for j, (k, n) in enumerate(zip(chosen, out_lengths.tolist())):
-            out[k] = log_probs[j, :n]
+    if adapt_steps:
+        params = adaptable(model)
+        for i in range(len(waves)):
+            mine = [k for k, (owner, _) in enumerate(pieces) if owner == i]
+            inputs = _padded([pieces[k][1] for k in mine], device)
+            with restored(params):
+                adapt(lambda: model(inputs), params, steps=adapt_steps, lr=adapt_lr, device=device, precision=precision)
+                for k, lp in zip(mine, _log_probs(model, inputs, device, precision)):
+                    out[k] = lp
+    else:
+        order = sorted(range(len(pieces)), key=lambda k: len(pieces[k][1]))
+        for start in range(0, len(order), batch):
+            chosen = order[start : start + batch]
+            for k, lp in zip(chosen, _log_probs(model, _padded([pieces[k][1] for k in chosen], device), device, precision)):
+                out[k] = lp
     model.train(was_training)
     per_wave: list[list[np.ndarray]] = [[] for _ in waves]
     for (i, _), lp in zip(pieces, out):
@@ -217,9 +242,11 @@ def texts_of(per_wave: list[list[np.ndarray]], decoder: BeamDecoder | None = Non
 
 
 def transcribe(model: ASRModel, waves: list[np.ndarray], *, window_s: float, device: torch.device, precision: str = "fp32",
-               decoder: BeamDecoder | None = None) -> list[str]:
-    """Texts of recordings already at the model's rate: recognised window by window, greedily or by the beam decoder."""
-    return texts_of(window_log_probs(model, waves, window_s=window_s, device=device, precision=precision), decoder)
+               decoder: BeamDecoder | None = None, adapt_steps: int = 0, adapt_lr: float = 1e-3) -> list[str]:
+    """Texts of recordings already at the model's rate: recognised window by window (after adapting to each, with
+    adapt_steps), greedily or by the beam decoder."""
+    return texts_of(window_log_probs(model, waves, window_s=window_s, device=device, precision=precision,
+                                     adapt_steps=adapt_steps, adapt_lr=adapt_lr), decoder)
 
 
 def training_transcripts(prepared: Prepared) -> list[str]:
@@ -238,10 +265,11 @@ def beam_decoder(cfg: ASRConfig, lm_texts: list[str] | None) -> BeamDecoder | No
 
 def decoding(cfg: ASRConfig) -> str:
     """How transcripts are decoded, in words."""
+    adapted = f" after {cfg.adapt_steps} entropy steps on each recording (lr {cfg.adapt_lr:g})" if cfg.adapt_steps else ""
     if cfg.beam <= 1:
-        return "greedy CTC"
+        return "greedy CTC" + adapted
     lm = f", character {cfg.lm_order}-gram of the training transcripts at weight {cfg.lm_weight:g}" if cfg.lm_order else ""
-    return f"CTC prefix beam search, width {cfg.beam}{lm}, {cfg.char_bonus:g} per character"
+    return f"CTC prefix beam search, width {cfg.beam}{lm}, {cfg.char_bonus:g} per character" + adapted
 
 
 def jiwer_scores(refs: list[str], hyps: list[str]) -> dict[str, float]:
@@ -331,7 +359,7 @@ class ASRSpec(ArchSpec):
         cfg: ASRConfig = task.model  # with any decoding settings `largo eval` was given
         decoder = beam_decoder(cfg, training_transcripts(p))
         recognise = lambda split, n: window_log_probs(model, [wave_of(p, split, i) for i in range(n)], window_s=d.window_seconds,  # noqa: E731
-                                                      device=device, precision=precision)
+                                                      device=device, precision=precision, adapt_steps=cfg.adapt_steps, adapt_lr=cfg.adapt_lr)
         if "test_wave_at" in p.arrays:
             n = count(p, "test") if limit is None else min(limit, count(p, "test"))
             names, refs = p.meta["test_names"][:n], [normalise(t) for t in p.meta["test_texts"][:n]]
@@ -402,7 +430,8 @@ class ASRSpec(ArchSpec):
         run = RunDir.of_checkpoint(ckpt.path)
         texts = run.path / LM_TEXTS if run else None
         decoder = beam_decoder(cfg.model, texts.read_text().splitlines() if texts and texts.is_file() else None)
-        return transcribe(model, [clip], window_s=cfg.data.window_seconds, device=device, decoder=decoder)
+        return transcribe(model, [clip], window_s=cfg.data.window_seconds, device=device, decoder=decoder,
+                          adapt_steps=cfg.model.adapt_steps, adapt_lr=cfg.model.adapt_lr)
 
     # ---- planner terms
     def extra_matmul_params(self, cfg: ASRConfig, seq_len: int) -> int:
