@@ -298,3 +298,99 @@ def test_a_catalog_with_a_latin1_header_is_read_in_its_charset(tmp_path: Path) -
     path.write_bytes(b"\xde\x12\x04\x95" + b"\xff" * 10)  # a truncated catalog is still one line
     with pytest.raises(DataError, match="not a readable gettext catalog"):
         list(catalog_messages(path))
+
+
+def _pointer_model(seed: int = 0) -> PrefixLM:
+    torch.manual_seed(seed)
+    model = PrefixLM(Seq2SeqConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, max_seq_len=40, tie_embeddings=False,
+                                   pointer=True))
+    model.init_weights()
+    with torch.no_grad():  # peaked generation, a gate that varies: outputs stop and searches differ
+        model.head.weight.mul_(20)
+        model.pointer.gate.weight.normal_(std=0.3)
+    return model.eval()
+
+
+def test_the_pointers_loss_score_and_cached_decoding_read_one_mixture(one_thread: None) -> None:
+    """model.pointer: training's loss, evaluation's and the outputs' log-probabilities are the same distribution,
+    it sums to one, and the KV-cached greedy and beam outputs equal the uncached ones."""
+    from largo.data.seq2seq import pair_batch
+
+    model = _pointer_model()
+    rows = torch.randint(3, 50, (2, 12))
+    rows[0, 5], rows[1, 3] = 1, 1
+    inputs, targets = pair_batch(rows.numpy(), src_len=torch.tensor([5, 3]).numpy(), length=torch.tensor([12, 9]).numpy())
+    with torch.no_grad():
+        logp = model(inputs)  # (b, t, vocab): log-probabilities of the mixture
+        assert torch.allclose(logp.exp().sum(-1), torch.ones(2, 11), atol=1e-5)
+        keep = targets != -100
+        nll = -logp[keep].gather(-1, targets[keep][:, None]).sum()
+        assert torch.allclose(model.train()(inputs, targets=targets), nll, rtol=1e-4)
+        assert torch.allclose(model.eval()(inputs, targets=targets, score=True).loss, nll, rtol=1e-4)
+        at = torch.tensor([6, 4])
+        assert torch.allclose(model.logits_at(inputs, at), logp[torch.arange(2), at], atol=1e-5)
+    stop = _stop_token(model)
+    prefixes = torch.tensor([[3, 7, 9, 1], [4, 4, 2, 8]])
+    cached = greedy(model, prefixes, stop_id=stop, max_new_tokens=20)
+    assert [h.tokens for h in cached] == [h.tokens for h in greedy(model, prefixes, stop_id=stop, max_new_tokens=20, use_cache=False)]
+    for prefix in ([3, 7, 9, 1], [5, 11, 12, 13, 14], [30, 31]):
+        b = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0)
+        uncached = beam_search(model, prefix, beam=4, stop_id=stop, max_new_tokens=20, length_penalty=0.0, use_cache=False)
+        assert b.tokens == uncached.tokens and b.logprob == pytest.approx(uncached.logprob, abs=1e-4)
+        assert b.logprob == pytest.approx(_logprob(model, prefix, b.tokens, stop, b.finished), abs=1e-3)
+
+
+def _copy_rows(copied: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """`copied others <sep> copied <eot>` rows (separator id 1, stop id 0)."""
+    b = len(copied)
+    return torch.cat([copied, others, torch.ones(b, 1, dtype=torch.long), copied, torch.zeros(b, 1, dtype=torch.long)], 1)
+
+
+def _copy_accuracy(pointer: bool) -> float:
+    """Train to copy the source's first 3 tokens (ids 3-29) past 2 others (ids 30-49, never a target); the share of test
+    rows whose first 3 tokens, now ids 30-49, greedy decoding writes exactly."""
+    from largo.data.seq2seq import pair_batch
+
+    torch.manual_seed(0)
+    model = PrefixLM(Seq2SeqConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, max_seq_len=16, tie_embeddings=False,
+                                   pointer=pointer))
+    model.init_weights()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    n, b = 3, 32
+    for _ in range(300):
+        rows = _copy_rows(torch.randint(3, 30, (b, n)), torch.randint(30, 50, (b, 2)))
+        inputs, targets = pair_batch(rows.numpy(), src_len=torch.full((b,), n + 2).numpy(), length=torch.full((b,), 2 * n + 4).numpy())
+        loss = model(inputs, targets=targets) / (targets != -100).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    test = torch.randint(30, 50, (64, n))
+    prefixes = _copy_rows(test, torch.randint(30, 50, (64, 2)))[:, : n + 3]
+    out = greedy(model.eval(), prefixes, stop_id=0, max_new_tokens=n)
+    return sum(h.tokens == t.tolist() for h, t in zip(out, test)) / len(test)
+
+
+def test_the_pointer_copies_tokens_the_head_never_learned_to_write(one_thread: None) -> None:
+    """Copying the source: with the pointer, tokens never seen as targets come out right; without it they cannot."""
+    assert _copy_accuracy(pointer=True) >= 0.9
+    assert _copy_accuracy(pointer=False) <= 0.1
+
+
+def _ngrams(tokens: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def test_no_repeat_ngram_bans_repeats_of_the_output_and_keeps_the_models_log_probabilities(one_thread: None) -> None:
+    """model.no_repeat_ngram n: greedy and beam outputs hold no n-gram twice (the unbanned ones do, on this model) and
+    their log-probabilities are still the model's own."""
+    model = _pointer_model()  # a random pointer model loops: [4, 4, 4, ...]
+    prefix = [4, 4, 2, 8]
+    free = greedy(model, torch.tensor([prefix]), stop_id=-1, max_new_tokens=12)[0].tokens
+    assert len(set(_ngrams(free, 2))) < len(_ngrams(free, 2))
+    for n in (1, 2, 3):
+        g = greedy(model, torch.tensor([prefix]), stop_id=-1, max_new_tokens=12, no_repeat_ngram=n)[0]
+        b = beam_search(model, prefix, beam=3, stop_id=-1, max_new_tokens=12, length_penalty=0.0, no_repeat_ngram=n)
+        for hyp in (g, b):
+            assert len(hyp.tokens) == 12 and len(set(_ngrams(hyp.tokens, n))) == len(_ngrams(hyp.tokens, n))
+            assert hyp.logprob == pytest.approx(_logprob(model, prefix, hyp.tokens, -1, False), abs=1e-3)
+        assert b.logprob >= g.logprob - 1e-4

@@ -72,7 +72,8 @@ def output_tokens(model: PrefixLM, codec: Codec, prefix: list[int], target: str 
     """The tokens to attribute: greedy decoding's and its stop token when it stopped, or --target's and the stop token."""
     if target is None:
         device = next(model.parameters()).device
-        hyp = greedy(model, torch.tensor([prefix], device=device), stop_id=codec.stop, max_new_tokens=codec.room(prefix))[0]
+        hyp = greedy(model, torch.tensor([prefix], device=device), stop_id=codec.stop, max_new_tokens=codec.room(prefix),
+                     no_repeat_ngram=model.cfg.no_repeat_ngram)[0]
         return hyp.tokens + [codec.stop] * int(hyp.finished)
     out = codec.tok.encode(target).ids + [codec.stop]
     if len(prefix) + len(out) - 1 > codec.max_seq_len:  # the stop token is scored, never read

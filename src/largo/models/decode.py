@@ -1,6 +1,6 @@
 """Decoding a sequence-to-sequence model's output after its source prefix: greedy and beam search, with the KV cache.
 
-The model is any causal token model taking `cache=` (models/gpt.py's GPT): the prefix `source <|sep|>` runs once, then
+The model is any causal token model taking `cache=` and giving `new_cache()` (models/gpt.py's GPT): the prefix `source <|sep|>` runs once, then
 each new token costs one position's forward through the cached keys and values. `use_cache=False` recomputes the
 whole sequence at every step instead: the reference the cached path must match token for token (tests check it).
 The search never knows which model runs it (as in Hugging Face's generation utilities).
@@ -15,7 +15,6 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from largo.models.layers import KVCache
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class Stepper:
     def __init__(self, model: nn.Module, prefix: torch.Tensor, *, use_cache: bool):
         self.model, self.use_cache = model, use_cache
         self.tokens = prefix  # (rows, t)
-        self.cache = [KVCache() for _ in model.trunk.blocks] if use_cache else None
+        self.cache = model.new_cache() if use_cache else None
         self.logprobs = self._forward(prefix)
 
     def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -64,15 +63,34 @@ class Stepper:
         self.logprobs = self._forward(nxt[:, None])
 
 
+def ban_repeats(logprobs: torch.Tensor, outputs: list[list[int]], n: int) -> torch.Tensor:
+    """logprobs (rows, vocab) with -inf at every token that would repeat an n-gram already in its row's output (the
+    source may be copied again; n = 0 leaves them as they are). Hugging Face's no_repeat_ngram_size, on the output."""
+    rows, tokens = [], []
+    for r, out in enumerate(outputs if n > 0 else []):
+        head = out[len(out) - n + 1 :] if n > 1 else []
+        for i in range(len(out) - n + 1):
+            if out[i : i + n - 1] == head:
+                rows.append(r)
+                tokens.append(out[i + n - 1])
+    if not rows:
+        return logprobs
+    banned = logprobs.clone()
+    banned[rows, tokens] = float("-inf")
+    return banned
+
+
 @torch.no_grad()
-def greedy(model: nn.Module, prefixes: torch.Tensor, *, stop_id: int, max_new_tokens: int, use_cache: bool = True) -> list[Hypothesis]:
-    """The most likely token at each step for a batch of equally long prefixes (b, t), until each has stopped."""
+def greedy(model: nn.Module, prefixes: torch.Tensor, *, stop_id: int, max_new_tokens: int, use_cache: bool = True,
+           no_repeat_ngram: int = 0) -> list[Hypothesis]:
+    """The most likely token at each step for a batch of equally long prefixes (b, t), until each has stopped; with
+    no_repeat_ngram n, never a token that repeats an n-gram of the row's output (ban_repeats)."""
     step = Stepper(model, prefixes, use_cache=use_cache)
     b = prefixes.shape[0]
     out: list[list[int]] = [[] for _ in range(b)]
     logprob, done = [0.0] * b, [False] * b
     for i in range(max_new_tokens):
-        best = step.logprobs.max(dim=-1)  # values, indices (b,)
+        best = ban_repeats(step.logprobs, out, no_repeat_ngram).max(dim=-1)  # values, indices (b,)
         for r in range(b):
             if not done[r]:
                 logprob[r] += float(best.values[r])
@@ -87,15 +105,17 @@ def greedy(model: nn.Module, prefixes: torch.Tensor, *, stop_id: int, max_new_to
 
 @torch.no_grad()
 def beam_search(model: nn.Module, prefix: list[int], *, beam: int, stop_id: int, max_new_tokens: int,
-                length_penalty: float = 1.0, use_cache: bool = True, constraint: Constraint | None = None) -> Hypothesis:
+                length_penalty: float = 1.0, use_cache: bool = True, constraint: Constraint | None = None,
+                no_repeat_ngram: int = 0) -> Hypothesis:
     """The best of `beam` hypotheses kept at each step, ranked by Hypothesis.score; the greedy output is always a
     candidate too, so the result never scores below greedy decoding's under the same ranking. The search ends when a
     finished hypothesis outscores every live beam as it stands, or at max_new_tokens (live beams then count, unfinished).
     With a `constraint`, live beams it finds not viable give their place to the next candidates, only finished
-    hypotheses it accepts can end the search, and the best accepted one wins (the best of all when none is accepted)."""
+    hypotheses it accepts can end the search, and the best accepted one wins (the best of all when none is accepted).
+    no_repeat_ngram bans repeated n-grams from every beam and from the greedy candidate (ban_repeats)."""
     device = next(model.parameters()).device
     first = greedy(model, torch.tensor([prefix], device=device), stop_id=stop_id, max_new_tokens=max_new_tokens,
-                   use_cache=use_cache)[0]
+                   use_cache=use_cache, no_repeat_ngram=no_repeat_ngram)[0]
     if beam == 1:
         return first
     accepts = constraint.accepts if constraint is not None else None
@@ -106,7 +126,7 @@ def beam_search(model: nn.Module, prefix: list[int], *, beam: int, stop_id: int,
     best_done = first.score(length_penalty) if accepts is None or accepts(first.tokens) else float("-inf")  # accepted only
     width = 2 * beam if constraint is None else 4 * beam  # candidates read per step: pruned ones take no place
     for i in range(max_new_tokens):
-        total = (live_lp[:, None] + step.logprobs).flatten()  # (rows * vocab,)
+        total = (live_lp[:, None] + ban_repeats(step.logprobs, live, no_repeat_ngram)).flatten()  # (rows * vocab,)
         values, flat = total.topk(min(width, total.numel()))
         vocab = step.logprobs.shape[-1]
         rows, keep, nxt_lp, seen = [], [], [], 0

@@ -82,6 +82,10 @@ class GPT(nn.Module):
             return linear_cross_entropy(x.flatten(0, 1), w, targets.flatten())
         return F.linear(x, w)  # (b, t, vocab)
 
+    def new_cache(self) -> list[KVCache]:
+        """An empty KV cache for decoding: one per block."""
+        return [KVCache() for _ in self.trunk.blocks]
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """Fill every parameter and the rotary table; used after to_empty() on a meta-built model."""

@@ -32,7 +32,8 @@ from largo.errors import CheckpointError, ConfigError, DataError
 from largo.models.decode import Hypothesis, beam_search, greedy
 from largo.models.gpt import GPT, GPTConfig, GPTSpec
 from largo.models.layers import KVCache
-from largo.models.loss import IGNORE, Scored, linear_cross_entropy, linear_scores
+from largo.models.loss import IGNORE, Scored, linear_cross_entropy, linear_scores, score_targets
+from largo.models.pointer import Pointer
 from largo.models.results import GenerateRequest, TaskResults
 from largo.models.spec import ArchSpec, Attribution, DataShape, MemoryTerms, Task, register
 from largo.models.text_metrics import baseline_outputs, placeholders, score_texts
@@ -49,34 +50,64 @@ class Seq2SeqConfig(GPTConfig):
     """The language model's shape, plus how evaluation and the end of training decode."""
 
     arch: str = "seq2seq"
-    decoding_keys = ("beam", "length_penalty", "keep_placeholders")
+    decoding_keys = ("beam", "length_penalty", "keep_placeholders", "no_repeat_ngram")
     beam: int = 4  # beam width of evaluation's outputs (1 = greedy)
     length_penalty: float = 1.0  # beam search ranks by log-probability / length ** this (0 = plain log-probability)
     keep_placeholders: bool = False  # beam search keeps the source's placeholders (%s, {name}, \n): only such outputs end it
+    no_repeat_ngram: int = 0  # decoding never repeats an n-gram of its own output (0 = off): a copying model's loops
     # training only: weight of a language-model loss on the source's tokens beside the target's (0 = the target's
     # alone). A summarisation source is most of a row; predicting it teaches the language the summary is written in.
     # The training loss then reads target + weight x source (each per token); the dev loss stays the target's.
     source_loss: float = 0.0
+    # a pointer beside the vocabulary head (models/pointer.py): each output token generated or copied from a position
+    # read so far, the source's above all (a summary names what its body names)
+    pointer: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.beam < 1 or not self.length_penalty >= 0:
             raise ConfigError(f"model.beam ({self.beam}) must be >= 1 and model.length_penalty ({self.length_penalty}) >= 0")
+        if self.no_repeat_ngram < 0:
+            raise ConfigError(f"model.no_repeat_ngram ({self.no_repeat_ngram}) must be >= 0 (0 = off, 3 = no 3-gram twice)")
         if not self.source_loss >= 0:
             raise ConfigError(f"model.source_loss ({self.source_loss}) must be >= 0 (0 = the target's loss only)")
 
 
 class PrefixLM(GPT):
     """The language model whose loss reads the target positions only: the head runs on them, not on the source or padding
-    (the vocabulary head is most of a small model's work; the source is about half of a row)."""
+    (the vocabulary head is most of a small model's work; the source is about half of a row). With model.pointer its
+    outputs are log-probabilities of the generate-or-copy mixture (models/pointer.py) rather than logits."""
+
+    def __init__(self, cfg: Seq2SeqConfig):
+        super().__init__(cfg)
+        self.pointer = Pointer(cfg.dim, cfg.head_dim, cfg.init_std) if cfg.pointer else None
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        super().init_weights()
+        if self.pointer is not None:
+            self.pointer.init_weights()
+
+    def new_cache(self) -> list[KVCache]:
+        """The blocks' caches, and the pointer's (keys and token ids of the positions read) last."""
+        return super().new_cache() + ([KVCache()] if self.pointer is not None else [])
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None, cache: list[KVCache] | None = None,
                 score: bool = False) -> torch.Tensor | Scored:
-        if targets is None:
+        if targets is None and self.pointer is None:
             return super().forward(tokens, cache=cache)
-        x = self.trunk(self.tok_emb(tokens))  # (b, t, dim)
-        keep = targets != IGNORE  # (b, t) the target's positions
+        start = cache[0].length if cache else 0
+        x = self.trunk(self.tok_emb(tokens), cache=cache)  # (b, t, dim)
         w = self.head.weight if self.head is not None else self.tok_emb.weight
+        if targets is None:  # the pointer's mixture at every position
+            b, t = tokens.shape
+            keys, ids = self.pointer.keys(x, tokens, self.trunk.rope, cache[-1] if cache else None)
+            rows = torch.arange(b, device=x.device).repeat_interleave(t)
+            pos = start + torch.arange(t, device=x.device).repeat(b)
+            return self.pointer.log_probs(x.flatten(0, 1), rows, pos, keys, ids, self.trunk.rope, F.linear(x, w).flatten(0, 1)).view(b, t, -1)
+        keep = targets != IGNORE  # (b, t) the target's positions
+        if self.pointer is not None:
+            return self._pointer_loss(x, w, tokens, targets, keep, score)
         if not score:
             loss = linear_cross_entropy(x[keep], w, targets[keep])
             weight = self.cfg.source_loss if self.training else 0.0
@@ -85,6 +116,21 @@ class PrefixLM(GPT):
         predicted = torch.full_like(targets, IGNORE)
         predicted[keep] = scored.predicted.to(predicted.dtype)
         return scored._replace(predicted=predicted)
+
+    def _pointer_loss(self, x: torch.Tensor, w: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor,
+                      score: bool) -> torch.Tensor | Scored:
+        """forward's summed loss (or evaluation's Scored) of the generate-or-copy mixture at the target's positions."""
+        rows, pos = keep.nonzero(as_tuple=True)
+        keys, ids = self.pointer.keys(x, tokens, self.trunk.rope, None)
+        hq = x[keep]
+        if score:
+            scored = score_targets(self.pointer.log_probs(hq, rows, pos, keys, ids, self.trunk.rope, F.linear(hq, w)), targets[keep])
+            predicted = torch.full_like(targets, IGNORE)
+            predicted[keep] = scored.predicted.to(predicted.dtype)
+            return scored._replace(predicted=predicted)
+        loss = -self.pointer.target_log_prob(hq, rows, pos, keys, ids, self.trunk.rope, F.linear(hq, w), targets[keep]).sum()
+        weight = self.cfg.source_loss if self.training else 0.0
+        return loss if not weight else loss + weight * self.source_loss(x, w, tokens, keep)
 
     def source_loss(self, x: torch.Tensor, w: torch.Tensor, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """The summed next-token loss over the source's positions (those before a row's first target, each predicting
@@ -101,7 +147,11 @@ class PrefixLM(GPT):
         run it on many rows of path points; full logits would be (rows, t, vocab))."""
         x = self.trunk(self.tok_emb(tokens))  # (b, t, dim)
         w = self.head.weight if self.head is not None else self.tok_emb.weight
-        return F.linear(x[torch.arange(len(at), device=x.device), at], w)
+        rows = torch.arange(len(at), device=x.device)
+        if self.pointer is None:
+            return F.linear(x[rows, at], w)
+        keys, ids = self.pointer.keys(x, tokens, self.trunk.rope, None)
+        return self.pointer.log_probs(x[rows, at], rows, at, keys, ids, self.trunk.rope, F.linear(x[rows, at], w))
 
 
 @dataclass
@@ -179,7 +229,7 @@ class KeepPlaceholders:
 
 
 def decode_texts(model: nn.Module, codec: Codec, sources: list[str], *, beam: int, length_penalty: float,
-                 keep_placeholders: bool = False, log: Callable[[str], None] = print) -> list[str]:
+                 keep_placeholders: bool = False, no_repeat_ngram: int = 0, log: Callable[[str], None] = print) -> list[str]:
     """The model's outputs for the sources: greedy in batches of equally long prefixes, or beam search one by one."""
     device = next(model.parameters()).device
     prefixes = [codec.prefix(s) for s in sources]
@@ -190,13 +240,14 @@ def decode_texts(model: nn.Module, codec: Codec, sources: list[str], *, beam: in
             by_length.setdefault(len(p), []).append(i)
         for n, rows in by_length.items():
             batch = torch.tensor([prefixes[i] for i in rows], device=device)
-            for i, hyp in zip(rows, greedy(model, batch, stop_id=codec.stop, max_new_tokens=codec.room(prefixes[rows[0]]))):
+            for i, hyp in zip(rows, greedy(model, batch, stop_id=codec.stop, max_new_tokens=codec.room(prefixes[rows[0]]),
+                                           no_repeat_ngram=no_repeat_ngram)):
                 out[i] = codec.text(hyp)
         return out
     for i, p in enumerate(prefixes):
         rule = KeepPlaceholders(codec, sources[i]) if keep_placeholders else None
         out[i] = codec.text(beam_search(model, p, beam=beam, stop_id=codec.stop, max_new_tokens=codec.room(p),
-                                        length_penalty=length_penalty, constraint=rule))
+                                        length_penalty=length_penalty, constraint=rule, no_repeat_ngram=no_repeat_ngram))
         if (i + 1) % 250 == 0:
             log(f"decode: {i + 1:,}/{len(prefixes):,} beam-{beam} outputs")
     return out
@@ -276,10 +327,10 @@ class Seq2SeqSpec(ArchSpec):
         model.eval()
         log(f"decode: {len(test):,} test pairs of {prepared.meta['pairs']['test']:,} (beam {cfg.beam}, length penalty {cfg.length_penalty:g})")
         outputs = decode_texts(model, codec, sources, beam=cfg.beam, length_penalty=cfg.length_penalty,
-                               keep_placeholders=cfg.keep_placeholders, log=log)
+                               keep_placeholders=cfg.keep_placeholders, no_repeat_ngram=cfg.no_repeat_ngram, log=log)
         metrics, lines = score_texts(outputs, refs)
         if cfg.beam > 1:  # greedy on the same pairs, for the beam-vs-greedy comparison
-            greedy_out = decode_texts(model, codec, sources, beam=1, length_penalty=0.0, log=log)
+            greedy_out = decode_texts(model, codec, sources, beam=1, length_penalty=0.0, no_repeat_ngram=cfg.no_repeat_ngram, log=log)
             metrics.update({f"{k}_greedy": v for k, v in score_texts(greedy_out, refs)[0].items() if k in ("chrf", "rougeL")})
         train_pairs = read_pairs(data.dir, TRAIN_PAIRS)
         baselines = {name: score_texts(baseline_outputs(name, sources, train_pairs), refs)[0] for name in data.baselines}
@@ -297,7 +348,7 @@ class Seq2SeqSpec(ArchSpec):
         codec = self.codec(Path(data.dir) / TOKENIZER, cfg, data, int(prepared.meta["max_target_tokens"]))
         model.eval()
         outputs = decode_texts(model, codec, [p["source"] for p in test], beam=cfg.beam, length_penalty=cfg.length_penalty,
-                               keep_placeholders=cfg.keep_placeholders)
+                               keep_placeholders=cfg.keep_placeholders, no_repeat_ngram=cfg.no_repeat_ngram)
         parts = [f"# Test examples (beam {cfg.beam})\n"]
         for p, out in zip(test, outputs):
             parts.append(f"- **source** ({p['group']}): {_inline(p['source'])}\n  - reference: {_inline(p['reference'])}\n"
@@ -317,7 +368,7 @@ class Seq2SeqSpec(ArchSpec):
         model.eval()
         rule = KeepPlaceholders(codec, request.input or "") if cfg.model.keep_placeholders else None
         hyp = beam_search(model, prefix, beam=request.beam, stop_id=codec.stop, max_new_tokens=room,
-                          length_penalty=request.length_penalty, constraint=rule)
+                          length_penalty=request.length_penalty, constraint=rule, no_repeat_ngram=cfg.model.no_repeat_ngram)
         return [codec.text(hyp)]
 
     # ---- `largo explain`: an output token's log-probability attributed to the tokens it reads (explain/seq2seq.py)
@@ -339,7 +390,7 @@ class Seq2SeqSpec(ArchSpec):
 
     # ---- planner terms: the language model's
     def extra_matmul_params(self, cfg: Seq2SeqConfig, seq_len: int) -> int:
-        return cfg.vocab_size * cfg.dim
+        return cfg.vocab_size * cfg.dim + (2 * cfg.dim * cfg.head_dim + cfg.dim if cfg.pointer else 0)  # head, pointer
 
     def memory_terms(self, cfg: Seq2SeqConfig, micro_batch: int, seq_len: int, layout: Layout) -> MemoryTerms:
         return GPTSpec.memory_terms(self, cfg, micro_batch, seq_len, layout)  # type: ignore[arg-type]
