@@ -4,6 +4,7 @@ decoding against the uncached path, beam search against greedy, a tiny translati
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import struct
 from collections.abc import Callable
@@ -198,6 +199,15 @@ def test_a_tiny_translation_run_learns_and_answers(tmp_path: Path, one_thread: N
         assert main(["generate", str(run), *bad]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1
+    # the data folder prepared again (another largo) with another tokenizer: not the ids the model learned
+    tok_file, manifest_file = tmp_path / "data" / "tokenizer.json", tmp_path / "data" / "manifest.json"
+    tok_file.write_text(tok_file.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    manifest = json.loads(manifest_file.read_text())
+    manifest["meta"]["tokenizer_sha256"] = hashlib.sha256(tok_file.read_bytes()).hexdigest()
+    manifest_file.write_text(json.dumps(manifest))
+    assert main(["eval", str(run), "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "tokenizer.json" in err and "prepared again" in err and len(err.splitlines()) == 1
 
 
 def test_a_language_without_catalogs_and_a_file_that_is_not_a_catalog_are_one_line(tmp_path: Path,

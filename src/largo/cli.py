@@ -55,6 +55,8 @@ def cmd_train(args: argparse.Namespace, overrides: dict[str, str]) -> int:
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     """Evaluate a run's newest checkpoint (or a given checkpoint) on its held-out split, or on lm-evaluation-harness tasks."""
     from largo.checkpoint.restore import restore
+    from largo.checkpoint.store import check_data_files
+    from largo.rundir import STATE
     from largo.distributed.env import DistEnv, pick_device
     from largo.train.evaluate import evaluate, format_result
     from largo.errors import ConfigError
@@ -84,6 +86,7 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, str]) -> int:
     cfg = with_decoding(cfg, overrides)  # e.g. --model.beam 16: another decoding of the same weights
     say = (lambda msg: print(msg, file=sys.stderr)) if args.json else print  # --json: stdout holds the one JSON object
     task = build_task(cfg, DistEnv(device=device), log=say)
+    check_data_files(Path(ckpt), json.loads((Path(ckpt) / STATE).read_text()), task.files)  # restore verified it
     spec = get_spec(cfg.model.arch)
     results = spec.results(model, task, device=device, precision=cfg.train.precision, limit=args.limit, log=say)
     if results is None:  # loss and accuracy are the task's metrics

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from torch import nn
 
 from largo.checkpoint.restore import load_init_weights
+from largo.checkpoint.store import check_data_files
 from largo.config import RunConfig
 from largo.data import Batch, rank_samples
 from largo.distributed import start_env
@@ -149,6 +150,8 @@ def train(cfg: RunConfig, *, resume: str | None = None, overwrite: bool = False,
     if session.finished_step is not None:
         return session.finished()  # a requeued job of a run that already reached train.steps: one line, exit 0
     task = build_task(cfg, env, log=say)
+    if session.resumed is not None:  # the ids it trained on: a data folder prepared again may hold others
+        check_data_files(*session.resumed, task.files)
     cfg = dataclasses.replace(cfg, model=task.model)  # model fields resolved from the data (vocabulary size, classes)
     cfg = resolve_precision(cfg, env.device, task.positions, say)
     check_finetune(cfg.model, cfg.finetune)  # adapter targets name real modules: checked before the run directory is touched
