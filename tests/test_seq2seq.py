@@ -404,3 +404,20 @@ def test_no_repeat_ngram_bans_repeats_of_the_output_and_keeps_the_models_log_pro
             assert len(hyp.tokens) == 12 and len(set(_ngrams(hyp.tokens, n))) == len(_ngrams(hyp.tokens, n))
             assert hyp.logprob == pytest.approx(_logprob(model, prefix, hyp.tokens, -1, False), abs=1e-3)
         assert b.logprob >= g.logprob - 1e-4
+
+
+def test_a_search_whose_outputs_the_constraint_refuses_is_tried_once_wider(one_thread: None) -> None:
+    """widen w: an accepted output of the w-times-wider search replaces an unaccepted one; an accepted one stays."""
+    model = _tiny_model()
+    stop = _stop_token(model)
+    changed = 0
+    for prefix in ([3, 7, 9, 1], [4, 4, 2, 8], [5, 11, 12, 13, 14]):
+        for x in range(3, 50):
+            rule = _Rule(lambda t, x=x: t.count(x) == 2)  # type: ignore[misc]
+            kw = dict(stop_id=stop, max_new_tokens=12, length_penalty=0.0, constraint=rule)
+            narrow, wide = beam_search(model, prefix, beam=2, **kw), beam_search(model, prefix, beam=8, **kw)
+            got = beam_search(model, prefix, beam=2, widen=4, **kw)
+            expected = narrow if rule.accepts(narrow.tokens) or not rule.accepts(wide.tokens) else wide
+            assert got.tokens == expected.tokens
+            changed += got.tokens != narrow.tokens
+    assert changed >= 1  # some outputs only the wider search finds

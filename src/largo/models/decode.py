@@ -106,13 +106,14 @@ def greedy(model: nn.Module, prefixes: torch.Tensor, *, stop_id: int, max_new_to
 @torch.no_grad()
 def beam_search(model: nn.Module, prefix: list[int], *, beam: int, stop_id: int, max_new_tokens: int,
                 length_penalty: float = 1.0, use_cache: bool = True, constraint: Constraint | None = None,
-                no_repeat_ngram: int = 0) -> Hypothesis:
+                no_repeat_ngram: int = 0, widen: int = 1) -> Hypothesis:
     """The best of `beam` hypotheses kept at each step, ranked by Hypothesis.score; the greedy output is always a
     candidate too, so the result never scores below greedy decoding's under the same ranking. The search ends when a
     finished hypothesis outscores every live beam as it stands, or at max_new_tokens (live beams then count, unfinished).
     With a `constraint`, live beams it finds not viable give their place to the next candidates, only finished
     hypotheses it accepts can end the search, and the best accepted one wins (the best of all when none is accepted).
-    no_repeat_ngram bans repeated n-grams from every beam and from the greedy candidate (ban_repeats)."""
+    no_repeat_ngram bans repeated n-grams from every beam and from the greedy candidate (ban_repeats). widen w: when
+    the constraint accepts no output found, search once more w times wider, and keep that output if it is accepted."""
     device = next(model.parameters()).device
     first = greedy(model, torch.tensor([prefix], device=device), stop_id=stop_id, max_new_tokens=max_new_tokens,
                    use_cache=use_cache, no_repeat_ngram=no_repeat_ngram)[0]
@@ -153,7 +154,12 @@ def beam_search(model: nn.Module, prefix: list[int], *, beam: int, stop_id: int,
         live, live_lp = keep, torch.tensor(nxt_lp, device=device)
         index = torch.tensor(rows, device=device)
         step.advance(index, torch.tensor([k[-1] for k in keep], device=device))
-    return best_of(finished, length_penalty, accepts)
+    best = best_of(finished, length_penalty, accepts)
+    if accepts is None or widen <= 1 or accepts(best.tokens):
+        return best
+    wide = beam_search(model, prefix, beam=beam * widen, stop_id=stop_id, max_new_tokens=max_new_tokens,
+                       length_penalty=length_penalty, use_cache=use_cache, constraint=constraint, no_repeat_ngram=no_repeat_ngram)
+    return wide if accepts(wide.tokens) else best
 
 
 def best_of(candidates: list[Hypothesis], length_penalty: float, accept: Callable[[list[int]], bool] | None) -> Hypothesis:

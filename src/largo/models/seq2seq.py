@@ -43,6 +43,7 @@ from largo.rundir import TOKENIZER
 DEFAULT_TEST_LIMIT = 1000  # `largo eval` scores the first 1000 test pairs of their fixed shuffled order unless --limit says
 EXAMPLES = "examples.md"  # written into the run folder at the end of training
 EXAMPLES_SHOWN = 10
+WIDEN = 16  # a source whose placeholders no beam kept is searched again 16x wider (docs/seq2seq.md: placeholders kept)
 
 
 @dataclass
@@ -247,7 +248,8 @@ def decode_texts(model: nn.Module, codec: Codec, sources: list[str], *, beam: in
     for i, p in enumerate(prefixes):
         rule = KeepPlaceholders(codec, sources[i]) if keep_placeholders else None
         out[i] = codec.text(beam_search(model, p, beam=beam, stop_id=codec.stop, max_new_tokens=codec.room(p),
-                                        length_penalty=length_penalty, constraint=rule, no_repeat_ngram=no_repeat_ngram))
+                                        length_penalty=length_penalty, constraint=rule, no_repeat_ngram=no_repeat_ngram,
+                                        widen=WIDEN))
         if (i + 1) % 250 == 0:
             log(f"decode: {i + 1:,}/{len(prefixes):,} beam-{beam} outputs")
     return out
@@ -368,7 +370,8 @@ class Seq2SeqSpec(ArchSpec):
         model.eval()
         rule = KeepPlaceholders(codec, request.input or "") if cfg.model.keep_placeholders else None
         hyp = beam_search(model, prefix, beam=request.beam, stop_id=codec.stop, max_new_tokens=room,
-                          length_penalty=request.length_penalty, constraint=rule, no_repeat_ngram=cfg.model.no_repeat_ngram)
+                          length_penalty=request.length_penalty, constraint=rule, no_repeat_ngram=cfg.model.no_repeat_ngram,
+                          widen=WIDEN)
         return [codec.text(hyp)]
 
     # ---- `largo explain`: an output token's log-probability attributed to the tokens it reads (explain/seq2seq.py)
