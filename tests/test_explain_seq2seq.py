@@ -51,11 +51,10 @@ class ColourPairs(DataSource):
 register_source("test-colour-pairs", ColourPairs, provides=[PAIRS])
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunConfig]:
+def colour_run(tmp_path_factory: pytest.TempPathFactory, **more: str) -> RunConfig:
     """The translation recipe shrunk to one 32-wide layer on the colour pairs: 120 steps, about a second on one thread."""
     tmp, threads = tmp_path_factory.mktemp("colours"), torch.get_num_threads()
-    cfg = load_config("translate_en_fr", {
+    cfg = load_config("translate_en_fr", {**more,
         "run.out_dir": str(tmp / "runs"), "run.name": "colours", "data.dir": str(tmp / "data"), "data.source": "test-colour-pairs",
         "data.vocab_size": "300", "data.test_fraction": "0.2", "data.val_fraction": "0.1", "data.bucket_rows": "32",
         "model.dim": "32", "model.n_layers": "1", "model.n_heads": "2", "model.max_seq_len": "24", "model.beam": "1",
@@ -66,9 +65,26 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunConfig]:
         "optim.name": "adamw", "optim.schedule": "cosine", "optim.min_lr_ratio": "0.1", "optim.embed_lr_mult": "1",
         "model.tie_embeddings": "true", "model.zero_init_head": "false"})
     torch.set_num_threads(1)
-    train(cfg, log=lambda _m: None)
-    yield cfg
-    torch.set_num_threads(threads)
+    try:
+        train(cfg, log=lambda _m: None)
+    finally:
+        torch.set_num_threads(threads)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> RunConfig:
+    return colour_run(tmp_path_factory)
+
+
+def test_a_pointer_models_explanations_hold_its_copy_targets_and_stay_complete(tmp_path_factory: pytest.TempPathFactory,
+                                                                               tmp_path: Path, one_thread: None) -> None:
+    """model.pointer: the baseline's scores copy the input's tokens (the path's start), so attributions still sum to
+    the score difference within the tolerance."""
+    run = colour_run(tmp_path_factory, **{"model.pointer": "true"})
+    assert main(["explain", str(run.run_dir), "the cat red sat on", "--split", "test", "--limit", "2", "--out", str(tmp_path)]) == 0
+    records = [r for rs in by_input(tmp_path).values() for r in rs]
+    assert len(records) >= 3 and all(r["completeness_error"] <= COMPLETENESS_TOLERANCE for r in records)
 
 
 def by_input(out: Path) -> dict[str, list[dict]]:

@@ -143,15 +143,17 @@ class PrefixLM(GPT):
         count = source.sum().clamp(min=1)
         return linear_cross_entropy(x[source], w, nxt[source]) * (keep.sum() / count)
 
-    def logits_at(self, tokens: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    def logits_at(self, tokens: torch.Tensor, at: torch.Tensor, copy_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (b, vocab) of the token after position at[i] of row i: the head on those positions only (explanations
-        run it on many rows of path points; full logits would be (rows, t, vocab))."""
+        run it on many rows of path points; full logits would be (rows, t, vocab)). With the pointer, log-probabilities
+        of the mixture, copying the tokens copy_ids (default: tokens) names: an explanation holds the tokens it may copy
+        fixed while it moves the embeddings from the baseline's to the input's, so the path ends where the scores do."""
         x = self.trunk(self.tok_emb(tokens))  # (b, t, dim)
         w = self.head.weight if self.head is not None else self.tok_emb.weight
         rows = torch.arange(len(at), device=x.device)
         if self.pointer is None:
             return F.linear(x[rows, at], w)
-        keys, ids = self.pointer.keys(x, tokens, self.trunk.rope, None)
+        keys, ids = self.pointer.keys(x, tokens if copy_ids is None else copy_ids, self.trunk.rope, None)
         return self.pointer.log_probs(x[rows, at], rows, at, keys, ids, self.trunk.rope, F.linear(x[rows, at], w))
 
 
@@ -388,8 +390,8 @@ class Seq2SeqSpec(ArchSpec):
         holds every output token of a sequence; baseline = blank (explain/seq2seq.py: <|endoftext|> but at the separator)."""
         at = torch.full((len(inputs),), inputs.shape[1] - 1, device=inputs.device) if at is None else at
         rows = torch.arange(len(inputs), device=inputs.device)
-        return Attribution("tokens", lambda ids, where: torch.log_softmax(model.logits_at(ids, where).float(), -1), inputs, blank,
-                           lambda a: a.sum(-1), layer=model.tok_emb, extra=(at,), rollout=lambda r: r[rows, at])
+        return Attribution("tokens", lambda ids, where, copy: torch.log_softmax(model.logits_at(ids, where, copy).float(), -1),
+                           inputs, blank, lambda a: a.sum(-1), layer=model.tok_emb, extra=(at, inputs), rollout=lambda r: r[rows, at])
 
     # ---- planner terms: the language model's
     def extra_matmul_params(self, cfg: Seq2SeqConfig, seq_len: int) -> int:
