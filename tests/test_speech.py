@@ -5,6 +5,7 @@ decoding and loss, jiwer's figures, long recordings in windows, and a tiny run t
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 from pathlib import Path
@@ -17,8 +18,8 @@ from largo.cli import main
 from largo.data.sources import asterisk_prompts
 from largo.data.speech import SpeechAugment, SpeechDataConfig, augment_draws, pad_batch
 from largo.data.transcripts import VOCAB, check_speakable, decode, encode, normalise, parse_transcripts, spell_number
-from largo.errors import DataError
-from largo.models.asr import ASRConfig, ASRModel, ctc_loss, greedy_decode, windows
+from largo.errors import ConfigError, DataError
+from largo.models.asr import ASRConfig, ASRModel, ctc_loss, greedy_decode, lifter, windows
 from largo.models.ctc_beam import END, CharNgram, prefix_beam_search
 
 SPEECH_PACKAGES = "apt-get install espeak-ng flite asterisk-core-sounds-en-wav asterisk-core-sounds-en"
@@ -69,6 +70,20 @@ def test_training_sentences_near_a_test_prompt_are_left_out() -> None:
     assert without_test_prompts(sentences, tests) == ["Enter the file name", "Good bye now, friend"]
 
 
+def test_fortune_cookies_give_plain_sentences_without_art_authors_or_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from largo.data.sources import speech_sentences
+
+    (tmp_path / "wisdom").write_text(
+        "Thank you for calling. Dial zero -- Anonymous\n%\n"
+        "    /\\_/\\\n          ( o.o ) a cat drawn in text\n%\n"
+        "Hi.\nA \"quoted\" line is not plain. Please hold\nthe line, caller.\n%\n")
+    (tmp_path / "wisdom.dat").write_bytes(b"\x00\x02binary index. Of the cookies here")
+    (tmp_path / "wisdom.u8").symlink_to(tmp_path / "wisdom")
+    monkeypatch.setattr(speech_sentences, "FORTUNES", str(tmp_path / "*"))
+    # sentences of 3-14 words; the author after "--" and two-word sentences dropped; the indented art skipped whole
+    assert speech_sentences.fortune_sentences() == ["Please hold the line, caller.", "Thank you for calling."]
+
+
 FESTIVAL_PACKAGES = "apt-get install festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k"
 
 
@@ -90,12 +105,17 @@ def test_festival_speaks_a_batch_in_one_process_and_its_rate_factor_moves_pitch_
 
 @needs_speech
 def test_the_human_prompts_are_test_only_and_kept_out_of_training() -> None:
-    from largo.data.sources.speech_sentences import training_sentences
+    from largo.data.sources.speech_sentences import training_sentences, usable_fortunes
 
     found = asterisk_prompts.prompts()
     assert len(found) > 550 and all(p.is_file() and normalise(t) for _, p, t in found)
     refs = {normalise(t) for t in asterisk_prompts.prompt_texts()} - {""}
     assert not refs & {normalise(s) for s in training_sentences(3000)}
+    if not usable_fortunes():
+        pytest.skip("needs Debian's fortune cookies: apt-get install fortunes (.ci/run installs them)")
+    mixed = training_sentences(3000, fortune_share=0.5)
+    assert len(mixed) == 3000 and not refs & {normalise(s) for s in mixed}
+    assert sum(s in set(usable_fortunes()) for s in mixed) == 1500
 
 
 # ---- CTC
@@ -198,6 +218,24 @@ def test_band_mean_features_remove_a_fixed_colouring_of_the_channel() -> None:
     model.stem.features = lambda w: type(model.stem).features(model.stem, w) + tilt  # type: ignore[method-assign]
     coloured, _ = model.features(x["wave"], x["lengths"])
     assert torch.allclose((coloured - feats) * inside, torch.zeros_like(feats), atol=1e-5)
+
+
+def test_liftering_keeps_the_spectral_envelope_and_removes_the_harmonic_comb() -> None:
+    """model.cepstra: a projection (applied twice = once) that keeps a smooth tilt across the bands and removes a
+    pattern repeating every 2.5 bands (the harmonics of a 200 Hz voice in the low bands), and keeps padding inert."""
+    s = lifter(40, 13)
+    bands = torch.arange(40, dtype=torch.float32)
+    tilt, comb = 1.0 - bands / 40, torch.cos(2 * math.pi * bands / 2.5)
+    assert torch.allclose(s @ s, s, atol=1e-5) and torch.allclose(s, s.T, atol=1e-6)
+    assert (s @ tilt - tilt).norm() < 0.05 * tilt.norm() and (s @ comb).norm() < 0.2 * comb.norm()
+    model = tiny_asr(cepstra=5).eval()
+    wave = np.random.default_rng(1).standard_normal(4000).astype(np.float32) * 0.1
+    x, _ = pad_batch([wave, np.zeros(6000, np.float32)], [np.array([3]), np.array([3])])
+    plain, _ = tiny_asr().eval().features(x["wave"], x["lengths"])
+    feats, _ = model.features(x["wave"], x["lengths"])
+    assert torch.allclose(feats, torch.einsum("mn,bnt->bmt", lifter(feats.shape[1], 5), plain), atol=1e-5)
+    with pytest.raises(ConfigError, match="model.cepstra"):
+        tiny_asr(cepstra=99)
 
 
 def test_augmentation_keeps_lengths_and_silent_padding() -> None:

@@ -46,6 +46,7 @@ class SpeechDataConfig(DataConfig):
     test_source: str = "asterisk-prompts"  # real recordings scored at the end and by `largo eval`; "" = none
     dir: str = "data/speech-sentences"
     sentences: int = 6000  # synth-sentences: how many sentences to synthesise (each once, in one voice)
+    fortune_share: float = 0.0  # synth-sentences: share of the sentences from Debian's fortune cookies (the rest: catalogs)
     max_seconds: float = 6.0  # training utterances longer than this are left out (memory: a batch pads to its longest)
     max_rows: int = 0  # keep at most this many training utterances; 0 = all (quick runs, tests)
     noise_snr_db: float = 0.0  # add noise of random colour at a random SNR down to this many dB; 0 = none
@@ -64,6 +65,8 @@ class SpeechDataConfig(DataConfig):
             raise ConfigError(f"data.max_seconds ({self.max_seconds}) must be in [0.5, 30]")
         if not 1.0 <= self.window_seconds <= 30.0:
             raise ConfigError(f"data.window_seconds ({self.window_seconds}) must be in [1, 30]")
+        if not 0.0 <= self.fortune_share <= 1.0:
+            raise ConfigError(f"data.fortune_share ({self.fortune_share}) must be a share in [0, 1]")
         if self.reverb > 1.0:
             raise ConfigError(f"data.reverb ({self.reverb}) must be a share in [0, 1]")
         if self.speed_perturb >= 0.5:

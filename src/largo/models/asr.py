@@ -68,6 +68,9 @@ class ASRConfig(ModelConfig):
     # "peak": log-mel scaled per clip from its loudest cell; "band_mean": then each band's mean over the clip removed
     # (cepstral mean normalisation: a fixed microphone or line colouring is a constant per band in the log domain)
     feature_norm: str = "peak"
+    # keep the first `cepstra` DCT coefficients of each log-mel frame and transform back (liftering, as MFCCs keep 13):
+    # the spectral envelope without the comb of the voice's harmonics, which differ between speakers; 0 = all kept
+    cepstra: int = 0
     # test-time adaptation (models/asr_adapt.py): before decoding a recording, this many AdamW steps at adapt_lr lower
     # the entropy of the model's outputs on it (stem and norm gains only), undone before the next; 0 = none
     adapt_steps: int = 0
@@ -83,6 +86,8 @@ class ASRConfig(ModelConfig):
                               f"and model.vocab_size ({self.vocab_size}) >= 0")
         if self.adapt_steps < 0 or not self.adapt_lr > 0:
             raise ConfigError(f"model.adapt_steps ({self.adapt_steps}) must be >= 0 and model.adapt_lr ({self.adapt_lr}) > 0")
+        if not 0 <= self.cepstra <= self.n_mels:
+            raise ConfigError(f"model.cepstra ({self.cepstra}) must be in [0, n_mels = {self.n_mels}] (0 = no liftering)")
         if self.feature_norm not in FEATURE_NORMS:
             raise ConfigError(f"model.feature_norm ({self.feature_norm!r}) must be one of {', '.join(FEATURE_NORMS)}")
         if not 0 <= self.f_max <= self.sample_rate / 2:
@@ -130,6 +135,8 @@ class ASRModel(nn.Module):
         inside = (torch.arange(feats.shape[-1], device=wave.device)[None, :] < (lengths // self.cfg.hop_length + 1)[:, None])[:, None, :]
         if self.cfg.feature_norm == "band_mean":  # each band's mean over the clip's own frames (not its padding)
             feats = feats - (feats * inside).sum(-1, keepdim=True) / inside.sum(-1, keepdim=True).clamp_min(1)
+        if 0 < self.cfg.cepstra < self.cfg.n_mels:
+            feats = torch.einsum("mn,bnt->bmt", lifter(self.cfg.n_mels, self.cfg.cepstra, feats.device), feats)
         return feats, inside
 
     @torch.no_grad()
@@ -139,6 +146,14 @@ class ASRModel(nn.Module):
         self.trunk.init_weights()
         nn.init.normal_(self.head.weight, std=self.cfg.init_std)
         nn.init.zeros_(self.head.bias)
+
+
+def lifter(n_mels: int, keep: int, device: torch.device | None = None) -> torch.Tensor:
+    """(n_mels, n_mels) projection of a log-mel frame onto its first `keep` orthonormal DCT-II coefficients."""
+    n = torch.arange(n_mels, dtype=torch.float64, device=device)
+    dct = torch.cos(math.pi / n_mels * (n[:, None] + 0.5) * n[None, :]) * math.sqrt(2.0 / n_mels)  # (band, coefficient)
+    dct[:, 0] /= math.sqrt(2.0)
+    return (dct[:, :keep] @ dct[:, :keep].T).float()
 
 
 def ctc_loss(logits: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

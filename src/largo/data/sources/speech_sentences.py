@@ -4,7 +4,9 @@ speed and pitch: a recogniser's training set made offline, no human voice in it.
 
 The sentences are the English messages (msgids) of the installed gettext catalogs (/usr/share/locale/*/LC_MESSAGES/*.mo):
 plain ones (letters, digits, simple punctuation, 2-14 words), deduplicated by their normalised form, and never equal or
-near-equal (rapidfuzz ratio >= 80 on normalised text) to a transcript of the test prompts (asterisk_prompts.py).
+near-equal (rapidfuzz ratio >= 80 on normalised text) to a transcript of the test prompts (asterisk_prompts.py). With
+data.fortune_share, that share of them are instead sentences of Debian's fortune cookies (everyday English: the
+catalogs are software messages, which never say "thank you" or "dial"), filtered and kept from the test prompts alike.
 Whole voices are held out for validation (an espeak variant over all its accents, or a flite voice; festival's few all
 train), and each sentence is spoken once, so validation sentences are unseen too. Rows are (waveform, rate) at the
 engine's rate.
@@ -37,6 +39,7 @@ from largo.errors import DataError
 from largo.optional import require
 
 CATALOGS = "/usr/share/locale/*/LC_MESSAGES/*.mo"
+FORTUNES = "/usr/share/games/fortunes/*"  # apt-get install fortunes (the offensive set, in off/, is not read)
 PLAIN = re.compile(r"^[A-Za-z][A-Za-z0-9 ,.'?!;:()-]*$")
 NEAR_TEST = 80.0  # rapidfuzz ratio (0-100) on normalised text at or above which a sentence is too close to a test prompt
 FLITE_SHARE = 0.4  # share of utterances spoken by flite (5 voices, closer to a human voice than espeak's formant synthesis)
@@ -88,6 +91,22 @@ def catalog_sentences() -> list[str]:
     return [found[k] for k in sorted(found) if k]
 
 
+def fortune_sentences() -> list[str]:
+    """Plain sentences (3-14 words) of Debian's fortune cookies, sorted, one per normalised form; none where not installed."""
+    found: dict[str, str] = {}
+    for path in sorted(Path(p) for p in glob.glob(FORTUNES)):
+        if not path.is_file() or path.is_symlink() or path.suffix == ".dat":
+            continue  # .u8 links name the same files; .dat files are fortune's indexes
+        cookies = path.read_text(encoding="utf-8", errors="replace").split("\n%\n")
+        for cookie in cookies:
+            if any(len(line) - len(line.lstrip()) > 8 for line in cookie.splitlines()):
+                continue  # ASCII art, tables and verse laid out by indentation
+            for text in re.split(r"(?<=[.!?])\s+|\s--\s", " ".join(cookie.split())):  # sentences; "-- Author" apart
+                if PLAIN.match(text) and 3 <= len(text.split()) <= 14:
+                    found.setdefault(normalise(text), text)
+    return [found[k] for k in sorted(found) if k]
+
+
 def without_test_prompts(sentences: list[str], tests: list[str]) -> list[str]:
     """Sentences whose normalised form is not equal or near-equal (ratio >= NEAR_TEST) to any test transcript."""
     fuzz = require("rapidfuzz", "data.source 'synth-sentences' (keeping training sentences away from the test prompts)")
@@ -106,14 +125,28 @@ def usable_sentences() -> tuple[str, ...]:
     return tuple(without_test_prompts(catalog_sentences(), prompt_texts()))
 
 
-def training_sentences(count: int) -> list[str]:
-    """`count` catalog sentences (all if fewer), test prompts excluded, in a fixed shuffled order."""
+@lru_cache(maxsize=1)
+def usable_fortunes() -> tuple[str, ...]:
+    """Fortune sentences without the test prompts and without the catalogs' (read once per process)."""
+    catalogs = {normalise(s) for s in usable_sentences()}
+    return tuple(s for s in without_test_prompts(fortune_sentences(), prompt_texts()) if normalise(s) not in catalogs)
+
+
+def training_sentences(count: int, fortune_share: float = 0.0) -> list[str]:
+    """`count` sentences (all if fewer), test prompts excluded, in a fixed shuffled order: fortune_share of them from
+    the fortune cookies (as many as there are), the rest from the catalogs."""
     sentences = usable_sentences()
     if not sentences:
         raise DataError(f"data.source 'synth-sentences': no usable English messages in {CATALOGS}; "
                         f"install some translated packages (e.g. apt-get install coreutils-l10n) or use another source")
     order = np.random.default_rng(0).permutation(len(sentences))
-    return [sentences[i] for i in order[:count]]
+    if not fortune_share:
+        return [sentences[i] for i in order[:count]]
+    fortunes = usable_fortunes()
+    n_fortunes = min(len(fortunes), round(count * fortune_share))
+    picked = [fortunes[i] for i in np.random.default_rng(1).permutation(len(fortunes))[:n_fortunes]]
+    picked += [sentences[i] for i in order[: count - n_fortunes]]
+    return [picked[i] for i in np.random.default_rng(2).permutation(len(picked))]
 
 
 def festival_voices() -> list[str]:
@@ -225,11 +258,16 @@ class SynthSentencesSource(DataSource):
     """Synthesised sentences split by voice; data.sentences decides how many (synthesis costs CPU time: ~30 ms espeak,
     ~150 ms flite, ~100 ms festival per sentence)."""
 
-    settings_keys = ("sentences",)
+    settings_keys = ("sentences", "fortune_share")
+
+    def fortune_share(self) -> float:
+        """data.fortune_share where Debian's fortunes are installed, else 0 (prepare says so)."""
+        return float(getattr(self.data, "fortune_share", 0.0)) if glob.glob(FORTUNES) else 0.0
 
     def fingerprint(self) -> str:
         mix = f"festival{FESTIVAL_SHARE}-all-train/flite{FLITE_SHARE_WITH_FESTIVAL}" if festival_voices() else f"flite{FLITE_SHARE}"
-        return super().fingerprint() + f":{getattr(self.data, 'sentences', 0)}:{mix}"
+        text = f":fortunes{self.fortune_share()}" if self.fortune_share() else ""
+        return super().fingerprint() + f":{getattr(self.data, 'sentences', 0)}:{mix}{text}"
 
     def files(self) -> list[tuple[Path, str]]:
         tools = [Path(p) for p in (shutil.which("espeak-ng"), shutil.which("flite")) if p]
@@ -239,7 +277,11 @@ class SynthSentencesSource(DataSource):
 
     def rows(self, roles: Roles, stats: SourceStats) -> Iterator[Row]:
         variants, flites, festivals = voices()
-        items = utterances(training_sentences(int(getattr(self.data, "sentences", 0)) or 10**9), variants, flites, festivals)
+        if getattr(self.data, "fortune_share", 0.0) and not self.fortune_share():
+            self.log("prepare: Debian's fortune cookies are not installed, so every sentence is a catalog message "
+                     "(apt-get install fortunes adds everyday English)")
+        count = int(getattr(self.data, "sentences", 0)) or 10**9
+        items = utterances(training_sentences(count, self.fortune_share()), variants, flites, festivals)
         # festival's voices all train: the closest to a human's and only three (one held out took 13% of the sentences
         # and cost the human test a voice of its kind); validation holds out espeak and flite voices as before
         held = held_out_voices(variants + [f"flite-{v}" for v in flites], self.data.val_fraction)
